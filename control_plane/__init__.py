@@ -1,0 +1,1 @@
+"""Control plane: policies -> directives, audit, SRE and finance APIs, the `flyball` CLI."""

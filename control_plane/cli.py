@@ -1,0 +1,116 @@
+"""The `flyball` command: parses arguments, builds settings, calls the packages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+
+from .settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    for name in ("data_dir", "api_port", "api_host", "prices_file"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    return Settings(**overrides)
+
+
+async def _serve(settings: Settings, *, worker: bool, api: bool) -> int:
+    from .runtime import System, configure_logging
+
+    configure_logging(settings.log_level)
+    system = System(settings, worker=worker, api=api)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await system.start()
+        print(f"flyball is up\n  Kafka bootstrap: {system.bootstrap}", flush=True)
+        if api:
+            print(f"  API:             {system.api_url}  (OpenAPI at {system.api_url}/docs)", flush=True)
+            if not settings.admin_api_key:
+                print(f"  admin API key:   {system.admin_key}  (set FLYBALL_ADMIN_API_KEY to choose one)", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        await stop.wait()
+    finally:
+        print("stopping ...", flush=True)
+        await system.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(_settings(args), worker=True, api=True))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(_settings(args), worker=True, api=False))
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    return asyncio.run(_serve(_settings(args), worker=False, api=True))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .runtime import configure_logging
+
+    settings = _settings(args)
+    configure_logging("warning")
+    return asyncio.run(run_demo(settings))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import load_policies, replay
+    from .runtime import load_prices
+
+    try:
+        book = load_prices(args.prices)
+        policies = load_policies(args.policies.read_text()) if args.policies else None
+    except (OSError, ValueError) as exc:
+        print(f"flyball replay: {exc}", file=sys.stderr)
+        return 2
+    kwargs = {"policies": policies} if policies is not None else {}
+    summary = replay(args.events, args.out, book=book, **kwargs)
+    print(f"replayed {summary.events} events: {summary.stored} stored, {summary.duplicates} duplicates, "
+          f"{summary.dead_lettered} dead-lettered, {summary.alerts} alerts, {summary.actions} actions -> {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flyball", description="Telemetry and control plane for LLM calls.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def server(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--data-dir", type=Path, help="where chDB and logs live (FLYBALL_DATA_DIR)")
+        p.add_argument("--api-host", help="FLYBALL_API_HOST")
+        p.add_argument("--api-port", type=int, help="FLYBALL_API_PORT (0 = a free port)")
+        p.add_argument("--prices-file", type=Path, help="price catalog (flyball or LiteLLM format)")
+        return p
+
+    server("up", "run everything on this machine (embedded broker + chDB unless configured)").set_defaults(fn=cmd_up)
+    server("demo", "up + synthetic traffic with an injected cost spike").set_defaults(fn=cmd_demo)
+    server("worker", "the stream processors only").set_defaults(fn=cmd_worker)
+    server("api", "the control plane and HTTP API only").set_defaults(fn=cmd_api)
+    rp = sub.add_parser("replay", help="run validation, pricing, detectors and policies over recorded events")
+    rp.add_argument("--events", type=Path, required=True)
+    rp.add_argument("--out", type=Path, required=True)
+    rp.add_argument("--prices", type=Path)
+    rp.add_argument("--policies", type=Path)
+    rp.set_defaults(fn=cmd_replay)
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(args.fn(args))
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

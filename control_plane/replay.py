@@ -1,0 +1,141 @@
+"""`flyball replay`: the live pipeline and policies over recorded events, in event time, with no
+Kafka and no ClickHouse. Same cores as the worker and the control loop, so the outputs are what
+live would have done."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from flyball.schemas import ActionKind, AlertKind, Directive
+from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
+from flyball.stream_processors.pricing import PriceBook
+
+from .policy import DEFAULT_POLICIES, Action, History, Policies, Policy, decide, expire
+
+COL = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+
+
+@dataclass
+class ReplaySummary:
+    events: int = 0
+    stored: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    alerts: int = 0
+    actions: int = 0
+
+
+def load_policies(text: str) -> Policies:
+    """Policies as JSON (or YAML when PyYAML is installed): {max_active, policies: [...]}."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        import yaml  # type: ignore[import-untyped]  # optional
+
+        data = yaml.safe_load(text)
+    items = data.get("policies", []) if isinstance(data, dict) else data
+    policies = []
+    for i, raw in enumerate(items):
+        try:
+            policies.append(Policy(
+                policy_id=str(raw["policy_id"]), alert_kind=AlertKind(raw["alert_kind"]), action=ActionKind(raw["action"]),
+                version=int(raw.get("version", 1)), min_severity=str(raw.get("min_severity", "warning")),
+                ttl_s=int(raw.get("ttl_s", 120)), cooldown_s=int(raw.get("cooldown_s", 60)),
+                rate_per_s=raw.get("rate_per_s"), burst=raw.get("burst"), dry_run=bool(raw.get("dry_run", False)),
+            ))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"policies[{i}]: {exc}") from None
+    return Policies(policies=tuple(policies), max_active=int(data.get("max_active", 50)) if isinstance(data, dict) else 50)
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        for line in f:
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield line
+
+
+def _batches(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEFAULT_POLICIES,
+           batch_size: int = 5_000) -> ReplaySummary:
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline(lambda: book)
+    summary = ReplaySummary()
+    spend: dict[tuple[str, str, str, str, str], list[Any]] = {}
+    alerts: dict[str, Any] = {}
+    active: dict[str, Directive] = {}
+    last_fired: dict[str, Any] = {}
+    with (out / "dlq.jsonl").open("wb") as dlq, (out / "actions.jsonl").open("wb") as actions_f:
+        def record(actions: list[Action]) -> None:
+            for a in actions:
+                d = a.directive
+                if d is not None and str(a.decision) in ("applied", "extended", "expired", "reverted"):
+                    active[d.key()] = d
+                    if str(a.decision) == "applied":
+                        last_fired[d.key()] = d.created_at
+                actions_f.write(orjson.dumps({
+                    "decision": str(a.decision), "scope": a.scope.compact(), "reason": a.reason,
+                    "policy_id": f"{a.policy.policy_id}@v{a.policy.version}" if a.policy else None,
+                    "alert_id": a.alert.alert_id if a.alert else (d.alert_id if d else None),
+                    "directive": d.model_dump(mode="json") if d else None,
+                }) + b"\n")
+                summary.actions += 1
+
+        for batch in _batches(_lines(events), batch_size):
+            result = pipeline.process(batch, now=None)
+            summary.events += len(batch)
+            summary.stored += len(result.rows)
+            summary.duplicates += result.duplicates
+            for dead in result.dead:
+                dlq.write(orjson.dumps({"reason": dead.reason, "original": dead.raw.decode("utf-8", errors="replace")}) + b"\n")
+            summary.dead_lettered += len(result.dead)
+            for row in result.rows:
+                if row[COL["event_type"]] != "llm_call":
+                    continue
+                key = (row[COL["tenant_id"]], row[COL["feature"]], row[COL["provider"]], row[COL["model"]],
+                       row[COL["ts"]].date().isoformat())
+                agg = spend.setdefault(key, [0, Decimal(0), 0])
+                agg[0] += 1
+                cost = row[COL["cost_usd"]]
+                if cost is None:
+                    agg[2] += 1
+                else:
+                    agg[1] += cost
+            for alert in result.alerts:
+                alerts[alert.alert_id] = alert
+                now = alert.last_seen
+                record(expire(list(active.values()), now=now))
+                record(decide(alert, [d for d in active.values() if d.state == "active"], policies, now=now,
+                              history=History(last_fired)))
+            if pipeline.watermark is not None:
+                record(expire([d for d in active.values() if d.state == "active"], now=pipeline.watermark))
+    summary.alerts = len(alerts)
+    with (out / "alerts.jsonl").open("wb") as f:
+        for alert in sorted(alerts.values(), key=lambda a: (a.first_seen, a.alert_id)):
+            f.write(orjson.dumps(alert.model_dump(mode="json")) + b"\n")
+    with (out / "spend.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["tenant_id", "feature", "provider", "model", "day", "events", "cost_usd", "unpriced_events"])
+        for key in sorted(spend):
+            events_n, cost, unpriced = spend[key]
+            w.writerow([*key, events_n, format(cost, "f"), unpriced])
+    return summary

@@ -1,0 +1,175 @@
+"""Bringing the processes up: `flyball up` (everything in one process), `worker`, `api`.
+
+chDB allows one process per data directory, so under `up` the worker, the control loop and
+the API share one process and one ClickHouse store; with a ClickHouse server they can be
+split into `flyball worker` and `flyball api`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+
+from flyball.stream_processors.app import create_app as create_worker_app
+from flyball.stream_processors.ingest import IngestService
+from flyball.stream_processors.pipeline import Pipeline
+from flyball.stream_processors.pricing import PriceBook, load_catalog
+from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+from flyball.stream_processors.topics import ensure_topics
+
+from .app import Deps, create_app
+from .auth import KeyRing, Principal, Role
+from .directives import ControlLoop
+from .embedded import EmbeddedBroker, free_port, start_tansu
+from .policy import DEFAULT_POLICIES, Policies
+from .settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def configure_logging(level: str = "info", *, stream: Any = sys.stderr) -> None:
+    """structlog JSON lines, configured once per entry point."""
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=max(lvl, logging.WARNING), stream=stream, format="%(message)s")
+    # aiokafka logs Tansu's refusal of idempotence at ERROR on every producer; we log it once ourselves
+    logging.getLogger("aiokafka.producer.sender").setLevel(logging.CRITICAL)
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+
+
+def load_prices(path: Path | None) -> PriceBook:
+    if path is not None:
+        return load_catalog(path.read_bytes(), source=str(path))
+    text = resources.files("flyball.stream_processors").joinpath("data/prices.json").read_bytes()
+    return load_catalog(text, source="flyball built-in catalog")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the System owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class System:
+    settings: Settings
+    worker: bool = True
+    api: bool = True
+    broker: EmbeddedBroker | None = None
+    bootstrap: str = ""
+    api_url: str = ""
+    admin_key: str = ""
+    store: ClickHouseStore | None = None
+    ingest: IngestService | None = None
+    control: ControlLoop | None = None
+    policies: Policies = DEFAULT_POLICIES
+    book: PriceBook = field(default_factory=PriceBook)
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _faust: Any = None
+    _server: _Server | None = None
+
+    async def start(self, *, ready_timeout: float = 30.0) -> None:
+        s = self.settings
+        t0 = time.monotonic()
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        if s.kafka_bootstrap:
+            self.bootstrap = s.kafka_bootstrap
+        else:
+            self.broker = await asyncio.to_thread(start_tansu, log_file=s.data_dir / "tansu.log")
+            self.bootstrap = self.broker.bootstrap
+        await ensure_topics(self.bootstrap)
+        self.store = await asyncio.to_thread(ClickHouseStore, s.clickhouse())
+        await asyncio.to_thread(self.store.migrate)
+        self.book = load_prices(s.prices_file)
+        waits: list[asyncio.Event] = []
+        if self.worker:
+            pipeline = Pipeline(lambda: self.book)
+            self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
+                                        group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms)
+            self._faust = create_worker_app(bootstrap=self.bootstrap, ingest=self.ingest,
+                                            session_timeout_s=s.session_timeout_ms / 1000)
+            self._tasks.append(asyncio.create_task(self._faust.start(), name="faust"))
+            waits.append(self.ingest.ready)
+        if self.api:
+            self.control = ControlLoop(bootstrap=self.bootstrap, audit=self.store, policies=self.policies,
+                                       group_id=s.control_group, session_timeout_ms=s.session_timeout_ms)
+            await self.control.start()
+            self._tasks.append(asyncio.create_task(self.control.run(), name="control"))
+            waits.append(self.control.ready)
+            keys = KeyRing()
+            self.admin_key = s.admin_api_key.get_secret_value() if s.admin_api_key else "fb_admin_" + secrets.token_urlsafe(24)
+            keys.add(self.admin_key, Principal(key_id="admin", role=Role.ADMIN, name="bootstrap admin"))
+            app = create_app(self._deps(keys))
+            port = s.api_port or free_port()
+            self._server = _Server(uvicorn.Config(app, host=s.api_host, port=port, log_level="warning",
+                                                  access_log=False, lifespan="off"))
+            self._tasks.append(asyncio.create_task(self._server.serve(), name="api"))
+            self.api_url = f"http://{s.api_host}:{port}"
+            while not self._server.started:
+                if self._tasks[-1].done():
+                    self._tasks[-1].result()  # raises the bind error
+                await asyncio.sleep(0.02)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(w.wait() for w in waits)), ready_timeout)
+        except TimeoutError:
+            raise RuntimeError(f"flyball did not become ready within {ready_timeout}s") from None
+        log.info("system_ready", bootstrap=self.bootstrap, api=self.api_url, seconds=round(time.monotonic() - t0, 2))
+
+    def _deps(self, keys: KeyRing) -> Deps:
+        ingest = self.ingest
+        stats = {}
+        if ingest is not None:
+            stats = {
+                "events_consumed": lambda: float(ingest.stats.events),
+                "events_stored": lambda: float(ingest.stats.rows),
+                "events_dead_lettered": lambda: float(ingest.stats.dead_lettered),
+                "events_duplicate": lambda: float(ingest.stats.duplicates),
+                "alerts_raised": lambda: float(ingest.stats.alerts),
+            }
+        control = self.control
+        if control is not None:
+            stats["directives_active"] = lambda: float(len(control.active()))
+        return Deps(
+            store=self.store, control=control, keys=keys, policies=lambda: self.policies, prices=lambda: self.book,
+            stats=stats,
+            ready=lambda: {"worker_ready": bool(ingest and ingest.ready.is_set()),
+                           "control_ready": bool(control and control.ready.is_set())},
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self.ingest is not None:
+            await self.ingest.stop()
+        if self._faust is not None:
+            with contextlib.suppress(Exception):
+                await self._faust.stop()
+        if self.control is not None:
+            await self.control.stop()
+        for task in self._tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)

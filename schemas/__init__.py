@@ -1,0 +1,27 @@
+"""Contracts shared by every flyball package: events, alerts, directives (pydantic v2)."""
+
+from .alerts import Alert, AlertKind, Scope, scope_key
+from .directives import ActionKind, Directive, DirectiveState
+from .events import (
+    EVENT_ADAPTER,
+    SCHEMA_VERSION,
+    CallStatus,
+    Event,
+    EventType,
+    Feedback,
+    InvalidEvent,
+    LLMCall,
+    Retrieval,
+    SafetyTrigger,
+    ToolCall,
+    parse_event,
+    to_wire,
+)
+from .topics import ALERTS, DIRECTIVES, DLQ, EVENTS
+
+__all__ = [
+    "ALERTS", "DIRECTIVES", "DLQ", "EVENTS", "EVENT_ADAPTER", "SCHEMA_VERSION",
+    "ActionKind", "Alert", "AlertKind", "CallStatus", "Directive", "DirectiveState", "Event",
+    "EventType", "Feedback", "InvalidEvent", "LLMCall", "Retrieval", "SafetyTrigger", "Scope",
+    "ToolCall", "parse_event", "scope_key", "to_wire",
+]

@@ -1,0 +1,88 @@
+"""Alert contract: what the detectors publish on ``flyball.alerts.v1`` (key = alert key).
+
+One alert exists per (kind, scope) while it is open; it is re-published with the same
+``alert_id`` as evidence grows and finally with ``status="resolved"``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_serializer
+
+
+class AlertKind(StrEnum):
+    COST_SPIKE = "cost_spike"
+    TOKEN_SPIKE = "token_spike"
+    RUNAWAY_LOOP = "runaway_loop"
+    ERROR_RATE = "error_rate"
+    LATENCY = "latency"
+    TOOL_FAILURE = "tool_failure"
+    SAFETY_BURST = "safety_burst"
+    RETRIEVAL_FAILURE = "retrieval_failure"
+    BUDGET_THRESHOLD = "budget_threshold"
+    UNPRICED_MODEL = "unpriced_model"
+
+
+SCOPE_FIELDS = ("tenant_id", "feature", "provider", "model", "tool_name", "category", "index_name", "request_id")
+
+
+class Scope(BaseModel):
+    """What an alert or a directive is about. Empty fields mean 'any'."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tenant_id: str | None = None
+    feature: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    tool_name: str | None = None
+    category: str | None = None
+    index_name: str | None = None
+    request_id: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_empty(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def key(self) -> str:
+        """Stable text key, e.g. ``tenant_id=acme``; used as the Kafka message key."""
+        return scope_key(**self.model_dump(exclude_none=True))
+
+    def compact(self) -> dict[str, str]:
+        return self.model_dump(exclude_none=True)
+
+
+def scope_key(**fields: str | None) -> str:
+    return "|".join(f"{name}={fields[name]}" for name in SCOPE_FIELDS if fields.get(name) is not None)
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    alert_id: str
+    kind: AlertKind
+    scope: Scope
+    severity: Literal["info", "warning", "critical"]
+    status: Literal["open", "resolved"] = "open"
+    metric: str
+    observed: str  # exact decimal text for money, plain number text otherwise
+    baseline: str
+    threshold: str
+    score: float | None = None
+    window_s: int
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    sample_event_ids: list[str] = Field(default_factory=list, max_length=10)
+    summary: str = ""
+
+    def key(self) -> str:
+        return f"{self.kind}|{self.scope.key()}"
+
+
+def alert_time(alert: Alert) -> datetime:
+    return alert.last_seen

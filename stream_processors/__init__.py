@@ -1,0 +1,1 @@
+"""Stream processors: validate, dedupe, price, detect, and write ClickHouse."""

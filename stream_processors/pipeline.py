@@ -1,0 +1,154 @@
+"""The per-batch core of the worker: validate -> dedupe -> price -> rows, dead letters, alerts.
+
+Pure: bytes in, plain data out; no Kafka, no ClickHouse, no clock (``now`` is a parameter).
+The live worker and ``flyball replay`` both call :meth:`Pipeline.process`, which is why they
+cannot disagree. Work is done per batch, and the detectors see one aggregated sample per
+(tenant, window) per batch instead of one call per event.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from flyball.schemas import Alert, AlertKind, InvalidEvent, LLMCall, Scope, parse_event
+from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
+
+from .detectors import CostSpikeDetector, WindowSample, alert_id_for
+from .pricing import PriceBook, Usage, price
+
+EVENT_COLUMNS = (
+    "event_id", "ts", "event_type", "tenant_id", "feature", "service", "environment",
+    "request_id", "trace_id", "provider", "model", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "latency_ms", "status",
+    "tool_name", "category", "index_name", "cost_usd", "price_version", "unpriced",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    raw: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class BatchResult:
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    duplicates: int = 0
+    cost_by_tenant: dict[str, Decimal] = field(default_factory=dict)
+
+
+class RecentIds:
+    """A bounded set of recently seen event ids (first line of dedupe; ClickHouse's
+    ReplacingMergeTree keyed by event_id is the second, across restarts)."""
+
+    def __init__(self, capacity: int = 1_000_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+
+    def add(self, event_id: str) -> bool:
+        """Record the id; False if it was already there."""
+        if event_id in self._ids:
+            return False
+        self._ids[event_id] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+        return True
+
+
+class Pipeline:
+    def __init__(self, book: Callable[[], PriceBook], *, detector: CostSpikeDetector | None = None,
+                 dedupe_capacity: int = 1_000_000) -> None:
+        self._book = book
+        self.detector = detector or CostSpikeDetector()
+        self._seen = RecentIds(dedupe_capacity)
+        self._unpriced_alerted: set[tuple[str, str]] = set()
+        self.watermark: datetime | None = None
+
+    def process(self, raws: Sequence[bytes], *, now: datetime | None) -> BatchResult:
+        """``now`` bounds how far in the future an event may be; None (replay) skips that check."""
+        out = BatchResult()
+        book = self._book()
+        windows: dict[tuple[str, int], WindowSample] = {}
+        window_of = self.detector.window_of
+        for raw in raws:
+            try:
+                event = parse_event(raw, now=now)
+            except InvalidEvent as exc:
+                out.dead.append(DeadLetter(raw=bytes(raw) if raw is not None else b"", reason=exc.reason))
+                continue
+            if not self._seen.add(event.event_id):
+                out.duplicates += 1
+                continue
+            if self.watermark is None or event.ts > self.watermark:
+                self.watermark = event.ts
+            cost: Decimal | None = Decimal(0)
+            version = ""
+            if isinstance(event, LLMCall):
+                priced = price(Usage(event.provider, event.model, event.ts, event.input_tokens,
+                                     event.output_tokens, event.cache_read_tokens,
+                                     event.cache_write_tokens, event.reasoning_tokens), book)
+                cost, version = priced.cost, priced.price_version
+                if cost is None:
+                    self._unpriced(event, out)
+                else:
+                    key = (event.tenant_id, window_of(event.ts))
+                    sample = windows.get(key)
+                    if sample is None:
+                        windows[key] = WindowSample(cost, event.ts, event.ts, [event.event_id])
+                    else:
+                        sample.amount += cost
+                        sample.first_ts = min(sample.first_ts, event.ts)
+                        sample.last_ts = max(sample.last_ts, event.ts)
+                        if len(sample.event_ids) < 10:
+                            sample.event_ids.append(event.event_id)
+                    out.cost_by_tenant[event.tenant_id] = out.cost_by_tenant.get(event.tenant_id, Decimal(0)) + cost
+            out.rows.append(to_row(event, cost, version))
+        for (tenant_id, window), sample in sorted(windows.items(), key=lambda kv: kv[0][1]):
+            alert = self.detector.observe(tenant_id, window, sample)
+            if alert is not None:
+                out.alerts.append(alert)
+        if self.watermark is not None:
+            out.alerts.extend(self.detector.advance(self.watermark))
+        return out
+
+    def _unpriced(self, event: LLMCall, out: BatchResult) -> None:
+        key = (event.provider, event.model)
+        if key in self._unpriced_alerted:
+            return
+        self._unpriced_alerted.add(key)
+        scope = Scope(provider=event.provider, model=event.model)
+        out.alerts.append(Alert(
+            alert_id=alert_id_for(AlertKind.UNPRICED_MODEL, scope.key(), 0),
+            kind=AlertKind.UNPRICED_MODEL, scope=scope, severity="warning", metric="unpriced_events",
+            observed="1", baseline="0", threshold="0", window_s=0, first_seen=event.ts,
+            last_seen=event.ts, sample_event_ids=[event.event_id],
+            summary=f"no price for {event.provider}/{event.model}; its events are stored with cost NULL",
+        ))
+
+
+def to_row(event: Envelope, cost: Decimal | None, version: str) -> tuple[Any, ...]:
+    provider = model = status = tool = category = index = ""
+    tokens = (0, 0, 0, 0, 0)
+    latency = 0.0
+    if isinstance(event, LLMCall):
+        provider, model, status, latency = event.provider, event.model, str(event.status), event.latency_ms
+        tokens = (event.input_tokens, event.output_tokens, event.cache_read_tokens,
+                  event.cache_write_tokens, event.reasoning_tokens)
+    elif isinstance(event, ToolCall):
+        tool, status, latency = event.tool_name, str(event.status), event.latency_ms
+    elif isinstance(event, SafetyTrigger):
+        category, status = event.category, event.action
+    elif isinstance(event, Retrieval):
+        index, status, latency = event.index_name, str(event.status), event.latency_ms
+    return (
+        event.event_id, event.ts, event.event_type, event.tenant_id, event.feature, event.service,
+        event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
+        status, tool, category, index, cost, version, 1 if cost is None else 0,
+    )

@@ -1,0 +1,1 @@
+"""Sinks: where processed events go (ClickHouse)."""

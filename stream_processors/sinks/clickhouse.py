@@ -1,0 +1,191 @@
+"""ClickHouse port: migrations, batched writes, and the queries the API needs.
+
+The same code talks to the embedded chDB engine (``chdb:///path``, clickhouse-connect's own
+chdb backend) and to a ClickHouse server (``http://host:8123``). clickhouse-connect is
+synchronous and chDB allows one process per data directory, so every call goes through one
+dedicated thread (``run``) and the owner of a store is the only user of its path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+import clickhouse_connect
+import structlog
+
+from flyball.stream_processors.pipeline import EVENT_COLUMNS
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+    CREATE TABLE IF NOT EXISTS events (
+        event_id UUID,
+        ts DateTime64(3, 'UTC'),
+        event_type LowCardinality(String),
+        tenant_id LowCardinality(String),
+        feature LowCardinality(String),
+        service LowCardinality(String),
+        environment LowCardinality(String),
+        request_id String,
+        trace_id String,
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        input_tokens UInt64,
+        output_tokens UInt64,
+        cache_read_tokens UInt64,
+        cache_write_tokens UInt64,
+        reasoning_tokens UInt64,
+        latency_ms Float64,
+        status LowCardinality(String),
+        tool_name LowCardinality(String),
+        category LowCardinality(String),
+        index_name LowCardinality(String),
+        cost_usd Nullable(Decimal(38, 12)),
+        price_version LowCardinality(String),
+        unpriced UInt8,
+        ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    ) ENGINE = ReplacingMergeTree
+    PARTITION BY toYYYYMM(ts)
+    ORDER BY (tenant_id, toDate(ts), event_id)
+    """),
+    (2, """
+    CREATE TABLE IF NOT EXISTS alerts (
+        alert_id String,
+        kind LowCardinality(String),
+        scope_key String,
+        scope String,
+        severity LowCardinality(String),
+        status LowCardinality(String),
+        first_seen DateTime64(3, 'UTC'),
+        last_seen DateTime64(3, 'UTC'),
+        body String,
+        recorded_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(recorded_at)
+    ORDER BY (alert_id)
+    """),
+    (3, """
+    CREATE TABLE IF NOT EXISTS actions (
+        action_id String,
+        at DateTime64(3, 'UTC'),
+        decision LowCardinality(String),
+        directive_id String,
+        scope_key String,
+        tenant_id String,
+        alert_id String,
+        policy_id String,
+        actor String,
+        reason String,
+        before String,
+        after String,
+        evidence String
+    ) ENGINE = MergeTree
+    ORDER BY (at, action_id)
+    """),
+]
+
+
+def connect(url: str) -> Any:
+    """A clickhouse-connect client for ``chdb:///path`` or ``http(s)://[user:pass@]host:port[/db]``."""
+    if url.startswith("chdb:"):
+        path = url.removeprefix("chdb://")
+        Path(path).mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(dsn=url)
+    parsed = urlparse(url)
+    return clickhouse_connect.get_client(
+        host=parsed.hostname or "localhost", port=parsed.port or 8123,
+        username=parsed.username or "default", password=parsed.password or "",
+        database=(parsed.path or "/").strip("/") or "default", secure=parsed.scheme == "https",
+    )
+
+
+class ClickHouseStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._client: Any = self._pool.submit(connect, url).result()
+
+    # -------------------------------------------------------------- plumbing
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the ClickHouse thread from synchronous code."""
+        return self._pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        try:
+            self.call(self._client.close)
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+        self._pool.shutdown(wait=True)
+
+    # -------------------------------------------------------------- schema
+    def migrate(self) -> list[int]:
+        return self.call(self._migrate)
+
+    def _migrate(self) -> list[int]:
+        c = self._client
+        c.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version")
+        done = {row[0] for row in c.query("SELECT version FROM schema_migrations").result_rows}
+        applied = []
+        for version, sql in MIGRATIONS:
+            if version in done:
+                continue
+            c.command(sql)
+            c.insert("schema_migrations", [[version, datetime.now(UTC)]], column_names=["version", "applied_at"])
+            applied.append(version)
+            log.info("migration_applied", version=version)
+        return applied
+
+    # -------------------------------------------------------------- writes
+    def write_events(self, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._client.insert("events", rows, column_names=list(EVENT_COLUMNS))
+
+    def write_alerts(self, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._client.insert("alerts", rows, column_names=[
+                "alert_id", "kind", "scope_key", "scope", "severity", "status", "first_seen",
+                "last_seen", "body", "recorded_at"])
+
+    def write_actions(self, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._client.insert("actions", rows, column_names=[
+                "action_id", "at", "decision", "directive_id", "scope_key", "tenant_id", "alert_id",
+                "policy_id", "actor", "reason", "before", "after", "evidence"])
+
+    # -------------------------------------------------------------- reads
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return list(self._client.query(sql, parameters=parameters or {}).result_rows)
+
+
+def write_with_retry(write: Callable[[], None], *, attempts: int | None = None, base_delay: float = 0.2,
+                     max_delay: float = 5.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Retry a ClickHouse write with exponential backoff (the caller commits offsets only after)."""
+    delay = base_delay
+    n = 0
+    while True:
+        try:
+            write()
+            return
+        except Exception as exc:  # noqa: BLE001 - the driver raises many types; all are retried
+            n += 1
+            if attempts is not None and n >= attempts:
+                raise
+            log.warning("clickhouse_write_failed", error=str(exc)[:300], retry_in_s=delay)
+            sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+def as_decimal(value: Any) -> Decimal:
+    return value if isinstance(value, Decimal) else Decimal(str(value))
