@@ -151,7 +151,7 @@ class System:
         return Deps(
             store=self.store, control=control, keys=keys, policies=lambda: self.policies, prices=lambda: self.book,
             stats=stats,
-            ready=lambda: {"worker_ready": bool(ingest and ingest.ready.is_set()),
+            ready=lambda: {"worker_ready": bool(ingest and ingest.ready.is_set() and ingest.running),
                            "control_ready": bool(control and control.ready.is_set())},
         )
 

@@ -61,6 +61,7 @@ class IngestService:
         self.clock = clock
         self.stats = IngestStats()
         self.ready = asyncio.Event()
+        self.running = False
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -86,6 +87,13 @@ class IngestService:
     async def run(self) -> None:
         assert self._consumer is not None and self._producer is not None
         consumer = self._consumer
+        self.running = True
+        try:
+            await self._loop(consumer)
+        finally:
+            self.running = False
+
+    async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
             try:
                 batch = await consumer.getmany(timeout_ms=self.poll_ms, max_records=self.max_batch)

@@ -1,0 +1,57 @@
+# flyball — the two set-up commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STATE  := .state/brokers
+PYTEST_ARGS ?=
+
+.PHONY: demo up test test-unit bench install install-test clean brokers-start brokers-stop
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-server: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[server]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-server
+
+install: $(VENV)/.installed-server
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/flyball demo --data-dir .state/demo-$$$$
+
+up: install
+	$(BIN)/flyball up
+
+# Starts both test brokers, runs the whole suite, stops the brokers even on failure.
+# With CI=true a broker that does not start fails the run; outside CI a machine without
+# Java/Maven runs the Tansu suite and says loudly that the Apache Kafka suite did not run.
+test: install-test
+	@rc=0; \
+	$(BIN)/python scripts/testbrokers.py start --state $(STATE) || rc=$$?; \
+	if [ $$rc -eq 3 ] && [ -z "$$CI" ]; then kafka_missing=1; \
+	elif [ $$rc -ne 0 ]; then $(BIN)/python scripts/testbrokers.py stop --state $(STATE); \
+	  echo "FAILED: a test broker did not start (exit $$rc)"; exit 1; fi; \
+	trap '$(BIN)/python scripts/testbrokers.py stop --state $(STATE) >/dev/null 2>&1' EXIT INT TERM; \
+	set -a; . $(STATE)/env; set +a; \
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); trc=$$?; \
+	if [ -n "$$kafka_missing" ]; then \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+	  echo "!!! The Apache Kafka suite did NOT run: java or mvn is missing here. !!!"; \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; fi; \
+	exit $$trc
+
+test-unit: install-test
+	$(BIN)/python -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python bench/pipeline.py
+
+clean:
+	-$(BIN)/python scripts/testbrokers.py stop --state $(STATE)
+	rm -rf .state
