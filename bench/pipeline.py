@@ -1,0 +1,642 @@
+#!/usr/bin/env python3
+"""Pipeline benchmark: events/s through flyball's ingest worker next to a raw baseline.
+
+    python bench/pipeline.py                 # N=200_000 events, 3 runs of each path
+    python bench/pipeline.py --quick         # N=20_000, 1 run (smoke)
+    python bench/pipeline.py --profile       # no broker: per-stage breakdown of the worker's hot path
+
+What is measured, in the same run and against the same records on the same broker:
+
+  RAW     aiokafka ``getmany(max_records=20000)`` -> ``orjson.loads`` each record -> a row tuple
+          for flyball's own ``events`` table (same DDL, same 24 columns; ``cost_usd`` NULL since
+          nothing is priced) -> clickhouse-connect ``insert`` into chDB -> commit offsets.
+  WORKER  flyball's real hot path: ``IngestService`` (``getmany`` -> ``Pipeline.process``:
+          pydantic validation, event_id dedupe, exact Decimal pricing, detector windows, row
+          building -> ``ClickHouseStore.write_events`` on its ClickHouse thread -> commit).
+
+Both consumers use the same settings as ``IngestService`` (batch 20k, fetch sizes, session
+timeout 6 s), a fresh consumer group and a fresh chDB directory per measurement, and each
+measurement runs in its own Python process (``--single raw|worker``): chDB allows one data
+path per process, and separate processes keep the runs independent of each other.
+
+Timing: the clock starts when the first non-empty ``getmany`` hands its batch to processing
+(so the ~3 s consumer-group join on Tansu is excluded; it is reported separately as ``join_s``)
+and stops when the insert that brings the row count to N has returned. For the worker the two
+timestamps come from a bench-only subclass whose ``handle`` calls ``IngestService.handle``
+unchanged; thin subclasses of ``Pipeline`` and ``ClickHouseStore`` also time ``process`` and
+``write_events`` per batch (one ``perf_counter`` pair per 20k-event batch). No flyball code is
+modified. After each measurement the chDB ``events`` table is counted: it must hold N rows, and
+the worker must report 0 dead letters and 0 duplicates.
+
+The broker: a private Tansu started with ``scripts/testbrokers.py start --tansu`` in a temporary
+state directory (always stopped at the end), unless ``FLYBALL_BENCH_BOOTSTRAP=host:port`` names
+one; then ``flyball.events.v1`` must be absent or empty there (the worker's topic is fixed).
+
+Results: a table on stdout and ``bench/out/pipeline.json``. Exit 0 whether or not the goal
+(worker >= 50% of raw, medians) is met; exit 1 only if the benchmark itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT_DIR = ROOT / "bench" / "out"
+GOAL = 0.50
+PARTITIONS = 4
+BATCH = 20_000
+TENANTS = [f"tenant-{i:02d}" for i in range(50)]
+FEATURES = ["chat", "search", "summarize", "agent", "classify", "extract"]
+SERVICES = ["api", "assistant", "batch-jobs"]
+# the same consumer settings IngestService uses (see stream_processors/ingest.py)
+SESSION_TIMEOUT_MS = 6_000
+CONSUMER_OPTS: dict[str, Any] = dict(
+    enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=SESSION_TIMEOUT_MS,
+    heartbeat_interval_ms=max(SESSION_TIMEOUT_MS // 6, 200), max_poll_records=BATCH,
+    fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
+    rebalance_timeout_ms=SESSION_TIMEOUT_MS, retry_backoff_ms=100,
+)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def make_events(n: int, *, seed: int = 7, end: datetime | None = None) -> list[tuple[bytes, bytes]]:
+    """N valid ``llm_call`` events as (key, value) JSON bytes, serialized as the shim does
+    (``orjson.dumps(body, default=str)``), event times spread evenly over the 10 minutes
+    before ``end``, in order."""
+    import orjson
+
+    from flyball import __version__
+
+    rng = random.Random(seed)
+    end = end or datetime.now(UTC)
+    start = end - timedelta(minutes=10)
+    step = timedelta(minutes=10) / max(n, 1)
+    out = []
+    for i in range(n):
+        tenant = rng.choice(TENANTS)
+        input_tokens = rng.randint(50, 6_000)
+        body = {
+            "provider": "openai",
+            "model": "gpt-4o" if rng.random() < 0.2 else "gpt-4o-mini",
+            "input_tokens": input_tokens,
+            "output_tokens": rng.randint(1, 1_500),
+            "cache_read_tokens": rng.randint(0, input_tokens) if rng.random() < 0.4 else 0,
+            "latency_ms": round(rng.uniform(80.0, 9_000.0), 1),
+            "status": "ok",
+            "event_type": "llm_call",
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "ts": start + step * i,
+            "tenant_id": tenant,
+            "feature": rng.choice(FEATURES),
+            "service": rng.choice(SERVICES),
+            "environment": "production",
+            "shim_version": __version__,
+        }
+        out.append((tenant.encode(), orjson.dumps(body, default=str)))
+    return out
+
+
+# --------------------------------------------------------------------------- broker + topic
+
+
+def start_broker(state: Path) -> str:
+    script = ROOT / "scripts" / "testbrokers.py"
+    r = subprocess.run([sys.executable, str(script), "start", "--tansu", "--state", str(state)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"could not start Tansu (exit {r.returncode}):\n{r.stdout}{r.stderr}")
+    for line in (state / "env").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key == "FLYBALL_TEST_TANSU_BOOTSTRAP" and value:
+            return value
+    raise SystemExit(f"{state / 'env'} has no FLYBALL_TEST_TANSU_BOOTSTRAP")
+
+
+def stop_broker(state: Path) -> None:
+    script = ROOT / "scripts" / "testbrokers.py"
+    subprocess.run([sys.executable, str(script), "stop", "--tansu", "--state", str(state)],
+                   capture_output=True, text=True)
+
+
+async def prepare_topic(bootstrap: str, events: list[tuple[bytes, bytes]], *, external: bool) -> dict[str, float]:
+    """Create flyball's topics (events with 4 partitions) and produce the events once."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from flyball.producers.transports.kafka import start_producer
+    from flyball.schemas import EVENTS
+    from flyball.stream_processors.topics import ensure_topics
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+    finally:
+        await admin.close()
+    if EVENTS in existing and external:
+        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        await probe.start()
+        try:
+            parts = probe.partitions_for_topic(EVENTS) or set()
+            ends = await probe.end_offsets([TopicPartition(EVENTS, p) for p in parts])
+        finally:
+            await probe.stop()
+        if any(ends.values()):
+            raise SystemExit(f"{EVENTS} already holds records on {bootstrap}: the benchmark needs it "
+                             "empty (unset FLYBALL_BENCH_BOOTSTRAP to use a private Tansu)")
+    await ensure_topics(bootstrap, partitions=PARTITIONS)  # AIOKafkaAdminClient.create_topics
+    producer = await start_producer(bootstrap, linger_ms=20, compression_type="zstd",
+                                    max_batch_size=256 * 1024, request_timeout_ms=30_000)
+    try:
+        t0 = time.perf_counter()
+        futures = [await producer.send(EVENTS, value=value, key=key) for key, value in events]
+        await producer.flush()
+        await asyncio.gather(*futures)
+        produce_s = time.perf_counter() - t0
+    finally:
+        await producer.stop()
+    return {"produce_s": produce_s, "produce_eps": len(events) / produce_s}
+
+
+# --------------------------------------------------------------------------- single measurements
+
+
+def _result(path: str, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data))
+
+
+async def single_raw(a: argparse.Namespace) -> dict[str, Any]:
+    import clickhouse_connect
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    from flyball.schemas import EVENTS
+    from flyball.stream_processors.pipeline import EVENT_COLUMNS
+    from flyball.stream_processors.sinks.clickhouse import MIGRATIONS
+
+    Path(a.chdb_dir).mkdir(parents=True, exist_ok=True)
+    client = clickhouse_connect.get_client(dsn=f"chdb://{a.chdb_dir}")
+    # what ClickHouseStore.migrate() does before the worker's first batch (it also warms the
+    # insert path): the migrations table with one insert, then flyball's events table, same DDL
+    client.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at DateTime64(3, 'UTC')) "
+                   "ENGINE = MergeTree ORDER BY version")
+    client.insert("schema_migrations", [[1, datetime.now(UTC)]], column_names=["version", "applied_at"])
+    client.command(dict(MIGRATIONS)[1])
+    columns = list(EVENT_COLUMNS)
+    loads, fromiso = orjson.loads, datetime.fromisoformat
+    consumer = AIOKafkaConsumer(EVENTS, bootstrap_servers=a.bootstrap, group_id=a.group, **CONSUMER_OPTS)
+    t_start = time.perf_counter()
+    await consumer.start()
+    n = batches = 0
+    t_first: float | None = None
+    decode_s = insert_s = commit_s = 0.0
+    deadline = time.monotonic() + a.timeout
+    try:
+        while n < a.events:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"raw: {n} of {a.events} records after {a.timeout}s")
+            batch = await consumer.getmany(timeout_ms=200, max_records=BATCH)
+            if not batch:
+                continue
+            t1 = time.perf_counter()
+            if t_first is None:
+                t_first = t1
+            rows = []
+            append = rows.append
+            for recs in batch.values():
+                for rec in recs:
+                    d = loads(rec.value)
+                    append((
+                        d["event_id"], fromiso(d["ts"]), d["event_type"], d["tenant_id"],
+                        d.get("feature", ""), d.get("service", ""), d.get("environment", "production"),
+                        d.get("request_id", ""), d.get("trace_id", ""), d["provider"], d["model"],
+                        d.get("input_tokens", 0), d.get("output_tokens", 0), d.get("cache_read_tokens", 0),
+                        d.get("cache_write_tokens", 0), d.get("reasoning_tokens", 0),
+                        float(d.get("latency_ms", 0.0)), d.get("status", "ok"), "", "", "", None, "", 0,
+                    ))
+            t2 = time.perf_counter()
+            client.insert("events", rows, column_names=columns)
+            t3 = time.perf_counter()
+            await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batch.items()})
+            t4 = time.perf_counter()
+            decode_s += t2 - t1
+            insert_s += t3 - t2
+            commit_s += t4 - t3
+            n += len(rows)
+            batches += 1
+        t_end = time.perf_counter()
+    finally:
+        await consumer.stop()
+    stored = client.query("SELECT count() FROM events").result_rows[0][0]
+    client.close()
+    assert t_first is not None
+    elapsed = t_end - t_first
+    return {
+        "path": "raw", "events": n, "stored": stored, "batches": batches, "elapsed_s": elapsed,
+        "eps": n / elapsed, "join_s": t_first - t_start, "cold_total_s": t_end - t_start,
+        "stage_s": {"decode_rows": decode_s, "insert": insert_s, "commit": commit_s,
+                    "fetch_and_loop": elapsed - decode_s - insert_s - commit_s},
+        "dead_lettered": 0, "duplicates": 0,
+    }
+
+
+async def single_worker(a: argparse.Namespace) -> dict[str, Any]:
+    from flyball.control_plane.runtime import load_prices
+    from flyball.stream_processors.ingest import IngestService
+    from flyball.stream_processors.pipeline import BatchResult, Pipeline
+    from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+
+    target = a.events
+
+    class TimedPipeline(Pipeline):
+        process_s = 0.0
+
+        def process(self, raws, *, now):  # type: ignore[no-untyped-def]
+            t = time.perf_counter()
+            try:
+                return super().process(raws, now=now)
+            finally:
+                TimedPipeline.process_s += time.perf_counter() - t
+
+    class TimedStore(ClickHouseStore):
+        insert_s = 0.0
+
+        def write_events(self, rows):  # type: ignore[no-untyped-def]
+            t = time.perf_counter()
+            try:
+                super().write_events(rows)
+            finally:
+                TimedStore.insert_s += time.perf_counter() - t
+
+    class TimedIngest(IngestService):
+        t_first: float | None = None
+        t_end: float | None = None
+        done = asyncio.Event()
+
+        async def handle(self, raws: list[bytes]) -> BatchResult:
+            if self.t_first is None:
+                self.t_first = time.perf_counter()
+            result = await super().handle(raws)
+            s = self.stats
+            if self.t_end is None and s.rows + s.dead_lettered + s.duplicates >= target:
+                self.t_end = time.perf_counter()
+                self.done.set()
+            return result
+
+    book = load_prices(None)
+    store = TimedStore(f"chdb://{a.chdb_dir}")
+    store.migrate()
+    svc = TimedIngest(bootstrap=a.bootstrap, store=store, pipeline=TimedPipeline(lambda: book), group_id=a.group,
+                      max_batch=BATCH, session_timeout_ms=SESSION_TIMEOUT_MS)
+    t_start = time.perf_counter()
+    await svc.start()
+    task = asyncio.create_task(svc.run())
+    try:
+        done = asyncio.create_task(svc.done.wait())
+        finished, _ = await asyncio.wait({done, task}, timeout=a.timeout, return_when=asyncio.FIRST_COMPLETED)
+        if task in finished:
+            task.result()  # raises what killed the loop
+            raise RuntimeError("IngestService.run returned early")
+        if done not in finished:
+            done.cancel()
+            raise TimeoutError(f"worker: {svc.stats.rows} of {target} rows after {a.timeout}s")
+    finally:
+        task.cancel()
+        try:
+            await task
+        except BaseException:  # noqa: BLE001 - cancelled or already reported
+            pass
+        await svc.stop()
+    s = svc.stats
+    stored = store.query("SELECT count() FROM events")[0][0]
+    store.close()
+    assert svc.t_first is not None and svc.t_end is not None
+    elapsed = svc.t_end - svc.t_first
+    process_s, insert_s = TimedPipeline.process_s, TimedStore.insert_s
+    return {
+        "path": "worker", "events": s.events, "rows": s.rows, "stored": stored, "batches": s.batches,
+        "elapsed_s": elapsed, "eps": s.rows / elapsed, "join_s": svc.t_first - t_start,
+        "cold_total_s": svc.t_end - t_start,
+        "stage_s": {"pipeline_process": process_s, "insert": insert_s,
+                    "fetch_commit_and_loop": elapsed - process_s - insert_s},
+        "dead_lettered": s.dead_lettered, "duplicates": s.duplicates, "alerts": s.alerts,
+    }
+
+
+def run_single(a: argparse.Namespace) -> int:
+    from flyball.control_plane.runtime import configure_logging
+
+    configure_logging("warning")
+    fn = single_raw if a.single == "raw" else single_worker
+    try:
+        data = asyncio.run(fn(a))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        _result(a.result, {"path": a.single, "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    _result(a.result, data)
+    return 0
+
+
+def measure(path: str, *, bootstrap: str, n: int, run: int, work: Path, timeout: float) -> dict[str, Any]:
+    group = f"bench-{path}-{run}-{uuid.uuid4().hex[:8]}"
+    chdb_dir = work / f"chdb-{path}-{run}"
+    result = work / f"result-{path}-{run}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--single", path, "--bootstrap", bootstrap,
+           "--events", str(n), "--group", group, "--chdb-dir", str(chdb_dir), "--result", str(result),
+           "--timeout", str(timeout)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 120)
+    shutil.rmtree(chdb_dir, ignore_errors=True)
+    data = json.loads(result.read_text()) if result.exists() else {"path": path, "error": "no result file"}
+    if proc.returncode != 0 or "error" in data:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise RuntimeError(f"{path} run {run} failed (exit {proc.returncode}): {data.get('error')}\n{tail}")
+    problems = []
+    if data["stored"] != n:
+        problems.append(f"chDB holds {data['stored']} rows, expected {n}")
+    if data["dead_lettered"] or data["duplicates"]:
+        problems.append(f"{data['dead_lettered']} dead letters, {data['duplicates']} duplicates (must be 0)")
+    if problems:
+        raise RuntimeError(f"{path} run {run}: " + "; ".join(problems))
+    data["group"] = group
+    return data
+
+
+# --------------------------------------------------------------------------- main benchmark
+
+
+def bench(a: argparse.Namespace) -> int:
+    from flyball.control_plane.runtime import configure_logging
+
+    configure_logging("warning")
+    n, runs = a.events, a.runs
+    external = os.environ.get("FLYBALL_BENCH_BOOTSTRAP", "").strip()
+    work = Path(tempfile.mkdtemp(prefix="flyball-bench-"))
+    state = work / "brokers"
+    timeout = a.timeout or 60 + n / 2_000
+    report: dict[str, Any] = {}
+    try:
+        if external:
+            bootstrap = external
+            print(f"broker: {bootstrap} (FLYBALL_BENCH_BOOTSTRAP)")
+        else:
+            t = time.perf_counter()
+            bootstrap = start_broker(state)
+            print(f"broker: private Tansu on {bootstrap} (started in {time.perf_counter() - t:.1f}s)")
+        t = time.perf_counter()
+        events = make_events(n)
+        gen_s = time.perf_counter() - t
+        size = sum(len(v) for _, v in events)
+        print(f"events: {n:,} llm_call, {size / n:.0f} B/event avg, generated in {gen_s:.1f}s")
+        produced = asyncio.run(prepare_topic(bootstrap, events, external=bool(external)))
+        del events
+        print(f"produced to flyball.events.v1 ({PARTITIONS} partitions, zstd, linger 20 ms, 256 KiB batches): "
+              f"{produced['produce_eps']:,.0f} ev/s")
+        results = []
+        for run in range(1, runs + 1):
+            order = ("raw", "worker") if run % 2 else ("worker", "raw")
+            entry: dict[str, Any] = {"run": run, "order": list(order)}
+            for path in order:
+                entry[path] = measure(path, bootstrap=bootstrap, n=n, run=run, work=work, timeout=timeout)
+                r = entry[path]
+                print(f"  run {run} {path:6s} {r['eps']:>10,.0f} ev/s  ({r['elapsed_s']:.2f}s for {n:,}, "
+                      f"{r['batches']} batches, join {r['join_s']:.1f}s)", flush=True)
+            results.append(entry)
+        raw_med = statistics.median(r["raw"]["eps"] for r in results)
+        worker_med = statistics.median(r["worker"]["eps"] for r in results)
+        ratio = worker_med / raw_med
+        met = ratio >= GOAL
+
+        def us(path: str) -> dict[str, float]:
+            keys = results[0][path]["stage_s"].keys()
+            return {k: statistics.median(r[path]["stage_s"][k] for r in results) / n * 1e6 for k in keys}
+
+        print()
+        print(f"{'run':>4} {'raw ev/s':>12} {'worker ev/s':>12} {'worker/raw':>11}")
+        for r in results:
+            print(f"{r['run']:>4} {r['raw']['eps']:>12,.0f} {r['worker']['eps']:>12,.0f} "
+                  f"{r['worker']['eps'] / r['raw']['eps']:>11.2f}")
+        print(f"{'med':>4} {raw_med:>12,.0f} {worker_med:>12,.0f} {ratio:>11.2f}")
+        print()
+        print("median stage time, us/event (from the first batch to the last insert):")
+        for path in ("raw", "worker"):
+            stages = us(path)
+            print(f"  {path:6s} " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+                  + f"  = {sum(stages.values()):.2f}")
+        print("timing: from the first non-empty getmany to the insert that completes N rows; "
+              "the consumer-group join (join_s) is excluded")
+        print(f"goal >= {GOAL:.2f}: {'MET' if met else 'NOT MET'} (worker/raw = {ratio:.2f})")
+        report = {
+            "benchmark": "pipeline", "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "config": {"events": n, "runs": runs, "partitions": PARTITIONS, "batch": BATCH, "quick": a.quick,
+                       "broker": "external" if external else "tansu (private)", "bootstrap": bootstrap,
+                       "event_bytes_avg": size / n},
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "timing": "first non-empty getmany -> insert completing N rows; group join excluded (join_s)",
+            "produce": produced, "runs": results,
+            "median": {"raw_eps": raw_med, "worker_eps": worker_med},
+            "median_stage_us_per_event": {"raw": us("raw"), "worker": us("worker")},
+            "ratio": ratio, "goal": GOAL, "met": met,
+        }
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+        return 0
+    finally:
+        if not external:
+            stop_broker(state)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- in-process profile
+
+
+def profile(a: argparse.Namespace) -> int:
+    """No broker: where the worker's per-event time goes, on the same kind of events.
+
+    ``Pipeline.process`` is timed whole (batches of 20k, fresh Pipeline), then each of its
+    stages is re-run in isolation over the same events with the same calls it makes, and the
+    chDB insert of the worker's rows is timed next to the insert of the raw path's rows.
+    """
+    import clickhouse_connect
+    import orjson
+
+    from flyball.control_plane.runtime import configure_logging, load_prices
+    from flyball.schemas import LLMCall, parse_event
+    from flyball.stream_processors.detectors import WindowSample
+    from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline, RecentIds, to_row
+    from flyball.stream_processors.pricing import Usage, price
+    from flyball.stream_processors.sinks.clickhouse import MIGRATIONS
+
+    configure_logging("warning")
+    n = a.events
+    raws = [v for _, v in make_events(n)]
+    batches = [raws[i:i + BATCH] for i in range(0, n, BATCH)]
+    book = load_prices(None)
+    now = datetime.now(UTC)
+    us = {}
+
+    def timed(label: str, fn) -> Any:  # type: ignore[no-untyped-def]
+        t = time.perf_counter()
+        value = fn()
+        us[label] = (time.perf_counter() - t) / n * 1e6
+        return value
+
+    pipe = Pipeline(lambda: book)
+    results = timed("pipeline_process_total", lambda: [pipe.process(b, now=now) for b in batches])
+    rows = [row for r in results for row in r.rows]
+    assert len(rows) == n and not any(r.dead for r in results), "events must all be valid"
+
+    events = timed("parse_validate (parse_event)", lambda: [parse_event(r, now=now) for r in raws])
+    seen = RecentIds(1_000_000)
+    timed("dedupe (RecentIds.add)", lambda: [seen.add(e.event_id) for e in events])
+    wm: list[Any] = [None]
+
+    def watermark() -> None:
+        w = None
+        for e in events:
+            if w is None or e.ts > w:
+                w = e.ts
+        wm[0] = w
+    timed("watermark", watermark)
+    priced = timed("price (Usage + price)", lambda: [
+        price(Usage(e.provider, e.model, e.ts, e.input_tokens, e.output_tokens, e.cache_read_tokens,
+                    e.cache_write_tokens, e.reasoning_tokens), book) for e in events])
+    det_pipe = Pipeline(lambda: book)
+    detector = det_pipe.detector
+
+    def windows_and_detector() -> None:
+        for i in range(0, n, BATCH):
+            windows: dict[tuple[str, int], WindowSample] = {}
+            cost_by_tenant: dict[str, Any] = {}
+            for e, p in zip(events[i:i + BATCH], priced[i:i + BATCH]):
+                cost = p.cost
+                key = (e.tenant_id, detector.window_of(e.ts))
+                sample = windows.get(key)
+                if sample is None:
+                    windows[key] = WindowSample(cost, e.ts, e.ts, [e.event_id])
+                else:
+                    sample.amount += cost
+                    sample.first_ts = min(sample.first_ts, e.ts)
+                    sample.last_ts = max(sample.last_ts, e.ts)
+                    if len(sample.event_ids) < 10:
+                        sample.event_ids.append(e.event_id)
+                cost_by_tenant[e.tenant_id] = cost_by_tenant.get(e.tenant_id, 0) + cost
+            for (tenant_id, window), sample in sorted(windows.items(), key=lambda kv: kv[0][1]):
+                detector.observe(tenant_id, window, sample)
+            detector.advance(max(e.ts for e in events[i:i + BATCH]))
+    timed("windows + cost_by_tenant + detector", windows_and_detector)
+    timed("row building (to_row)", lambda: [to_row(e, p.cost, p.price_version) for e, p in zip(events, priced)])
+    stage_sum = sum(v for k, v in us.items() if k != "pipeline_process_total")
+
+    # raw path decode for comparison
+    def raw_rows() -> list[tuple[Any, ...]]:
+        out = []
+        for b in raws:
+            d = orjson.loads(b)
+            out.append((d["event_id"], datetime.fromisoformat(d["ts"]), d["event_type"], d["tenant_id"],
+                        d.get("feature", ""), d.get("service", ""), d.get("environment", "production"),
+                        d.get("request_id", ""), d.get("trace_id", ""), d["provider"], d["model"],
+                        d.get("input_tokens", 0), d.get("output_tokens", 0), d.get("cache_read_tokens", 0),
+                        d.get("cache_write_tokens", 0), d.get("reasoning_tokens", 0),
+                        float(d.get("latency_ms", 0.0)), d.get("status", "ok"), "", "", "", None, "", 0))
+        return out
+    rrows = timed("raw: orjson.loads + row tuple", raw_rows)
+
+    # inserts: one chDB session per process, so both tables live in one directory
+    work = Path(tempfile.mkdtemp(prefix="flyball-bench-profile-"))
+    try:
+        client = clickhouse_connect.get_client(dsn=f"chdb://{work}")
+        ddl = dict(MIGRATIONS)[1]
+        client.command(ddl)
+        client.command(ddl.replace("IF NOT EXISTS events", "IF NOT EXISTS events_raw"))
+        cols = list(EVENT_COLUMNS)
+        timed("insert worker rows (Decimal cost)", lambda: [client.insert("events", rows[i:i + BATCH], column_names=cols)
+                                                            for i in range(0, n, BATCH)])
+        timed("insert raw rows (NULL cost)", lambda: [client.insert("events_raw", rrows[i:i + BATCH], column_names=cols)
+                                                      for i in range(0, n, BATCH)])
+        client.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    prof = cProfile.Profile()
+    p2 = Pipeline(lambda: book)
+    prof.enable()
+    for b in batches:
+        p2.process(b, now=now)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
+
+    print(f"in-process profile, {n:,} events, batches of {BATCH:,} (us/event):")
+    for k, v in us.items():
+        print(f"  {k:40s} {v:8.2f}")
+    print(f"  {'(sum of isolated pipeline stages)':40s} {stage_sum:8.2f}")
+    print("\ncProfile of Pipeline.process (tottime; profiler overhead inflates per-call costs):")
+    print("\n".join(buf.getvalue().splitlines()[:40]))
+    out = Path(a.out).with_name("pipeline-profile.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"events": n, "us_per_event": us, "stage_sum_us": stage_sum,
+                               "when": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=None, help="events per run (default 200000; --quick 20000)")
+    ap.add_argument("--runs", type=int, default=None, help="repetitions of each path (default 3; --quick 1)")
+    ap.add_argument("--quick", action="store_true", help="smoke: 20000 events, 1 run")
+    ap.add_argument("--profile", action="store_true", help="no broker: in-process per-stage breakdown of the worker")
+    ap.add_argument("--timeout", type=float, default=0, help="seconds allowed per measurement (default 60 + N/2000)")
+    ap.add_argument("--out", default=str(OUT_DIR / "pipeline.json"), help="JSON results file")
+    # internal: one measurement in this process
+    ap.add_argument("--single", choices=["raw", "worker"], help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    ap.add_argument("--group", help=argparse.SUPPRESS)
+    ap.add_argument("--chdb-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.events is None:
+        a.events = 20_000 if a.quick else 200_000
+    if a.runs is None:
+        a.runs = 1 if a.quick else 3
+    if a.events < 1 or a.runs < 1:
+        ap.error("--events and --runs must be >= 1")
+    if a.single:
+        return run_single(a)
+    if a.profile:
+        return profile(a)
+    try:
+        return bench(a)
+    except RuntimeError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

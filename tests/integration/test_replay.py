@@ -1,0 +1,72 @@
+"""`flyball replay` as a user runs it: recorded events in, DLQ/spend/alerts/actions out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+
+T0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
+
+
+def _call(tenant: str, model: str, inp: int, out: int, ts: datetime, event_id: str | None = None) -> bytes:
+    return orjson.dumps({"event_type": "llm_call", "event_id": event_id or str(uuid.uuid4()), "ts": ts.isoformat(),
+                         "tenant_id": tenant, "feature": "chat", "provider": "openai", "model": model,
+                         "input_tokens": inp, "output_tokens": out})
+
+
+def test_replay_writes_dlq_spend_alerts_and_actions(tmp_path: Path) -> None:
+    lines, expected = [], {"calm": Decimal(0), "spiky": Decimal(0)}
+    for s in range(0, 600, 5):  # ten minutes of baseline
+        for tenant in expected:
+            lines.append(_call(tenant, "gpt-4o-mini", 1000, 200, T0 + timedelta(seconds=s)))
+            expected[tenant] += 1000 * Decimal("0.00000015") + 200 * Decimal("0.0000006")
+    dup = str(uuid.uuid4())
+    for i in range(20):  # the spike, with one event sent twice
+        line = _call("spiky", "gpt-4o", 40_000, 3_000, T0 + timedelta(seconds=600 + i / 4), event_id=dup if i < 2 else None)
+        lines.append(line)
+        if i >= 1:
+            expected["spiky"] += 40_000 * Decimal("0.0000025") + 3_000 * Decimal("0.00001")
+    lines += [b'{"event_type": "llm_call", "tenant_id": "calm"}', b"not json at all"]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "flyball.control_plane.cli", "replay", "--events", str(events),
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "1 duplicates" in done.stdout and "2 dead-lettered" in done.stdout
+
+    dlq = [json.loads(line) for line in (out / "dlq.jsonl").read_text().splitlines()]
+    assert [d["original"] for d in dlq] == ['{"event_type": "llm_call", "tenant_id": "calm"}', "not json at all"]
+    assert "event_id" in dlq[0]["reason"] and "JSON" in dlq[1]["reason"]
+
+    spend: dict[str, Decimal] = {}
+    with (out / "spend.csv").open() as f:
+        for row in csv.DictReader(f):
+            spend[row["tenant_id"]] = spend.get(row["tenant_id"], Decimal(0)) + Decimal(row["cost_usd"])
+    assert spend == expected
+
+    alerts = [json.loads(line) for line in (out / "alerts.jsonl").read_text().splitlines()]
+    assert [(a["kind"], a["scope"]) for a in alerts] == [("cost_spike", {"tenant_id": "spiky"})]
+    assert alerts[0]["first_seen"].startswith("2026-02-01T09:10")
+
+    actions = [json.loads(line) for line in (out / "actions.jsonl").read_text().splitlines()]
+    applied = [a for a in actions if a["decision"] == "applied"]
+    assert len(applied) == 1 and applied[0]["directive"]["action"] == "throttle"
+    assert applied[0]["scope"] == {"tenant_id": "spiky"}
+
+
+def test_replay_refuses_an_unreadable_price_file_with_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "e.jsonl").write_text("")
+    (tmp_path / "prices.json").write_text('{"format": "flyball.prices/1", "prices": [{"provider": "x", "model": "y", "input": "-1", "output": "1"}]}')
+    done = subprocess.run([sys.executable, "-m", "flyball.control_plane.cli", "replay", "--events", str(tmp_path / "e.jsonl"),
+                           "--out", str(tmp_path / "o"), "--prices", str(tmp_path / "prices.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "prices[0].input" in done.stderr

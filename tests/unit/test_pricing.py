@@ -1,0 +1,226 @@
+"""Unit tests for pricing (``flyball.stream_processors.pricing``): exact money, versions, catalogs."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flyball.stream_processors.pricing import (
+    CatalogError,
+    PriceBook,
+    PriceEntry,
+    Rates,
+    Usage,
+    cost_of,
+    load_catalog,
+    price,
+)
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+# Real entries copied (fields trimmed) from LiteLLM's model_prices_and_context_window.json, with
+# rates written exactly as LiteLLM writes them (float exponents), plus its sample_spec and a
+# non-token (image) model, both of which must be skipped.
+LITELLM = """{
+  "sample_spec": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0,
+                  "litellm_provider": "one of https://docs.litellm.ai/docs/providers"},
+  "gpt-4o-mini": {"cache_read_input_token_cost": 7.5e-08, "input_cost_per_token": 1.5e-07,
+                  "litellm_provider": "openai", "mode": "chat", "output_cost_per_token": 6e-07},
+  "o3-mini": {"cache_read_input_token_cost": 5.5e-07, "input_cost_per_token": 1.1e-06,
+              "litellm_provider": "openai", "mode": "chat", "output_cost_per_token": 4.4e-06,
+              "supports_reasoning": true},
+  "claude-sonnet-4-5": {"cache_creation_input_token_cost": 3.75e-06, "cache_read_input_token_cost": 3e-07,
+                        "input_cost_per_token": 3e-06, "litellm_provider": "anthropic", "mode": "chat",
+                        "output_cost_per_token": 1.5e-05},
+  "gemini/gemini-2.5-pro": {"cache_read_input_token_cost": 1.25e-07,
+                            "cache_read_input_token_cost_above_200k_tokens": 2.5e-07,
+                            "input_cost_per_token": 1.25e-06, "input_cost_per_token_above_200k_tokens": 2.5e-06,
+                            "litellm_provider": "gemini", "mode": "chat", "output_cost_per_token": 1e-05,
+                            "output_cost_per_token_above_200k_tokens": 1.5e-05},
+  "dall-e-3": {"litellm_provider": "openai", "mode": "image_generation", "output_cost_per_image": 0.04}
+}"""
+
+
+def flyball_catalog(*entries: dict[str, object]) -> str:
+    return json.dumps({"format": "flyball.prices/1", "prices": list(entries)})
+
+
+VERSIONED = flyball_catalog(
+    {"provider": "openai", "model": "gpt-4o-mini", "effective_from": "2025-01-01T00:00:00+00:00",
+     "input": "0.00000015", "output": "0.0000006", "source": "v1"},
+    {"provider": "openai", "model": "gpt-4o-mini", "effective_from": "2026-01-01T14:00:00+02:00",
+     "input": "0.0000001", "output": "0.0000004", "source": "v2"},
+)
+
+
+@pytest.fixture(scope="module")
+def litellm_book() -> PriceBook:
+    return load_catalog(LITELLM)
+
+
+def usage(provider: str, model: str, *, ts: datetime = NOW, **tokens: int) -> Usage:
+    return Usage(provider=provider, model=model, ts=ts, **tokens)
+
+
+# ------------------------------------------------------------------ worked examples (by hand)
+
+
+def test_openai_cached_reads_are_a_subset_of_input_billed_at_the_cache_rate(litellm_book: PriceBook) -> None:
+    # fresh 200 * 0.00000015 = 0.00003; cached 1000 * 0.000000075 = 0.000075; out 300 * 0.0000006 = 0.00018
+    priced = price(usage("openai", "gpt-4o-mini", input_tokens=1200, cache_read_tokens=1000,
+                         output_tokens=300), litellm_book)
+    assert priced.cost == Decimal("0.000285")
+    assert isinstance(priced.cost, Decimal)
+
+
+def test_openai_reasoning_tokens_are_billed_once_at_the_output_rate(litellm_book: PriceBook) -> None:
+    # fresh 6000 * 0.0000011 = 0.0066; cached 4000 * 0.00000055 = 0.0022;
+    # output 2000 (of which 1500 reasoning, no reasoning rate) * 0.0000044 = 0.0088
+    priced = price(usage("openai", "o3-mini", input_tokens=10_000, cache_read_tokens=4_000,
+                         output_tokens=2_000, reasoning_tokens=1_500), litellm_book)
+    assert priced.cost == Decimal("0.0176")
+
+
+def test_anthropic_cache_writes_and_reads_have_their_own_rates(litellm_book: PriceBook) -> None:
+    # fresh 2000 * 0.000003 = 0.006; read 40000 * 0.0000003 = 0.012;
+    # write 8000 * 0.00000375 = 0.03; output 1000 * 0.000015 = 0.015
+    priced = price(usage("anthropic", "claude-sonnet-4-5", input_tokens=50_000, cache_read_tokens=40_000,
+                         cache_write_tokens=8_000, output_tokens=1_000), litellm_book)
+    assert priced.cost == Decimal("0.063")
+
+
+def test_gemini_below_the_200k_tier_uses_base_rates(litellm_book: PriceBook) -> None:
+    # exactly 200k is not above: 200000 * 0.00000125 = 0.25; 1000 * 0.00001 = 0.01
+    priced = price(usage("gcp.gemini", "gemini-2.5-pro", input_tokens=200_000, output_tokens=1_000),
+                   litellm_book)
+    assert priced.cost == Decimal("0.26")
+
+
+def test_gemini_above_the_200k_tier_prices_the_whole_call_at_tier_rates(litellm_book: PriceBook) -> None:
+    # fresh 200000 * 0.0000025 = 0.5; cached 50000 * 0.00000025 = 0.0125;
+    # output 2000 (500 thinking) * 0.000015 = 0.03
+    priced = price(usage("gcp.gemini", "gemini-2.5-pro", input_tokens=250_000, cache_read_tokens=50_000,
+                         output_tokens=2_000, reasoning_tokens=500), litellm_book)
+    assert priced.cost == Decimal("0.5425")
+
+
+def test_reasoning_rate_is_used_when_the_catalog_has_one() -> None:
+    book = load_catalog(flyball_catalog({"provider": "x", "model": "thinker", "input": "0.000001",
+                                         "output": "0.000002", "reasoning": "0.000003",
+                                         "per_request": "0.01"}))
+    # fresh 100 * 0.000001 = 0.0001; plain output 10 * 0.000002 = 0.00002;
+    # reasoning 30 * 0.000003 = 0.00009; per request 0.01
+    priced = price(usage("x", "thinker", input_tokens=100, output_tokens=40, reasoning_tokens=30), book)
+    assert priced.cost == Decimal("0.01021")
+
+
+def test_flyball_tier_inherits_base_rates_it_does_not_override() -> None:
+    book = load_catalog(flyball_catalog({"provider": "x", "model": "m", "input": "0.000001", "output": "0.00001",
+                                         "tier_threshold_tokens": 1000, "above_threshold": {"input": "0.000002"}}))
+    # 2000 * 0.000002 + 10 * 0.00001 (inherited output rate)
+    assert price(usage("x", "m", input_tokens=2000, output_tokens=10), book).cost == Decimal("0.0041")
+
+
+def test_cached_tokens_are_never_double_counted() -> None:
+    entry = PriceEntry("p", "m", NOW, Rates(input=Decimal("0.000002"), output=Decimal(0),
+                                            cache_read=Decimal(0), cache_write=Decimal(0)))
+    # every input token is cached (free here): nothing is charged again as fresh input
+    assert cost_of(usage("p", "m", input_tokens=1000, cache_read_tokens=600, cache_write_tokens=400), entry) == 0
+
+
+TOKENS = st.integers(0, 10_000_000)
+RATES = st.decimals(min_value=0, max_value=Decimal("0.001"), places=12)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(TOKENS, TOKENS, st.data(), RATES, RATES)
+def test_splitting_tokens_into_cached_or_reasoning_never_changes_cost_at_equal_rates(
+        input_tokens: int, output_tokens: int, data: st.DataObject, in_rate: Decimal, out_rate: Decimal) -> None:
+    cache_read = data.draw(st.integers(0, input_tokens))
+    cache_write = data.draw(st.integers(0, input_tokens - cache_read))
+    reasoning = data.draw(st.integers(0, output_tokens))
+    entry = PriceEntry("p", "m", NOW, Rates(input=in_rate, output=out_rate))  # cache/reasoning at base rates
+    split = usage("p", "m", input_tokens=input_tokens, output_tokens=output_tokens, cache_read_tokens=cache_read,
+                  cache_write_tokens=cache_write, reasoning_tokens=reasoning)
+    assert cost_of(split, entry) == input_tokens * in_rate + output_tokens * out_rate
+
+
+# ------------------------------------------------------------------ versions and lookup
+
+
+def test_event_is_priced_with_the_version_in_force_at_its_time() -> None:
+    priced = price(usage("openai", "gpt-4o-mini", ts=NOW - timedelta(seconds=1), input_tokens=1000), load_catalog(VERSIONED))
+    assert priced.cost == Decimal("0.00015")
+    assert priced.price_version == "openai/gpt-4o-mini@2025-01-01T00:00:00Z"
+
+
+def test_new_version_applies_from_its_effective_time_given_with_an_offset() -> None:
+    priced = price(usage("openai", "gpt-4o-mini", ts=NOW, input_tokens=1000), load_catalog(VERSIONED))
+    assert priced.cost == Decimal("0.0001")
+    assert priced.price_version == "openai/gpt-4o-mini@2026-01-01T12:00:00Z"
+
+
+def test_event_before_the_first_version_is_unpriced() -> None:
+    book = load_catalog(VERSIONED)
+    assert book.lookup("openai", "gpt-4o-mini", datetime(2024, 12, 31, tzinfo=UTC)) is None
+    priced = price(usage("openai", "gpt-4o-mini", ts=datetime(2024, 12, 31, tzinfo=UTC), input_tokens=1), book)
+    assert priced.cost is None and priced.unpriced and priced.price_version == ""
+
+
+def test_unknown_model_is_unpriced_not_zero(litellm_book: PriceBook) -> None:
+    priced = price(usage("openai", "gpt-9-imaginary", input_tokens=1000), litellm_book)
+    assert priced.cost is None and priced.unpriced
+
+
+def test_lookup_ignores_case_of_provider_and_model(litellm_book: PriceBook) -> None:
+    entry = litellm_book.lookup("OpenAI", "GPT-4o-mini", NOW)
+    assert entry is not None and entry.model == "gpt-4o-mini"
+
+
+def test_lookup_falls_back_to_the_model_alone_for_an_unknown_provider(litellm_book: PriceBook) -> None:
+    entry = litellm_book.lookup("google", "gemini-2.5-pro", NOW)
+    assert entry is not None and entry.provider == "gcp.gemini"
+
+
+# ------------------------------------------------------------------ catalog loading
+
+
+def test_litellm_catalog_is_recognised_by_content_and_maps_provider_names(litellm_book: PriceBook) -> None:
+    entry = litellm_book.lookup("gcp.gemini", "gemini-2.5-pro", NOW)
+    assert entry is not None
+    assert (entry.rates.input, entry.above.input, entry.tier_threshold_tokens) == (
+        Decimal("0.00000125"), Decimal("0.0000025"), 200_000)
+
+
+def test_litellm_sample_spec_and_non_token_models_are_skipped(litellm_book: PriceBook) -> None:
+    assert len(litellm_book) == 4
+    assert litellm_book.lookup("openai", "dall-e-3", NOW) is None
+
+
+def test_flyball_catalog_is_recognised_by_content_and_accepts_bytes() -> None:
+    book = load_catalog(VERSIONED.encode(), source="test")
+    assert len(book) == 2
+    assert book.lookup("openai", "gpt-4o-mini", NOW).source == "v2"
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    (flyball_catalog({"provider": "a", "model": "m", "input": "0.1", "output": "0.2"},
+                     {"provider": "b", "model": "m", "input": "-0.000001", "output": "0.2"}), "prices[1].input"),
+    (flyball_catalog({"provider": "a", "model": "m", "input": "0.1"}), "prices[0].output"),
+    (flyball_catalog({"provider": "a", "model": "m", "input": "abc", "output": "1"}), "prices[0].input"),
+    (flyball_catalog({"provider": "a", "model": "m", "input": "1", "output": "1",
+                      "effective_from": "2026-01-01T00:00:00"}), "prices[0].effective_from"),
+    ('{"format": "flyball.prices/1", "prices": {}}', "prices"),
+    ("{not json", "not valid JSON"),
+    ('{"models": [1, 2, 3]}', "neither flyball format"),
+    ("[]", "neither flyball format"),
+])
+def test_bad_catalog_error_names_the_entry_and_field(text: str, names: str) -> None:
+    with pytest.raises(CatalogError, match=re.escape(names)):
+        load_catalog(text)
