@@ -105,7 +105,7 @@ class System:
             pipeline = Pipeline(lambda: self.book)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms)
-            self._faust = create_worker_app(bootstrap=self.bootstrap, ingest=self.ingest,
+            self._faust = create_worker_app(bootstrap=self.bootstrap, ingest=self.ingest, app_id=s.worker_group,
                                             session_timeout_s=s.session_timeout_ms / 1000)
             self._tasks.append(asyncio.create_task(self._faust.start(), name="faust"))
             waits.append(self.ingest.ready)

@@ -8,7 +8,6 @@ faust's per-event stream machinery is the measured bottleneck (see ``ingest.py``
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import faust
 import structlog
@@ -21,14 +20,13 @@ log = structlog.get_logger(__name__)
 def create_app(*, bootstrap: str, ingest: IngestService, app_id: str = "flyball-worker",
                session_timeout_s: float = 6.0) -> faust.App:
     app = faust.App(
-        f"{app_id}-host-{uuid.uuid4().hex[:8]}",  # faust's own (idle) group: never shared, never stale
+        f"{app_id}-host",  # faust's own group; short session timeout so a stale member is dropped fast
         broker=f"kafka://{bootstrap}",
         web_enabled=False,
         autodiscover=False,
         store="memory://",
         broker_session_timeout=session_timeout_s,
         broker_heartbeat_interval=max(session_timeout_s / 6, 0.5),
-        topic_allow_declare=False,
         producer_acks=-1,
     )
 

@@ -213,13 +213,10 @@ def test_flyball_catalog_is_recognised_by_content_and_accepts_bytes() -> None:
     (flyball_catalog({"provider": "a", "model": "m", "input": "0.1", "output": "0.2"},
                      {"provider": "b", "model": "m", "input": "-0.000001", "output": "0.2"}), "prices[1].input"),
     (flyball_catalog({"provider": "a", "model": "m", "input": "0.1"}), "prices[0].output"),
-    (flyball_catalog({"provider": "a", "model": "m", "input": "abc", "output": "1"}), "prices[0].input"),
     (flyball_catalog({"provider": "a", "model": "m", "input": "1", "output": "1",
                       "effective_from": "2026-01-01T00:00:00"}), "prices[0].effective_from"),
-    ('{"format": "flyball.prices/1", "prices": {}}', "prices"),
     ("{not json", "not valid JSON"),
     ('{"models": [1, 2, 3]}', "neither flyball format"),
-    ("[]", "neither flyball format"),
 ])
 def test_bad_catalog_error_names_the_entry_and_field(text: str, names: str) -> None:
     with pytest.raises(CatalogError, match=re.escape(names)):

@@ -1,0 +1,114 @@
+"""Unit tests for the per-batch core (``flyball.stream_processors.pipeline``)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from flyball.schemas import AlertKind, Scope
+from flyball.stream_processors.pipeline import EVENT_COLUMNS, BatchResult, Pipeline
+from flyball.stream_processors.pricing import load_catalog
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+BOOK = load_catalog(json.dumps({"format": "flyball.prices/1", "prices": [
+    {"provider": "openai", "model": "gpt-4o-mini", "effective_from": "2025-01-01T00:00:00+00:00",
+     "input": "0.00000015", "output": "0.0000006", "cache_read": "0.000000075"},
+]}))
+
+
+def event_id(n: int) -> str:
+    return str(uuid.UUID(int=n))
+
+
+def llm_call(n: int, **overrides: Any) -> bytes:
+    event = {"event_type": "llm_call", "event_id": event_id(n), "ts": NOW.isoformat(), "tenant_id": "acme",
+             "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 1200, "output_tokens": 300,
+             "cache_read_tokens": 1000}
+    event.update(overrides)
+    return orjson.dumps(event)
+
+
+def rows(result: BatchResult) -> list[dict[str, Any]]:
+    return [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in result.rows]
+
+
+def pipeline() -> Pipeline:
+    return Pipeline(lambda: BOOK)
+
+
+def test_invalid_bytes_are_dead_lettered_with_original_bytes_and_reason() -> None:
+    result = pipeline().process([b"{not json", llm_call(1)], now=NOW)
+    assert [(d.raw, d.reason.startswith("event:")) for d in result.dead] == [(b"{not json", True)]
+    assert len(result.rows) == 1
+
+
+def test_dead_letter_reason_names_the_invalid_field() -> None:
+    result = pipeline().process([llm_call(1, input_tokens=-5)], now=NOW)
+    assert result.rows == []
+    assert result.dead[0].reason.startswith("input_tokens:")
+
+
+def test_event_too_far_in_the_future_is_dead_lettered_live_but_kept_in_replay() -> None:
+    raw = llm_call(1, ts=(NOW + timedelta(minutes=10)).isoformat())
+    assert len(pipeline().process([raw], now=NOW).dead) == 1
+    assert len(pipeline().process([raw], now=None).rows) == 1
+
+
+def test_duplicate_event_ids_in_one_batch_are_counted_not_stored() -> None:
+    result = pipeline().process([llm_call(1), llm_call(1), llm_call(2)], now=NOW)
+    assert result.duplicates == 1
+    assert [r["event_id"] for r in rows(result)] == [event_id(1), event_id(2)]
+
+
+def test_duplicate_event_ids_across_batches_are_counted_not_stored() -> None:
+    pipe = pipeline()
+    pipe.process([llm_call(1)], now=NOW)
+    result = pipe.process([llm_call(1)], now=NOW)
+    assert (result.duplicates, result.rows, result.cost_by_tenant) == (1, [], {})
+
+
+def test_row_carries_exact_decimal_cost_and_price_version() -> None:
+    # 200 * 0.00000015 + 1000 * 0.000000075 + 300 * 0.0000006 = 0.000285
+    (row,) = rows(pipeline().process([llm_call(1)], now=NOW))
+    assert (row["cost_usd"], row["price_version"], row["unpriced"]) == (
+        Decimal("0.000285"), "openai/gpt-4o-mini@2025-01-01T00:00:00Z", 0)
+    assert isinstance(row["cost_usd"], Decimal)
+
+
+def test_cost_by_tenant_sums_exactly() -> None:
+    result = pipeline().process([llm_call(n) for n in range(1, 11)], now=NOW)
+    assert result.cost_by_tenant == {"acme": Decimal("0.00285")}
+
+
+def test_non_llm_event_is_stored_at_zero_cost() -> None:
+    raw = orjson.dumps({"event_type": "tool_call", "event_id": event_id(1), "ts": NOW.isoformat(),
+                        "tenant_id": "acme", "tool_name": "sql"})
+    (row,) = rows(pipeline().process([raw], now=NOW))
+    assert (row["tool_name"], row["cost_usd"], row["unpriced"]) == ("sql", Decimal(0), 0)
+
+
+def test_unpriced_model_row_has_null_cost_and_unpriced_flag() -> None:
+    (row,) = rows(pipeline().process([llm_call(1, model="mystery-1")], now=NOW))
+    assert (row["cost_usd"], row["price_version"], row["unpriced"]) == (None, "", 1)
+
+
+def test_unpriced_model_alerts_once_per_provider_and_model_across_batches() -> None:
+    pipe = pipeline()
+    first = pipe.process([llm_call(1, model="mystery-1"), llm_call(2, model="mystery-1")], now=NOW)
+    second = pipe.process([llm_call(3, model="mystery-1"), llm_call(4, model="mystery-2")], now=NOW)
+    alerts = first.alerts + second.alerts
+    assert [(a.kind, a.scope) for a in alerts] == [
+        (AlertKind.UNPRICED_MODEL, Scope(provider="openai", model="mystery-1")),
+        (AlertKind.UNPRICED_MODEL, Scope(provider="openai", model="mystery-2")),
+    ]
+
+
+def test_event_whose_ts_overflows_in_utc_is_dead_lettered_not_crashing_the_batch() -> None:
+    result = pipeline().process([llm_call(1, ts="0001-01-01T00:00:00+01:00"), llm_call(2)], now=NOW)
+    assert [d.reason.split(":")[0] for d in result.dead] == ["ts"]
+    assert len(result.rows) == 1
