@@ -210,10 +210,11 @@ class Telemetry:
                     body = self._queue.popleft()
                     try:
                         event = parse_event(body, now=now)
-                    except InvalidEvent as exc:
-                        dead.append((None, orjson.dumps({"reason": exc.reason, "original": _safe(body),
+                    except Exception as exc:  # noqa: BLE001 - InvalidEvent, or a validator bug: keep it, never crash
+                        reason = exc.reason if isinstance(exc, InvalidEvent) else f"event: could not be validated ({type(exc).__name__})"
+                        dead.append((None, orjson.dumps({"reason": reason, "original": _safe(body),
                                                          "dead_lettered_at": now.isoformat(), "source": "shim"})))
-                        log.warning("event_invalid", reason=exc.reason, event_type=body.get("event_type"))
+                        log.warning("event_invalid", reason=reason, event_type=body.get("event_type"))
                         continue
                     pending.append((event.tenant_id.encode(), orjson.dumps(body, default=str)))
             try:

@@ -45,7 +45,10 @@ _UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 def _utc(value: datetime, info: ValidationInfo) -> datetime:
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp out of range when converted to UTC") from None
     now = (info.context or {}).get("now") if info.context else None
     if now is not None and value > now + MAX_FUTURE:
         raise ValueError(f"timestamp is more than {MAX_FUTURE} in the future")
@@ -81,7 +84,7 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
 
-    schema_version: Literal[1] = 1
+    schema_version: Annotated[int, Field(strict=True, ge=1, le=1)] = 1
     event_id: Annotated[str, Field(pattern=_UUID_RE)]
     ts: EventTime
     tenant_id: Name
@@ -105,10 +108,13 @@ class Envelope(BaseModel):
         if not extra:
             return data
         data = dict(data)
-        attrs = dict(data.get("attributes") or {}) if isinstance(data.get("attributes"), dict) else {}
+        given = data.get("attributes")
+        if given is not None and not isinstance(given, dict):
+            return data  # let validation reject the malformed attributes, naming the field
+        attrs = dict(given or {})
         for key in extra:
             value = data.pop(key)
-            if isinstance(value, (str, int, float, bool)):
+            if isinstance(value, (str, float, bool)) or (isinstance(value, int) and -(2**63) <= value < 2**63):
                 attrs[f"x.{key}"] = value
             else:
                 attrs[f"x.{key}"] = str(value)[:MAX_ATTRIBUTE_VALUE]
@@ -239,7 +245,7 @@ def parse_event(raw: bytes | str | dict[str, Any], *, now: datetime | None = Non
 
 def _check_version(data: dict[str, Any]) -> dict[str, Any]:
     version = data.get("schema_version", 1)
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise InvalidEvent(f"schema_version: unsupported major version {version!r} (this consumer reads 1)")
     return data
 

@@ -83,6 +83,10 @@ class Pipeline:
             except InvalidEvent as exc:
                 out.dead.append(DeadLetter(raw=bytes(raw) if raw is not None else b"", reason=exc.reason))
                 continue
+            except Exception as exc:  # noqa: BLE001 - a validator bug must dead-letter one event, not crash the batch
+                out.dead.append(DeadLetter(raw=bytes(raw) if raw is not None else b"",
+                                           reason=f"event: could not be validated ({type(exc).__name__})"))
+                continue
             if not self._seen.add(event.event_id):
                 out.duplicates += 1
                 continue

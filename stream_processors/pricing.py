@@ -211,17 +211,18 @@ def _flyball_entries(data: Mapping[str, Any], source: str) -> Iterable[PriceEntr
                 raise CatalogError(f"{where}.{name}: required")
         try:
             eff = datetime.fromisoformat(str(raw.get("effective_from", "1970-01-01T00:00:00+00:00")))
-        except ValueError:
-            raise CatalogError(f"{where}.effective_from: not an ISO 8601 time") from None
-        if eff.tzinfo is None:
-            raise CatalogError(f"{where}.effective_from: needs a UTC offset")
+            if eff.tzinfo is None:
+                raise CatalogError(f"{where}.effective_from: needs a UTC offset")
+            eff = eff.astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise CatalogError(f"{where}.effective_from: not an ISO 8601 time in range") from None
         rates = _rates(raw, where)
         above = raw.get("above_threshold")
         threshold = raw.get("tier_threshold_tokens")
         yield PriceEntry(
             provider=str(raw["provider"]),
             model=str(raw["model"]),
-            effective_from=eff.astimezone(UTC),
+            effective_from=eff,
             rates=rates,
             tier_threshold_tokens=int(threshold) if threshold is not None else None,
             above=_rates(above, f"{where}.above_threshold", rates) if isinstance(above, dict) else None,
@@ -270,19 +271,22 @@ def _litellm_entries(data: Mapping[str, Any], source: str) -> Iterable[PriceEntr
                 cache_write=_opt(raw.get("cache_creation_input_token_cost"), f"{where}.cache_creation_input_token_cost"),
                 reasoning=_opt(raw.get("output_cost_per_reasoning_token"), f"{where}.output_cost_per_reasoning_token"),
             )
+            above = None
+            threshold = None
+            if "input_cost_per_token_above_200k_tokens" in raw:
+                threshold = 200_000
+                above = Rates(
+                    input=_dec(raw["input_cost_per_token_above_200k_tokens"], f"{where}.input_cost_per_token_above_200k_tokens"),
+                    output=_dec(raw.get("output_cost_per_token_above_200k_tokens", raw["output_cost_per_token"]),
+                                f"{where}.output_cost_per_token_above_200k_tokens"),
+                    cache_read=_opt(raw.get("cache_read_input_token_cost_above_200k_tokens", raw.get("cache_read_input_token_cost")),
+                                    f"{where}.cache_read_input_token_cost_above_200k_tokens"),
+                    cache_write=_opt(raw.get("cache_creation_input_token_cost_above_200k_tokens", raw.get("cache_creation_input_token_cost")),
+                                     f"{where}.cache_creation_input_token_cost_above_200k_tokens"),
+                    reasoning=rates.reasoning,
+                )
         except CatalogError:
             continue  # LiteLLM has a few malformed rows; skip them rather than refuse the whole file
-        above = None
-        threshold = None
-        if "input_cost_per_token_above_200k_tokens" in raw:
-            threshold = 200_000
-            above = Rates(
-                input=_dec(raw["input_cost_per_token_above_200k_tokens"], where),
-                output=_dec(raw.get("output_cost_per_token_above_200k_tokens", raw["output_cost_per_token"]), where),
-                cache_read=_opt(raw.get("cache_read_input_token_cost_above_200k_tokens", raw.get("cache_read_input_token_cost")), where),
-                cache_write=_opt(raw.get("cache_creation_input_token_cost_above_200k_tokens", raw.get("cache_creation_input_token_cost")), where),
-                reasoning=rates.reasoning,
-            )
         provider = litellm_provider(str(raw.get("litellm_provider", "")))
         model = key.split("/", 1)[1] if "/" in key and key.split("/", 1)[0] in (raw.get("litellm_provider"), provider) else key
         yield PriceEntry(provider=provider, model=model, effective_from=EPOCH, rates=rates,
