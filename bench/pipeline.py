@@ -474,64 +474,72 @@ def bench(a: argparse.Namespace) -> int:
 def profile(a: argparse.Namespace) -> int:
     """No broker: where the worker's per-event time goes, on the same kind of events.
 
-    ``Pipeline.process`` is timed whole (batches of 20k, fresh Pipeline), then each of its
-    stages is re-run in isolation over the same events with the same calls it makes, and the
-    chDB insert of the worker's rows is timed next to the insert of the raw path's rows.
+    ``Pipeline.process`` is timed whole (batches of 20k, a fresh Pipeline each repetition),
+    then each of its stages is re-run in isolation over the same events with the calls it
+    makes, and the chDB insert of the worker's rows is timed next to the insert of the raw
+    path's rows. Every figure is the best of ``--reps`` repetitions (wall clock, us/event), so
+    a busy machine inflates it less; the isolated stages should add up to about the total.
     """
+    import gc
+
     import clickhouse_connect
     import orjson
+    from pydantic import BaseModel
 
     from flyball.control_plane.runtime import configure_logging, load_prices
     from flyball.schemas import LLMCall, parse_event
     from flyball.stream_processors.detectors import WindowSample
     from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline, RecentIds, to_row
-    from flyball.stream_processors.pricing import Usage, price
+    from flyball.stream_processors.pricing import Usage, cost_of, price
     from flyball.stream_processors.sinks.clickhouse import MIGRATIONS
 
     configure_logging("warning")
-    n = a.events
+    n, reps = a.events, a.reps
     raws = [v for _, v in make_events(n)]
     batches = [raws[i:i + BATCH] for i in range(0, n, BATCH)]
     book = load_prices(None)
     now = datetime.now(UTC)
-    us = {}
+    us: dict[str, float] = {}
+    detail: dict[str, float] = {}
 
-    def timed(label: str, fn) -> Any:  # type: ignore[no-untyped-def]
-        t = time.perf_counter()
-        value = fn()
-        us[label] = (time.perf_counter() - t) / n * 1e6
+    def timed(label: str, fn, into: dict[str, float] | None = None) -> Any:  # type: ignore[no-untyped-def]
+        best, value = float("inf"), None
+        for _ in range(reps):
+            t = time.perf_counter()
+            value = fn()
+            best = min(best, time.perf_counter() - t)
+        (us if into is None else into)[label] = best / n * 1e6
         return value
 
-    pipe = Pipeline(lambda: book)
-    results = timed("pipeline_process_total", lambda: [pipe.process(b, now=now) for b in batches])
+    def whole() -> list[Any]:
+        pipe = Pipeline(lambda: book)
+        return [pipe.process(b, now=now) for b in batches]
+    results = timed("Pipeline.process (total)", whole)
     rows = [row for r in results for row in r.rows]
     assert len(rows) == n and not any(r.dead for r in results), "events must all be valid"
 
-    events = timed("parse_validate (parse_event)", lambda: [parse_event(r, now=now) for r in raws])
-    seen = RecentIds(1_000_000)
-    timed("dedupe (RecentIds.add)", lambda: [seen.add(e.event_id) for e in events])
-    wm: list[Any] = [None]
+    events = timed("parse/validate: parse_event", lambda: [parse_event(r, now=now) for r in raws])
+    timed("dedupe: RecentIds.add", lambda: (lambda seen: [seen.add(e.event_id) for e in events])(RecentIds(1_000_000)))
 
     def watermark() -> None:
         w = None
         for e in events:
             if w is None or e.ts > w:
                 w = e.ts
-        wm[0] = w
     timed("watermark", watermark)
-    priced = timed("price (Usage + price)", lambda: [
+    priced = timed("price: Usage(...) + price()", lambda: [
         price(Usage(e.provider, e.model, e.ts, e.input_tokens, e.output_tokens, e.cache_read_tokens,
                     e.cache_write_tokens, e.reasoning_tokens), book) for e in events])
-    det_pipe = Pipeline(lambda: book)
-    detector = det_pipe.detector
 
-    def windows_and_detector() -> None:
+    def aggregate() -> list[dict[tuple[str, int], WindowSample]]:
+        window_of = Pipeline(lambda: book).detector.window_of
+        out = []
         for i in range(0, n, BATCH):
             windows: dict[tuple[str, int], WindowSample] = {}
             cost_by_tenant: dict[str, Any] = {}
             for e, p in zip(events[i:i + BATCH], priced[i:i + BATCH]):
                 cost = p.cost
-                key = (e.tenant_id, detector.window_of(e.ts))
+                key = (e.tenant_id, window_of(e.ts))
                 sample = windows.get(key)
                 if sample is None:
                     windows[key] = WindowSample(cost, e.ts, e.ts, [e.event_id])
@@ -542,14 +550,59 @@ def profile(a: argparse.Namespace) -> int:
                     if len(sample.event_ids) < 10:
                         sample.event_ids.append(e.event_id)
                 cost_by_tenant[e.tenant_id] = cost_by_tenant.get(e.tenant_id, 0) + cost
+            out.append(windows)
+        return out
+    per_batch = timed("detector input: window sums + cost_by_tenant", aggregate)
+    n_windows = sum(len(w) for w in per_batch)
+
+    def detect() -> None:
+        detector = Pipeline(lambda: book).detector
+        for i, windows in enumerate(per_batch):
             for (tenant_id, window), sample in sorted(windows.items(), key=lambda kv: kv[0][1]):
                 detector.observe(tenant_id, window, sample)
-            detector.advance(max(e.ts for e in events[i:i + BATCH]))
-    timed("windows + cost_by_tenant + detector", windows_and_detector)
-    timed("row building (to_row)", lambda: [to_row(e, p.cost, p.price_version) for e, p in zip(events, priced)])
-    stage_sum = sum(v for k, v in us.items() if k != "pipeline_process_total")
+            detector.advance(events[min((i + 1) * BATCH, n) - 1].ts)
+    timed(f"detector: observe ({n_windows} tenant-windows) + advance", detect)
+    timed("row building: to_row", lambda: [to_row(e, p.cost, p.price_version) for e, p in zip(events, priced)])
+    stage_sum = sum(v for k, v in us.items() if k != "Pipeline.process (total)")
 
-    # raw path decode for comparison
+    # where parse_event's time goes
+    sub = raws[: min(n, BATCH)]
+    m = len(sub)
+
+    def per_m(label: str, fn) -> None:  # type: ignore[no-untyped-def]
+        timed(label, fn, detail)
+        detail[label] *= n / m
+    per_m("parse_event (union adapter, now context)", lambda: [parse_event(r, now=now) for r in sub])
+    per_m("LLMCall.model_validate_json (no union, no context)", lambda: [LLMCall.model_validate_json(r) for r in sub])
+    # the same fields and constraints, minus the Python validators (before/after/field): the
+    # pydantic-core floor for this schema
+    floor = type("LLMCallFloor", (BaseModel,), {
+        "__annotations__": {k: f.rebuild_annotation() for k, f in LLMCall.model_fields.items()},
+        **{k: f for k, f in LLMCall.model_fields.items()},
+        "model_config": LLMCall.model_config,
+    })
+    per_m("same fields without Python validators", lambda: [floor.model_validate_json(r) for r in sub])
+    per_m("orjson.loads", lambda: [orjson.loads(r) for r in sub])
+    ev = events[:m]
+    entries = [book.lookup(e.provider, e.model, e.ts) for e in ev]
+    per_m("price: Usage(...) construction", lambda: [Usage(e.provider, e.model, e.ts, e.input_tokens, e.output_tokens,
+                                                           e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens)
+                                                     for e in ev])
+    per_m("price: PriceBook.lookup", lambda: [book.lookup(e.provider, e.model, e.ts) for e in ev])
+    usages = [Usage(e.provider, e.model, e.ts, e.input_tokens, e.output_tokens, e.cache_read_tokens,
+                    e.cache_write_tokens, e.reasoning_tokens) for e in ev]
+    per_m("price: cost_of (Decimal arithmetic)", lambda: [cost_of(u, x) for u, x in zip(usages, entries)])
+    per_m("price: PriceEntry.version (strftime per call)", lambda: [x.version for x in entries])
+    gc_before = gc.get_stats()
+    whole()
+    gc_after = gc.get_stats()
+    detail["gc collections during one Pipeline.process pass (gen0/1/2)"] = float(
+        sum(b["collections"] - a_["collections"] for a_, b in zip(gc_before, gc_after)))
+    gc.disable()
+    timed("Pipeline.process with gc disabled", whole, detail)
+    gc.enable()
+
+    # raw path decode, and the two inserts; one chDB session per process: both tables in one dir
     def raw_rows() -> list[tuple[Any, ...]]:
         out = []
         for b in raws:
@@ -561,43 +614,51 @@ def profile(a: argparse.Namespace) -> int:
                         d.get("cache_write_tokens", 0), d.get("reasoning_tokens", 0),
                         float(d.get("latency_ms", 0.0)), d.get("status", "ok"), "", "", "", None, "", 0))
         return out
-    rrows = timed("raw: orjson.loads + row tuple", raw_rows)
-
-    # inserts: one chDB session per process, so both tables live in one directory
+    rrows = timed("raw path: orjson.loads + row tuple", raw_rows)
     work = Path(tempfile.mkdtemp(prefix="flyball-bench-profile-"))
     try:
         client = clickhouse_connect.get_client(dsn=f"chdb://{work}")
         ddl = dict(MIGRATIONS)[1]
-        client.command(ddl)
-        client.command(ddl.replace("IF NOT EXISTS events", "IF NOT EXISTS events_raw"))
         cols = list(EVENT_COLUMNS)
-        timed("insert worker rows (Decimal cost)", lambda: [client.insert("events", rows[i:i + BATCH], column_names=cols)
-                                                            for i in range(0, n, BATCH)])
-        timed("insert raw rows (NULL cost)", lambda: [client.insert("events_raw", rrows[i:i + BATCH], column_names=cols)
-                                                      for i in range(0, n, BATCH)])
+        for table in ("events", "events_raw", "warmup"):
+            client.command(ddl.replace("IF NOT EXISTS events", f"IF NOT EXISTS {table}"))
+        client.insert("warmup", rows[:BATCH], column_names=cols)
+
+        def insert(table: str, data: list[Any]) -> None:
+            client.command(f"TRUNCATE TABLE {table}")
+            for i in range(0, n, BATCH):
+                client.insert(table, data[i:i + BATCH], column_names=cols)
+        timed("ClickHouse insert: worker rows (Decimal cost)", lambda: insert("events", rows))
+        timed("ClickHouse insert: raw rows (NULL cost)", lambda: insert("events_raw", rrows))
         client.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     prof = cProfile.Profile()
-    p2 = Pipeline(lambda: book)
+    pipe = Pipeline(lambda: book)
     prof.enable()
     for b in batches:
-        p2.process(b, now=now)
+        pipe.process(b, now=now)
     prof.disable()
     buf = io.StringIO()
-    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(15)
 
-    print(f"in-process profile, {n:,} events, batches of {BATCH:,} (us/event):")
+    print(f"in-process profile, {n:,} events in batches of {BATCH:,}, best of {reps} (us/event):")
     for k, v in us.items():
-        print(f"  {k:40s} {v:8.2f}")
-    print(f"  {'(sum of isolated pipeline stages)':40s} {stage_sum:8.2f}")
-    print("\ncProfile of Pipeline.process (tottime; profiler overhead inflates per-call costs):")
-    print("\n".join(buf.getvalue().splitlines()[:40]))
+        print(f"  {k:52s} {v:8.2f}")
+        if k == "Pipeline.process (total)":
+            print("  stages of Pipeline.process, each re-run in isolation:")
+    print(f"  {'(sum of the isolated Pipeline stages)':52s} {stage_sum:8.2f}")
+    print("details:")
+    for k, v in detail.items():
+        print(f"  {k:52s} {v:8.2f}")
+    print("\ncProfile of Pipeline.process (tottime; the profiler inflates per-call costs):")
+    print("\n".join(line for line in buf.getvalue().splitlines()[:32] if line.strip()))
     out = Path(a.out).with_name("pipeline-profile.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"events": n, "us_per_event": us, "stage_sum_us": stage_sum,
-                               "when": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2) + "\n")
+    out.write_text(json.dumps({"events": n, "reps": reps, "us_per_event": us, "stage_sum_us": stage_sum,
+                               "details": detail, "when": datetime.now(UTC).isoformat(timespec="seconds")},
+                              indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
@@ -612,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=None, help="repetitions of each path (default 3; --quick 1)")
     ap.add_argument("--quick", action="store_true", help="smoke: 20000 events, 1 run")
     ap.add_argument("--profile", action="store_true", help="no broker: in-process per-stage breakdown of the worker")
+    ap.add_argument("--reps", type=int, default=3, help="--profile: repetitions per figure (best is kept)")
     ap.add_argument("--timeout", type=float, default=0, help="seconds allowed per measurement (default 60 + N/2000)")
     ap.add_argument("--out", default=str(OUT_DIR / "pipeline.json"), help="JSON results file")
     # internal: one measurement in this process
