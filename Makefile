@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STATE  := .state/brokers
 PYTEST_ARGS ?=
 
-.PHONY: demo up test test-unit bench install install-test clean brokers-start brokers-stop
+.PHONY: demo up test test-unit bench bench-shim quality install install-test clean brokers-start brokers-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +51,16 @@ test-unit: install-test
 
 bench: install-test
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/shim.py
+
+bench-shim: install-test
+	$(BIN)/python bench/shim.py
 
 clean:
 	-$(BIN)/python scripts/testbrokers.py stop --state $(STATE)
 	rm -rf .state
+
+# Detector quality over simulated traffic: recall per incident kind, false alerts per
+# tenant-day on clean traffic, detection delay (bench/quality.py; about 2-3 minutes).
+quality: install-test
+	$(BIN)/python bench/quality.py

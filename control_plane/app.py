@@ -22,7 +22,7 @@ __all__ = ["Deps", "create_app"]
 def create_app(deps: Deps) -> FastAPI:
     app = FastAPI(title="flyball", version="0.1.0",
                   description="Telemetry and control plane for LLM calls: spend, alerts, directives, audit.")
-    auth = Auth(deps.keys)
+    auth = Auth(deps.keys, deps.limiter)
     registry = CollectorRegistry()
     for name, fn in deps.stats.items():
         Gauge(f"flyball_{name}", f"flyball {name.replace('_', ' ')}", registry=registry).set_function(fn)

@@ -67,6 +67,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(settings))
 
 
+def cmd_schemas_export(args: argparse.Namespace) -> int:
+    from flyball.schemas.jsonschema import export
+
+    for path in export(args.dir):
+        print(path)
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import load_policies, replay
     from .runtime import load_prices
@@ -81,6 +89,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     summary = replay(args.events, args.out, book=book, **kwargs)
     print(f"replayed {summary.events} events: {summary.stored} stored, {summary.duplicates} duplicates, "
           f"{summary.dead_lettered} dead-lettered, {summary.alerts} alerts, {summary.actions} actions -> {args.out}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from flyball.stream_processors.simulate import simulate, write
+
+    try:
+        sim = simulate(args.scenario, args.seed)
+    except ValueError as exc:
+        print(f"flyball simulate: {exc}", file=sys.stderr)
+        return 2
+    labels = write(sim, args.out)
+    print(f"simulated {len(sim.events)} events ({args.scenario}, seed {args.seed}, "
+          f"{len(sim.incidents)} incidents) -> {args.out}, labels -> {labels}")
     return 0
 
 
@@ -106,6 +128,24 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--prices", type=Path)
     rp.add_argument("--policies", type=Path)
     rp.set_defaults(fn=cmd_replay)
+    sp = sub.add_parser("simulate", help="synthetic multi-tenant traffic with labelled incidents (JSONL)")
+    sp.add_argument("--out", type=Path, required=True, help="events file; labels go to FILE.labels.json beside it")
+    sp.add_argument("--scenario", default="incidents",
+                    help="clean | incidents | one incident kind (cost_spike, token_spike, runaway_loop, error_rate, "
+                         "latency, tool_failure, safety_burst, retrieval_failure)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=cmd_simulate)
+    sc = sub.add_parser("schemas", help="event contract tools")
+    sc_sub = sc.add_subparsers(dest="schemas_command", required=True)
+    se = sc_sub.add_parser("export", help="write the JSON Schema of every event kind into DIR")
+    se.add_argument("dir", type=Path, metavar="DIR")
+    se.set_defaults(fn=cmd_schemas_export)
+    from .finance_cli import add_commands as add_finance_commands
+
+    add_finance_commands(sub)  # spend, reprice, reconcile (through the HTTP API)
+    from .sre_cli import add_commands as add_sre_commands
+
+    add_sre_commands(sub)  # alerts, directives, actions, revert, pin, extend, approve, reject, ack, silence, policies
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         return int(args.fn(args))

@@ -1,17 +1,21 @@
 """The control loop: alerts in, directives out, every decision audited.
 
 A reconcile loop in the kopf style: the decision is ``policy.decide`` (pure); this module only
-reads alerts from Kafka, keeps the directives in force, publishes them on the compacted
-directive topic, and appends one audit row per decision. On start it rebuilds the directives
-in force from the compacted topic itself, so a restarted control plane forgets nothing.
+reads alerts from Kafka, keeps the directives in force (and those waiting for approval),
+publishes them on the compacted directive topic, appends one audit row per decision, and hands
+alert transitions and automatic actions to the notifier. On start it rebuilds the directives in
+force from the compacted topic itself, and the pending ones and the cooldown clocks from the
+audit log, so a restarted control plane forgets nothing that matters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
@@ -21,9 +25,29 @@ from aiokafka.errors import KafkaError
 from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import ALERTS, DIRECTIVES, Alert, Directive, DirectiveState
 
-from .policy import DEFAULT_POLICIES, Action, Decision, History, Policies, decide, expire, pin, revert
+from .policy import (
+    AUTOMATION,
+    DEFAULT_POLICIES,
+    PUBLISHED,
+    Action,
+    Decision,
+    History,
+    Policies,
+    approve,
+    create,
+    decide,
+    expire,
+    extend,
+    observe,
+    pin,
+    reject,
+    revert,
+)
 
 log = structlog.get_logger(__name__)
+
+# automatic decisions worth a notification (extensions and skips are not)
+NOTIFIED = frozenset({Decision.APPLIED, Decision.DRY_RUN, Decision.PENDING, Decision.REVERTED, Decision.EXPIRED})
 
 
 class AuditSink(Protocol):
@@ -32,31 +56,51 @@ class AuditSink(Protocol):
     def write_actions(self, rows: Sequence[Sequence[Any]]) -> None: ...
 
 
+class Notifier(Protocol):
+    def alert(self, alert: Alert, transition: str) -> None: ...
+
+    def action(self, action: Action) -> None: ...
+
+
 def audit_row(action: Action, now: datetime) -> tuple[Any, ...]:
     d = action.directive
     return (
         str(uuid.uuid4()), now, str(action.decision), d.directive_id if d else "", action.scope.key(),
         action.scope.tenant_id or "", action.alert.alert_id if action.alert else (d.alert_id or "" if d else ""),
-        (f"{action.policy.policy_id}@v{action.policy.version}" if action.policy else (d.policy_id or "" if d else "")),
+        (action.policy.ref if action.policy else (d.policy_id or "" if d else "")),
         action.actor, action.reason,
         action.before.model_dump_json() if action.before else "", d.model_dump_json() if d else "",
         action.alert.model_dump_json() if action.alert else "",
     )
 
 
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
 class ControlLoop:
     def __init__(self, *, bootstrap: str, audit: AuditSink, policies: Policies = DEFAULT_POLICIES,
                  group_id: str = "flyball-control-plane", session_timeout_ms: int = 6_000,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), notifier: Notifier | None = None,
+                 traffic: Callable[[], Awaitable[Mapping[str, float]]] | None = None,
+                 traffic_every_s: float = 30.0, max_alert_age_s: float = 900.0) -> None:
         self.bootstrap = bootstrap
         self.audit = audit
         self.policies = policies
         self.group_id = group_id
         self.session_timeout_ms = session_timeout_ms
         self.clock = clock
-        self.directives: dict[str, Directive] = {}  # scope key -> latest state
+        self.notifier = notifier
+        self.max_alert_age_s = max_alert_age_s  # older alerts (a replayed topic) are not notified
+        self.directives: dict[str, Directive] = {}  # scope key -> latest published state
+        self.pending: dict[str, Directive] = {}  # directive id -> waiting for approval
         self.last_fired: dict[str, datetime] = {}
+        self.history = History()
+        self.alert_status: dict[str, str] = {}  # alert id -> last status seen (for notifications)
         self.ready = asyncio.Event()
+        self._traffic = traffic
+        self._traffic_every_s = traffic_every_s
+        self._traffic_at = 0.0
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
@@ -65,9 +109,14 @@ class ControlLoop:
     def active(self) -> list[Directive]:
         return [d for d in self.directives.values() if d.state == DirectiveState.ACTIVE]
 
+    def live(self) -> list[Directive]:
+        """Active and pending directives: what decisions must take into account."""
+        return [*self.active(), *self.pending.values()]
+
     async def start(self) -> None:
         self._producer = await start_producer(self.bootstrap)
         await self._load_directives()
+        await self._load_audit()
         self._consumer = AIOKafkaConsumer(
             ALERTS, bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
@@ -109,6 +158,26 @@ class ControlLoop:
             await consumer.stop()
         log.info("directives_loaded", active=len(self.active()))
 
+    async def _load_audit(self) -> None:
+        """Pending directives and recent cooldown clocks from the audit log (when it can be read)."""
+        query = getattr(self.audit, "query", None)
+        if query is None:
+            return
+        try:
+            rows = await self.audit.run(query, (
+                "SELECT argMax(after, (at, action_id)) FROM actions WHERE directive_id != '' "
+                "GROUP BY directive_id HAVING argMax(decision, (at, action_id)) = 'pending'"), {})
+            for (after,) in rows:
+                d = Directive.model_validate_json(after)
+                self.pending[d.directive_id] = d
+            rows = await self.audit.run(query, (
+                "SELECT scope_key, max(at) FROM actions WHERE decision = 'applied' AND actor = {actor:String} "
+                "AND at > now() - INTERVAL 1 DAY GROUP BY scope_key"), {"actor": AUTOMATION})
+            self.last_fired.update({key: _utc(at) for key, at in rows})
+        except Exception as exc:  # noqa: BLE001 - a cold start without history is still a start
+            log.warning("audit_load_failed", error=str(exc)[:300])
+        log.info("audit_loaded", pending=len(self.pending), cooldowns=len(self.last_fired))
+
     async def run(self) -> None:
         assert self._consumer is not None
         while not self._stopping.is_set():
@@ -127,51 +196,102 @@ class ControlLoop:
                     except ValueError as exc:
                         log.warning("alert_invalid", error=str(exc)[:200])
                         continue
-                    await self.on_alert(alert)
-            await self.tick()
+                    try:
+                        await self.on_alert(alert)
+                    except Exception:  # noqa: BLE001 - one bad decision must not stop the loop
+                        log.exception("alert_handling_failed", alert_id=alert.alert_id)
+            try:
+                await self._refresh_traffic()
+                await self.tick()
+            except Exception:  # noqa: BLE001
+                log.exception("tick_failed")
             if batch:
                 try:
                     await self._consumer.commit()
                 except KafkaError as exc:
                     log.warning("commit_failed", error=str(exc))
 
+    async def _refresh_traffic(self) -> None:
+        if self._traffic is None or time.monotonic() - self._traffic_at < self._traffic_every_s:
+            return
+        self._traffic_at = time.monotonic()
+        try:
+            self.history = replace(self.history, traffic=dict(await self._traffic()))
+        except Exception as exc:  # noqa: BLE001 - blast-radius share is unknown until the next refresh
+            log.warning("traffic_refresh_failed", error=str(exc)[:300])
+
+    def _history(self) -> History:
+        return replace(self.history, last_fired=dict(self.last_fired))
+
     async def on_alert(self, alert: Alert) -> list[Action]:
         async with self._lock:
             now = self.clock()
-            actions = decide(alert, self.active(), self.policies, now=now, history=History(self.last_fired))
+            previous = self.alert_status.get(alert.alert_id)
+            self.alert_status[alert.alert_id] = alert.status
+            fresh = now - alert.last_seen <= timedelta(seconds=self.max_alert_age_s)
+            if self.notifier is not None and previous != alert.status and fresh:
+                self.notifier.alert(alert, alert.status)
+            self.history = observe(self.history, alert)
+            actions = decide(alert, self.live(), self.policies, now=now, history=self._history())
             await self._apply(actions, now)
             return actions
 
     async def tick(self) -> list[Action]:
         async with self._lock:
             now = self.clock()
-            actions = expire(self.active(), now=now)
+            actions = expire(self.live(), now=now, history=self.history, policies=self.policies)
             if actions:
                 await self._apply(actions, now)
             return actions
 
-    async def revert(self, directive_id: str, *, actor: str) -> Action | None:
+    # ------------------------------------------------------------------ manual overrides
+    def find(self, directive_id: str) -> Directive | None:
+        return self.pending.get(directive_id) or next(
+            (d for d in self.active() if d.directive_id == directive_id), None)
+
+    async def _manual(self, directive_id: str, make: Callable[[Directive, datetime], Action | None]) -> Action | None:
         async with self._lock:
-            found = self._find(directive_id)
+            found = self.find(directive_id)
             if found is None:
                 return None
             now = self.clock()
-            action = revert(found, actor=actor, now=now)
-            await self._apply([action], now)
+            action = make(found, now)
+            if action is not None:
+                await self._apply([action], now)
             return action
 
+    async def revert(self, directive_id: str, *, actor: str) -> Action | None:
+        return await self._manual(directive_id, lambda d, now: revert(d, actor=actor, now=now)
+                                  if d.state == DirectiveState.ACTIVE else reject(d, actor=actor, now=now))
+
     async def pin(self, directive_id: str, *, actor: str) -> Action | None:
+        return await self._manual(directive_id, lambda d, now: pin(d, actor=actor)
+                                  if d.state == DirectiveState.ACTIVE else None)
+
+    async def extend(self, directive_id: str, *, actor: str, seconds: int) -> Action | None:
+        return await self._manual(directive_id, lambda d, now: extend(
+            d, actor=actor, until=max(d.expires_at, now) + timedelta(seconds=seconds)))
+
+    async def approve(self, directive_id: str, *, actor: str) -> Action | None:
+        return await self._manual(directive_id, lambda d, now: approve(d, actor=actor, now=now)
+                                  if d.state == DirectiveState.PENDING else None)
+
+    async def reject(self, directive_id: str, *, actor: str) -> Action | None:
+        return await self._manual(directive_id, lambda d, now: reject(d, actor=actor, now=now)
+                                  if d.state == DirectiveState.PENDING else None)
+
+    async def create(self, directive: Directive) -> Action:
         async with self._lock:
-            found = self._find(directive_id)
-            if found is None:
-                return None
-            action = pin(found, actor=actor)
+            replaces = next((d for d in self.active() if d.key() == directive.key()), None)
+            action = create(directive, replaces=replaces)
             await self._apply([action], self.clock())
             return action
 
-    def _find(self, directive_id: str) -> Directive | None:
-        return next((d for d in self.active() if d.directive_id == directive_id), None)
+    async def record(self, actions: Sequence[Action]) -> None:
+        """Audit decisions that publish nothing (e.g. a policy change)."""
+        await self._apply(actions, self.clock())
 
+    # ------------------------------------------------------------------ the one way out
     async def _apply(self, actions: Sequence[Action], now: datetime) -> None:
         assert self._producer is not None
         rows = [audit_row(a, now) for a in actions]
@@ -180,10 +300,21 @@ class ControlLoop:
         for action in actions:
             d = action.directive
             log.info(f"directive_{action.decision}", scope=action.scope.key(), reason=action.reason,
-                     directive_id=d.directive_id if d else None)
-            if d is None or action.decision in (Decision.DRY_RUN, Decision.SKIPPED, Decision.NOTED):
+                     directive_id=d.directive_id if d else None, actor=action.actor)
+            if self.notifier is not None and action.actor == AUTOMATION and action.decision in NOTIFIED:
+                self.notifier.action(action)
+            if d is None:
                 continue
+            if d.state == DirectiveState.PENDING:
+                self.pending[d.directive_id] = d
+                continue
+            self.pending.pop(d.directive_id, None)
+            if action.decision not in PUBLISHED:
+                continue
+            if action.decision in (Decision.EXPIRED, Decision.REVERTED) and d.key() in self.directives \
+                    and self.directives[d.key()].directive_id != d.directive_id:
+                continue  # a pending one lapsing must not clear another directive on its scope
             self.directives[d.key()] = d
-            if action.decision == Decision.APPLIED:
+            if action.decision == Decision.APPLIED and action.actor == AUTOMATION:
                 self.last_fired[d.key()] = now
             await self._producer.send_and_wait(DIRECTIVES, key=d.key().encode(), value=d.model_dump_json().encode())

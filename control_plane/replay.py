@@ -5,20 +5,21 @@ live would have done."""
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from flyball.schemas import ActionKind, AlertKind, Directive
+from flyball.schemas import Directive
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.pricing import PriceBook
 
-from .policy import DEFAULT_POLICIES, Action, History, Policies, Policy, decide, expire
+from .policy import DEFAULT_POLICIES, Action, History, Policies, decide, expire, load_policies, observe
+
+__all__ = ["ReplaySummary", "load_policies", "replay"]
 
 COL = {name: i for i, name in enumerate(EVENT_COLUMNS)}
 
@@ -31,29 +32,6 @@ class ReplaySummary:
     duplicates: int = 0
     alerts: int = 0
     actions: int = 0
-
-
-def load_policies(text: str) -> Policies:
-    """Policies as JSON (or YAML when PyYAML is installed): {max_active, policies: [...]}."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        import yaml  # type: ignore[import-untyped]  # optional
-
-        data = yaml.safe_load(text)
-    items = data.get("policies", []) if isinstance(data, dict) else data
-    policies = []
-    for i, raw in enumerate(items):
-        try:
-            policies.append(Policy(
-                policy_id=str(raw["policy_id"]), alert_kind=AlertKind(raw["alert_kind"]), action=ActionKind(raw["action"]),
-                version=int(raw.get("version", 1)), min_severity=str(raw.get("min_severity", "warning")),
-                ttl_s=int(raw.get("ttl_s", 120)), cooldown_s=int(raw.get("cooldown_s", 60)),
-                rate_per_s=raw.get("rate_per_s"), burst=raw.get("burst"), dry_run=bool(raw.get("dry_run", False)),
-            ))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"policies[{i}]: {exc}") from None
-    return Policies(policies=tuple(policies), max_active=int(data.get("max_active", 50)) if isinstance(data, dict) else 50)
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -84,11 +62,12 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
     alerts: dict[str, Any] = {}
     active: dict[str, Directive] = {}
     last_fired: dict[str, Any] = {}
+    history = History()
     with (out / "dlq.jsonl").open("wb") as dlq, (out / "actions.jsonl").open("wb") as actions_f:
         def record(actions: list[Action]) -> None:
             for a in actions:
                 d = a.directive
-                if d is not None and str(a.decision) in ("applied", "extended", "expired", "reverted"):
+                if d is not None and str(a.decision) in ("applied", "extended", "expired", "reverted", "pending"):
                     active[d.key()] = d
                     if str(a.decision) == "applied":
                         last_fired[d.key()] = d.created_at
@@ -123,11 +102,13 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
             for alert in result.alerts:
                 alerts[alert.alert_id] = alert
                 now = alert.last_seen
-                record(expire(list(active.values()), now=now))
-                record(decide(alert, [d for d in active.values() if d.state == "active"], policies, now=now,
-                              history=History(last_fired)))
+                history = observe(history, alert)
+                record(expire(list(active.values()), now=now, history=history, policies=policies))
+                record(decide(alert, [d for d in active.values() if d.state in ("active", "pending")], policies,
+                              now=now, history=replace(history, last_fired=last_fired)))
             if pipeline.watermark is not None:
-                record(expire([d for d in active.values() if d.state == "active"], now=pipeline.watermark))
+                record(expire([d for d in active.values() if d.state in ("active", "pending")],
+                              now=pipeline.watermark, history=history, policies=policies))
     summary.alerts = len(alerts)
     with (out / "alerts.jsonl").open("wb") as f:
         for alert in sorted(alerts.values(), key=lambda a: (a.first_seen, a.alert_id)):

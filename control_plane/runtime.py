@@ -13,6 +13,7 @@ import logging
 import secrets
 import sys
 import time
+from datetime import timedelta
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,15 +26,18 @@ import uvicorn
 from flyball.stream_processors.app import create_app as create_worker_app
 from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import Pipeline
+from flyball.stream_processors.budgets import BudgetTracker
 from flyball.stream_processors.pricing import PriceBook, load_catalog
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
 
 from .app import Deps, create_app
-from .auth import KeyRing, Principal, Role
+from .auth import Principal, Role
 from .directives import ControlLoop
 from .embedded import EmbeddedBroker, free_port, start_tansu
+from .plane import ControlPlane, build_control_plane
 from .policy import DEFAULT_POLICIES, Policies
+from .finance import Finance
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -81,8 +85,10 @@ class System:
     store: ClickHouseStore | None = None
     ingest: IngestService | None = None
     control: ControlLoop | None = None
-    policies: Policies = DEFAULT_POLICIES
+    policies: Policies | None = None  # None: FLYBALL_POLICIES_FILE or the shipped defaults (see plane.py)
+    plane: ControlPlane | None = None
     book: PriceBook = field(default_factory=PriceBook)
+    finance: Finance | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _faust: Any = None
     _server: _Server | None = None
@@ -100,9 +106,15 @@ class System:
         self.store = await asyncio.to_thread(ClickHouseStore, s.clickhouse())
         await asyncio.to_thread(self.store.migrate)
         self.book = load_prices(s.prices_file)
+        self.finance = Finance(self.store, get_book=lambda: self.book, set_book=lambda b: setattr(self, "book", b))
+        self.book = await asyncio.to_thread(self.finance.restore_prices, self.book)  # + changes made via the API
+        await asyncio.to_thread(self.finance.load_budgets)
+        self._tasks.append(asyncio.create_task(self.finance.rollup_loop(s.rollup_interval_s), name="rollups"))
         waits: list[asyncio.Event] = []
         if self.worker:
-            pipeline = Pipeline(lambda: self.book)
+            lateness = timedelta(seconds=s.allowed_lateness_s)
+            budgets = BudgetTracker(self.finance.budget_list, seed=self.finance.seed, lateness=lateness)
+            pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms)
             self._faust = create_worker_app(bootstrap=self.bootstrap, ingest=self.ingest, app_id=s.worker_group,
@@ -110,12 +122,13 @@ class System:
             self._tasks.append(asyncio.create_task(self._faust.start(), name="faust"))
             waits.append(self.ingest.ready)
         if self.api:
-            self.control = ControlLoop(bootstrap=self.bootstrap, audit=self.store, policies=self.policies,
-                                       group_id=s.control_group, session_timeout_ms=s.session_timeout_ms)
-            await self.control.start()
+            self.plane = await build_control_plane(s, bootstrap=self.bootstrap, store=self.store,
+                                                   policies=self.policies)
+            self.control = self.plane.loop
+            await self.plane.start()
             self._tasks.append(asyncio.create_task(self.control.run(), name="control"))
             waits.append(self.control.ready)
-            keys = KeyRing()
+            keys = self.plane.keys
             self.admin_key = s.admin_api_key.get_secret_value() if s.admin_api_key else "fb_admin_" + secrets.token_urlsafe(24)
             keys.add(self.admin_key, Principal(key_id="admin", role=Role.ADMIN, name="bootstrap admin"))
             app = create_app(self._deps(keys))
@@ -148,8 +161,14 @@ class System:
         control = self.control
         if control is not None:
             stats["directives_active"] = lambda: float(len(control.active()))
+        plane = self.plane
+        extra: dict[str, Any] = {}
+        if plane is not None:
+            extra = {"state": plane.state, "marks": plane.marks, "limiter": plane.limiter,
+                     "set_policies": plane.set_policies}
         return Deps(
-            store=self.store, control=control, keys=keys, policies=lambda: self.policies, prices=lambda: self.book,
+            store=self.store, control=control, keys=keys, prices=lambda: self.book, finance=self.finance, **extra,
+            policies=plane.policies if plane is not None else (lambda: self.policies or DEFAULT_POLICIES),
             stats=stats,
             ready=lambda: {"worker_ready": bool(ingest and ingest.ready.is_set() and ingest.running),
                            "control_ready": bool(control and control.ready.is_set())},
@@ -163,7 +182,9 @@ class System:
         if self._faust is not None:
             with contextlib.suppress(Exception):
                 await self._faust.stop()
-        if self.control is not None:
+        if self.plane is not None:
+            await self.plane.stop()
+        elif self.control is not None:
             await self.control.stop()
         for task in self._tasks:
             if not task.done():

@@ -6,7 +6,10 @@
     if tel.guard(tenant_id="acme").allowed: ...
 """
 
-from .client import AsyncTelemetry, ShimSettings, Telemetry
-from .enforcement import Decision, DirectiveView, enforce
+from .adapters import Usage, status_of, usage_of
+from .buffer import SpillLog
+from .client import AsyncTelemetry, CallTracker, Counters, ShimSettings, Telemetry
+from .enforcement import Decision, DirectiveView, Staleness, enforce
 
-__all__ = ["AsyncTelemetry", "Decision", "DirectiveView", "ShimSettings", "Telemetry", "enforce"]
+__all__ = ["AsyncTelemetry", "CallTracker", "Counters", "Decision", "DirectiveView", "ShimSettings", "SpillLog",
+           "Staleness", "Telemetry", "Usage", "enforce", "status_of", "usage_of"]

@@ -1,108 +1,324 @@
 """Enforcement: answer ``guard()`` from the local directive view. Pure, no I/O, no clock.
 
-``now`` is a monotonic-free wall time in seconds (the caller passes ``time.time()``), so that
-directive expiry, which is absolute, is honoured locally even if the control plane is gone.
+``now`` is wall time in seconds (the caller passes ``time.time()``), so that directive
+expiry, which is absolute, is honoured locally even if the control plane is gone.
+
+The view indexes directives by the *shape* of their scope (which scope fields are set): a
+request is answered with one dict lookup per shape in use (a handful), whatever the number
+of directives, and with no string building. What ``guard`` decides:
+
+- ``block``: refused until the directive expires.
+- ``disable_tool``: refused when the request names that tool.
+- ``throttle``: a token bucket per directive (``rate_per_s``, ``burst``); refused with the
+  exact wait for the next token (never beyond the directive's expiry). When several
+  throttles match, a call is admitted only if every bucket has a token.
+- ``reroute``: the effective model is the first of ``[to_model, *chain]`` that is not itself
+  rerouted; if all are, the reroute of the first unvisited one is followed. A loop stops at
+  the last model not yet visited; the chain never cycles.
+- Staleness: when the view has not heard from the control plane for longer than
+  ``Staleness.max_age_s``, requests in a high-risk scope are refused (fail-closed); every
+  other request is answered from the last known view (fail-open).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, NamedTuple
 
-from flyball.schemas import ActionKind, Directive, DirectiveState, scope_key
+from flyball.schemas import ActionKind, Directive, DirectiveState
+
+# the request fields a directive scope can match, in the order of the request tuple
+REQUEST_FIELDS = ("tenant_id", "feature", "provider", "model", "tool_name")
+_INDEX = {name: i for i, name in enumerate(REQUEST_FIELDS)}
+MAX_REROUTE_HOPS = 16
+MAX_PLANS = 65_536  # cached answers per distinct request; cleared when full
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
+    """The answer of ``guard``. Immutable; truthy exactly when the call is allowed, so
+    ``if tel.guard(...):`` reads as intended. (A NamedTuple: built in a fraction of the time
+    of a frozen dataclass, and guard builds one per call.)"""
+
     allowed: bool
     model: str | None = None
     retry_after_s: float | None = None
     reason: str = ""
     directive_ids: tuple[str, ...] = ()
+    stale: bool = False
+
+    def __bool__(self) -> bool:
+        return self.allowed
 
 
 ALLOW = Decision(allowed=True)
 
 
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    updated: float
+@dataclass(frozen=True, slots=True)
+class Staleness:
+    """Fail-open by default; fail-closed for ``high_risk`` scopes once the view is older
+    than ``max_age_s``. A scope is a mapping of request fields (``tenant_id``, ``feature``,
+    ``provider``, ``model``, ``tool_name``) that must all match."""
+
+    max_age_s: float = 300.0
+    high_risk: tuple[dict[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for scope in self.high_risk:
+            unknown = set(scope) - set(REQUEST_FIELDS)
+            if unknown or not scope:
+                raise ValueError(f"high_risk scope {scope!r}: use one or more of {', '.join(REQUEST_FIELDS)}")
+
+
+@dataclass(slots=True, eq=False)  # identity: the same entry is the same directive
+class _Entry:
+    directive: Directive
+    directive_id: str
+    action: ActionKind
+    expires: float
+    rate: float = 0.0
+    burst: float = 1.0
+    targets: tuple[str, ...] = ()
+    tokens: float = -1.0  # -1: bucket not started (full on first use)
+    updated: float = 0.0
+
+
+def _shape_of(values: dict[str, Any]) -> tuple[int, ...] | None:
+    """Indices into the request tuple of a scope's fields, or None if guard cannot match it
+    (a scope on category, index_name or request_id is not about a guarded call)."""
+    if not values or any(name not in _INDEX for name in values):
+        return None
+    return tuple(sorted(_INDEX[name] for name in values))
+
+
+def _getter(shape: tuple[int, ...]) -> Any:
+    # itemgetter of one index returns the bare value; of several, a tuple: keys use the same
+    return itemgetter(*shape)
+
+
+def _key(shape: tuple[int, ...], values: dict[str, Any]) -> Any:
+    ordered = tuple(values[REQUEST_FIELDS[i]] for i in shape)
+    return ordered[0] if len(ordered) == 1 else ordered
 
 
 @dataclass(slots=True)
 class DirectiveView:
-    """The directives in force, keyed by scope key, plus the token buckets of throttles."""
+    """The directives in force, keyed by scope key, indexed by scope shape for ``enforce``.
+
+    Written by one thread (the shim's follower), read by any number of caller threads: every
+    structure the readers use is replaced or updated with single atomic operations."""
 
     by_key: dict[str, Directive] = field(default_factory=dict)
-    expires: dict[str, float] = field(default_factory=dict)
-    buckets: dict[str, _Bucket] = field(default_factory=dict)
-    updated_at: float | None = None
+    updated_at: float | None = None  # last time the follower heard from the control plane
+    created_at: float | None = None
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+    _tables: dict[tuple[int, ...], dict[Any, _Entry]] = field(default_factory=dict)
+    _lookups: tuple[tuple[Any, dict[Any, _Entry]], ...] = ()
+    _plans: dict[tuple[Any, ...], _Plan] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def apply(self, directive: Directive, *, now: float | None = None) -> None:
         key = directive.key()
+        values = directive.scope.compact()
+        shape = _shape_of(values)
         if directive.state != DirectiveState.ACTIVE:
             self.by_key.pop(key, None)
-            self.expires.pop(key, None)
-            self.buckets.pop(key, None)
+            old = self._entries.pop(key, None)
+            if old is not None and shape is not None:
+                self._tables.get(shape, {}).pop(_key(shape, values), None)
         else:
-            previous = self.by_key.get(key)
             self.by_key[key] = directive
-            self.expires[key] = directive.expires_at.timestamp()
-            if previous is None or previous.directive_id != directive.directive_id:
-                self.buckets.pop(key, None)
+            previous = self._entries.get(key)
+            entry = _Entry(directive, directive.directive_id, directive.action, directive.expires_at.timestamp(),
+                           rate=float(directive.rate_per_s or 0.0),
+                           burst=float(directive.burst if directive.burst is not None else 1),
+                           targets=tuple(m for m in (directive.to_model, *directive.chain) if m))
+            if previous is not None and previous.directive_id == directive.directive_id:
+                entry.tokens, entry.updated = previous.tokens, previous.updated  # an extension keeps its bucket
+            self._entries[key] = entry
+            if shape is not None:
+                self._tables.setdefault(shape, {})[_key(shape, values)] = entry
+        self._lookups = tuple((_getter(s), t) for s, t in sorted(self._tables.items()) if t)
+        self._plans = {}
         if now is not None:
             self.updated_at = now
 
+    def replace_all(self, directives: Iterable[Directive], *, now: float) -> None:
+        """Make the view equal a snapshot (HTTP polling answers with all active directives)."""
+        fresh = {d.key(): d for d in directives if d.state == DirectiveState.ACTIVE}
+        for key, gone in list(self.by_key.items()):
+            if key not in fresh:
+                self.apply(gone.model_copy(update={"state": DirectiveState.EXPIRED}))
+        for directive in fresh.values():
+            self.apply(directive)
+        self.updated_at = now
+
+    def mark_synced(self, now: float) -> None:
+        self.updated_at = now
+
+    def prune(self, *, now: float) -> None:
+        for directive in [d for k, d in self.by_key.items() if self._entries[k].expires <= now]:
+            self.apply(directive.model_copy(update={"state": DirectiveState.EXPIRED}))
+
     def active(self, *, now: float) -> list[Directive]:
-        return [d for k, d in self.by_key.items() if self.expires[k] > now]
+        return [e.directive for e in self._entries.values() if e.expires > now]
+
+    def age(self, now: float) -> float:
+        since = self.updated_at if self.updated_at is not None else self.created_at
+        return 0.0 if since is None else now - since
+
+
+def _matches(view: DirectiveView, request: tuple[Any, ...], now: float) -> list[_Entry]:
+    hits = []
+    for getter, table in view._lookups:
+        entry = table.get(getter(request))
+        if entry is not None and entry.expires > now:
+            hits.append(entry)
+    return hits
+
+
+@dataclass(slots=True, eq=False)
+class _Plan:
+    """What the directives in force say about one request shape, until ``valid_until``."""
+
+    valid_until: float
+    effective: str | None
+    ids: tuple[str, ...]
+    refuse: _Entry | None
+    reason: str
+    throttles: tuple[_Entry, ...]
+    allow: Decision
 
 
 def enforce(view: DirectiveView, *, tenant_id: str, feature: str | None = None, model: str | None = None,
-            tool: str | None = None, now: float) -> Decision:
-    if not view.by_key:
-        return Decision(allowed=True, model=model)
-    keys = [scope_key(tenant_id=tenant_id)]
-    if feature:
-        keys.append(scope_key(tenant_id=tenant_id, feature=feature))
-    if tool:
-        keys.append(scope_key(tool_name=tool))
-        keys.append(scope_key(tenant_id=tenant_id, tool_name=tool))
-    if model:
-        keys.append(scope_key(model=model))
-    effective_model = model
-    ids: list[str] = []
-    for key in keys:
-        directive = view.by_key.get(key)
-        if directive is None or view.expires[key] <= now:
-            continue
-        ids.append(directive.directive_id)
-        if directive.action == ActionKind.BLOCK:
-            return Decision(False, effective_model, view.expires[key] - now, "blocked", tuple(ids))
-        if directive.action == ActionKind.DISABLE_TOOL:
-            return Decision(False, effective_model, view.expires[key] - now, f"tool {tool} disabled", tuple(ids))
-        if directive.action == ActionKind.REROUTE and directive.to_model:
-            effective_model = directive.to_model
-        if directive.action == ActionKind.THROTTLE:
-            wait = _take(view, key, directive, now)
-            if wait is not None:
-                return Decision(False, effective_model, wait, "throttled", tuple(ids))
-    return Decision(True, effective_model, None, "", tuple(ids))
+            tool: str | None = None, provider: str | None = None, now: float,
+            staleness: Staleness | None = None) -> Decision:
+    """What the view says about one call at ``now`` (token buckets are taken from)."""
+    return decide(view, (tenant_id, feature, provider, model, tool), now, staleness)
 
 
-def _take(view: DirectiveView, key: str, directive: Directive, now: float) -> float | None:
-    """Token bucket: None if a token was taken, else seconds until one is available."""
-    rate = directive.rate_per_s or 0.0
-    burst = float(directive.burst if directive.burst is not None else 1)
-    bucket = view.buckets.get(key)
-    if bucket is None:
-        bucket = view.buckets[key] = _Bucket(tokens=burst, updated=now)
-    else:
-        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
-        bucket.updated = now
-    if bucket.tokens >= 1.0:
-        bucket.tokens -= 1.0
+def decide(view: DirectiveView, request: tuple[Any, ...], now: float, staleness: Staleness | None) -> Decision:
+    """``enforce`` with the request as a tuple in ``REQUEST_FIELDS`` order: the hot path."""
+    stale = False
+    if staleness is not None:
+        since = view.updated_at if view.updated_at is not None else view.created_at
+        if since is not None and now - since > staleness.max_age_s:
+            stale = True
+            if staleness.high_risk:
+                for scope in staleness.high_risk:
+                    if all(request[_INDEX[k]] == v for k, v in scope.items()):
+                        return Decision(False, request[3], staleness.max_age_s,
+                                        "directives stale: fail-closed for a high-risk scope", (), True)
+    if not view._lookups:
+        return _allow(request[3], stale)
+    plans = view._plans  # a reader stores into the dict it read: apply() swaps in a new one
+    plan = plans.get(request)
+    if plan is None or plan.valid_until <= now:
+        plan = _plan(view, request, now)
+        if len(plans) >= MAX_PLANS:
+            plans.clear()
+        plans[request] = plan
+    if plan.refuse is not None:
+        return Decision(False, plan.effective, plan.refuse.expires - now, plan.reason, plan.ids, stale)
+    if plan.throttles:
+        wait = _take(view, plan.throttles, now)
+        if wait is not None:
+            return Decision(False, plan.effective, wait, "throttled", plan.ids, stale)
+    return plan.allow._replace(stale=True) if stale else plan.allow
+
+
+def _plan(view: DirectiveView, request: tuple[Any, ...], now: float) -> _Plan:
+    tenant_id, feature, provider, model, tool = request
+    hits = _matches(view, request, now)
+    effective = model
+    for entry in hits:
+        if entry.action is ActionKind.REROUTE and model is not None:
+            effective, hops = _reroute(view, request, entry, now)
+            hits = hits + [h for h in hops if all(h is not x for x in hits)]
+            break
+    if effective != model:
+        # directives scoped to the model actually used apply too (a throttle on the fallback)
+        rerouted = (tenant_id, feature, provider, effective, tool)
+        hits = hits + [h for h in _matches(view, rerouted, now) if all(h is not x for x in hits)]
+    ids = tuple([e.directive_id for e in hits])
+    valid_until = min([e.expires for e in hits], default=float("inf"))
+    refuse, reason, throttles = None, "", []
+    for entry in hits:
+        action = entry.action
+        if action is ActionKind.BLOCK:
+            refuse, reason = entry, "blocked"
+            break
+        if action is ActionKind.DISABLE_TOOL and tool is not None and entry.directive.scope.tool_name == tool:
+            refuse, reason = entry, f"tool {tool} disabled"
+            break
+        if action is ActionKind.THROTTLE:
+            throttles.append(entry)
+    allow = Decision(True, effective, None, "", ids, False) if hits else _allow(model, False)
+    return _Plan(valid_until, effective, ids, refuse, reason, tuple(throttles), allow)
+
+
+_ALLOWS: dict[tuple[str | None, bool], Decision] = {}
+
+
+def _allow(model: str | None, stale: bool) -> Decision:
+    decision = _ALLOWS.get((model, stale))
+    if decision is None:
+        if len(_ALLOWS) > 4096:  # models are few; a caller passing unbounded names must not grow this
+            _ALLOWS.clear()
+        decision = _ALLOWS[(model, stale)] = Decision(True, model, None, "", (), stale)
+    return decision
+
+
+def _reroute(view: DirectiveView, request: tuple[Any, ...], first: _Entry,
+             now: float) -> tuple[str | None, list[_Entry]]:
+    """Follow reroutes from the requested model; return the effective model and the hops."""
+    tenant_id, feature, provider, model, tool = request
+    visited = {model}
+    hops = [first]
+    entry = first
+    current = model
+    for _ in range(MAX_REROUTE_HOPS):
+        fresh = [m for m in entry.targets if m not in visited]
+        if not fresh:
+            return current, hops
+        for candidate in fresh:
+            if _reroute_of(view, (tenant_id, feature, provider, candidate, tool), now) is None:
+                return candidate, hops
+        current = fresh[0]
+        visited.add(current)
+        nxt = _reroute_of(view, (tenant_id, feature, provider, current, tool), now)
+        if nxt is None:  # pragma: no cover - checked just above
+            return current, hops
+        hops.append(nxt)
+        entry = nxt
+    return current, hops
+
+
+def _reroute_of(view: DirectiveView, request: tuple[Any, ...], now: float) -> _Entry | None:
+    for entry in _matches(view, request, now):
+        if entry.action is ActionKind.REROUTE and entry.targets:
+            return entry
+    return None
+
+
+def _take(view: DirectiveView, throttles: Sequence[_Entry], now: float) -> float | None:
+    """Token buckets: None if every bucket gave a token, else seconds until all can."""
+    with view._lock:
+        wait = 0.0
+        for entry in throttles:
+            if entry.tokens < 0:
+                entry.tokens, entry.updated = entry.burst, now
+            elif now > entry.updated:
+                entry.tokens = min(entry.burst, entry.tokens + (now - entry.updated) * entry.rate)
+                entry.updated = now
+            if entry.tokens < 1.0:
+                until_expiry = entry.expires - now
+                need = until_expiry if entry.rate <= 0 else min((1.0 - entry.tokens) / entry.rate, until_expiry)
+                wait = max(wait, need)
+        if wait > 0:
+            return wait
+        for entry in throttles:
+            entry.tokens -= 1.0
         return None
-    until_expiry = view.expires[key] - now
-    if rate <= 0:
-        return until_expiry
-    return min((1.0 - bucket.tokens) / rate, until_expiry)

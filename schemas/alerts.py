@@ -74,9 +74,11 @@ class Alert(BaseModel):
     baseline: str
     threshold: str
     score: float | None = None
+    p_value: float | None = None  # the statistical test's p-value, where the detector runs one
     window_s: int
     first_seen: AwareDatetime
     last_seen: AwareDatetime
+    opened_at: AwareDatetime | None = None  # event time at which the evidence first crossed the threshold
     sample_event_ids: list[str] = Field(default_factory=list, max_length=10)
     summary: str = ""
 

@@ -28,6 +28,7 @@ class DirectiveState(StrEnum):
     DRY_RUN = "dry_run"
     EXPIRED = "expired"
     REVERTED = "reverted"
+    REJECTED = "rejected"
 
 
 class Directive(BaseModel):
@@ -42,6 +43,8 @@ class Directive(BaseModel):
     burst: int | None = Field(default=None, ge=0)
     # reroute: the model to use instead (first of the chain that is not itself rerouted)
     to_model: str | None = None
+    # reroute: the rest of the fallback chain after ``to_model``, in order
+    chain: list[str] = Field(default_factory=list)
     created_at: AwareDatetime
     expires_at: AwareDatetime
     reason: str = ""
@@ -49,6 +52,8 @@ class Directive(BaseModel):
     policy_id: str | None = None
     actor: str = "flyball"
     pinned: bool = False
+    # ``kind|scope key`` of the alert that caused it: automatic revert follows that alert's resolution
+    alert_key: str | None = None
 
     def key(self) -> str:
         return self.scope.key()

@@ -1,17 +1,32 @@
 """Event contract: what a product service publishes on ``flyball.events.v1``.
 
-One UTF-8 JSON object per Kafka message, keyed by ``tenant_id``.
+One UTF-8 JSON object per Kafka message, keyed by ``tenant_id``. Five kinds share one
+envelope: ``llm_call``, ``tool_call``, ``safety_trigger``, ``retrieval``, ``feedback``.
 
 Versioning rules:
+
 - ``schema_version`` is the *major* version (currently 1). A message with another major
-  version is rejected (dead-lettered) with a reason naming the field; consumers never guess.
-- Minor evolution is additive: a newer producer may send fields this version does not know.
-  Those are not dropped and not fatal: they are moved into ``attributes`` (prefixed with
-  ``x.``) so that nothing a producer sent is lost.
-- Field names never change meaning within a major version.
+  version (or a non-integer one) is rejected (dead-lettered) with a reason naming the field;
+  consumers never guess.
+- Minor evolution is additive only: a newer producer may send fields this version does not
+  know. Those are not dropped and not fatal: they are moved into ``attributes`` under the key
+  ``x.<field>`` (objects and arrays as their text), within the same size bounds as
+  ``attributes`` itself, so nothing a producer sent is lost and an old worker keeps working.
+- A field never changes name, type or meaning within a major version; a new field always has
+  a default that means "not reported", so every version-1 event stays valid forever.
+- Removing a field, narrowing a type, or adding a required field is a new major version
+  (``flyball.events.v2``), published alongside v1 during a migration.
 
 Token semantics follow OpenTelemetry GenAI: ``input_tokens`` includes cached reads and cache
 writes (both are subsets of it); ``reasoning_tokens`` is a subset of ``output_tokens``.
+
+Privacy: events carry no prompt or completion text. ``prompt_hash`` and ``user_id_hash`` are
+hex digests (the shim hashes a raw ``user_id`` before it leaves the process); ``prompt_chars``
+and ``completion_chars`` are lengths.
+
+Validation runs in Rust (pydantic-core constraints) except one Python check per event
+(``_after``): UTC normalisation, the clock-skew bound, unknown-field folding, and cross-field
+invariants. The worker validates every event, so keep it that way.
 """
 
 from __future__ import annotations
@@ -22,7 +37,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -30,7 +44,6 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 
@@ -39,27 +52,32 @@ MAX_TOKENS = 100_000_000  # a single call above this is a bug, not traffic
 MAX_LATENCY_MS = 24 * 3600 * 1000
 MAX_FUTURE = timedelta(minutes=5)
 MAX_ATTRIBUTES = 64
+MAX_ATTRIBUTE_KEY = 128
 MAX_ATTRIBUTE_VALUE = 1024
+MAX_NAME = 256
+EXTRA_PREFIX = "x."
 
 _UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
-
-def _utc(value: datetime, info: ValidationInfo) -> datetime:
-    try:
-        value = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("timestamp out of range when converted to UTC") from None
-    now = (info.context or {}).get("now") if info.context else None
-    if now is not None and value > now + MAX_FUTURE:
-        raise ValueError(f"timestamp is more than {MAX_FUTURE} in the future")
-    return value
-
-
-Name = Annotated[str, Field(min_length=1, max_length=256)]
-OptName = Annotated[str, Field(max_length=256)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+OptName = Annotated[str, Field(max_length=MAX_NAME)]
+ShortName = Annotated[str, Field(max_length=64)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
+Count = Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
 Millis = Annotated[float, Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
-EventTime = Annotated[AwareDatetime, AfterValidator(_utc)]
+EventId = Annotated[str, Field(pattern=_UUID_RE)]
+OptEventId = Annotated[str, Field(pattern=r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$")]
+TraceId = Annotated[str, Field(pattern=r"^(?:[0-9a-f]{32})?$", description="W3C trace-id: 32 lowercase hex, or empty")]
+SpanId = Annotated[str, Field(pattern=r"^(?:[0-9a-f]{16})?$", description="W3C span-id: 16 lowercase hex, or empty")]
+HexDigest = Annotated[str, Field(pattern=r"^(?:[0-9a-f]{16,128})?$", description="lowercase hex digest, or empty")]
+AttributeKey = Annotated[str, Field(max_length=MAX_ATTRIBUTE_KEY)]
+AttributeValue = (
+    bool
+    | Annotated[int, Field(ge=-(2**63), lt=2**63, strict=True)]
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | Annotated[str, Field(max_length=MAX_ATTRIBUTE_VALUE)]
+)
+Attributes = Annotated[dict[AttributeKey, AttributeValue], Field(max_length=MAX_ATTRIBUTES)]
 
 
 class EventType(StrEnum):
@@ -82,87 +100,106 @@ class CallStatus(StrEnum):
 class Envelope(BaseModel):
     """Fields every event carries. Unknown extra fields are kept in ``attributes``."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=False)
+    # extra="allow" lets pydantic-core collect unknown fields (in Rust); ``_after`` folds them
+    # into ``attributes`` so a dump never carries them at the top level.
+    model_config = ConfigDict(frozen=True, extra="allow", str_strip_whitespace=False)
 
-    schema_version: Annotated[int, Field(strict=True, ge=1, le=1)] = 1
-    event_id: Annotated[str, Field(pattern=_UUID_RE)]
-    ts: EventTime
+    schema_version: Annotated[int, Field(strict=True, ge=1, le=1, description="major version")] = 1
+    event_id: EventId = Field(description="UUID, lowercase: the idempotency key")
+    ts: AwareDatetime = Field(description="event time, RFC 3339 with offset; stored as UTC")
     tenant_id: Name
     feature: OptName = ""
     service: OptName = ""
     environment: OptName = "production"
+    shim_version: ShortName = ""
     request_id: OptName = ""
-    trace_id: OptName = ""
-    span_id: OptName = ""
-    parent_span_id: OptName = ""
-    shim_version: OptName = ""
-    attributes: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    trace_id: TraceId = ""
+    span_id: SpanId = ""
+    parent_span_id: SpanId = ""
+    attributes: Attributes = Field(default_factory=dict)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _keep_unknown_fields(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        known = cls.model_fields
-        extra = [k for k in data if k not in known]
-        if not extra:
-            return data
-        data = dict(data)
-        given = data.get("attributes")
-        if given is not None and not isinstance(given, dict):
-            return data  # let validation reject the malformed attributes, naming the field
-        attrs = dict(given or {})
-        for key in extra:
-            value = data.pop(key)
-            if isinstance(value, (str, float, bool)) or (isinstance(value, int) and -(2**63) <= value < 2**63):
-                attrs[f"x.{key}"] = value
-            else:
-                attrs[f"x.{key}"] = str(value)[:MAX_ATTRIBUTE_VALUE]
-        data["attributes"] = attrs
-        return data
+    @model_validator(mode="after")
+    def _after(self, info: ValidationInfo) -> Envelope:
+        fields = self.__dict__
+        try:
+            ts = self.ts.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("ts: timestamp out of range when converted to UTC") from None
+        fields["ts"] = ts
+        context = info.context
+        if context:
+            now = context.get("now")
+            if now is not None and ts > now + MAX_FUTURE:
+                raise ValueError(f"ts: timestamp is more than {MAX_FUTURE} in the future")
+        extra = self.__pydantic_extra__
+        if extra:
+            fields["attributes"] = _fold_extra(self.attributes, extra)
+            self.__pydantic_extra__ = {}
+        self._check()
+        return self
 
-    @field_validator("attributes")
-    @classmethod
-    def _bounded_attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if len(value) > MAX_ATTRIBUTES:
-            raise ValueError(f"at most {MAX_ATTRIBUTES} attributes")
-        for key, item in value.items():
-            if len(key) > 128:
-                raise ValueError("attribute key longer than 128 characters")
-            if isinstance(item, str) and len(item) > MAX_ATTRIBUTE_VALUE:
-                raise ValueError(f"attribute {key!r} longer than {MAX_ATTRIBUTE_VALUE} characters")
-            if isinstance(item, float) and not math.isfinite(item):
-                raise ValueError(f"attribute {key!r} is not a finite number")
-        return value
+    def _check(self) -> None:
+        """Cross-field invariants of one kind; raise ``ValueError("field: message")``."""
+
+
+def _fold_extra(attributes: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(attributes)
+    for key, value in extra.items():
+        name = EXTRA_PREFIX + key
+        if not (isinstance(value, (str, bool)) or (isinstance(value, int) and -(2**63) <= value < 2**63)
+                or (isinstance(value, float) and math.isfinite(value))):
+            value = str(value)[: MAX_ATTRIBUTE_VALUE + 1]
+        if len(name) > MAX_ATTRIBUTE_KEY:
+            raise ValueError(f"attributes: unknown field name {name[:40]!r}... longer than {MAX_ATTRIBUTE_KEY}")
+        if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_VALUE:
+            raise ValueError(f"attributes: {name!r} longer than {MAX_ATTRIBUTE_VALUE} characters")
+        merged[name] = value
+    if len(merged) > MAX_ATTRIBUTES:
+        raise ValueError(f"attributes: at most {MAX_ATTRIBUTES} entries (unknown fields included)")
+    return merged
 
 
 class LLMCall(Envelope):
+    """One call to a model provider (after the shim's own retries: ``retries`` counts them)."""
+
     event_type: Literal["llm_call"] = "llm_call"
+    operation: ShortName = Field("chat", description="gen_ai.operation.name: chat, embeddings, ...")
     provider: Name
-    model: Name
-    response_model: OptName = ""
-    input_tokens: Tokens = 0
-    output_tokens: Tokens = 0
+    model: Name = Field(description="the requested model")
+    response_model: OptName = Field("", description="the model that answered, if reported")
+    route: OptName = Field("", description="the router route or deployment the call went through")
+    fallback_position: Annotated[int, Field(ge=0, le=100, strict=True)] = Field(
+        0, description="0 = the first choice; n = the n-th fallback of the route")
+    prompt_id: OptName = ""
+    prompt_version: ShortName = ""
+    prompt_hash: HexDigest = ""
+    prompt_chars: Count | None = None
+    completion_chars: Count | None = None
+    input_tokens: Tokens = Field(0, description="includes cache_read_tokens and cache_write_tokens")
+    output_tokens: Tokens = Field(0, description="includes reasoning_tokens")
     cache_read_tokens: Tokens = 0
     cache_write_tokens: Tokens = 0
     reasoning_tokens: Tokens = 0
     latency_ms: Millis = 0.0
-    ttft_ms: Millis | None = None
+    ttft_ms: Millis | None = Field(None, description="time to first token (streaming)")
+    stream: bool = False
     status: CallStatus = CallStatus.OK
     error_type: OptName = ""
+    finish_reason: ShortName = ""
     retries: Annotated[int, Field(ge=0, le=1000, strict=True)] = 0
-    stream: bool = False
+    cache_hit: bool = Field(False, description="served from an application/semantic response cache")
+    user_id_hash: HexDigest = ""
 
-    @model_validator(mode="after")
-    def _token_subsets(self) -> LLMCall:
+    def _check(self) -> None:
         if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
             raise ValueError(
-                "cache_read_tokens + cache_write_tokens exceed input_tokens "
+                "cache_read_tokens: cache_read_tokens + cache_write_tokens exceed input_tokens "
                 "(input_tokens includes cached reads and cache writes)"
             )
         if self.reasoning_tokens > self.output_tokens:
-            raise ValueError("reasoning_tokens exceed output_tokens (they are a subset of it)")
-        return self
+            raise ValueError("reasoning_tokens: reasoning_tokens exceed output_tokens (they are a subset of it)")
+        if self.ttft_ms is not None and self.latency_ms and self.ttft_ms > self.latency_ms:
+            raise ValueError("ttft_ms: time to first token exceeds latency_ms")
 
 
 class ToolCall(Envelope):
@@ -171,30 +208,46 @@ class ToolCall(Envelope):
     status: CallStatus = CallStatus.OK
     latency_ms: Millis = 0.0
     error_type: OptName = ""
+    retries: Annotated[int, Field(ge=0, le=1000, strict=True)] = 0
 
 
 class SafetyTrigger(Envelope):
     event_type: Literal["safety_trigger"] = "safety_trigger"
     filter_name: Name
-    category: Name
+    category: Name = Field(description="pii, toxicity, prompt_injection, jailbreak, ...")
     action: Literal["blocked", "redacted", "flagged"] = "flagged"
     severity: Literal["low", "medium", "high", "critical"] = "medium"
+    stage: Literal["", "input", "output", "tool", "retrieval"] = ""
+    score: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
 
 
 class Retrieval(Envelope):
+    """A RAG lookup: ``results_count == 0`` with ``status="ok"`` is an empty result."""
+
     event_type: Literal["retrieval"] = "retrieval"
     index_name: Name
     status: CallStatus = CallStatus.OK
     results_count: Annotated[int, Field(ge=0, le=1_000_000, strict=True)] = 0
+    top_k: Annotated[int, Field(ge=0, le=1_000_000, strict=True)] | None = None
+    top_score: Annotated[float, Field(allow_inf_nan=False)] | None = None
     latency_ms: Millis = 0.0
+    error_type: OptName = ""
 
 
 class Feedback(Envelope):
+    """A user's verdict on a request (``request_id``) or on one event (``target_event_id``)."""
+
     event_type: Literal["feedback"] = "feedback"
     score: Annotated[float, Field(ge=-1_000, le=1_000, allow_inf_nan=False)]
-    target_event_id: OptName = ""
+    label: ShortName = Field("", description="e.g. thumbs_up, thumbs_down, 1-5")
+    target_event_id: OptEventId = ""
+    user_id_hash: HexDigest = ""
 
 
+KINDS: dict[str, type[Envelope]] = {
+    "llm_call": LLMCall, "tool_call": ToolCall, "safety_trigger": SafetyTrigger,
+    "retrieval": Retrieval, "feedback": Feedback,
+}
 Event = Annotated[
     LLMCall | ToolCall | SafetyTrigger | Retrieval | Feedback,
     Field(discriminator="event_type"),
@@ -210,37 +263,70 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
+_KIND_NAMES: frozenset[str] = frozenset(EventType)
+_VALUE_ERROR = "Value error, "
+
+
+_TYPE_MISMATCH = frozenset({"bool_type", "bool_parsing", "int_type", "int_parsing", "int_from_float", "float_type",
+                            "float_parsing", "string_type", "string_unicode"})
+_ATTRIBUTE_TYPES = "must be a string, an integer, a finite number or a boolean"
+
+
 def describe(exc: ValidationError) -> str:
     """A one-line reason naming each failing field, for DLQ records and logs."""
-    parts = []
-    for err in exc.errors(include_url=False)[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
+    parts: list[str] = []
+    seen: set[str] = set()
+    errors = exc.errors(include_url=False)
+    # an attribute value fails every member of its union: report the one constraint it broke,
+    # or that its type is none of the allowed ones
+    broken: dict[str, str] = {}
+    for err in errors:
+        path = [str(p) for p in err["loc"] if str(p) not in _KIND_NAMES]
+        if len(path) > 2 and path[0] == "attributes" and err["type"] not in _TYPE_MISMATCH:
+            broken.setdefault(path[1], err["msg"])
+    for err in errors:
+        loc_parts = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
         # the discriminated union puts the event type first in the location; drop it
-        head, _, tail = loc.partition(".")
-        if head in set(EventType):
-            loc = tail
+        if loc_parts and loc_parts[0] in _KIND_NAMES:
+            loc_parts = loc_parts[1:]
         msg = err["msg"]
         if err["type"] == "union_tag_not_found":
-            loc, msg = "event_type", "missing (one of: " + ", ".join(EventType) + ")"
+            loc_parts, msg = ["event_type"], "missing (one of: " + ", ".join(EventType) + ")"
         elif err["type"] == "union_tag_invalid":
-            loc, msg = "event_type", f"unknown value {err['input'].get('event_type')!r}" if isinstance(err["input"], dict) else msg
-        parts.append(f"{loc or 'event'}: {msg}")
+            tag = err["input"].get("event_type") if isinstance(err["input"], dict) else None
+            loc_parts, msg = ["event_type"], f"unknown value {tag!r}"
+        elif not loc_parts and msg.startswith(_VALUE_ERROR):
+            # model-level checks raise "field: message"
+            field, sep, rest = msg[len(_VALUE_ERROR):].partition(": ")
+            loc_parts, msg = ([field], rest) if sep else ([], msg[len(_VALUE_ERROR):])
+        if loc_parts and loc_parts[0] == "attributes" and len(loc_parts) > 1:
+            # one message per attribute, not one per member of the value union
+            name = loc_parts[1]
+            shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
+            loc_parts, msg = ["attributes"], f"{shown}: {broken.get(name, _ATTRIBUTE_TYPES if len(loc_parts) > 2 else msg)}"
+        where = ".".join(loc_parts) or "event"
+        key = f"{where}: {msg.partition(':')[0]}" if where == "attributes" else where
+        if key in seen:
+            continue
+        seen.add(key)
+        parts.append(f"{where}: {msg}")
+        if len(parts) == 5:
+            break
     return "; ".join(parts)
 
 
 def parse_event(raw: bytes | str | dict[str, Any], *, now: datetime | None = None) -> Event:
-    """Validate one wire event. Raises :class:`InvalidEvent` with a readable reason."""
+    """Validate one wire event. Raises :class:`InvalidEvent` with a readable reason.
+
+    ``now`` enables the clock-skew check (``ts`` at most five minutes ahead); replay and
+    backfills leave it out."""
     ctx = {"now": now} if now is not None else None
     try:
         if isinstance(raw, dict):
             return EVENT_ADAPTER.validate_python(_check_version(raw), context=ctx)
-        if isinstance(raw, (bytes, bytearray)):
-            raw = bytes(raw).decode("utf-8")
         return EVENT_ADAPTER.validate_json(raw, context=ctx)
-    except UnicodeDecodeError:
-        raise InvalidEvent("event: not valid UTF-8") from None
     except ValidationError as exc:
-        raise InvalidEvent(_version_reason(exc) or describe(exc)) from None
+        raise InvalidEvent(_version_reason(exc) or _utf8_reason(exc) or describe(exc)) from None
 
 
 def _check_version(data: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +343,14 @@ def _version_reason(exc: ValidationError) -> str | None:
     return None
 
 
+def _utf8_reason(exc: ValidationError) -> str | None:
+    for err in exc.errors(include_url=False):
+        if err["type"] == "json_invalid" and "utf-8" in err["msg"].lower():
+            return "event: not valid UTF-8"
+    return None
+
+
 def to_wire(event: Envelope) -> dict[str, Any]:
     """The JSON-ready dict of an event, as it goes on the wire."""
     return event.model_dump(mode="json", exclude_defaults=False)
+

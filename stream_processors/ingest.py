@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import structlog
@@ -50,7 +51,8 @@ def alert_row(alert: Alert, now: datetime) -> tuple[object, ...]:
 class IngestService:
     def __init__(self, *, bootstrap: str, store: ClickHouseStore, pipeline: Pipeline,
                  group_id: str = "flyball-worker", max_batch: int = 20_000, poll_ms: int = 200,
-                 session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 checkpoint_interval_s: float | None = 5.0) -> None:
         self.bootstrap = bootstrap
         self.store = store
         self.pipeline = pipeline
@@ -65,8 +67,15 @@ class IngestService:
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        # detector state: restored at start, saved after a commit at most every checkpoint_interval_s
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self._checkpointed_at = float("-inf")
+        self._uncommitted = False
+        self.idle_lag_s = 30.0  # with no events, detectors' event time follows the clock this far behind
+        self._ticked_at = float("-inf")
 
     async def start(self) -> None:
+        await self._restore_detectors()
         self._producer = await start_producer(self.bootstrap, linger_ms=5, compression_type="zstd")
         self._consumer = AIOKafkaConsumer(
             EVENTS, bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
@@ -81,6 +90,8 @@ class IngestService:
         self._stopping.set()
         if self._consumer is not None:
             await self._consumer.stop()
+        if not self._uncommitted:
+            await self._checkpoint(force=True)
         if self._producer is not None:
             await self._producer.stop()
 
@@ -104,11 +115,15 @@ class IngestService:
             if consumer.assignment():
                 self.ready.set()
             if not batch:
+                await self._idle_tick()
                 continue
             raws = [rec.value for recs in batch.values() for rec in recs]
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+            self._uncommitted = True
             await self.handle(raws)
-            await self._commit(offsets)
+            if await self._commit(offsets):
+                self._uncommitted = False
+                await self._checkpoint()
 
     async def handle(self, raws: list[bytes]) -> BatchResult:
         now = self.clock()
@@ -152,12 +167,74 @@ class IngestService:
                      alert_id=alert.alert_id, kind=str(alert.kind), scope=alert.scope.key(), severity=alert.severity)
         await self._producer.flush()
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
         assert self._consumer is not None
         try:
             await self._consumer.commit(offsets)
         except KafkaError as exc:  # a rebalance took the partition: the new owner replays, dedupe absorbs it
             log.warning("commit_failed", error=str(exc))
+            return False
+        return True
+
+    async def _idle_tick(self) -> None:
+        """With no events, event time still passes: resolve the alerts of scopes that went quiet.
+
+        At most every 5 s, the detectors (not the pipeline's watermark) are advanced to
+        ``now - idle_lag_s`` when that is past the newest event seen (by at most an hour, so a
+        backfill of old events is left alone); events arriving later with older timestamps are
+        judged as usual.
+        """
+        mono = time.monotonic()
+        if mono - self._ticked_at < 5.0 or self.pipeline.watermark is None:
+            return
+        self._ticked_at = mono
+        now = self.clock()
+        target = now - timedelta(seconds=self.idle_lag_s)
+        if not timedelta(0) < target - self.pipeline.watermark <= timedelta(hours=1):
+            return  # not idle, or a backfill far behind the clock: event time is the events' own
+        alerts = self.pipeline.detectors.advance(target)
+        if alerts:
+            await self._publish_alerts(alerts, now)
+            self.stats.alerts += len(alerts)
+
+    # ---------------------------------------------------------------- detector state
+    # The detectors' baselines (a detector needs minutes of history before it may alert) are
+    # checkpointed to ClickHouse, one row per consumer group, after a successful commit, so
+    # that the saved state matches the committed offsets; a restarted worker restores it and
+    # alerts on a spike right away. Saving is throttled (checkpoint_interval_s): the events
+    # between the last checkpoint and a crash are missing from the baselines, never counted twice.
+    async def _checkpoint(self, *, force: bool = False) -> None:
+        if self.checkpoint_interval_s is None:
+            return
+        mono = time.monotonic()
+        if not force and mono - self._checkpointed_at < self.checkpoint_interval_s:
+            return
+        self._checkpointed_at = mono
+        try:
+            blob = orjson.dumps(self.pipeline.detectors.snapshot()).decode()
+            row = [self.group_id, self.clock(), self.pipeline.watermark, blob]
+            client = self.store._client  # noqa: SLF001 - the store has no generic insert; this runs on its thread
+            await self.store.run(lambda: client.insert("detector_state", [row],
+                                                       column_names=["group_id", "saved_at", "watermark", "state"]))
+        except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs baselines on restart, never the worker
+            log.warning("detector_checkpoint_failed", error=str(exc)[:300])
+
+    async def _restore_detectors(self) -> None:
+        if self.checkpoint_interval_s is None:
+            return
+        try:
+            rows = await self.store.run(self.store.query,
+                                        "SELECT argMax(state, saved_at), argMax(watermark, saved_at), count() "
+                                        "FROM detector_state WHERE group_id = {g:String}", {"g": self.group_id})
+            if not rows or not rows[0][2]:
+                return
+            state, watermark, _ = rows[0]
+            self.pipeline.detectors.restore(orjson.loads(state))
+            if watermark is not None:
+                self.pipeline.watermark = watermark if watermark.tzinfo else watermark.replace(tzinfo=UTC)
+            log.info("detector_state_restored", group=self.group_id, watermark=str(self.pipeline.watermark))
+        except Exception as exc:  # noqa: BLE001 - unreadable state: start with fresh baselines
+            log.warning("detector_state_not_restored", error=str(exc)[:300])
 
 
 def _is_utf8(raw: bytes) -> bool:

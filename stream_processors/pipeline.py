@@ -3,7 +3,7 @@
 Pure: bytes in, plain data out; no Kafka, no ClickHouse, no clock (``now`` is a parameter).
 The live worker and ``flyball replay`` both call :meth:`Pipeline.process`, which is why they
 cannot disagree. Work is done per batch, and the detectors see one aggregated sample per
-(tenant, window) per batch instead of one call per event.
+(scope, 10 s window) per batch instead of one call per event (see ``detectors/suite.py``).
 """
 
 from __future__ import annotations
@@ -11,21 +11,23 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from flyball.schemas import Alert, AlertKind, InvalidEvent, LLMCall, Scope, parse_event
 from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
 
-from .detectors import CostSpikeDetector, WindowSample, alert_id_for
-from .pricing import PriceBook, Usage, price
+from .detectors import BatchWindows, CostSpikeDetector, Detectors, alert_id_for
+from .budgets import BudgetTracker
+from .pricing import PriceBook, price, usage_of
 
 EVENT_COLUMNS = (
     "event_id", "ts", "event_type", "tenant_id", "feature", "service", "environment",
     "request_id", "trace_id", "provider", "model", "input_tokens", "output_tokens",
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "latency_ms", "status",
     "tool_name", "category", "index_name", "cost_usd", "price_version", "unpriced",
+    "service_tier", "cache_write_1h_tokens", "prompt_version", "late",
 )
 
 
@@ -64,9 +66,13 @@ class RecentIds:
 
 class Pipeline:
     def __init__(self, book: Callable[[], PriceBook], *, detector: CostSpikeDetector | None = None,
-                 dedupe_capacity: int = 1_000_000) -> None:
+                 dedupe_capacity: int = 1_000_000, budgets: BudgetTracker | None = None,
+                 lateness: timedelta | None = None, detectors: Detectors | None = None) -> None:
         self._book = book
-        self.detector = detector or CostSpikeDetector()
+        self.budgets = budgets  # budget accounting after pricing (see budgets.py)
+        self.lateness = lateness  # events older than now - lateness are stored with late=1
+        self.detectors = detectors or (Detectors(cost=detector) if detector is not None else Detectors())
+        self.detector = self.detectors.cost  # the per-tenant cost-spike detector
         self._seen = RecentIds(dedupe_capacity)
         self._unpriced_alerted: set[tuple[str, str]] = set()
         self.watermark: datetime | None = None
@@ -75,8 +81,7 @@ class Pipeline:
         """``now`` bounds how far in the future an event may be; None (replay) skips that check."""
         out = BatchResult()
         book = self._book()
-        windows: dict[tuple[str, int], WindowSample] = {}
-        window_of = self.detector.window_of
+        windows = BatchWindows()  # per (scope, 10 s window) sums for the detectors
         for raw in raws:
             try:
                 event = parse_event(raw, now=now)
@@ -95,31 +100,20 @@ class Pipeline:
             cost: Decimal | None = Decimal(0)
             version = ""
             if isinstance(event, LLMCall):
-                priced = price(Usage(event.provider, event.model, event.ts, event.input_tokens,
-                                     event.output_tokens, event.cache_read_tokens,
-                                     event.cache_write_tokens, event.reasoning_tokens), book)
+                priced = price(usage_of(event), book)
                 cost, version = priced.cost, priced.price_version
                 if cost is None:
                     self._unpriced(event, out)
                 else:
-                    key = (event.tenant_id, window_of(event.ts))
-                    sample = windows.get(key)
-                    if sample is None:
-                        windows[key] = WindowSample(cost, event.ts, event.ts, [event.event_id])
-                    else:
-                        sample.amount += cost
-                        sample.first_ts = min(sample.first_ts, event.ts)
-                        sample.last_ts = max(sample.last_ts, event.ts)
-                        if len(sample.event_ids) < 10:
-                            sample.event_ids.append(event.event_id)
                     out.cost_by_tenant[event.tenant_id] = out.cost_by_tenant.get(event.tenant_id, Decimal(0)) + cost
-            out.rows.append(to_row(event, cost, version))
-        for (tenant_id, window), sample in sorted(windows.items(), key=lambda kv: kv[0][1]):
-            alert = self.detector.observe(tenant_id, window, sample)
-            if alert is not None:
-                out.alerts.append(alert)
+            windows.add(event, cost)
+            late = now is not None and self.lateness is not None and event.ts < now - self.lateness
+            out.rows.append(to_row(event, cost, version, late=late))
+        out.alerts.extend(self.detectors.observe(windows))
         if self.watermark is not None:
-            out.alerts.extend(self.detector.advance(self.watermark))
+            out.alerts.extend(self.detectors.advance(self.watermark))
+        if self.budgets is not None:
+            out.alerts.extend(self.budgets.observe(out.rows, EVENT_COLUMNS, now=now))
         return out
 
     def _unpriced(self, event: LLMCall, out: BatchResult) -> None:
@@ -137,14 +131,17 @@ class Pipeline:
         ))
 
 
-def to_row(event: Envelope, cost: Decimal | None, version: str) -> tuple[Any, ...]:
-    provider = model = status = tool = category = index = ""
+def to_row(event: Envelope, cost: Decimal | None, version: str, *, late: bool = False) -> tuple[Any, ...]:
+    provider = model = status = tool = category = index = tier = ""
     tokens = (0, 0, 0, 0, 0)
+    one_hour = 0
     latency = 0.0
     if isinstance(event, LLMCall):
         provider, model, status, latency = event.provider, event.model, str(event.status), event.latency_ms
         tokens = (event.input_tokens, event.output_tokens, event.cache_read_tokens,
                   event.cache_write_tokens, event.reasoning_tokens)
+        usage = usage_of(event)
+        tier, one_hour = usage.service_tier, usage.cache_write_1h_tokens
     elif isinstance(event, ToolCall):
         tool, status, latency = event.tool_name, str(event.status), event.latency_ms
     elif isinstance(event, SafetyTrigger):
@@ -155,4 +152,5 @@ def to_row(event: Envelope, cost: Decimal | None, version: str) -> tuple[Any, ..
         event.event_id, event.ts, event.event_type, event.tenant_id, event.feature, event.service,
         event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
         status, tool, category, index, cost, version, 1 if cost is None else 0,
+        tier, one_hour, str(getattr(event, "prompt_version", "") or event.attributes.get("prompt_version", "")), 1 if late else 0,
     )

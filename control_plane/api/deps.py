@@ -4,16 +4,21 @@ No `from __future__ import annotations` in the route modules: FastAPI must resol
 signatures, which refer to dependencies built at run time.
 """
 
-from collections.abc import Callable
+import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
-from ..auth import KeyRing, Principal, Role
+from ..auth import KeyRing, Principal, RateLimiter, Role
 from ..directives import ControlLoop
 from ..policy import Policies
+from ..state import AlertMarks, ControlState
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
@@ -25,17 +30,35 @@ class Deps:
     prices: Callable[[], Any]
     stats: dict[str, Callable[[], float]] = field(default_factory=dict)
     ready: Callable[[], dict[str, bool]] = lambda: {}
+    state: ControlState | None = None  # persisted keys, policy versions, alert marks, deliveries
+    marks: AlertMarks = field(default_factory=AlertMarks)
+    limiter: RateLimiter = field(default_factory=RateLimiter)
+    # (new policies, actor, source text) -> the policies now in force (versioned, audited)
+    set_policies: Callable[[Policies, str, str], Awaitable[Policies]] | None = None
+    finance: Any = None  # control_plane.finance.Finance: price changes, budgets, reprice (None: built from store)
 
     async def query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return await self.store.run(self.store.query, sql, params)
 
+    def persisted(self) -> ControlState:
+        if self.state is None:
+            if self.store is None:
+                raise HTTPException(503, "no ClickHouse store in this process")
+            self.state = ControlState(self.store)
+        return self.state
+
 
 class Auth:
-    """``Depends(auth.require(Role.SRE))`` in a route: 401 without a known key, 403 for a
-    role that may not use the route."""
+    """``Depends(auth.require(Role.SRE))`` in a route: 401 without a known key, 403 for a role
+    that may not use the route (or a tenant-bound key on a global route), 429 when a key
+    exceeds its write rate. Each check carries ``roles`` and ``global_only`` so tests can
+    enumerate what every route requires."""
 
-    def __init__(self, keys: KeyRing) -> None:
+    def __init__(self, keys: KeyRing, limiter: RateLimiter | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.keys = keys
+        self.limiter = limiter or RateLimiter()
+        self.clock = clock
 
     def principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -46,19 +69,33 @@ class Auth:
         found = self.keys.lookup(token.strip())
         if found is None:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
+        if request.method not in READ_METHODS:
+            wait = self.limiter.take(found.key_id, now=self.clock())
+            if wait is not None:
+                raise HTTPException(429, f"write rate limit for this key exceeded; retry in {math.ceil(wait)}s",
+                                    headers={"Retry-After": str(max(1, math.ceil(wait)))})
         return found
 
     def any_key(self) -> Callable[..., Principal]:
-        return self.principal
+        def check(p: Annotated[Principal, Depends(self.principal)]) -> Principal:
+            return p
 
-    def require(self, *roles: Role) -> Callable[..., Principal]:
+        check.roles = tuple(Role)  # type: ignore[attr-defined]
+        check.global_only = False  # type: ignore[attr-defined]
+        return check
+
+    def require(self, *roles: Role, global_only: bool = False) -> Callable[..., Principal]:
         principal = self.principal
 
         def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
             if not p.may(*roles):
                 raise HTTPException(403, f"role {p.role} may not use this route")
+            if global_only and p.tenant_id is not None:
+                raise HTTPException(403, "a tenant-bound key may not change global settings")
             return p
 
+        check.roles = tuple({Role.ADMIN, *roles})  # type: ignore[attr-defined]
+        check.global_only = global_only  # type: ignore[attr-defined]
         return check
 
 
@@ -70,6 +107,10 @@ def tenant_scope(p: Principal, tenant_id: str | None) -> str | None:
     if tenant_id is not None and tenant_id != p.tenant_id:
         raise HTTPException(403, "this key is bound to a different tenant")
     return p.tenant_id
+
+
+def actor(p: Principal) -> str:
+    return f"key:{p.key_id}" + (f"({p.name})" if p.name else "")
 
 
 def dec_text(value: Any) -> str:

@@ -1,61 +1,116 @@
-"""Finance routes: spend (JSON or CSV) and the price catalog."""
+"""Finance routes: spend (JSON or CSV), forecast, budgets, the price catalog, re-pricing.
 
+Roles: ``finance`` (and ``sre`` for spend) reads; ``finance`` sets budgets for the tenants it
+may see; ``admin`` changes prices and reprices. A tenant-bound key sees only its tenant and is
+refused another tenant without the other tenant's name being echoed, even in errors.
+"""
+
+import asyncio
 import csv
 import io
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from flyball.stream_processors.budgets import BudgetError, Period, make_budget, period_bounds
+from flyball.stream_processors.forecast import forecast as forecast_spend
+from flyball.stream_processors.pricing import CatalogError, entry_to_dict
 
 from ..auth import Principal, Role
-from .deps import Auth, Deps, dec_text, tenant_scope
+from ..finance import Finance, budget_status
+from .deps import Auth, Deps, actor, dec_text, tenant_scope
 
-GROUPABLE = ("tenant_id", "feature", "provider", "model", "hour", "day", "month")
+DIMENSIONS = ("tenant_id", "feature", "provider", "model", "prompt_version", "service_tier")
 TIME_BUCKETS = {"hour": "toStartOfHour(ts)", "day": "toDate(ts)", "month": "toStartOfMonth(ts)"}
+GROUPABLE = (*DIMENSIONS, *TIME_BUCKETS)
+
+
+class BudgetBody(BaseModel):
+    tenant_id: str | None = None  # a tenant-bound key may omit it
+    feature: str | None = None
+    period: Period = Period.MONTHLY
+    limit_usd: Decimal = Field(gt=0, allow_inf_nan=False)
+    thresholds: list[int] | None = None
+
+
+class RepriceBody(BaseModel):
+    from_: datetime = Field(alias="from")
+    to: datetime
+    provider: str | None = None
+    model: str | None = None
+    tenant_id: str | None = None
+    dry_run: bool = False
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise HTTPException(422, f"{name}: needs a UTC offset (e.g. 2026-03-01T00:00:00Z)")
+    return value.astimezone(UTC)
 
 
 def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
+    holder: list[Finance] = []
+
+    def fin() -> Finance:
+        if deps.finance is not None:
+            return deps.finance  # type: ignore[no-any-return]
+        if not holder:
+            if deps.store is None:
+                raise HTTPException(503, "no ClickHouse store in this process")
+            holder.append(Finance(deps.store, get_book=deps.prices))
+        return holder[0]
+
     @app.get("/v1/spend", tags=["finance"])
     async def spend(
         request: Request,
         p: Annotated[Principal, Depends(auth.require(Role.FINANCE, Role.SRE))],
         tenant_id: str | None = None, feature: str | None = None, provider: str | None = None,
-        model: str | None = None,
+        model: str | None = None, prompt_version: str | None = None, service_tier: str | None = None,
         from_: Annotated[datetime | None, Query(alias="from")] = None,
         to: datetime | None = None,
         group_by: Annotated[list[str] | None, Query()] = None,
     ) -> Response:
-        """Spend in USD as exact decimal strings; ``total_usd`` is the sum of the rows."""
+        """Spend in USD as exact decimal strings; ``total_usd`` is the sum of the rows. Each
+        event counts once (``FINAL`` over the ReplacingMergeTree keyed by event id)."""
         tenant = tenant_scope(p, tenant_id)
         groups = [g.strip() for item in (group_by or []) for g in item.split(",") if g.strip()]
         for g in groups:
             if g not in GROUPABLE:
-                raise HTTPException(422, f"group_by: unknown value {g!r} (one of {', '.join(GROUPABLE)})")
+                raise HTTPException(422, f"group_by: unknown value {g[:40]!r} (one of {', '.join(GROUPABLE)})")
+        groups = list(dict.fromkeys(groups))
         where, params = ["event_type = 'llm_call'"], {}
-        for name, value in (("tenant_id", tenant), ("feature", feature), ("provider", provider), ("model", model)):
+        filters = (("tenant_id", tenant), ("feature", feature), ("provider", provider), ("model", model),
+                   ("prompt_version", prompt_version), ("service_tier", service_tier))
+        for name, value in filters:
             if value is not None:
                 where.append(f"{name} = {{{name}:String}}")
                 params[name] = value
         if from_ is not None:
             where.append("ts >= {from_ts:DateTime64(3, 'UTC')}")
-            params["from_ts"] = from_
+            params["from_ts"] = _aware(from_, "from")
         if to is not None:
             where.append("ts < {to_ts:DateTime64(3, 'UTC')}")
-            params["to_ts"] = to
+            params["to_ts"] = _aware(to, "to")
         cols = [f"toString({TIME_BUCKETS[g]}) AS {g}" if g in TIME_BUCKETS else g for g in groups]
         select = ", ".join([*cols, "count() AS events", "toString(sumOrNull(cost_usd)) AS cost_usd",
-                            "countIf(unpriced = 1) AS unpriced_events"])
+                            "countIf(unpriced = 1) AS unpriced_events", "countIf(late = 1) AS late_events"])
         sql = f"SELECT {select} FROM events FINAL WHERE {' AND '.join(where)}"
         if groups:
             sql += f" GROUP BY {', '.join(groups)} ORDER BY {', '.join(groups)}"
+        # duplicates share (tenant, day, event_id), hence a month partition: FINAL need not merge across partitions
+        sql += " SETTINGS do_not_merge_across_partitions_select_final = 1"
         rows = await deps.query(sql, params)
-        names = [*groups, "events", "cost_usd", "unpriced_events"]
+        names = [*groups, "events", "cost_usd", "unpriced_events", "late_events"]
         items = []
         for row in rows:
             item = dict(zip(names, row, strict=True))
+            if not groups and int(item["events"]) == 0:
+                continue
             item["cost_usd"] = dec_text(item["cost_usd"])
             items.append(item)
         total = sum((Decimal(i["cost_usd"]) for i in items), Decimal(0))
@@ -70,18 +125,109 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         body = {"currency": "USD", "total_usd": dec_text(total), "events": events, "group_by": groups, "rows": items}
         return Response(orjson.dumps(body), media_type="application/json")
 
+    @app.get("/v1/spend/forecast", tags=["finance"])
+    async def spend_forecast(
+        p: Annotated[Principal, Depends(auth.require(Role.FINANCE, Role.SRE))],
+        tenant_id: str | None = None, period: Period = Period.MONTHLY,
+        at: datetime | None = None,
+        confidence: Annotated[float, Query(gt=0, lt=1)] = 0.9,
+    ) -> dict[str, Any]:
+        """End-of-period spend per tenant with a confidence interval (median/Theil-Sen daily
+        rate, robust to a single spike day). ``at`` defaults to now."""
+        tenant = tenant_scope(p, tenant_id)
+        now = _aware(at, "at") if at is not None else datetime.now(UTC)
+        start, end = period_bounds(period, now)
+        daily = await asyncio.to_thread(fin().daily_spend, tenant_id=tenant, start=start, end=now)
+        if tenant is not None:
+            daily.setdefault(tenant, {})
+        out = []
+        for name in sorted(daily):
+            f = forecast_spend(daily[name], period=period, now=now, confidence=confidence)
+            out.append({"tenant_id": name, "spent_usd": dec_text(f.spent_to_date), "forecast_usd": dec_text(f.forecast),
+                        "low_usd": dec_text(f.low), "high_usd": dec_text(f.high),
+                        "daily_rate_usd": dec_text(f.daily_rate), "days_observed": f.days_observed,
+                        "method": f.method})
+        return {"period": str(period), "period_start": start.isoformat(), "period_end": end.isoformat(),
+                "at": now.isoformat(), "confidence": confidence, "forecasts": out}
+
+    # ------------------------------------------------------------------ budgets
+    @app.get("/v1/budgets", tags=["finance"])
+    async def budgets(p: Annotated[Principal, Depends(auth.require(Role.FINANCE, Role.SRE))],
+                      tenant_id: str | None = None) -> list[dict[str, Any]]:
+        """Budgets with the spend so far in the current period."""
+        tenant = tenant_scope(p, tenant_id)
+        f = fin()
+        now = datetime.now(UTC)
+        chosen = [b for b in f.budget_list() if tenant is None or b.tenant_id == tenant]
+        out = []
+        for b in sorted(chosen, key=lambda b: b.budget_id):
+            start, end = period_bounds(b.period, now)
+            spent = await deps.store.run(f.period_spend, b, start, end)
+            out.append(budget_status(b, spent, now))
+        return out
+
+    @app.post("/v1/budgets", status_code=201, tags=["finance"])
+    async def set_budget(body: BudgetBody, p: Annotated[Principal, Depends(auth.require(Role.FINANCE))]) -> dict[str, Any]:
+        tenant = tenant_scope(p, body.tenant_id)
+        if tenant is None:
+            raise HTTPException(422, "tenant_id: required")
+        try:
+            budget = make_budget(tenant_id=tenant, limit_usd=body.limit_usd, period=body.period,
+                                 feature=body.feature, thresholds=body.thresholds)
+        except BudgetError as exc:
+            raise HTTPException(422, str(exc)) from None
+        f = fin()
+        await asyncio.to_thread(f.put_budget, budget, actor=actor(p))
+        start, end = period_bounds(budget.period, datetime.now(UTC))
+        spent = await deps.store.run(f.period_spend, budget, start, end)
+        return budget_status(budget, spent, datetime.now(UTC))
+
+    @app.delete("/v1/budgets/{budget_id:path}", tags=["finance"])
+    async def delete_budget(budget_id: str, p: Annotated[Principal, Depends(auth.require(Role.FINANCE))]) -> dict[str, Any]:
+        f = fin()
+        found = next((b for b in f.budget_list() if b.budget_id == budget_id), None)
+        if found is None or (p.tenant_id is not None and found.tenant_id != p.tenant_id):
+            raise HTTPException(404, "budget_id: no such budget")  # same answer either way: no leak
+        await asyncio.to_thread(f.delete_budget, budget_id, actor=actor(p))
+        return {"deleted": budget_id}
+
+    # ------------------------------------------------------------------ prices
     @app.get("/v1/prices", tags=["finance"])
     async def prices(_: Annotated[Principal, Depends(auth.require(Role.FINANCE, Role.SRE))],
                      provider: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
-        book = deps.prices()
-        out = []
-        for (prov, mod), versions in sorted(book.entries.items()):
-            if (provider and prov != provider.lower()) or (model and mod != model.lower()):
-                continue
-            for e in versions:
-                r = e.rates
-                out.append({"provider": e.provider, "model": e.model, "version": e.version,
-                            "effective_from": e.effective_from.isoformat(), "source": e.source,
-                            **{k: (None if getattr(r, k) is None else dec_text(getattr(r, k)))
-                               for k in ("input", "output", "cache_read", "cache_write", "reasoning", "per_request")}})
-        return out
+        """Every version of every entry, in flyball's catalog format (rates: USD per token)."""
+        book = fin().book()
+        return [entry_to_dict(e) for e in book.all()
+                if not ((provider and e.provider.lower() != provider.lower()) or (model and e.model.lower() != model.lower()))]
+
+    @app.post("/v1/prices", status_code=201, tags=["finance"])
+    async def set_prices(p: Annotated[Principal, Depends(auth.require(Role.ADMIN, global_only=True))],
+                         body: Annotated[Any, Body()], reason: str = "") -> dict[str, Any]:
+        """Add a price version, or correct one (same provider, model and effective_from: the
+        next revision). Body: one entry or ``{"prices": [...]}``. Every change is audited in
+        ClickHouse (``price_changes``) and the live worker prices with it from its next batch;
+        events already stored keep their cost until ``POST /v1/reprice``."""
+        raws = body.get("prices") if isinstance(body, dict) and "prices" in body else [body]
+        if not isinstance(raws, list) or not raws:
+            raise HTTPException(422, "prices: expected a non-empty list of entries")
+        try:
+            changes = await asyncio.to_thread(fin().set_prices, raws, actor=actor(p), reason=reason)
+        except CatalogError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return {"changes": [{"version": new.version, "previous_version": old.version if old else None,
+                             "entry": entry_to_dict(new)} for new, old in changes]}
+
+    @app.get("/v1/prices/history", tags=["finance"])
+    async def price_history(_: Annotated[Principal, Depends(auth.require(Role.FINANCE))],
+                            provider: str | None = None, model: str | None = None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(fin().price_history, provider=provider, model=model)
+
+    @app.post("/v1/reprice", tags=["finance"])
+    async def reprice(body: RepriceBody, p: Annotated[Principal, Depends(auth.require(Role.ADMIN, global_only=True))]) -> dict[str, Any]:
+        """Recompute stored costs in [from, to) with the current catalog; history in ``reprices``."""
+        start, end = _aware(body.from_, "from"), _aware(body.to, "to")
+        if end <= start:
+            raise HTTPException(422, "to: must be after from")
+        summary = await asyncio.to_thread(fin().reprice, start=start, end=end, actor=actor(p), provider=body.provider,
+                                          model=body.model, tenant_id=body.tenant_id, dry_run=body.dry_run)
+        return summary.as_json()

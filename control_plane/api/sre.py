@@ -1,94 +1,251 @@
-"""SRE routes: alerts, directives (and overrides), the audit log, policies."""
+"""SRE routes: alerts (ack, silence), directives (and the overrides that win over automation),
+the audit log, and the policies in force."""
 
-from typing import Annotated, Any
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi import Body, Depends, FastAPI, HTTPException, Query
+from pydantic import BaseModel, Field
 
-from flyball.schemas import Directive
+from flyball.schemas import ActionKind, Alert, Directive, DirectiveState, Scope
 
 from ..auth import Principal, Role
-from .deps import Auth, Deps, tenant_scope
+from ..policy import Action, dump_policies
+from ..state import Mark, utc
+from .deps import Auth, Deps, actor, tenant_scope
 
 ACTION_COLUMNS = ["action_id", "at", "decision", "directive_id", "scope_key", "tenant_id", "alert_id",
                   "policy_id", "actor", "reason", "before", "after", "evidence"]
+WEEK_S = 7 * 86_400
+
+
+class AckRequest(BaseModel):
+    note: str = Field(default="", max_length=1000)
+
+
+class SilenceRequest(BaseModel):
+    duration_s: int = Field(gt=0, le=WEEK_S, description="how long notifications for this alert stay silent")
+    note: str = Field(default="", max_length=1000)
+
+
+class ExtendRequest(BaseModel):
+    seconds: int = Field(default=3600, gt=0, le=WEEK_S, description="added to the directive's expiry")
+
+
+class CreateDirective(BaseModel):
+    action: ActionKind
+    scope: Scope
+    ttl_s: int = Field(default=3600, gt=0, le=WEEK_S)
+    rate_per_s: float | None = Field(default=None, ge=0)
+    burst: int | None = Field(default=None, ge=0)
+    to_model: str | None = None
+    chain: list[str] = Field(default_factory=list)
+    reason: str = Field(default="", max_length=1000)
+    pinned: bool = False
+
+
+def _iso(value: datetime) -> str:
+    return (utc(value) or value).isoformat()
 
 
 def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
+    sre = auth.require(Role.SRE)
+
+    def now() -> datetime:
+        return deps.control.clock() if deps.control else datetime.now(UTC)
+
+    # ------------------------------------------------------------------ alerts
     @app.get("/v1/alerts", tags=["sre"])
     async def alerts(
-        p: Annotated[Principal, Depends(auth.require(Role.SRE))],
+        p: Annotated[Principal, Depends(sre)],
         status: Annotated[str | None, Query(pattern="^(open|resolved)$")] = None,
         kind: str | None = None, tenant_id: str | None = None,
+        severity: Annotated[str | None, Query(pattern="^(info|warning|critical)$")] = None,
+        acknowledged: bool | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[dict[str, Any]]:
+        """Alerts, newest first, each with its acknowledgement and silence (if any)."""
         tenant = tenant_scope(p, tenant_id)
-        where, params = ["1"], {"limit": limit}
-        if status:
-            where.append("status = {status:String}")
-            params["status"] = status
-        if kind:
-            where.append("kind = {kind:String}")
-            params["kind"] = kind
+        where: list[str] = ["1"]
+        params: dict[str, Any] = {"limit": limit}
+        for name, value in (("status", status), ("kind", kind), ("severity", severity)):
+            if value:
+                where.append(f"{name} = {{{name}:String}}")
+                params[name] = value
         if tenant:
             where.append("JSONExtractString(scope, 'tenant_id') = {tenant:String}")
             params["tenant"] = tenant
-        sql = (f"SELECT body FROM alerts FINAL WHERE {' AND '.join(where)} "
+        sql = (f"SELECT body, kind, scope_key FROM alerts FINAL WHERE {' AND '.join(where)} "
                "ORDER BY last_seen DESC LIMIT {limit:UInt32}")
-        return [orjson.loads(r[0]) for r in await deps.query(sql, params)]
+        at = now()
+        out = [deps.marks.annotate(orjson.loads(body), alert_key=f"{k}|{key}", now=at)
+               for body, k, key in await deps.query(sql, params)]
+        if acknowledged is not None:
+            out = [a for a in out if (a["acknowledged_by"] is not None) == acknowledged]
+        return out
 
+    async def find_alert(alert_id: str, p: Principal) -> Alert:
+        rows = await deps.query("SELECT body FROM alerts FINAL WHERE alert_id = {id:String} LIMIT 1", {"id": alert_id})
+        found = Alert.model_validate_json(rows[0][0]) if rows else None
+        if found is None or (p.tenant_id is not None and found.scope.tenant_id != p.tenant_id):
+            raise HTTPException(404, "no alert with this id")
+        return found
+
+    async def mark(alert: Alert, mark: Mark) -> dict[str, Any]:
+        await deps.persisted().save_mark(mark)
+        deps.marks.add(mark)
+        return deps.marks.annotate(alert.model_dump(mode="json"), alert_key=alert.key(), now=mark.at)
+
+    @app.post("/v1/alerts/{alert_id}/ack", tags=["sre"])
+    async def ack_alert(alert_id: str, p: Annotated[Principal, Depends(sre)],
+                        body: Annotated[AckRequest | None, Body()] = None) -> dict[str, Any]:
+        """Acknowledge: someone is on it (recorded with who and when)."""
+        alert = await find_alert(alert_id, p)
+        return await mark(alert, Mark(alert.alert_id, alert.key(), "ack", actor(p), now(), None,
+                                      body.note if body else ""))
+
+    @app.post("/v1/alerts/{alert_id}/silence", tags=["sre"])
+    async def silence_alert(alert_id: str, body: SilenceRequest,
+                            p: Annotated[Principal, Depends(sre)]) -> dict[str, Any]:
+        """Silence notifications for this alert's kind and scope for a while (automation is
+        not affected: silence is about people, brakes are about actions)."""
+        alert = await find_alert(alert_id, p)
+        at = now()
+        return await mark(alert, Mark(alert.alert_id, alert.key(), "silence", actor(p), at,
+                                      at + timedelta(seconds=body.duration_s), body.note))
+
+    @app.post("/v1/alerts/{alert_id}/unsilence", tags=["sre"])
+    async def unsilence_alert(alert_id: str, p: Annotated[Principal, Depends(sre)]) -> dict[str, Any]:
+        alert = await find_alert(alert_id, p)
+        return await mark(alert, Mark(alert.alert_id, alert.key(), "unsilence", actor(p), now()))
+
+    # ------------------------------------------------------------------ directives
     @app.get("/v1/directives", tags=["sre"])
     async def directives(p: Annotated[Principal, Depends(auth.require(Role.SERVICE, Role.SRE))],
-                         tenant_id: str | None = None) -> list[Directive]:
+                         tenant_id: str | None = None,
+                         state: Annotated[Literal["active", "pending", "all"], Query()] = "active") -> list[Directive]:
+        """Directives in force (``state=pending``: waiting for approval; ``all``: both)."""
         tenant = tenant_scope(p, tenant_id)
-        active = deps.control.active() if deps.control else []
+        control = deps.control
+        found: list[Directive] = []
+        if control is not None:
+            if state in ("active", "all"):
+                found += control.active()
+            if state in ("pending", "all"):
+                found += list(control.pending.values())
         if tenant is not None:
-            active = [d for d in active if d.scope.tenant_id == tenant]
-        return active
+            found = [d for d in found if d.scope.tenant_id == tenant]
+        return found
 
-    async def override(directive_id: str, p: Principal, verb: str) -> dict[str, Any]:
+    def loop() -> Any:
         if deps.control is None:
             raise HTTPException(503, "control loop not running in this process")
-        target = next((d for d in deps.control.active() if d.directive_id == directive_id), None)
-        if target is None or (p.tenant_id is not None and target.scope.tenant_id != p.tenant_id):
-            raise HTTPException(404, "no active directive with this id")
-        actor = f"key:{p.key_id}"
-        action = await (deps.control.revert if verb == "revert" else deps.control.pin)(directive_id, actor=actor)
+        return deps.control
+
+    def answer(action: Action | None, what: str) -> dict[str, Any]:
         if action is None or action.directive is None:
-            raise HTTPException(404, "no active directive with this id")
+            raise HTTPException(404, f"no {what} directive with this id")
         return {"decision": str(action.decision), "directive": action.directive.model_dump(mode="json")}
 
+    def visible(directive_id: str, p: Principal, *states: DirectiveState) -> None:
+        target = loop().find(directive_id)
+        if target is None or target.state not in states or (
+                p.tenant_id is not None and target.scope.tenant_id != p.tenant_id):
+            raise HTTPException(404, f"no {'/'.join(states)} directive with this id")
+
+    @app.post("/v1/directives", status_code=201, tags=["sre"])
+    async def create_directive(body: CreateDirective, p: Annotated[Principal, Depends(sre)]) -> dict[str, Any]:
+        """A manual directive: in force at once, wins over automation on its scope."""
+        if not body.scope.key():
+            raise HTTPException(422, "scope: name at least one of tenant_id, feature, tool_name, model, ...")
+        if p.tenant_id is not None and body.scope.tenant_id != p.tenant_id:
+            raise HTTPException(403, "scope.tenant_id: a tenant-bound key may only act on its own tenant")
+        if body.action == ActionKind.THROTTLE and body.rate_per_s is None:
+            raise HTTPException(422, "rate_per_s: a throttle needs a rate")
+        if body.action == ActionKind.REROUTE and not body.to_model:
+            raise HTTPException(422, "to_model: a reroute needs a target model")
+        if body.action == ActionKind.DISABLE_TOOL and not body.scope.tool_name:
+            raise HTTPException(422, "scope.tool_name: disable_tool needs a tool")
+        at = now()
+        directive = Directive(
+            directive_id=str(uuid.uuid4()), action=body.action, scope=body.scope, rate_per_s=body.rate_per_s,
+            burst=body.burst, to_model=body.to_model, chain=body.chain, created_at=at,
+            expires_at=at + timedelta(seconds=body.ttl_s), reason=body.reason or "manual", actor=actor(p),
+            pinned=body.pinned)
+        return answer(await loop().create(directive), "")
+
     @app.post("/v1/directives/{directive_id}/revert", tags=["sre"])
-    async def revert_directive(directive_id: str,
-                               p: Annotated[Principal, Depends(auth.require(Role.SRE))]) -> dict[str, Any]:
-        return await override(directive_id, p, "revert")
+    async def revert_directive(directive_id: str, p: Annotated[Principal, Depends(sre)]) -> dict[str, Any]:
+        """End a directive now (a pending one is rejected). Automation will not re-apply it
+        within the policy's cooldown."""
+        visible(directive_id, p, DirectiveState.ACTIVE, DirectiveState.PENDING)
+        return answer(await loop().revert(directive_id, actor=actor(p)), "active")
 
     @app.post("/v1/directives/{directive_id}/pin", tags=["sre"])
-    async def pin_directive(directive_id: str,
-                            p: Annotated[Principal, Depends(auth.require(Role.SRE))]) -> dict[str, Any]:
-        return await override(directive_id, p, "pin")
+    async def pin_directive(directive_id: str, p: Annotated[Principal, Depends(sre)]) -> dict[str, Any]:
+        """Pin: never expires, never reverted by automation, until an SRE reverts it."""
+        visible(directive_id, p, DirectiveState.ACTIVE)
+        return answer(await loop().pin(directive_id, actor=actor(p)), "active")
 
+    @app.post("/v1/directives/{directive_id}/extend", tags=["sre"])
+    async def extend_directive(directive_id: str, p: Annotated[Principal, Depends(sre)],
+                               body: Annotated[ExtendRequest | None, Body()] = None) -> dict[str, Any]:
+        visible(directive_id, p, DirectiveState.ACTIVE, DirectiveState.PENDING)
+        seconds = (body or ExtendRequest()).seconds
+        return answer(await loop().extend(directive_id, actor=actor(p), seconds=seconds), "active")
+
+    @app.post("/v1/directives/{directive_id}/approve", tags=["sre"])
+    async def approve_directive(directive_id: str, p: Annotated[Principal, Depends(sre)]) -> dict[str, Any]:
+        visible(directive_id, p, DirectiveState.PENDING)
+        return answer(await loop().approve(directive_id, actor=actor(p)), "pending")
+
+    @app.post("/v1/directives/{directive_id}/reject", tags=["sre"])
+    async def reject_directive(directive_id: str, p: Annotated[Principal, Depends(sre)]) -> dict[str, Any]:
+        visible(directive_id, p, DirectiveState.PENDING)
+        return answer(await loop().reject(directive_id, actor=actor(p)), "pending")
+
+    # ------------------------------------------------------------------ audit
     @app.get("/v1/actions", tags=["sre"])
-    async def actions(p: Annotated[Principal, Depends(auth.require(Role.SRE))], tenant_id: str | None = None,
-                      limit: Annotated[int, Query(ge=1, le=5000)] = 200) -> list[dict[str, Any]]:
+    async def actions(
+        p: Annotated[Principal, Depends(sre)], tenant_id: str | None = None,
+        decision: str | None = None, directive_id: str | None = None, alert_id: str | None = None,
+        actor_: Annotated[str | None, Query(alias="actor")] = None, policy_id: str | None = None,
+        from_: Annotated[datetime | None, Query(alias="from")] = None, to: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+    ) -> list[dict[str, Any]]:
+        """The audit log, newest first: one row per decision, with evidence and before/after."""
         tenant = tenant_scope(p, tenant_id)
-        where, params = "1", {"limit": limit}
-        if tenant:
-            where, params["tenant"] = "tenant_id = {tenant:String}", tenant
-        sql = f"SELECT {', '.join(ACTION_COLUMNS)} FROM actions WHERE {where} ORDER BY at DESC LIMIT {{limit:UInt32}}"
+        where: list[str] = ["1"]
+        params: dict[str, Any] = {"limit": limit}
+        for name, value in (("tenant_id", tenant), ("decision", decision), ("directive_id", directive_id),
+                            ("alert_id", alert_id), ("actor", actor_)):
+            if value:
+                where.append(f"{name} = {{{name}:String}}")
+                params[name] = value
+        if policy_id:
+            where.append("(policy_id = {policy_id:String} OR startsWith(policy_id, {policy_prefix:String}))")
+            params |= {"policy_id": policy_id, "policy_prefix": policy_id + "@"}
+        if from_ is not None:
+            where.append("at >= {from_ts:DateTime64(3, 'UTC')}")
+            params["from_ts"] = from_
+        if to is not None:
+            where.append("at < {to_ts:DateTime64(3, 'UTC')}")
+            params["to_ts"] = to
+        sql = (f"SELECT {', '.join(ACTION_COLUMNS)} FROM actions WHERE {' AND '.join(where)} "
+               "ORDER BY at DESC, action_id LIMIT {limit:UInt32}")
         out = []
         for row in await deps.query(sql, params):
             item = dict(zip(ACTION_COLUMNS, row, strict=True))
-            item["at"] = item["at"].isoformat() + ("Z" if item["at"].tzinfo is None else "")
+            item["at"] = _iso(item["at"])
             for name in ("before", "after", "evidence"):
                 item[name] = orjson.loads(item[name]) if item[name] else None
             out.append(item)
         return out
 
+    # ------------------------------------------------------------------ policies (read)
     @app.get("/v1/policies", tags=["sre"])
-    async def policies(_: Annotated[Principal, Depends(auth.require(Role.SRE))]) -> dict[str, Any]:
-        pol = deps.policies()
-        return {"max_active": pol.max_active, "policies": [
-            {"policy_id": x.policy_id, "version": x.version, "alert_kind": str(x.alert_kind), "action": str(x.action),
-             "min_severity": x.min_severity, "ttl_s": x.ttl_s, "cooldown_s": x.cooldown_s,
-             "rate_per_s": x.rate_per_s, "burst": x.burst, "dry_run": x.dry_run} for x in pol.policies]}
+    async def policies(_: Annotated[Principal, Depends(sre)]) -> dict[str, Any]:
+        """The policies in force (``PUT /v1/policies`` as admin to change them)."""
+        return dump_policies(deps.policies())

@@ -12,16 +12,28 @@ class Transport(Protocol):
     async def start(self) -> None: ...
 
     async def send_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
-        """Deliver all records (in order per key) or raise; never deliver part silently."""
+        """Deliver all records (in order per key) or raise :class:`TransportError` whose
+        ``failed`` lists the indices of the records not known to be delivered."""
 
     def follow(self, topic: str) -> AsyncIterator[list[bytes]]:
-        """Yield batches of record values from the start of ``topic``, forever."""
+        """Yield batches of record values from the start of ``topic``, forever (an empty
+        batch when nothing is new). ``synced_at`` is the wall time the follower last heard
+        from the broker, or None before the first answer."""
+
+    @property
+    def synced_at(self) -> float | None: ...
 
     async def stop(self) -> None: ...
 
 
 class TransportError(Exception):
-    """Sending failed; the batch is retried (and later spilled), never dropped silently."""
+    """Sending failed; the undelivered records are spilled and retried, never dropped silently.
+
+    ``failed``: indices (in the batch) of the records not known to be delivered; None = all."""
+
+    def __init__(self, message: str, *, failed: Sequence[int] | None = None) -> None:
+        super().__init__(message)
+        self.failed = list(failed) if failed is not None else None
 
 
 from .kafka import KafkaTransport  # noqa: E402 - re-export after the protocol

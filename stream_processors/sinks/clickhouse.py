@@ -91,6 +91,162 @@ MIGRATIONS: list[tuple[int, str]] = [
     ) ENGINE = MergeTree
     ORDER BY (at, action_id)
     """),
+    # 30-39: control plane state (API keys, policy versions, alert acks/silences, webhook deliveries)
+    (30, """
+    CREATE TABLE IF NOT EXISTS api_keys (
+        key_hash String,
+        key_id String,
+        role LowCardinality(String),
+        tenant_id Nullable(String),
+        name String,
+        created_by String,
+        created_at DateTime64(3, 'UTC'),
+        revoked_at Nullable(DateTime64(3, 'UTC')),
+        updated_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(updated_at)
+    ORDER BY (key_hash)
+    """),
+    (31, """
+    CREATE TABLE IF NOT EXISTS policy_versions (
+        version UInt32,
+        at DateTime64(3, 'UTC'),
+        actor String,
+        source String,
+        sha256 String,
+        body String
+    ) ENGINE = MergeTree
+    ORDER BY (version, at)
+    """),
+    (32, """
+    CREATE TABLE IF NOT EXISTS alert_marks (
+        mark_id String,
+        at DateTime64(3, 'UTC'),
+        alert_id String,
+        alert_key String,
+        mark LowCardinality(String),
+        actor String,
+        until Nullable(DateTime64(3, 'UTC')),
+        note String
+    ) ENGINE = MergeTree
+    ORDER BY (at, mark_id)
+    """),
+    (33, """
+    CREATE TABLE IF NOT EXISTS webhook_deliveries (
+        delivery_id String,
+        at DateTime64(3, 'UTC'),
+        target String,
+        format LowCardinality(String),
+        event LowCardinality(String),
+        dedupe_key String,
+        attempt UInt16,
+        status_code UInt16,
+        ok UInt8,
+        error String
+    ) ENGINE = MergeTree
+    ORDER BY (at, delivery_id)
+    """),
+    # 10-19: finance (issue 4). Money columns are Decimal(38, 12), never Float.
+    (10, """
+    ALTER TABLE events
+        ADD COLUMN IF NOT EXISTS service_tier LowCardinality(String) DEFAULT '',
+        ADD COLUMN IF NOT EXISTS cache_write_1h_tokens UInt64 DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS prompt_version LowCardinality(String) DEFAULT '',
+        ADD COLUMN IF NOT EXISTS late UInt8 DEFAULT 0
+    """),
+    (11, """
+    CREATE TABLE IF NOT EXISTS price_changes (
+        change_id String,
+        at DateTime64(3, 'UTC'),
+        actor String,
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        effective_from DateTime64(3, 'UTC'),
+        version String,
+        previous_version String,
+        entry String,
+        previous String,
+        reason String
+    ) ENGINE = MergeTree
+    ORDER BY (at, change_id)
+    """),
+    (12, """
+    CREATE TABLE IF NOT EXISTS reprices (
+        reprice_id String,
+        at DateTime64(3, 'UTC'),
+        actor String,
+        event_id UUID,
+        tenant_id LowCardinality(String),
+        ts DateTime64(3, 'UTC'),
+        model LowCardinality(String),
+        old_cost Nullable(Decimal(38, 12)),
+        new_cost Nullable(Decimal(38, 12)),
+        old_version String,
+        new_version String
+    ) ENGINE = MergeTree
+    ORDER BY (reprice_id, event_id)
+    """),
+    (13, """
+    CREATE TABLE IF NOT EXISTS budgets (
+        budget_id String,
+        tenant_id String,
+        feature Nullable(String),
+        period LowCardinality(String),
+        limit_usd Decimal(38, 12),
+        thresholds Array(UInt16),
+        actor String,
+        updated_at DateTime64(3, 'UTC'),
+        deleted UInt8
+    ) ENGINE = ReplacingMergeTree(updated_at)
+    ORDER BY budget_id
+    """),
+    (14, """
+    CREATE TABLE IF NOT EXISTS spend_minute (
+        tenant_id LowCardinality(String),
+        minute DateTime('UTC'),
+        feature LowCardinality(String),
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        prompt_version LowCardinality(String),
+        events UInt64,
+        unpriced_events UInt64,
+        input_tokens UInt64,
+        output_tokens UInt64,
+        cost_usd Decimal(38, 12),
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(minute)
+    ORDER BY (tenant_id, minute, feature, provider, model, prompt_version)
+    """),
+    # 20-29: detectors (issue 5). Safety-trigger rates per minute, kept by ClickHouse itself as
+    # events are inserted (query with sum(triggers) ... GROUP BY: parts are summed lazily).
+    (20, """
+    CREATE TABLE IF NOT EXISTS safety_rates_minute (
+        minute DateTime('UTC'),
+        tenant_id LowCardinality(String),
+        feature LowCardinality(String),
+        category LowCardinality(String),
+        action LowCardinality(String),
+        triggers UInt64
+    ) ENGINE = SummingMergeTree(triggers)
+    PARTITION BY toYYYYMM(minute)
+    ORDER BY (tenant_id, minute, feature, category, action)
+    """),
+    (21, """
+    CREATE MATERIALIZED VIEW IF NOT EXISTS safety_rates_minute_mv TO safety_rates_minute AS
+    SELECT toStartOfMinute(ts) AS minute, tenant_id, feature, category, status AS action, count() AS triggers
+    FROM events WHERE event_type = 'safety_trigger'
+    GROUP BY minute, tenant_id, feature, category, action
+    """),
+    # detector baselines, checkpointed by the worker after a commit and restored at start
+    (22, """
+    CREATE TABLE IF NOT EXISTS detector_state (
+        group_id String,
+        saved_at DateTime64(3, 'UTC'),
+        watermark Nullable(DateTime64(3, 'UTC')),
+        state String CODEC(ZSTD(3))
+    ) ENGINE = ReplacingMergeTree(saved_at)
+    ORDER BY group_id
+    """),
 ]
 
 

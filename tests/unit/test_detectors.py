@@ -120,3 +120,184 @@ def test_late_window_older_than_history_is_ignored() -> None:
     late = W0 + 39 - PARAMS.history_windows - 1
     assert detector.observe("acme", late, sample(Decimal(1000), late)) is None
     assert late not in detector.state["acme"].windows
+
+
+# ------------------------------------------------------------------ the other detectors (issue 5)
+
+import math  # noqa: E402
+import random  # noqa: E402
+
+import orjson  # noqa: E402
+
+from flyball.stream_processors.detectors import (  # noqa: E402
+    COST_PARAMS,
+    AlertBook,
+    BinomialRateDetector,
+    Detectors,
+    LatencyDetector,
+    PoissonBurstDetector,
+    RunawayDetector,
+)
+from flyball.stream_processors.detectors.base import BASE_WINDOW_S  # noqa: E402
+
+T0 = NOW.timestamp()
+B0 = int(T0) // BASE_WINDOW_S
+
+
+def errors_detector() -> BinomialRateDetector:
+    return BinomialRateDetector(AlertKind.ERROR_RATE, ("provider", "model"), ("error", "timeout", "rate_limited"),
+                                AlertBook())
+
+
+def feed_rates(det: BinomialRateDetector, windows: Iterable[tuple[int, list[int]]]) -> list[Alert]:
+    out = []
+    for w, counts in windows:
+        t = float(w * BASE_WINDOW_S)
+        alert = det.observe(("openai", "gpt-4o-mini"), w, counts, t, t + 9, [f"evt-{w}"])
+        if alert is not None:
+            out.append(alert)
+    return out
+
+
+def test_error_rate_at_baseline_never_alerts() -> None:
+    rng = random.Random(1)
+    det = errors_detector()
+    windows = [(B0 + i, [50, sum(rng.random() < 0.01 for _ in range(50)), 0, 0]) for i in range(720)]
+    assert feed_rates(det, windows) == []
+
+
+def test_timeout_regression_opens_one_error_rate_alert_with_its_p_value() -> None:
+    det = errors_detector()
+    feed_rates(det, [(B0 + i, [50, 1 if i % 2 else 0, 0, 0]) for i in range(360)])
+    alerts = feed_rates(det, [(B0 + 360 + i, [50, 0, 20, 0]) for i in range(3)])
+    assert [(a.kind, a.scope, a.metric, a.status) for a in alerts[:1]] == [
+        (AlertKind.ERROR_RATE, Scope(provider="openai", model="gpt-4o-mini"), "timeout_rate", "open")]
+    assert alerts[0].p_value is not None and alerts[0].p_value < 1e-6
+    assert len({a.alert_id for a in alerts}) == 1
+
+
+def test_significant_but_tiny_error_rate_wobble_does_not_alert() -> None:
+    det = errors_detector()
+    feed_rates(det, [(B0 + i, [5000, 50, 0, 0]) for i in range(360)])  # 1 %
+    assert feed_rates(det, [(B0 + 360 + i, [5000, 125, 0, 0]) for i in range(6)]) == []  # 2.5 %: below +5 points
+
+
+def test_error_rate_alert_resolves_after_resolve_s_of_normal_traffic() -> None:
+    det = errors_detector()
+    feed_rates(det, [(B0 + i, [50, 0, 0, 0]) for i in range(360)])
+    (opened, *_) = feed_rates(det, [(B0 + 360, [50, 30, 0, 0])])
+    assert det.book.sweep(T0 + 3600 + 60) == []
+    resolved = det.book.sweep(T0 + 3600 + 10 + det.book.resolve_s)
+    assert [(a.alert_id, a.status) for a in resolved] == [(opened.alert_id, "resolved")]
+
+
+def safety_detector() -> PoissonBurstDetector:
+    return PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature", "category"), AlertBook())
+
+
+def feed_counts(det: PoissonBurstDetector, counts: Iterable[tuple[int, int]]) -> list[Alert]:
+    out = []
+    for w, k in counts:
+        alert = det.observe(("acme", "chat", "jailbreak"), w, k, w * 10.0, w * 10.0 + 9, [f"evt-{w}"])
+        if alert is not None:
+            out.append(alert)
+    return out
+
+
+def test_safety_triggers_at_their_usual_rate_do_not_alert() -> None:
+    rng = random.Random(2)
+    det = safety_detector()
+    assert feed_counts(det, [(B0 + i, 1) for i in range(8640) if rng.random() < 0.08]) == []
+
+
+def test_safety_burst_against_baseline_alerts_per_tenant_feature_category() -> None:
+    det = safety_detector()
+    feed_counts(det, [(B0 + i, 1) for i in range(0, 720, 20)])  # 0.3 a minute
+    alerts = feed_counts(det, [(B0 + 720 + i, 4) for i in range(4)])
+    assert alerts and alerts[0].kind == AlertKind.SAFETY_BURST
+    assert alerts[0].scope == Scope(tenant_id="acme", feature="chat", category="jailbreak")
+    assert alerts[0].p_value is not None and alerts[0].p_value < 1e-6
+
+
+def test_a_few_triggers_on_a_new_scope_stay_below_the_absolute_floor() -> None:
+    assert feed_counts(safety_detector(), [(B0, 3), (B0 + 1, 2)]) == []
+
+
+def latency_detector() -> LatencyDetector:
+    return LatencyDetector(AlertKind.LATENCY, ("provider", "model"), AlertBook())
+
+
+def lognormal(rng: random.Random, median: float, n: int) -> list[float]:
+    return [rng.lognormvariate(math.log(median), 0.35) for _ in range(n)]
+
+
+def feed_latency(det: LatencyDetector, windows: Iterable[tuple[int, list[float]]]) -> list[Alert]:
+    out = []
+    for w, values in windows:
+        alert = det.observe(("openai", "gpt-4o-mini"), w, values, w * 10.0, w * 10.0 + 9, [])
+        if alert is not None:
+            out.append(alert)
+    return out
+
+
+def test_latency_at_its_usual_distribution_does_not_alert() -> None:
+    rng = random.Random(3)
+    assert feed_latency(latency_detector(), [(B0 + i, lognormal(rng, 800, 8)) for i in range(2000)]) == []
+
+
+def test_p95_latency_regression_alerts_with_observed_and_baseline_p95() -> None:
+    rng = random.Random(4)
+    det = latency_detector()
+    feed_latency(det, [(B0 + i, lognormal(rng, 800, 8)) for i in range(200)])
+    alerts = feed_latency(det, [(B0 + 200 + i, lognormal(rng, 2400, 8)) for i in range(3)])
+    assert alerts and alerts[0].metric == "latency_ms_p95"
+    assert float(alerts[0].observed) > 2 * float(alerts[0].baseline)
+
+
+def test_latency_and_ttft_of_one_model_share_one_alert() -> None:
+    rng = random.Random(5)
+    book = AlertBook()
+    lat = LatencyDetector(AlertKind.LATENCY, ("provider", "model"), book)
+    ttft = LatencyDetector(AlertKind.LATENCY, ("provider", "model"), book, metric="ttft_ms_p95")
+    key = ("openai", "gpt-4o-mini")
+    for i in range(200):
+        lat.observe(key, B0 + i, lognormal(rng, 800, 8), 0, (B0 + i) * 10.0, [])
+        ttft.observe(key, B0 + i, lognormal(rng, 150, 8), 0, (B0 + i) * 10.0, [])
+    opened = [a for i in range(3) for a in (
+        lat.observe(key, B0 + 200 + i, lognormal(rng, 3000, 8), 0, (B0 + 200 + i) * 10.0, []),
+        ttft.observe(key, B0 + 200 + i, lognormal(rng, 600, 8), 0, (B0 + 200 + i) * 10.0, [])) if a is not None]
+    assert len({a.alert_id for a in opened}) == 1 and len(book.open) == 1
+
+
+def test_runaway_request_alerts_with_its_request_id_and_normal_requests_do_not() -> None:
+    det = RunawayDetector(AlertBook())
+    for n in range(200):
+        assert det.observe(("acme", "agent", f"req-{n}"), 3, 9_000, T0 + n, T0 + n + 5, []) is None
+    alerts = [det.observe(("acme", "agent", "loop"), 5, 15_000, T0 + i, T0 + i + 4, [f"e{i}"]) for i in range(6)]
+    opened = [a for a in alerts if a is not None]
+    assert opened and opened[0].kind == AlertKind.RUNAWAY_LOOP
+    assert opened[0].scope == Scope(tenant_id="acme", feature="agent", request_id="loop")
+    assert opened[0].metric == "calls_per_request" and int(opened[0].observed) >= 25
+
+
+def test_one_huge_call_is_not_a_cost_rate_spike_but_many_are() -> None:
+    detector = CostSpikeDetector(COST_PARAMS)
+    w0 = int(T0) // 60
+    for i in range(10):
+        detector.observe("acme", w0 + i, WindowSample(Decimal("0.10"), NOW, NOW, [], Decimal("0.01")))
+    one = WindowSample(Decimal("2.10"), NOW, NOW, [], Decimal("2.00"))
+    assert detector.observe("acme", w0 + 10, one) is None
+    many = WindowSample(Decimal("2.10"), NOW, NOW, [], Decimal("0.10"))
+    assert detector.observe("acme", w0 + 11, many) is not None
+
+
+def test_detector_state_round_trips_through_json_and_keeps_baselines() -> None:
+    det = Detectors()
+    rates = det.errors
+    for i in range(360):
+        rates.observe(("openai", "gpt-4o-mini"), B0 + i, [50, 0, 0, 0], 0.0, (B0 + i) * 10.0, [])
+    restored = Detectors()
+    restored.restore(orjson.loads(orjson.dumps(det.snapshot())))
+    assert restored.snapshot() == det.snapshot()
+    alert = restored.errors.observe(("openai", "gpt-4o-mini"), B0 + 360, [50, 30, 0, 0], 0.0, (B0 + 360) * 10.0, [])
+    assert alert is not None and float(alert.baseline) < 0.01  # learnt, not the 2 % prior

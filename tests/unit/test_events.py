@@ -227,8 +227,8 @@ def valid_llm_calls(draw: st.DrawFn) -> dict[str, Any]:
         "input_tokens": input_tokens, "output_tokens": output_tokens,
         "cache_read_tokens": cache_read, "cache_write_tokens": cache_write,
         "reasoning_tokens": draw(st.integers(0, output_tokens)),
-        "latency_ms": draw(st.floats(0, MAX_LATENCY_MS)),
-        "ttft_ms": draw(st.none() | st.floats(0, MAX_LATENCY_MS)),
+        "latency_ms": (latency := draw(st.floats(0, MAX_LATENCY_MS))),
+        "ttft_ms": draw(st.none() | st.floats(0, latency)),
         "status": draw(st.sampled_from(["ok", "error", "timeout", "rate_limited", "filtered", "cancelled"])),
         "retries": draw(st.integers(0, 1000)), "stream": draw(st.booleans()),
         "attributes": draw(st.dictionaries(st.text(max_size=30), ATTRIBUTE_VALUES, max_size=8)),
@@ -242,3 +242,154 @@ def test_generated_valid_llm_calls_are_accepted_and_round_trip(raw: dict[str, An
     assert event == parse_event(raw)
     assert parse_event(orjson.dumps(to_wire(event))) == event
     assert event.ts == datetime.fromisoformat(raw["ts"]).astimezone(UTC)
+
+
+# ------------------------------------------------------------------ the full envelope and llm_call
+
+TRACE_ID, SPAN_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "b7ad6b7169203331"
+USER_HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+def test_every_documented_llm_call_field_is_accepted_and_kept() -> None:
+    raw = llm_call(
+        shim_version="0.2.0", environment="staging", request_id="req-9", trace_id=TRACE_ID, span_id=SPAN_ID,
+        parent_span_id=PARENT_ID, operation="chat", response_model="gpt-4o-mini-2024-07-18", route="primary",
+        fallback_position=1, prompt_id="support-answer", prompt_version="v7", prompt_hash=USER_HASH[:32],
+        prompt_chars=5120, completion_chars=900, finish_reason="stop", status="rate_limited",
+        error_type="RateLimitError", retries=2, cache_hit=True, user_id_hash=USER_HASH,
+    )
+    event = parse_event(orjson.dumps(raw))
+    assert isinstance(event, LLMCall)
+    wire = to_wire(event)
+    for key, value in raw.items():
+        if key != "ts":
+            assert wire[key] == value, key
+    assert event.attributes == {}
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"trace_id": "4BF92F3577B34DA6A3CE929D0E0E4736"}, "trace_id"),
+    ({"trace_id": "abc"}, "trace_id"),
+    ({"span_id": "00f067aa0ba902b7ff"}, "span_id"),
+    ({"parent_span_id": "xyz"}, "parent_span_id"),
+    ({"user_id_hash": "alice@example.com"}, "user_id_hash"),
+    ({"prompt_hash": "not hex"}, "prompt_hash"),
+    ({"fallback_position": -1}, "fallback_position"),
+    ({"retries": 1001}, "retries"),
+    ({"prompt_chars": -5}, "prompt_chars"),
+    ({"input_tokens": MAX_TOKENS + 1}, "input_tokens"),
+    ({"status": "exploded"}, "status"),
+    ({"cache_hit": "maybe"}, "cache_hit"),
+    ({"ttft_ms": 900.0, "latency_ms": 850.5}, "ttft_ms"),
+    ({"shim_version": "v" * 65}, "shim_version"),
+    ({"attributes": {"k" * 129: 1}}, "attributes"),
+    ({"attributes": {"n": float("inf")}}, "attributes"),
+    ({"attributes": {"nested": {"a": 1}}}, "attributes"),
+])
+def test_out_of_contract_field_is_rejected_naming_it(overrides: dict[str, Any], field: str) -> None:
+    assert reason_of(llm_call(**overrides)).startswith(f"{field}:")
+
+
+def test_oversize_attribute_value_reason_names_the_attribute_once() -> None:
+    reason = reason_of(llm_call(attributes={"note": "x" * (MAX_ATTRIBUTE_VALUE + 1)}))
+    assert reason.startswith("attributes: 'note':") and reason.count("'note'") == 1
+
+
+def test_unknown_fields_count_toward_the_attribute_limit() -> None:
+    extras = {f"f{i}": i for i in range(MAX_ATTRIBUTES - 1)}
+    assert len(parse_event(llm_call(attributes={"a": 1}, **extras)).attributes) == MAX_ATTRIBUTES
+    assert reason_of(llm_call(attributes={"a": 1, "b": 2}, **extras)).startswith("attributes:")
+
+
+def test_unknown_fields_are_not_dumped_at_the_top_level() -> None:
+    wire = to_wire(parse_event(llm_call(gpu="h100")))
+    assert "gpu" not in wire and wire["attributes"] == {"x.gpu": "h100"}
+
+
+def test_unknown_fields_survive_a_round_trip_through_the_wire() -> None:
+    event = parse_event(llm_call(gpu="h100", shards=4))
+    assert parse_event(orjson.dumps(to_wire(event))) == event
+
+
+def test_feedback_target_must_be_an_event_id() -> None:
+    raw = dict(VALID_EVENTS["feedback"][1], target_event_id="last one")
+    assert reason_of(raw).startswith("target_event_id:")
+
+
+@pytest.mark.parametrize(("event_type", "overrides", "field"), [
+    ("retrieval", {"results_count": -1}, "results_count"),
+    ("retrieval", {"top_score": float("nan")}, "top_score"),
+    ("feedback", {"score": 1001}, "score"),
+    ("safety_trigger", {"action": "ignored"}, "action"),
+    ("safety_trigger", {"stage": "middle"}, "stage"),
+    ("tool_call", {"tool_name": ""}, "tool_name"),
+])
+def test_other_kinds_reject_out_of_contract_fields(event_type: str, overrides: dict[str, Any], field: str) -> None:
+    raw = dict(VALID_EVENTS[event_type][1], **overrides)
+    assert reason_of(raw).startswith(f"{field}:")
+
+
+def test_empty_retrieval_is_a_valid_ok_event() -> None:
+    event = parse_event(dict(VALID_EVENTS["retrieval"][1], results_count=0, top_k=5))
+    assert isinstance(event, Retrieval) and (event.status, event.results_count) == ("ok", 0)
+
+
+def test_invalid_utf8_is_rejected_with_a_reason() -> None:
+    assert reason_of(b'{"event_type": "\xff"}').startswith("event")
+
+
+# ------------------------------------------------------------------ JSON Schema export
+
+
+def test_committed_json_schemas_match_the_models() -> None:
+    from pathlib import Path
+
+    from flyball.schemas.jsonschema import render, schemas
+
+    committed = Path(__file__).resolve().parents[2] / "schemas" / "json"
+    expected = schemas()
+    assert sorted(p.name for p in committed.glob("*.json")) == sorted(expected), \
+        "run `flyball schemas export schemas/json`"
+    for name, schema in expected.items():
+        assert (committed / name).read_text() == render(schema), f"{name} is stale: run `flyball schemas export schemas/json`"
+
+
+def test_flyball_schemas_export_writes_every_kind_with_the_contract_fields(tmp_path: Any) -> None:
+    from flyball.control_plane.cli import main
+
+    assert main(["schemas", "export", str(tmp_path)]) == 0
+    schema = orjson.loads((tmp_path / "llm_call.v1.schema.json").read_bytes())
+    props = schema["properties"]
+    assert {"event_id", "ts", "tenant_id", "trace_id", "parent_span_id", "shim_version", "route",
+            "fallback_position", "prompt_id", "prompt_version", "cache_hit", "user_id_hash", "ttft_ms"} <= set(props)
+    assert set(schema["required"]) == {"event_id", "ts", "tenant_id", "provider", "model"}
+    union = orjson.loads((tmp_path / "event.v1.schema.json").read_bytes())
+    assert union["discriminator"]["propertyName"] == "event_type"
+
+
+HEX = "0123456789abcdef"
+
+
+@st.composite
+def valid_events_of_any_kind(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(sorted(VALID_EVENTS)))
+    raw = dict(VALID_EVENTS[kind][1])
+    raw.update(
+        event_id=str(draw(st.uuids())),
+        tenant_id=draw(NAMES), feature=draw(st.text(max_size=40)), service=draw(st.text(max_size=40)),
+        trace_id=draw(st.just("") | st.text(HEX, min_size=32, max_size=32)),
+        span_id=draw(st.just("") | st.text(HEX, min_size=16, max_size=16)),
+        parent_span_id=draw(st.just("") | st.text(HEX, min_size=16, max_size=16)),
+        attributes=draw(st.dictionaries(st.text(max_size=30), ATTRIBUTE_VALUES, max_size=8)),
+        **draw(st.dictionaries(st.from_regex(r"\Azz[a-z]{1,10}\Z"), ATTRIBUTE_VALUES, max_size=3)),
+    )
+    return raw
+
+
+@PROPERTY
+@given(valid_events_of_any_kind())
+def test_generated_valid_events_of_every_kind_are_accepted_and_round_trip(raw: dict[str, Any]) -> None:
+    event = parse_event(orjson.dumps(raw))
+    assert parse_event(orjson.dumps(to_wire(event))) == event
+    assert all(event.attributes[f"x.{k}"] == raw[k] or isinstance(raw[k], float)
+               for k in raw if k.startswith("zz"))

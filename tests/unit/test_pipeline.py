@@ -112,3 +112,44 @@ def test_event_whose_ts_overflows_in_utc_is_dead_lettered_not_crashing_the_batch
     result = pipeline().process([llm_call(1, ts="0001-01-01T00:00:00+01:00"), llm_call(2)], now=NOW)
     assert [d.reason.split(":")[0] for d in result.dead] == ["ts"]
     assert len(result.rows) == 1
+
+
+def tool_call(n: int, ts: datetime, status: str = "ok", tool: str = "sql") -> bytes:
+    return orjson.dumps({"event_type": "tool_call", "event_id": event_id(n), "ts": ts.isoformat(), "tenant_id": "acme",
+                         "tool_name": tool, "status": status, "latency_ms": 100.0})
+
+
+def test_failing_tool_raises_one_tool_failure_alert_naming_the_tool_and_its_events() -> None:
+    pipe = pipeline()
+    start = NOW - timedelta(minutes=30)
+    normal = [tool_call(i, start + timedelta(seconds=i)) for i in range(1800)]
+    for i in range(0, len(normal), 500):
+        assert [a for a in pipe.process(normal[i:i + 500], now=None).alerts] == []
+    failing = [tool_call(10_000 + i, NOW + timedelta(seconds=i), status="error" if i % 2 else "ok") for i in range(40)]
+    alerts = [a for i in range(0, 40, 5) for a in pipe.process(failing[i:i + 5], now=None).alerts]
+    assert [(a.kind, a.scope, a.status) for a in alerts[:1]] == [(AlertKind.TOOL_FAILURE, Scope(tool_name="sql"), "open")]
+    assert set(alerts[0].sample_event_ids) <= {event_id(10_000 + i) for i in range(1, 40, 2)}
+    assert len({a.alert_id for a in alerts}) == 1
+
+
+def test_feature_level_spike_is_not_reported_while_the_tenant_level_one_is_open() -> None:
+    pipe = pipeline()
+    start = NOW - timedelta(minutes=10)
+    calm = [llm_call(i, ts=(start + timedelta(seconds=5 * i)).isoformat(), feature="chat") for i in range(120)]
+    pipe.process(calm, now=None)
+    spike = [llm_call(1000 + i, ts=(NOW + timedelta(seconds=i)).isoformat(), feature="chat", input_tokens=900_000,
+                      cache_read_tokens=0, output_tokens=50_000) for i in range(30)]
+    alerts = pipe.process(spike, now=None).alerts
+    kinds = {(a.kind, tuple(sorted(a.scope.compact()))) for a in alerts}
+    assert (AlertKind.COST_SPIKE, ("tenant_id",)) in kinds and (AlertKind.TOKEN_SPIKE, ("tenant_id",)) in kinds
+    assert all(a.scope.feature is None for a in alerts)
+
+
+def test_replay_and_live_batching_give_the_same_alert_ids() -> None:
+    start = NOW - timedelta(minutes=30)
+    events = [tool_call(i, start + timedelta(seconds=i)) for i in range(1800)]
+    events += [tool_call(10_000 + i, NOW + timedelta(seconds=i), status="error") for i in range(30)]
+    whole, small = pipeline(), pipeline()
+    a = {x.alert_id for x in whole.process(events, now=None).alerts}
+    b = {x.alert_id for i in range(0, len(events), 7) for x in small.process(events[i:i + 7], now=None).alerts}
+    assert a and a == b

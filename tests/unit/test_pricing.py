@@ -221,3 +221,135 @@ def test_flyball_catalog_is_recognised_by_content_and_accepts_bytes() -> None:
 def test_bad_catalog_error_names_the_entry_and_field(text: str, names: str) -> None:
     with pytest.raises(CatalogError, match=re.escape(names)):
         load_catalog(text)
+
+
+# ------------------------------------------------------------------ cache TTLs, service tiers, corrections
+
+# Anthropic-style Claude row with LiteLLM's 1-hour cache-write rate, and an OpenAI row with
+# batch/flex/priority rates, written as LiteLLM writes them.
+LITELLM_TIERS = """{
+  "claude-sonnet-4-5": {"cache_creation_input_token_cost": 3.75e-06, "cache_creation_input_token_cost_above_1hr": 6e-06,
+                        "cache_read_input_token_cost": 3e-07, "input_cost_per_token": 3e-06,
+                        "input_cost_per_token_batches": 1.5e-06, "output_cost_per_token_batches": 7.5e-06,
+                        "litellm_provider": "anthropic", "mode": "chat", "output_cost_per_token": 1.5e-05},
+  "o4-mini": {"cache_read_input_token_cost": 2.75e-07, "input_cost_per_token": 1.1e-06, "output_cost_per_token": 4.4e-06,
+              "input_cost_per_token_batches": 5.5e-07, "output_cost_per_token_batches": 2.2e-06,
+              "input_cost_per_token_flex": 5.5e-07, "output_cost_per_token_flex": 2.2e-06,
+              "cache_read_input_token_cost_flex": 1.375e-07,
+              "input_cost_per_token_priority": 2e-06, "output_cost_per_token_priority": 8e-06,
+              "cache_read_input_token_cost_priority": 5e-07, "litellm_provider": "openai", "mode": "chat"},
+  "gemini/gemini-1.5-pro": {"input_cost_per_token": 1.25e-06, "output_cost_per_token": 5e-06,
+                            "input_cost_per_token_above_128k_tokens": 2.5e-06,
+                            "output_cost_per_token_above_128k_tokens": 1e-05, "litellm_provider": "gemini"}
+}"""
+
+
+@pytest.fixture(scope="module")
+def tier_book() -> PriceBook:
+    return load_catalog(LITELLM_TIERS)
+
+
+def test_anthropic_one_hour_cache_writes_are_billed_at_the_one_hour_rate(tier_book: PriceBook) -> None:
+    # input 30000 = fresh 2000 + read 20000 + writes 8000 (of which 5000 with the 1-hour TTL)
+    # fresh 2000 * 0.000003 = 0.006; read 20000 * 0.0000003 = 0.006; 5-min 3000 * 0.00000375 = 0.01125;
+    # 1-hour 5000 * 0.000006 = 0.03; output 500 * 0.000015 = 0.0075
+    priced = price(usage("anthropic", "claude-sonnet-4-5", input_tokens=30_000, cache_read_tokens=20_000,
+                         cache_write_tokens=8_000, cache_write_1h_tokens=5_000, output_tokens=500), tier_book)
+    assert priced.cost == Decimal("0.06075")
+
+
+def test_one_hour_writes_fall_back_to_the_five_minute_rate_when_the_catalog_has_none() -> None:
+    book = load_catalog(flyball_catalog({"provider": "anthropic", "model": "m", "input": "0.000001", "output": "0",
+                                         "cache_write": "0.00000125"}))
+    assert price(usage("anthropic", "m", input_tokens=1000, cache_write_tokens=1000, cache_write_1h_tokens=400),
+                 book).cost == Decimal("0.00125")
+
+
+@pytest.mark.parametrize(("tier", "expected", "suffix"), [
+    # fresh 6000 + cached 4000 of input, 1000 output
+    ("", Decimal("0.0066") + Decimal("0.0011") + Decimal("0.0044"), ""),  # standard
+    ("batch", Decimal("0.0033") + Decimal("0.00055") + Decimal("0.0022"), "+batch"),  # cache read scaled like input
+    ("flex", Decimal("0.0033") + Decimal("0.00055") + Decimal("0.0022"), "+flex"),  # its own cache-read rate
+    ("priority", Decimal("0.012") + Decimal("0.002") + Decimal("0.008"), "+priority"),
+    ("scale", Decimal("0.0066") + Decimal("0.0011") + Decimal("0.0044"), ""),  # unknown tier: standard, says so
+])
+def test_openai_service_tiers_from_litellm(tier_book: PriceBook, tier: str, expected: Decimal, suffix: str) -> None:
+    priced = price(usage("openai", "o4-mini", input_tokens=10_000, cache_read_tokens=4_000, output_tokens=1_000,
+                         service_tier=tier), tier_book)
+    assert priced.cost == expected
+    assert priced.price_version == "openai/o4-mini@1970-01-01T00:00:00Z" + suffix
+
+
+def test_anthropic_batch_tier_scales_cache_rates_it_does_not_list(tier_book: PriceBook) -> None:
+    # batch is half of every rate: fresh 1000 * 0.0000015 + read 1000 * 0.00000015 + 1h write 1000 * 0.000003
+    # + output 100 * 0.0000075
+    priced = price(usage("anthropic", "claude-sonnet-4-5", input_tokens=3000, cache_read_tokens=1000,
+                         cache_write_tokens=1000, cache_write_1h_tokens=1000, output_tokens=100,
+                         service_tier="batch"), tier_book)
+    assert priced.cost == Decimal("0.0015") + Decimal("0.00015") + Decimal("0.003") + Decimal("0.00075")
+
+
+def test_litellm_context_threshold_is_read_from_any_above_nk_key(tier_book: PriceBook) -> None:
+    # Gemini 1.5 style: above 128k input tokens the whole call is priced at the higher tier
+    priced = price(usage("gcp.gemini", "gemini-1.5-pro", input_tokens=128_001, output_tokens=1_000), tier_book)
+    assert priced.cost == 128_001 * Decimal("0.0000025") + Decimal("0.01")
+
+
+def test_flyball_multiplier_tier_applies_to_above_threshold_rates_but_not_the_request_fee() -> None:
+    book = load_catalog(flyball_catalog({
+        "provider": "gcp.gemini", "model": "g", "input": "0.000001", "output": "0.00001", "per_request": "0.001",
+        "tier_threshold_tokens": 100, "above_threshold": {"input": "0.000002"},
+        "service_tiers": {"batch": {"multiplier": "0.5"}}}))
+    # above threshold and batch: 200 * 0.000002 * 0.5 + 10 * 0.00001 * 0.5 + 0.001
+    priced = price(usage("gcp.gemini", "g", input_tokens=200, output_tokens=10, service_tier="batch"), book)
+    assert priced.cost == Decimal("0.00025") + Decimal("0.001")
+
+
+def test_unknown_service_tier_name_in_a_catalog_is_refused_naming_it() -> None:
+    with pytest.raises(CatalogError, match=re.escape("prices[0].service_tiers.turbo")):
+        load_catalog(flyball_catalog({"provider": "a", "model": "m", "input": "1", "output": "1",
+                                      "service_tiers": {"turbo": {"multiplier": "2"}}}))
+
+
+def test_service_tier_and_one_hour_writes_are_read_from_attributes_when_the_schema_lacks_them() -> None:
+    from flyball.schemas import parse_event
+    from flyball.stream_processors.pricing import usage_of
+
+    event = parse_event(json.dumps({
+        "event_type": "llm_call", "event_id": "0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11", "ts": "2026-01-01T11:00:00Z",
+        "tenant_id": "acme", "provider": "anthropic", "model": "claude-sonnet-4-5", "input_tokens": 100,
+        "cache_write_tokens": 50, "attributes": {"service_tier": "Batch", "cache_write_1h_tokens": 80}}).encode(), now=NOW)
+    u = usage_of(event)
+    assert (u.service_tier, u.cache_write_1h_tokens) == ("batch", 50)  # 1-hour part clamped to the writes
+
+
+def test_a_correction_replaces_the_version_with_the_next_revision() -> None:
+    book = load_catalog(VERSIONED)
+    fixed = PriceEntry("openai", "gpt-4o-mini", datetime(2025, 1, 1, tzinfo=UTC),
+                       Rates(input=Decimal("0.0000002"), output=Decimal("0.0000006")), source="fix")
+    new_book, old = book.with_entry(fixed)
+    assert old is not None and old.source == "v1"
+    assert len(new_book) == len(book) == 2
+    priced = price(usage("openai", "gpt-4o-mini", ts=NOW - timedelta(days=1), input_tokens=1000), new_book)
+    assert (priced.cost, priced.price_version) == (Decimal("0.0002"), "openai/gpt-4o-mini@2025-01-01T00:00:00Z#r2")
+    # the old book is untouched: a worker mid-batch keeps a consistent view
+    assert price(usage("openai", "gpt-4o-mini", ts=NOW - timedelta(days=1), input_tokens=1000), book).cost == Decimal("0.00015")
+
+
+def test_catalog_entry_round_trips_through_its_dict_form(tier_book: PriceBook) -> None:
+    from flyball.stream_processors.pricing import entry_from_dict, entry_to_dict
+
+    for entry in [*tier_book.all(), *load_catalog(VERSIONED).all()]:
+        again = entry_from_dict(entry_to_dict(entry))
+        assert again == entry
+
+
+def test_builtin_catalog_prices_anthropic_one_hour_writes_and_batch() -> None:
+    from flyball.control_plane.runtime import load_prices
+
+    book = load_prices(None)
+    # 1000 fresh * 0.000003 + 1000 1-hour writes * 0.000006, halved for batch
+    priced = price(usage("anthropic", "claude-sonnet-4-5", input_tokens=2000, cache_write_tokens=1000,
+                         cache_write_1h_tokens=1000, service_tier="batch"), book)
+    assert priced.cost == Decimal("0.0045")
+    assert all(e.source for e in book.all())

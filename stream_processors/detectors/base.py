@@ -1,0 +1,148 @@
+"""Shared pieces of the detectors: deterministic alert ids, window samples, and the alert book.
+
+Everything here is pure: event time comes in as a parameter (epoch seconds or a datetime taken
+from the events), never from a clock, so ``flyball replay`` and the live worker agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from flyball.schemas import Alert, AlertKind, Scope
+
+ALERT_NAMESPACE = uuid.UUID("0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11")
+BASE_WINDOW_S = 10  # the pipeline aggregates every signal in 10-second event-time windows
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+def alert_id_for(kind: str, scope_key: str, opened_window_start: int) -> str:
+    """Deterministic, so that replay and live give an alert the same id."""
+    return str(uuid.uuid5(ALERT_NAMESPACE, f"{kind}|{scope_key}|{opened_window_start}"))
+
+
+def window_start(window: int, window_s: int) -> datetime:
+    return datetime.fromtimestamp(window * window_s, tz=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+@dataclass(slots=True)
+class WindowSample:
+    """The sum of one batch's events for one key and window, with their time span."""
+
+    amount: Decimal
+    first_ts: datetime
+    last_ts: datetime
+    event_ids: list[str] = field(default_factory=list)
+    peak: Decimal = Decimal(0)  # the largest single call's amount in the sample
+
+
+@dataclass(slots=True)
+class Evidence:
+    """What one evaluation of a detector found, in the alert's own terms."""
+
+    severity: str
+    metric: str
+    observed: str
+    baseline: str
+    threshold: str
+    score: float | None
+    p_value: float | None
+    window_s: int
+    first_ts: float
+    last_ts: float
+    event_ids: list[str]
+    summary: str
+
+
+@dataclass(slots=True)
+class _Open:
+    alert: Alert
+    last_fired: float          # event time of the latest evaluation that was still abnormal
+    published_score: float
+    published_at: float
+
+
+class AlertBook:
+    """One alert per (kind, scope) while open: opened once, re-published as evidence grows,
+    resolved once no evaluation has been abnormal for ``resolve_s`` seconds of event time
+    (judged by the watermark, so a scope that went quiet resolves too).
+
+    A re-publication happens when the severity rises, the score at least doubles, or every
+    ``republish_s`` seconds while the signal stays abnormal (so ``last_seen`` moves for the
+    control plane's keep-alive); smaller changes are kept in the state and not re-sent.
+    """
+
+    def __init__(self, *, resolve_s: float = 120.0, republish_s: float = 60.0) -> None:
+        self.resolve_s = resolve_s
+        self.republish_s = republish_s
+        self.open: dict[str, _Open] = {}
+
+    def is_open(self, kind: str, scope_key: str) -> bool:
+        return f"{kind}|{scope_key}" in self.open
+
+    def fire(self, kind: AlertKind, scope: Scope, ev: Evidence) -> Alert | None:
+        key = f"{kind}|{scope.key()}"
+        score = ev.score or 0.0
+        current = self.open.get(key)
+        if current is None:
+            opened = int(ev.last_ts // ev.window_s) * ev.window_s
+            alert = Alert(
+                alert_id=alert_id_for(kind, scope.key(), opened), kind=kind, scope=scope,
+                severity=ev.severity,  # type: ignore[arg-type]
+                metric=ev.metric, observed=ev.observed, baseline=ev.baseline, threshold=ev.threshold,
+                score=ev.score, p_value=ev.p_value, window_s=ev.window_s, first_seen=at(ev.first_ts),
+                last_seen=at(ev.last_ts), opened_at=at(ev.last_ts), sample_event_ids=ev.event_ids[:10],
+                summary=ev.summary,
+            )
+            self.open[key] = _Open(alert, ev.last_ts, score, ev.last_ts)
+            return alert
+        old = current.alert
+        rank = max(SEVERITY_RANK[ev.severity], SEVERITY_RANK[old.severity])
+        severity = "critical" if rank == 2 else "warning" if rank == 1 else "info"
+        ids = old.sample_event_ids if len(old.sample_event_ids) >= 10 else (
+            old.sample_event_ids + [i for i in ev.event_ids if i not in old.sample_event_ids])[:10]
+        update: dict[str, Any] = {
+            "severity": severity, "observed": ev.observed, "baseline": ev.baseline, "threshold": ev.threshold,
+            "score": ev.score, "p_value": ev.p_value, "metric": ev.metric, "summary": ev.summary,
+            "last_seen": max(old.last_seen, at(ev.last_ts)), "sample_event_ids": ids,
+        }
+        current.alert = old.model_copy(update=update)
+        current.last_fired = max(current.last_fired, ev.last_ts)
+        grown = (severity != old.severity or score >= 2 * current.published_score
+                 or ev.last_ts - current.published_at >= self.republish_s)
+        if not grown:
+            return None
+        current.published_score = max(score, current.published_score)
+        current.published_at = ev.last_ts
+        return current.alert
+
+    def sweep(self, watermark: float) -> list[Alert]:
+        """Resolve the alerts that have been normal for ``resolve_s`` up to ``watermark``."""
+        done = [k for k, o in self.open.items() if watermark - o.last_fired >= self.resolve_s]
+        resolved = []
+        for key in done:
+            o = self.open.pop(key)
+            resolved.append(o.alert.model_copy(update={"status": "resolved",
+                                                       "last_seen": max(o.alert.last_seen, at(watermark))}))
+        return resolved
+
+    def snapshot(self) -> dict[str, Any]:
+        return {k: {"alert": o.alert.model_dump(mode="json"), "last_fired": o.last_fired,
+                    "published_score": o.published_score, "published_at": o.published_at}
+                for k, o in self.open.items()}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.open = {k: _Open(Alert.model_validate(v["alert"]), v["last_fired"], v["published_score"],
+                              v["published_at"]) for k, v in data.items()}
+
+
+def fmt(x: float) -> str:
+    """Plain number text for non-money observations (alert ``observed``/``baseline``)."""
+    return f"{x:.6g}"

@@ -1,0 +1,236 @@
+"""Rate spikes of an additive amount (cost in USD, tokens) per tenant or per tenant+feature.
+
+RateSpike — per key (a tenant, or a tenant+feature pair), fixed event-time windows of ``window_s``.
+  baseline  = median of the key's last ``history_windows`` windows (empty windows count 0),
+  spread    = MAD (median absolute deviation, scaled by 1.4826 to estimate a std. deviation),
+  threshold = max(factor * baseline, baseline + mad_k * spread, min_amount).
+  The median/MAD pair is robust: one earlier spike or a few busy windows barely move it, so a
+  spike does not teach the detector that spikes are normal, and a normal burst (traffic doubling
+  for a few minutes) stays below ``factor`` x the median. The history is short (5 minutes for
+  cost, 30 for tokens) so the baseline follows the daily cycle, which moves a few percent per
+  hour. ``min_amount`` keeps a key with near-zero spend from alerting on its first real call. A
+  key needs ``min_history`` windows of history before it can alert (cold start). The open window
+  is evaluated as it fills, so an alert fires as soon as the running sum crosses the threshold,
+  not when the window closes; given 10 s sub-windows, the trailing ``window_s`` seconds are
+  judged too, so a spike that starts late in a window is not diluted by the quiet part. The alert resolves after ``resolve_windows`` consecutive windows
+  below threshold (judged by the watermark, so a key that went quiet also resolves).
+
+Defaults (``SpikeParams()``): 10 s windows, 30 of history, 6 to start, factor 4, 6 MADs, floor
+0.25 USD per window. The worker runs ``COST_PARAMS`` and ``TOKEN_PARAMS``: 60 s windows, 30 of
+history (30 min), 3 to start, factor 4, 6 MADs, floors 1.50 USD and 60,000 tokens per minute, and
+leave-one-out (the window must cross the threshold even without its largest call).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from flyball.schemas import Alert, AlertKind, Scope
+
+from .base import BASE_WINDOW_S, WindowSample, alert_id_for
+
+MAD_SCALE = Decimal("1.4826")
+KEY_SEP = "\x1f"
+
+
+@dataclass(frozen=True, slots=True)
+class SpikeParams:
+    window_s: int = 10
+    history_windows: int = 30
+    min_history: int = 6
+    factor: Decimal = Decimal(4)
+    mad_k: Decimal = Decimal(6)
+    min_amount: Decimal = Decimal("0.25")
+    resolve_windows: int = 3
+    leave_one_out: bool = False  # judge the window without its single largest call
+
+
+# What the worker runs. One-minute windows: a single heavy request (a 100k-token summary, a
+# six-step agent run on an expensive model) fills a 10 s window of a quiet tenant on its own;
+# leave-one-out then asks the window to cross the threshold even without its largest call, so
+# a rate spike must be many calls, not one big one.
+COST_PARAMS = SpikeParams(window_s=60, history_windows=30, min_history=3, min_amount=Decimal("1.50"),
+                          resolve_windows=2, leave_one_out=True)
+TOKEN_PARAMS = SpikeParams(window_s=60, history_windows=30, min_history=3, min_amount=Decimal(60_000),
+                           resolve_windows=2, leave_one_out=True)
+
+
+@dataclass(slots=True)
+class _Open:
+    alert: Alert
+    opened_window: int
+    last_spike_window: int
+
+
+@dataclass(slots=True)
+class Series:
+    first_window: int
+    windows: dict[int, Decimal] = field(default_factory=dict)
+    open: _Open | None = None
+    peaks: dict[int, Decimal] = field(default_factory=dict)
+    cached: tuple[int, Decimal, Decimal] | None = None  # (window, threshold, baseline) while history is unchanged
+    subs: dict[int, tuple[Decimal, Decimal]] = field(default_factory=dict)  # trailing 10 s sums and peaks
+
+
+@dataclass(slots=True)
+class RateSpikeDetector:
+    """Spike detector for an additive amount; ``state`` maps key -> series.
+
+    A key is a tenant_id, or ``tenant_id + KEY_SEP + feature`` when ``scope_fields`` has both.
+    """
+
+    params: SpikeParams = field(default_factory=SpikeParams)
+    state: dict[str, Series] = field(default_factory=dict)
+    kind: AlertKind = AlertKind.COST_SPIKE
+    metric: str = "cost_usd_per_window"
+    unit: str = "USD"
+    scope_fields: tuple[str, ...] = ("tenant_id",)
+
+    def window_of(self, ts: datetime) -> int:
+        return int(ts.timestamp()) // self.params.window_s
+
+    def scope_of(self, key: str) -> Scope:
+        return Scope(**dict(zip(self.scope_fields, key.split(KEY_SEP), strict=True)))
+
+    def is_open(self, key: str) -> bool:
+        series = self.state.get(key)
+        return series is not None and series.open is not None
+
+    def observe(self, key: str, window: int, sample: WindowSample, *, sub: int | None = None) -> Alert | None:
+        """Add ``sample`` to ``window`` of the key; return an alert if one opened or grew.
+
+        ``sub`` (the sample's 10 s window, when the caller has it) also judges the trailing
+        ``window_s`` seconds, so a spike that starts late in a window is not diluted by it.
+        """
+        p = self.params
+        series = self.state.get(key)
+        if series is None:
+            series = self.state[key] = Series(first_window=window)
+        newest = max(series.windows, default=window)
+        if window < newest - p.history_windows:
+            return None  # too late to matter for a rate alert; still counted in spend
+        series.windows[window] = series.windows.get(window, Decimal(0)) + sample.amount
+        if window < newest:
+            series.cached = None  # a late sample changed the history of the newer window
+        if p.leave_one_out:
+            series.peaks[window] = max(series.peaks.get(window, Decimal(0)), sample.peak)
+        if window > newest:
+            for old in [w for w in series.windows if w < window - p.history_windows]:
+                del series.windows[old]
+            for old in [w for w in series.peaks if w < window]:
+                del series.peaks[old]
+        first = max(series.first_window, window - p.history_windows)
+        if window - first < p.min_history:
+            return None
+        if series.cached is not None and series.cached[0] == window:
+            threshold, baseline = series.cached[1], series.cached[2]
+        else:
+            history = [series.windows.get(w, Decimal(0)) for w in range(first, window)]
+            threshold, baseline = self._threshold(history)
+            series.cached = (window, threshold, baseline)
+        observed = series.windows[window]
+        judged = observed - series.peaks.get(window, Decimal(0))
+        if sub is not None:
+            trailing, peak = self._trailing(series, sub, sample)
+            if trailing - (peak if p.leave_one_out else 0) > judged:
+                observed, judged = trailing, trailing - (peak if p.leave_one_out else 0)
+        if judged <= threshold:
+            return self._maybe_resolve(series, window, sample.last_ts)
+        scope = self.scope_of(key)
+        severity = "critical" if observed >= threshold * 3 else "warning"
+        if series.open is None:
+            alert = Alert(
+                alert_id=alert_id_for(self.kind, scope.key(), window * p.window_s),
+                kind=self.kind, scope=scope, severity=severity, metric=self.metric,
+                observed=str(observed), baseline=str(baseline), threshold=str(threshold),
+                score=float(observed / threshold) if threshold else None, window_s=p.window_s,
+                first_seen=sample.first_ts, last_seen=sample.last_ts, opened_at=sample.last_ts,
+                sample_event_ids=sample.event_ids[:10],
+                summary=f"{scope.key()} used {observed:.6f} {self.unit} in {p.window_s}s, baseline {baseline:.6f}",
+            )
+            series.open = _Open(alert=alert, opened_window=window, last_spike_window=window)
+            return alert
+        current = series.open.alert
+        grown = severity != current.severity or Decimal(current.observed) * 2 <= observed or window != series.open.last_spike_window
+        series.open.last_spike_window = max(series.open.last_spike_window, window)
+        updated = current.model_copy(update={
+            "severity": "critical" if "critical" in (severity, current.severity) else severity,
+            "observed": str(max(observed, Decimal(current.observed))),
+            "last_seen": max(sample.last_ts, current.last_seen),
+            "score": float(observed / threshold) if threshold else None,
+        })
+        series.open.alert = updated
+        return updated if grown else None
+
+    def _trailing(self, series: Series, sub: int, sample: WindowSample) -> tuple[Decimal, Decimal]:
+        span = self.params.window_s // BASE_WINDOW_S
+        acc = series.subs.get(sub)
+        series.subs[sub] = (acc[0] + sample.amount, max(acc[1], sample.peak)) if acc else (sample.amount, sample.peak)
+        newest = max(series.subs)
+        for old in [s for s in series.subs if s <= newest - span]:
+            del series.subs[old]
+        if sub != newest:
+            return Decimal(0), Decimal(0)  # a late sample: the trailing span is judged at the newest one
+        return sum((v[0] for v in series.subs.values()), Decimal(0)), max(v[1] for v in series.subs.values())
+
+    def advance(self, watermark: datetime) -> list[Alert]:
+        """Resolve open alerts whose key has been quiet or normal up to ``watermark``."""
+        window = self.window_of(watermark)
+        resolved = []
+        for series in self.state.values():
+            if series.open is None:
+                continue
+            alert = self._maybe_resolve(series, window, watermark)
+            if alert is not None:
+                resolved.append(alert)
+        return resolved
+
+    def evict(self, watermark: datetime) -> None:
+        """Forget keys with no window in the history span and no open alert (bounded memory)."""
+        window = self.window_of(watermark)
+        stale = [k for k, s in self.state.items()
+                 if s.open is None and max(s.windows, default=s.first_window) < window - self.params.history_windows]
+        for key in stale:
+            del self.state[key]
+
+    def _maybe_resolve(self, series: Series, window: int, ts: datetime) -> Alert | None:
+        if series.open is None or window - series.open.last_spike_window <= self.params.resolve_windows:
+            return None
+        alert = series.open.alert.model_copy(update={"status": "resolved", "last_seen": max(ts, series.open.alert.last_seen)})
+        series.open = None
+        return alert
+
+    def _threshold(self, history: list[Decimal]) -> tuple[Decimal, Decimal]:
+        p = self.params
+        baseline = statistics.median(history)
+        mad = statistics.median([abs(x - baseline) for x in history]) * MAD_SCALE
+        return max(baseline * p.factor, baseline + p.mad_k * mad, p.min_amount), baseline
+
+    def snapshot(self) -> dict[str, Any]:
+        return {k: {"first": s.first_window, "windows": {str(w): str(v) for w, v in s.windows.items()},
+                    "peaks": {str(w): str(v) for w, v in s.peaks.items()},
+                    "subs": {str(w): [str(a), str(b)] for w, (a, b) in s.subs.items()},
+                    "open": None if s.open is None else {"alert": s.open.alert.model_dump(mode="json"),
+                                                         "opened": s.open.opened_window,
+                                                         "last": s.open.last_spike_window}}
+                for k, s in self.state.items()}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.state = {}
+        for k, v in data.items():
+            s = Series(first_window=v["first"], windows={int(w): Decimal(x) for w, x in v["windows"].items()},
+                       peaks={int(w): Decimal(x) for w, x in v.get("peaks", {}).items()},
+                       subs={int(w): (Decimal(a), Decimal(b)) for w, (a, b) in v.get("subs", {}).items()})
+            if v["open"] is not None:
+                o = v["open"]
+                s.open = _Open(Alert.model_validate(o["alert"]), o["opened"], o["last"])
+            self.state[k] = s
+
+
+@dataclass(slots=True)
+class CostSpikeDetector(RateSpikeDetector):
+    """Per-tenant cost-rate spike detector (the defaults of :class:`RateSpikeDetector`)."""
