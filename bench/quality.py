@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Detector quality: recall, false alerts and detection delay over simulated traffic.
 
-    python bench/quality.py                      # 12 incident seeds + 3 clean days (about 2 minutes)
+    python bench/quality.py                      # 10 incident seeds + 2 clean days, 2 processes (2-3 min)
     python bench/quality.py --seeds 30 --clean-seeds 5
     make quality
 
 For each seed, ``flyball simulate``'s generator produces traffic in memory and the events go
 through the worker's own :class:`Pipeline` in batches of 5,000 (what ``flyball replay`` does,
-in-process, no Kafka, no ClickHouse), cut into batches of 5 s of event time as a live worker
+in-process, no Kafka, no ClickHouse), cut into batches of at most 10 s of event time as a live worker
 would see them (a 5,000-event batch of this traffic spans ten minutes and would blur the delay). Scoring against the labels:
 
 - an incident is *detected* when an alert of the same kind, whose scope agrees with the label on
@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOT_ANOMALIES = {"unpriced_model", "budget_threshold"}
 GRACE_S = 120.0
 BATCH = 5_000
-BATCH_S = 5.0  # a live worker sees a few hundred ms per batch; 5 s of event time bounds the quantization
+BATCH_S = 10.0  # a live worker sees a few hundred ms per batch; 10 s of event time bounds the quantization
 
 
 def builtin_book() -> PriceBook:
@@ -101,40 +102,55 @@ def score_incidents(sim: Simulation, alerts: dict[str, Alert]) -> tuple[list[tup
     return found, len(set(alerts) - explained)
 
 
+def incident_run(seed: int) -> dict[str, Any]:
+    sim = simulate("incidents", seed)
+    found, extra = score_incidents(sim, run(sim, builtin_book()))
+    labels = sim.labels()["incidents"]
+    misses = [next(lb for lb in labels if lb["kind"] == kind) for kind, delay in found if delay is None]
+    return {"seed": seed, "events": len(sim.events), "found": found, "unexplained": extra, "misses": misses}
+
+
+def clean_run(seed: int) -> dict[str, Any]:
+    sim = simulate("clean", seed)
+    alerts = [(str(a.kind), a.scope.key(), a.metric, a.observed, a.baseline, str(a.opened_at))
+              for a in run(sim, builtin_book()).values()]
+    return {"seed": seed, "events": len(sim.events), "tenant_days": sim.labels()["tenant_days"], "alerts": alerts}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=12, help="incident scenarios (one incident of every kind each)")
-    ap.add_argument("--clean-seeds", type=int, default=3, help="clean days (5 tenants each)")
+    ap.add_argument("--seeds", type=int, default=10, help="incident scenarios (one incident of every kind each)")
+    ap.add_argument("--clean-seeds", type=int, default=2, help="clean days (5 tenants each)")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "quality.json")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every miss and false alert")
     a = ap.parse_args()
-    book = builtin_book()
     t0 = time.monotonic()
     per_kind: dict[str, list[float | None]] = defaultdict(list)
     unexplained = 0
     events = 0
-    for seed in range(a.seeds):
-        sim = simulate("incidents", seed)
-        events += len(sim.events)
-        alerts = run(sim, book)
-        found, extra = score_incidents(sim, alerts)
-        unexplained += extra
-        for kind, delay in found:
-            per_kind[kind].append(delay)
-            if delay is None and a.verbose:
-                label = next(lb for lb in sim.labels()["incidents"] if lb["kind"] == kind)
-                print(f"  miss seed={seed} {label}", file=sys.stderr)
     false_alerts: dict[str, int] = defaultdict(int)
     tenant_days = 0.0
-    for seed in range(a.clean_seeds):
-        sim = simulate("clean", 1000 + seed)
-        events += len(sim.events)
-        tenant_days += sim.labels()["tenant_days"]
-        for alert in run(sim, book).values():
-            false_alerts[str(alert.kind)] += 1
-            if a.verbose:
-                print(f"  false seed={1000 + seed} {alert.kind} {alert.scope.key()} {alert.metric} "
-                      f"{alert.observed} vs {alert.baseline} at {alert.opened_at}", file=sys.stderr)
+    with ProcessPoolExecutor(max_workers=a.jobs) as pool:
+        cleans = [pool.submit(clean_run, 1000 + seed) for seed in range(a.clean_seeds)]
+        incidents = [pool.submit(incident_run, seed) for seed in range(a.seeds)]
+        for fut in incidents:
+            r = fut.result()
+            events += r["events"]
+            unexplained += r["unexplained"]
+            for kind, delay in r["found"]:
+                per_kind[kind].append(delay)
+            for miss in r["misses"] if a.verbose else []:
+                print(f"  miss seed={r['seed']} {miss}", file=sys.stderr)
+        for fut in cleans:
+            r = fut.result()
+            events += r["events"]
+            tenant_days += r["tenant_days"]
+            for kind, key, metric, observed, baseline, opened in r["alerts"]:
+                false_alerts[kind] += 1
+                if a.verbose:
+                    print(f"  false seed={r['seed']} {kind} {key} {metric} {observed} vs {baseline} at {opened}",
+                          file=sys.stderr)
     elapsed = time.monotonic() - t0
 
     rows = []

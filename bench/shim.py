@@ -13,6 +13,9 @@ p50 / p99 / p99.9):
   transport: the caller's cost does not depend on the broker);
 - **flyball, broker down**: the transport raises on every send, so the shim's thread spills
   every batch to the on-disk log (fsync per batch) while the caller keeps emitting;
+- **flyball, shim thread stopped**: the same emits with the shim's background thread stopped,
+  i.e. the caller's own work alone: the floor that the machine's scheduling noise sets for a
+  call of this length (compare its p99.9 with the broker-down p99.9);
 - **guard**: ``Telemetry.guard`` with 10,000 active directives, for a request no directive
   matches (the common case), one that is throttled, and one that is rerouted;
 - **validate**: the worker's ``parse_event`` on one ``llm_call`` (bytes), for reference.
@@ -39,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flyball.producers import Telemetry  # noqa: E402
+from flyball.producers import Staleness, Telemetry  # noqa: E402
 from flyball.producers.transports import MemoryTransport  # noqa: E402
 from flyball.schemas import ActionKind, Directive, Scope, parse_event  # noqa: E402
 
@@ -108,17 +111,20 @@ def otel_round(n: int) -> dict[str, float]:
     return result
 
 
-def flyball_round(n: int, *, down: bool) -> tuple[dict[str, float], dict[str, int]]:
+def flyball_round(n: int, *, down: bool, idle: bool = False) -> tuple[dict[str, float], dict[str, int]]:
     with tempfile.TemporaryDirectory() as spill:
         tel = Telemetry("bench", transport=DownTransport() if down else MemoryTransport(), follow_directives=False,
-                        spill_dir=spill)
+                        spill_dir=spill, queue_size=10 * n)
+        if idle:  # the floor: the shim's thread stopped, so only the caller's own work is timed
+            tel._closing.set()
+            tel._thread.join()
         try:
             def one() -> None:
                 tel.emit_llm_call(**FIELDS)
 
             timed(one, min(n, 2000))
             result = summary(timed(one, n))
-            tel.flush(timeout=0 if down else 30)
+            tel.flush(timeout=0 if down or idle else 30)
             stats = tel.stats()
         finally:
             tel.close(timeout=0.5 if down else 10)
@@ -126,7 +132,8 @@ def flyball_round(n: int, *, down: bool) -> tuple[dict[str, float], dict[str, in
 
 
 def guard_figures(n: int) -> dict[str, dict[str, float]]:
-    tel = Telemetry("bench", transport=MemoryTransport(), follow_directives=False)
+    # following (an in-memory topic), so the staleness check runs as in production
+    tel = Telemetry("bench", transport=MemoryTransport(), staleness=Staleness(300, ({"tenant_id": "bank"},)))
     now = datetime.now(UTC)
     until = now + timedelta(hours=1)
     for i in range(10_000):
@@ -182,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rounds, n = (1, 5_000) if args.quick else (3, 20_000)
     per: dict[str, list[dict[str, float]]] = {"harness floor (dict.copy)": [], "otel": [], "flyball": [],
-                                              "flyball_broker_down": []}
+                                              "flyball_broker_down": [], "flyball, shim thread stopped": []}
     empty: dict[str, int] = {}
     down_stats: dict[str, int] = {}
     for _ in range(rounds):  # interleaved, so machine noise hits every path alike
@@ -191,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         per["flyball"].append(flyball_round(n, down=False)[0])
         result, down_stats = flyball_round(n, down=True)
         per["flyball_broker_down"].append(result)
+        per["flyball, shim thread stopped"].append(flyball_round(n, down=False, idle=True)[0])
     med = {path: {k: statistics.median(r[k] for r in runs) for k in ("p50", "p99", "p999")}
            for path, runs in per.items()}
     guard = guard_figures(20_000 if args.quick else 100_000)

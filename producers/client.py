@@ -96,26 +96,28 @@ class Counters:
     directives_seen: int = 0
 
 
-class _EventIds:
-    """UUIDv4-shaped ids, unique per process: 72 random bits drawn at start (and again after
-    a fork) + a 48-bit counter from a random start. About 10x cheaper than ``uuid.uuid4()``."""
-
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        r = secrets.randbits(72)
-        variant = "89ab"[r & 3]
-        r >>= 2
-        self.prefix = f"{r >> 40:08x}-{(r >> 24) & 0xFFFF:04x}-4{(r >> 12) & 0xFFF:03x}-{variant}{r & 0xFFF:03x}-"
-        self.counter = itertools.count(secrets.randbits(47))
-
-    def __call__(self) -> str:
-        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFF:012x}"
+# Event ids: UUIDv4-shaped and unique per process: 72 random bits drawn at import (and again
+# in a forked child) + a 48-bit counter from a random 47-bit start, so it cannot wrap within a
+# process's life. About 10x cheaper than ``str(uuid.uuid4())`` on the caller's thread.
+_ID_PREFIX = ""
+_ID_COUNTER = itertools.count()
 
 
-new_event_id = _EventIds()
+def _reset_event_ids() -> None:
+    global _ID_PREFIX, _ID_COUNTER
+    r = secrets.randbits(72)
+    variant = "89ab"[r & 3]
+    r >>= 2
+    _ID_PREFIX = f"{r >> 40:08x}-{(r >> 24) & 0xFFFF:04x}-4{(r >> 12) & 0xFFF:03x}-{variant}{r & 0xFFF:03x}-"
+    _ID_COUNTER = itertools.count(secrets.randbits(47))
+
+
+def new_event_id() -> str:
+    return "%s%012x" % (_ID_PREFIX, next(_ID_COUNTER))  # noqa: UP031 - the fastest formatting here
+
+
+_reset_event_ids()
+os.register_at_fork(after_in_child=_reset_event_ids)
 
 
 class Telemetry:
@@ -141,7 +143,10 @@ class Telemetry:
         self._dropped_here = 0  # queue-full drops (caller threads, under the lock)
         self._done = 0  # own records delivered / dropped by the sender thread
         self.counters = Counters()
-        self.staleness = staleness or Staleness(cfg.shim_stale_after_s, tuple(cfg.shim_high_risk_scopes))
+        # a shim that does not follow directives has no view to go stale
+        self.staleness: Staleness | None = (staleness or Staleness(cfg.shim_stale_after_s,
+                                                                   tuple(cfg.shim_high_risk_scopes))
+                                            if follow_directives else None)
         self.view = DirectiveView(created_at=time.time())
         self._follow = follow_directives
         self._directives_url = directives_url or cfg.shim_directives_url

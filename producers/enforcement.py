@@ -159,7 +159,9 @@ class DirectiveView:
         self.updated_at = now
 
     def prune(self, *, now: float) -> None:
-        for directive in [d for k, d in self.by_key.items() if self._entries[k].expires <= now]:
+        entries = self._entries
+        expired = [d for k, d in list(self.by_key.items()) if (e := entries.get(k)) is not None and e.expires <= now]
+        for directive in expired:
             self.apply(directive.model_copy(update={"state": DirectiveState.EXPIRED}))
 
     def active(self, *, now: float) -> list[Directive]:

@@ -303,7 +303,8 @@ def describe(exc: ValidationError) -> str:
             # one message per attribute, not one per member of the value union
             name = loc_parts[1]
             shown = repr(name) if len(name) <= 40 else repr(name[:40]) + "..."
-            loc_parts, msg = ["attributes"], f"{shown}: {broken.get(name, _ATTRIBUTE_TYPES if len(loc_parts) > 2 else msg)}"
+            detail = broken.get(name, _ATTRIBUTE_TYPES if len(loc_parts) > 2 else msg)
+            loc_parts, msg = ["attributes"], f"{shown}: {detail}"
         where = ".".join(loc_parts) or "event"
         key = f"{where}: {msg.partition(':')[0]}" if where == "attributes" else where
         if key in seen:

@@ -213,7 +213,7 @@ class IngestService:
         try:
             blob = orjson.dumps(self.pipeline.detectors.snapshot()).decode()
             row = [self.group_id, self.clock(), self.pipeline.watermark, blob]
-            client = self.store._client  # noqa: SLF001 - the store has no generic insert; this runs on its thread
+            client = self.store._client  # the store has no generic insert; this runs on its thread
             await self.store.run(lambda: client.insert("detector_state", [row],
                                                        column_names=["group_id", "saved_at", "watermark", "state"]))
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs baselines on restart, never the worker

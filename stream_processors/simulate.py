@@ -139,6 +139,10 @@ class Simulator:
         burst = max((f for b, e, f in self.bursts[tenant.name] if b <= t < e), default=1.0)
         return tenant.peak_rps * season * burst
 
+    def calls_per_min(self, tenant: Tenant, feature: str, t: float) -> float:
+        calls = FEATURES[feature].calls
+        return self.rate(tenant, t) * 60 / len(tenant.features) * (calls[0] + calls[1]) / 2
+
     def run(self) -> list[tuple[float, dict[str, Any]]]:
         rng = self.rng
         for tenant in TENANTS:
@@ -188,7 +192,7 @@ class Simulator:
         tokens_x = 1.0
         bloat = self._active("token_spike", t, tenant_id=tenant.name, feature=feature)
         if bloat:
-            tokens_x = bloat.detail["x"]
+            tokens_x = bloat.detail["input_tokens"] / f.input_median
         for _ in range(rng.randint(*f.calls)):
             model = rng.choice(f.models)
             t += self._call(env, model, t, f, tokens_x)
@@ -241,16 +245,20 @@ class Simulator:
     # ------------------------------------------------------------------ incidents
     def _incident(self, kind: str, start: float, end: float) -> Incident:
         rng = self.rng
-        big = [t for t in TENANTS if t.peak_rps >= 0.2]
         if kind == "cost_spike":
             tenant = rng.choice(TENANTS)
             return Incident(kind, {"tenant_id": tenant.name}, start, end,
                             {"model": "gpt-4o", "rps": rng.uniform(0.6, 1.5), "input": 30_000})
         if kind == "token_spike":
-            tenant = rng.choice(big)
-            feature = rng.choice([f for f in tenant.features if f != "summarize"])
+            # a feature busy enough at that hour (>= 4 calls a minute) for a bloat to matter
+            busy = [(t, f) for t in TENANTS for f in t.features if self.calls_per_min(t, f, start) >= 4]
+            pairs = [(t, f) for t in TENANTS for f in t.features]
+            tenant, feature = rng.choice(busy) if busy else max(pairs, key=lambda tf: self.calls_per_min(tf[0], tf[1], start))
+            # a prompt-template change stuffs a document into every call: 25-50k input tokens, and
+            # at least 6-10x what the feature usually sends
+            bloat = max(rng.uniform(25_000, 50_000), rng.uniform(6, 10) * FEATURES[feature].input_median)
             return Incident(kind, {"tenant_id": tenant.name, "feature": feature}, start, end,
-                            {"x": rng.uniform(8, 15)})
+                            {"input_tokens": bloat})
         if kind == "runaway_loop":
             tenant = rng.choice([t for t in TENANTS if "agent" in t.features])
             return Incident(kind, {"tenant_id": tenant.name, "feature": "agent", "request_id": self._id()},
@@ -359,7 +367,7 @@ def simulate(scenario: str, seed: int, *, hours: float | None = None) -> Simulat
 
 
 def labels_path(out: Path) -> Path:
-    name = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    name = out.name.removesuffix(".jsonl")
     return out.with_name(f"{name}.labels.json")
 
 

@@ -7,7 +7,15 @@ Poisson count bursts, p95 latency exceedance tests), ``runaway`` (per-request lo
 runs them all over one batch.
 """
 
-from .base import ALERT_NAMESPACE, BASE_WINDOW_S, AlertBook, Evidence, WindowSample, alert_id_for, window_start
+from .base import (
+    ALERT_NAMESPACE,
+    BASE_WINDOW_S,
+    AlertBook,
+    Evidence,
+    WindowSample,
+    alert_id_for,
+    window_start,
+)
 from .rates import (
     BinomialParams,
     BinomialRateDetector,
@@ -17,7 +25,15 @@ from .rates import (
     PoissonParams,
 )
 from .runaway import RunawayDetector, RunawayParams
-from .spike import COST_PARAMS, MAD_SCALE, TOKEN_PARAMS, CostSpikeDetector, RateSpikeDetector, Series, SpikeParams
+from .spike import (
+    COST_PARAMS,
+    MAD_SCALE,
+    TOKEN_PARAMS,
+    CostSpikeDetector,
+    RateSpikeDetector,
+    Series,
+    SpikeParams,
+)
 from .suite import BatchWindows, Detectors
 
 __all__ = [

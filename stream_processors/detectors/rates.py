@@ -1,9 +1,10 @@
 """Detectors for failure proportions, count bursts and latency quantiles.
 
-All three slide a 60-second evaluation span (six 10-second event-time windows, the open one
-included, so evidence is judged as it arrives) over a per-scope baseline that learns only from
-windows that have left the span while no alert was open for the scope: an incident does not
-teach the detector that it is normal. Alerts go through the shared :class:`AlertBook` (one per
+All three slide evaluation spans of 10-second event-time windows, the open one included, so
+evidence is judged as it arrives (60 s; the proportion and latency tests also judge the last
+5 minutes, which gives a quiet scope enough calls), over a per-scope baseline that learns only
+from windows that have left the spans while no alert was open for the scope: an incident does
+not teach the detector that it is normal. Alerts go through the shared :class:`AlertBook` (one per
 kind and scope, resolved after ``resolve_s`` of normal evaluations).
 """
 
@@ -14,9 +15,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from scipy.stats import binom, poisson
-
 from flyball.schemas import Alert, AlertKind, Scope
+from scipy.stats import binom, poisson  # type: ignore[import-untyped]
 
 from .base import BASE_WINDOW_S, AlertBook, Evidence, fmt
 
@@ -96,10 +96,10 @@ class BinomialRateDetector:
             self._absorb(s, scope)
         best: tuple[float, int, float, float, int, int, int] | None = None
         sums = {span: [0] * (len(self.classes) + 1) for span in p.spans}
-        for w, c in s.windows.items():
+        for w, counts_w in s.windows.items():
             for span, acc in sums.items():
                 if w > s.newest - span:
-                    for i, x in enumerate(c):
+                    for i, x in enumerate(counts_w):
                         acc[i] += x
         for span, (n, *ks) in sums.items():
             if max(ks) < p.min_failures:
@@ -267,12 +267,13 @@ class LatencyParams:
               evenly strided, so a busy scope's ring still spans several minutes); needs
               ``min_baseline`` values (cold start);
     test      exceedance test: under no change, each value exceeds q0 with probability 5 %; a
-              one-sided binomial test of the k of n span values above q0, P(X >= k) < ``alpha``;
+              one-sided binomial test of the k of n values above q0, P(X >= k) < ``alpha``, in
+              each span (the last 60 s and the last 5 min, for a model with few calls);
     floors    n >= ``min_n``, the span's own p95 >= ``factor`` x q0 and >= q0 + ``min_delta_ms``
               (a significant 20 ms drift is not an incident).
     """
 
-    span_windows: int = 6
+    spans: tuple[int, ...] = (6, 30)
     ring_size: int = 1024
     per_window: int = 64
     min_baseline: int = 200
@@ -291,6 +292,7 @@ class _LatState:
     pos: int = 0
     q0: float | None = None
     fresh: int = 0  # values absorbed since q0 was computed
+    counts: dict[int, tuple[float, int, int]] = field(default_factory=dict)  # window -> (q0, n, n above q0)
 
 
 @dataclass(slots=True)
@@ -308,7 +310,7 @@ class LatencyDetector:
         s = self.state.get(key)
         if s is None:
             s = self.state[key] = _LatState(newest=window)
-        if window <= s.newest - p.span_windows:
+        if window <= s.newest - p.spans[-1]:
             return None
         acc = s.windows.get(window)
         if acc is None:
@@ -325,37 +327,44 @@ class LatencyDetector:
             s.q0 = _quantile(sorted(s.ring), p.quantile)
             s.fresh = 0
         q0 = s.q0
-        n = k = 0
-        for vals in s.windows.values():
-            n += len(vals)
-            for v in vals:
-                if v > q0:
-                    k += 1
         tail = 1.0 - p.quantile
-        if n < p.min_n or k < 3 * tail * n or k < 3:
-            return None
-        span = sorted(v for vals in s.windows.values() for v in vals)
-        q = _quantile(span, p.quantile)
         limit = max(p.factor * q0, q0 + p.min_delta_ms)
-        if q < limit:
+        found: tuple[float, float, int, int, int] | None = None
+        for span in p.spans:
+            n = k = 0
+            for w, vals in s.windows.items():
+                if w > s.newest - span:
+                    c = s.counts.get(w)
+                    if c is None or c[0] != q0 or c[1] != len(vals):
+                        c = s.counts[w] = (q0, len(vals), sum(1 for v in vals if v > q0))
+                    n += c[1]
+                    k += c[2]
+            if n < p.min_n or k < 3 * tail * n or k < 3:
+                continue
+            q = _quantile(sorted(v for w, vals in s.windows.items() if w > s.newest - span for v in vals), p.quantile)
+            if q < limit:
+                continue
+            pval = float(binom.sf(k - 1, n, tail))
+            if pval < p.alpha and (found is None or pval < found[1]):
+                found = (q, pval, n, k, span)
+        if found is None:
             return None
-        pval = float(binom.sf(k - 1, n, tail))
-        if pval >= p.alpha:
-            return None
+        q, pval, n, k, span = found
         ev = Evidence(
             severity="critical" if q >= 3 * q0 else "warning", metric=self.metric, observed=fmt(q),
             baseline=fmt(q0), threshold=fmt(limit), score=q / limit, p_value=pval,
-            window_s=p.span_windows * BASE_WINDOW_S, first_ts=first_ts, last_ts=last_ts, event_ids=event_ids,
+            window_s=span * BASE_WINDOW_S, first_ts=first_ts, last_ts=last_ts, event_ids=event_ids,
             summary=f"{scope.key()}: {self.metric} {q:.0f} ms over {n} calls in the last "
-                    f"{p.span_windows * BASE_WINDOW_S}s, baseline {q0:.0f} ms ({k} above it, p={pval:.2g})",
+                    f"{span * BASE_WINDOW_S}s, baseline {q0:.0f} ms ({k} above it, p={pval:.2g})",
         )
         return self.book.fire(self.kind, scope, ev)
 
     def _absorb(self, s: _LatState, scope: Scope) -> None:
         p = self.params
         learn = not self.book.is_open(self.kind, scope.key())
-        for w in sorted(w for w in s.windows if w <= s.newest - p.span_windows):
+        for w in sorted(w for w in s.windows if w <= s.newest - p.spans[-1]):
             vals = s.windows.pop(w)
+            s.counts.pop(w, None)
             if not learn or not vals:
                 continue
             step = max(1, math.ceil(len(vals) / p.per_window))

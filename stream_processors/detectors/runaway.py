@@ -110,6 +110,6 @@ class RunawayDetector:
                 "baselines": [[list(k), v] for k, v in self.baselines.items()], "swept_at": self._swept_at}
 
     def restore(self, data: dict[str, Any]) -> None:
-        self.requests = {tuple(k): _Request(c, t, f, la, a) for k, c, t, f, la, a in data["requests"]}  # type: ignore[misc]
-        self.baselines = {tuple(k): list(v) for k, v in data["baselines"]}  # type: ignore[misc]
+        self.requests = {tuple(k): _Request(c, t, f, la, a) for k, c, t, f, la, a in data["requests"]}
+        self.baselines = {tuple(k): list(v) for k, v in data["baselines"]}
         self._swept_at = data["swept_at"]

@@ -17,8 +17,9 @@ RateSpike — per key (a tenant, or a tenant+feature pair), fixed event-time win
 
 Defaults (``SpikeParams()``): 10 s windows, 30 of history, 6 to start, factor 4, 6 MADs, floor
 0.25 USD per window. The worker runs ``COST_PARAMS`` and ``TOKEN_PARAMS``: 60 s windows, 30 of
-history (30 min), 3 to start, factor 4, 6 MADs, floors 1.50 USD and 60,000 tokens per minute, and
-leave-one-out (the window must cross the threshold even without its largest call).
+history (30 min), 3 to start, leave-one-out (the window must cross the threshold even without its
+largest call); cost: factor 4, 6 MADs, floor 1.50 USD a minute; tokens: factor 5, 8 MADs, floor
+80,000 tokens a minute.
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class SpikeParams:
 # a rate spike must be many calls, not one big one.
 COST_PARAMS = SpikeParams(window_s=60, history_windows=30, min_history=3, min_amount=Decimal("1.50"),
                           resolve_windows=2, leave_one_out=True)
-TOKEN_PARAMS = SpikeParams(window_s=60, history_windows=30, min_history=3, min_amount=Decimal(60_000),
-                           resolve_windows=2, leave_one_out=True)
+# Token counts per call are more heavy-tailed than cost (one agent request is six correlated
+# calls): a wider factor and MAD band, and a floor of 80k tokens a minute.
+TOKEN_PARAMS = SpikeParams(window_s=60, history_windows=30, min_history=3, factor=Decimal(5), mad_k=Decimal(8),
+                           min_amount=Decimal(80_000), resolve_windows=2, leave_one_out=True)
 
 
 @dataclass(slots=True)

@@ -21,7 +21,14 @@ from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
 from .base import BASE_WINDOW_S, AlertBook, WindowSample, at
 from .rates import BinomialRateDetector, LatencyDetector, PoissonBurstDetector
 from .runaway import RunawayDetector
-from .spike import COST_PARAMS, KEY_SEP, TOKEN_PARAMS, CostSpikeDetector, RateSpikeDetector, SpikeParams
+from .spike import (
+    COST_PARAMS,
+    KEY_SEP,
+    TOKEN_PARAMS,
+    CostSpikeDetector,
+    RateSpikeDetector,
+    SpikeParams,
+)
 
 MAX_IDS = 10
 _ZERO = Decimal(0)
@@ -40,7 +47,7 @@ class BatchWindows:
     (first/last are epoch seconds of event time; ids prefer failing events.)
     """
 
-    __slots__ = ("usage", "requests", "models", "tools", "safety", "retrieval")
+    __slots__ = ("models", "requests", "retrieval", "safety", "tools", "usage")
 
     def __init__(self) -> None:
         self.usage: dict[tuple[str, str, int], list[Any]] = {}
@@ -57,7 +64,7 @@ class BatchWindows:
         eid = event.event_id
         kind = type(event)
         if kind is LLMCall:
-            e: LLMCall = event  # type: ignore[assignment]
+            e: LLMCall = event
             tokens = e.input_tokens + e.output_tokens
             key = (e.tenant_id, e.feature, w)
             u = self.usage.get(key)
@@ -67,11 +74,9 @@ class BatchWindows:
             else:
                 if cost is not None:
                     u[0] += cost
-                    if cost > u[6]:
-                        u[6] = cost
+                    u[6] = max(u[6], cost)
                 u[1] += tokens
-                if tokens > u[7]:
-                    u[7] = tokens
+                u[7] = max(u[7], tokens)
                 u[2] += 1
                 if t < u[3]:
                     u[3] = t
@@ -114,7 +119,7 @@ class BatchWindows:
                 if len(m[8]) < MAX_IDS:
                     m[8].append(eid)
         elif kind is ToolCall:
-            tc: ToolCall = event  # type: ignore[assignment]
+            tc: ToolCall = event
             tkey = (tc.tool_name, w)
             x = self.tools.get(tkey)
             if x is None:
@@ -131,7 +136,7 @@ class BatchWindows:
                 if len(x[5]) < MAX_IDS:
                     x[5].append(eid)
         elif kind is SafetyTrigger:
-            st: SafetyTrigger = event  # type: ignore[assignment]
+            st: SafetyTrigger = event
             skey = (st.tenant_id, st.feature, st.category, w)
             x = self.safety.get(skey)
             if x is None:
@@ -145,7 +150,7 @@ class BatchWindows:
                 if len(x[3]) < MAX_IDS:
                     x[3].append(eid)
         elif kind is Retrieval:
-            rv: Retrieval = event  # type: ignore[assignment]
+            rv: Retrieval = event
             ikey = (rv.index_name, w)
             x = self.retrieval.get(ikey)
             if x is None:
@@ -261,8 +266,8 @@ class Detectors:
     def advance(self, watermark: datetime) -> list[Alert]:
         t = watermark.timestamp()
         out: list[Alert] = []
-        for det in (self.cost, self.tokens, self.cost_feature, self.tokens_feature):
-            out.extend(det.advance(watermark))
+        for spiky in (self.cost, self.tokens, self.cost_feature, self.tokens_feature):
+            out.extend(spiky.advance(watermark))
         out.extend(self.book.sweep(t))
         self.runaway.close_idle(t)
         if t - self._evicted_at >= 600:
@@ -270,9 +275,9 @@ class Detectors:
             for spike in (self.cost, self.tokens, self.cost_feature, self.tokens_feature):
                 spike.evict(watermark)
             newest = int(t) // BASE_WINDOW_S
-            for det in (self.errors, self.latency, self.ttft, self.tool_failures, self.tool_latency,
-                        self.safety, self.retrieval):
-                det.evict(newest)
+            for other in (self.errors, self.latency, self.ttft, self.tool_failures, self.tool_latency,
+                          self.safety, self.retrieval):
+                other.evict(newest)
         return out
 
     def snapshot(self) -> dict[str, Any]:

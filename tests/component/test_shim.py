@@ -351,3 +351,21 @@ def test_raw_user_id_and_prompt_text_never_reach_the_dlq_or_the_logs(shim: tuple
     for secret in (b"alice", b"4242", b"bob", b"1234"):
         assert secret not in dead
         assert secret.decode() not in repr(logs)
+
+
+def test_a_forked_worker_draws_new_event_ids() -> None:
+    import os
+
+    from flyball.producers.client import new_event_id
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: e.g. a pre-forking web server's worker
+        os.write(write, new_event_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    parent = new_event_id()
+    assert uuid.UUID(child) and child[:24] != parent[:24]

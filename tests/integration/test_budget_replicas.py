@@ -67,6 +67,14 @@ async def test_two_replicas_alert_once_per_threshold_at_the_crossing_event(boots
     target, others = f"bud-{run}", [f"other{i}-{run}" for i in range(5)]
     await ensure_topics(bootstrap)
     store = ClickHouseStore(f"chdb://{tmp_path / 'ch'}")
+    try:
+        await _run(bootstrap, store, target, others)
+    finally:
+        store.close()
+
+
+async def _run(bootstrap: str, store: ClickHouseStore, target: str, others: list[str]) -> None:
+    run = target.removeprefix("bud-")
     store.migrate()
     book = load_prices(None)
     finance = Finance(store, get_book=lambda: book)
@@ -83,10 +91,15 @@ async def test_two_replicas_alert_once_per_threshold_at_the_crossing_event(boots
     per_producer = 120  # 4 x 120 target events = $1.68, well past the $1 limit
     sent: list[str] = []
 
+    second_joined = asyncio.Event()
+
     async def produce(n: int) -> None:
         producer = await start_producer(bootstrap, linger_ms=2)
         try:
             for i in range(per_producer):
+                if i == per_producer // 2:  # half the traffic before the second replica joins, half after
+                    await producer.flush()
+                    await second_joined.wait()
                 e = event(target, now)
                 sent.append(e["event_id"])
                 await producer.send(EVENTS, key=target.encode(), value=orjson.dumps(e))
@@ -112,6 +125,8 @@ async def test_two_replicas_alert_once_per_threshold_at_the_crossing_event(boots
         await asyncio.sleep(0.5)
         await b.start()  # the second replica joins mid-traffic: a rebalance moves partitions
         tasks.append(asyncio.create_task(b.run()))
+        await asyncio.wait_for(b.ready.wait(), 60)  # it has partitions now
+        second_joined.set()
         await asyncio.gather(*producers)
 
         async def target_stored() -> int:
@@ -144,4 +159,3 @@ async def test_two_replicas_alert_once_per_threshold_at_the_crossing_event(boots
         # never late; early only if a replayed, already-inserted batch was counted twice (<= one batch)
         assert exact - MAX_BATCH <= crossing <= exact, (pct, crossing, exact)
         assert Decimal(alert["observed"]) - LIMIT * pct / 100 < COST + MAX_BATCH * COST
-    store.close()

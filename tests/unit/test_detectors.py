@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import orjson
+
 from flyball.schemas import Alert, AlertKind, Scope
 from flyball.stream_processors.detectors import (
+    BASE_WINDOW_S,
+    COST_PARAMS,
+    AlertBook,
+    BinomialRateDetector,
     CostSpikeDetector,
+    Detectors,
+    LatencyDetector,
+    PoissonBurstDetector,
+    RunawayDetector,
     SpikeParams,
     WindowSample,
     alert_id_for,
@@ -123,22 +135,6 @@ def test_late_window_older_than_history_is_ignored() -> None:
 
 
 # ------------------------------------------------------------------ the other detectors (issue 5)
-
-import math  # noqa: E402
-import random  # noqa: E402
-
-import orjson  # noqa: E402
-
-from flyball.stream_processors.detectors import (  # noqa: E402
-    COST_PARAMS,
-    AlertBook,
-    BinomialRateDetector,
-    Detectors,
-    LatencyDetector,
-    PoissonBurstDetector,
-    RunawayDetector,
-)
-from flyball.stream_processors.detectors.base import BASE_WINDOW_S  # noqa: E402
 
 T0 = NOW.timestamp()
 B0 = int(T0) // BASE_WINDOW_S
