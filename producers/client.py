@@ -286,9 +286,10 @@ class Telemetry:
 
     # ------------------------------------------------------------------ guard (caller thread)
     def guard(self, *, tenant_id: str, feature: str | None = None, model: str | None = None,
-              tool: str | None = None, provider: str | None = None) -> Decision:
+              tool: str | None = None, provider: str | None = None, request_id: str | None = None) -> Decision:
         try:
-            return decide(self.view, (tenant_id, feature, provider, model, tool), time.time(), self.staleness)
+            return decide(self.view, (tenant_id, feature, provider, model, tool), time.time(), self.staleness,
+                          request_id)
         except Exception:  # noqa: BLE001 - fail open, never raise into product code
             return Decision(allowed=True, model=model, reason="guard error")
 

@@ -15,6 +15,9 @@ of directives, and with no string building. What ``guard`` decides:
 - ``reroute``: the effective model is the first of ``[to_model, *chain]`` that is not itself
   rerouted; if all are, the reroute of the first unvisited one is followed. A loop stops at
   the last model not yet visited; the chain never cycles.
+- Request-scoped directives (``request_id``, e.g. a runaway agent loop): matched by the
+  ``request_id`` passed to ``guard``, in a separate index so per-request ids never enter the
+  answer cache; ``tenant_id`` in such a scope must match too when set.
 - Staleness: when the view has not heard from the control plane for longer than
   ``Staleness.max_age_s``, requests in a high-risk scope are refused (fail-closed); every
   other request is answered from the last known view (fail-open).
@@ -117,12 +120,22 @@ class DirectiveView:
     _tables: dict[tuple[int, ...], dict[Any, _Entry]] = field(default_factory=dict)
     _lookups: tuple[tuple[Any, dict[Any, _Entry]], ...] = ()
     _plans: dict[tuple[Any, ...], _Plan] = field(default_factory=dict)
+    _requests: dict[str, _Entry] = field(default_factory=dict)  # request_id -> entry
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def apply(self, directive: Directive, *, now: float | None = None) -> None:
         key = directive.key()
         values = directive.scope.compact()
+        request_id = values.get("request_id")
         shape = _shape_of(values)
+        if request_id is not None:
+            if directive.state == DirectiveState.ACTIVE:
+                self._requests[request_id] = _Entry(
+                    directive, directive.directive_id, directive.action, directive.expires_at.timestamp(),
+                    rate=float(directive.rate_per_s or 0.0),
+                    burst=float(directive.burst if directive.burst is not None else 1))
+            else:
+                self._requests.pop(request_id, None)
         if directive.state != DirectiveState.ACTIVE:
             self.by_key.pop(key, None)
             old = self._entries.pop(key, None)
@@ -161,6 +174,7 @@ class DirectiveView:
     def prune(self, *, now: float) -> None:
         entries = self._entries
         expired = [d for k, d in list(self.by_key.items()) if (e := entries.get(k)) is not None and e.expires <= now]
+        expired += [e.directive for e in list(self._requests.values()) if e.expires <= now]
         for directive in expired:
             self.apply(directive.model_copy(update={"state": DirectiveState.EXPIRED}))
 
@@ -195,14 +209,29 @@ class _Plan:
 
 
 def enforce(view: DirectiveView, *, tenant_id: str, feature: str | None = None, model: str | None = None,
-            tool: str | None = None, provider: str | None = None, now: float,
+            tool: str | None = None, provider: str | None = None, request_id: str | None = None, now: float,
             staleness: Staleness | None = None) -> Decision:
     """What the view says about one call at ``now`` (token buckets are taken from)."""
-    return decide(view, (tenant_id, feature, provider, model, tool), now, staleness)
+    return decide(view, (tenant_id, feature, provider, model, tool), now, staleness, request_id)
 
 
-def decide(view: DirectiveView, request: tuple[Any, ...], now: float, staleness: Staleness | None) -> Decision:
+def decide(view: DirectiveView, request: tuple[Any, ...], now: float, staleness: Staleness | None,
+           request_id: str | None = None) -> Decision:
     """``enforce`` with the request as a tuple in ``REQUEST_FIELDS`` order: the hot path."""
+    if request_id is not None and view._requests:
+        entry = view._requests.get(request_id)
+        if entry is not None and entry.expires > now and entry.directive.scope.tenant_id in (None, request[0]):
+            base = decide(view, request, now, staleness)
+            if not base.allowed:
+                return base
+            ids = (*base.directive_ids, entry.directive_id)
+            if entry.action in (ActionKind.BLOCK, ActionKind.DISABLE_TOOL):
+                return Decision(False, base.model, entry.expires - now, "request blocked", ids, base.stale)
+            if entry.action is ActionKind.THROTTLE:
+                wait = _take(view, (entry,), now)
+                if wait is not None:
+                    return Decision(False, base.model, wait, "throttled", ids, base.stale)
+            return base._replace(directive_ids=ids)
     stale = False
     if staleness is not None:
         since = view.updated_at if view.updated_at is not None else view.created_at
@@ -307,6 +336,21 @@ def _reroute_of(view: DirectiveView, request: tuple[Any, ...], now: float) -> _E
 
 def _take(view: DirectiveView, throttles: Sequence[_Entry], now: float) -> float | None:
     """Token buckets: None if every bucket gave a token, else seconds until all can."""
+    if len(throttles) == 1:  # the common case, without the two passes
+        entry = throttles[0]
+        with view._lock:
+            tokens = entry.tokens
+            if tokens < 0:
+                tokens = entry.burst
+            elif now > entry.updated:
+                tokens = min(entry.burst, tokens + (now - entry.updated) * entry.rate)
+            entry.updated = max(entry.updated, now)
+            if tokens >= 1.0:
+                entry.tokens = tokens - 1.0
+                return None
+            entry.tokens = tokens
+        until_expiry = entry.expires - now
+        return until_expiry if entry.rate <= 0 else min((1.0 - tokens) / entry.rate, until_expiry)
     with view._lock:
         wait = 0.0
         for entry in throttles:

@@ -281,3 +281,23 @@ def test_directive_expiry_is_honoured_while_the_view_is_stale() -> None:
 def test_high_risk_scope_with_an_unknown_field_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="high_risk"):
         Staleness(high_risk=({"category": "pii"},))
+
+
+def test_request_scoped_throttle_applies_only_to_that_request() -> None:
+    d = directive(scope=Scope(tenant_id="acme", request_id="req-loop"), rate_per_s=0.0, burst=1)
+    view = view_of(d)
+    assert enforce(view, tenant_id="acme", request_id="req-loop", now=T).allowed  # the burst of one
+    refused = enforce(view, tenant_id="acme", request_id="req-loop", now=T + 1)
+    assert (refused.allowed, refused.reason, refused.directive_ids) == (False, "throttled", (d.directive_id,))
+    assert refused.retry_after_s == pytest.approx(119.0)
+    assert enforce(view, tenant_id="acme", request_id="req-other", now=T + 1).allowed
+    assert enforce(view, tenant_id="acme", now=T + 1).allowed
+    assert enforce(view, tenant_id="globex", request_id="req-loop", now=T + 1).allowed
+
+
+def test_request_scoped_directive_is_forgotten_when_it_ends() -> None:
+    d = directive(scope=Scope(request_id="req-loop"), rate_per_s=0.0, burst=0)
+    view = view_of(d)
+    assert not enforce(view, tenant_id="acme", request_id="req-loop", now=T).allowed
+    view.apply(d.model_copy(update={"state": DirectiveState.REVERTED}), now=T)
+    assert enforce(view, tenant_id="acme", request_id="req-loop", now=T).allowed
