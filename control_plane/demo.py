@@ -24,6 +24,7 @@ from .settings import Settings
 
 TENANTS = ("acme", "globex", "initech")
 SPIKER = "globex"
+NORMAL_RATE = 2.0  # calls per second per tenant, in the backfilled history and live
 DEMO_POLICIES = Policies(policies=(
     Policy(policy_id="cost-spike-throttle-tenant", alert_kind=AlertKind.COST_SPIKE, action=ActionKind.THROTTLE,
            ttl_s=20, cooldown_s=60, rate_per_s=0.5, burst=1),
@@ -63,9 +64,9 @@ async def run_demo(settings: Settings, *, spike_at: float = 6.0, spike_for: floa
     try:
         # Three minutes of event-time history, so the detector has a baseline to compare with.
         now = datetime.now(UTC)
-        for back in range(180, 0, -2):
+        for step in range(360, 0, -1):  # the same pace as the live traffic below: 2 calls/s per tenant
             for tenant in TENANTS:
-                _normal_call(tel, tenant, rng, ts=now - timedelta(seconds=back))
+                _normal_call(tel, tenant, rng, ts=now - timedelta(seconds=step / NORMAL_RATE))
         tel.flush()
         say("traffic", f"backfilled 3 minutes of baseline traffic for {', '.join(TENANTS)}; live traffic now")
         seen_alerts: set[tuple[str, str]] = set()
@@ -74,11 +75,13 @@ async def run_demo(settings: Settings, *, spike_at: float = 6.0, spike_for: floa
         spike_started = None
         async with httpx.AsyncClient(base_url=system.api_url, headers=headers, timeout=5) as api:
             start = time.monotonic()
-            next_poll = 0.0
+            next_poll = next_normal = 0.0
             while (elapsed := time.monotonic() - start) < duration:
-                for tenant in TENANTS:
-                    if tel.guard(tenant_id=tenant, feature="support-bot").allowed:
-                        _normal_call(tel, tenant, rng)
+                if elapsed >= next_normal:
+                    next_normal += 1 / NORMAL_RATE
+                    for tenant in TENANTS:
+                        if tel.guard(tenant_id=tenant, feature="support-bot").allowed:
+                            _normal_call(tel, tenant, rng)
                 spiking = spike_at <= elapsed < spike_at + spike_for
                 if spiking and spike_started is None:
                     spike_started = time.monotonic()
@@ -108,8 +111,10 @@ async def run_demo(settings: Settings, *, spike_at: float = 6.0, spike_for: floa
                         key = (alert["alert_id"], alert["status"])
                         if key not in seen_alerts:
                             seen_alerts.add(key)
+                            unit = "$" if "cost" in alert["metric"] or "usd" in alert["metric"] else ""
                             say("alert", f"{alert['kind']} {alert['status']} {alert['scope']} severity={alert['severity']} "
-                                         f"observed ${alert['observed']} vs threshold ${alert['threshold']} per {alert['window_s']}s")
+                                         f"observed {unit}{alert['observed']} vs threshold {unit}{alert['threshold']} "
+                                         f"({alert['metric']}, {alert['window_s']}s window)")
                     for act in reversed(_ok(await api.get("/v1/actions"))):
                         did = act["directive_id"]
                         if not did or seen_directives.get(f"{did}:{act['decision']}"):
