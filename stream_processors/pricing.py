@@ -97,10 +97,15 @@ class PriceEntry:
     service_tiers: Mapping[str, TierModifier] = field(default_factory=dict)
     revision: int = 1
 
+    _version: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:  # computed once: price() reads it for every event
+        base = f"{self.provider}/{self.model}@{self.effective_from.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        object.__setattr__(self, "_version", base if self.revision <= 1 else f"{base}#r{self.revision}")
+
     @property
     def version(self) -> str:
-        base = f"{self.provider}/{self.model}@{self.effective_from.strftime('%Y-%m-%dT%H:%M:%SZ')}"
-        return base if self.revision <= 1 else f"{base}#r{self.revision}"
+        return self._version
 
     def rates_for(self, input_tokens: int, service_tier: str = "") -> tuple[Rates, str]:
         """The rates that apply to a call, and the tier actually applied ('' = standard)."""
@@ -152,10 +157,10 @@ def usage_of(event: Any) -> Usage:
     are read from the event when its schema has them, else from ``attributes`` (a field the
     schema does not know arrives there as ``x.<name>``). A 1-hour count larger than the cache
     writes is clamped to them: the subset rule wins over a confused producer."""
-    attributes = getattr(event, "attributes", None) or {}
-    tier = getattr(event, "service_tier", None) or _attr(attributes, "service_tier") or ""
-    one_hour = getattr(event, "cache_write_1h_tokens", None)
-    if one_hour is None:
+    attributes = event.attributes
+    tier = event.service_tier or (attributes and _attr(attributes, "service_tier")) or ""
+    one_hour = event.cache_write_1h_tokens
+    if not one_hour and attributes:
         one_hour = _attr(attributes, "cache_write_1h_tokens")
     try:
         one_hour_n = max(0, int(one_hour or 0))
