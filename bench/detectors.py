@@ -126,14 +126,15 @@ def overhead(n: int, reps: int) -> dict[str, Any]:
     from flyball.stream_processors.detectors import BatchWindows
 
     events = [parse_event(r) for r in raws]
+    costs = [Decimal("0.001") if e.event_type == "llm_call" else None for e in events]
     add_us, observe_us = [], []
     for _ in range(reps):
         t = time.thread_time()
         filled = []
         for i in range(0, len(events), BATCH):
             windows = BatchWindows()
-            for e in events[i:i + BATCH]:
-                windows.add(e, Decimal("0.001") if e.event_type == "llm_call" else None)
+            for e, c in zip(events[i:i + BATCH], costs[i:i + BATCH], strict=True):
+                windows.add(e, c)
             filled.append((windows, events[min(i + BATCH, len(events)) - 1].ts))
         t1 = time.thread_time()
         det = Detectors()

@@ -66,6 +66,8 @@ class RunawayDetector:
             r.tokens += tokens
             r.first_ts = min(r.first_ts, first_ts)
             r.last_ts = max(r.last_ts, last_ts)
+        if r.calls < p.min_calls and r.tokens < p.min_tokens:
+            return None  # below both floors: no baseline can make it a runaway
         base = self.baselines.get(key[:2]) or [p.prior_calls, p.prior_tokens]
         call_limit = max(float(p.min_calls), p.factor * base[0])
         token_limit = max(float(p.min_tokens), p.factor * base[1])
