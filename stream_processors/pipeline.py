@@ -20,7 +20,7 @@ from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
 
 from .detectors import BatchWindows, CostSpikeDetector, Detectors, alert_id_for
 from .budgets import BudgetTracker
-from .pricing import PriceBook, price, usage_of
+from .pricing import PriceBook, Usage, price, usage_of
 
 EVENT_COLUMNS = (
     "event_id", "ts", "event_type", "tenant_id", "feature", "service", "environment",
@@ -29,6 +29,9 @@ EVENT_COLUMNS = (
     "tool_name", "category", "index_name", "cost_usd", "price_version", "unpriced",
     "service_tier", "cache_write_1h_tokens", "prompt_version", "late",
 )
+
+
+_ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ class Pipeline:
         out = BatchResult()
         book = self._book()
         windows = BatchWindows()  # per (scope, 10 s window) sums for the detectors
+        late_before = now - self.lateness if now is not None and self.lateness is not None else None
         for raw in raws:
             try:
                 event = parse_event(raw, now=now)
@@ -97,18 +101,20 @@ class Pipeline:
                 continue
             if self.watermark is None or event.ts > self.watermark:
                 self.watermark = event.ts
-            cost: Decimal | None = Decimal(0)
+            cost: Decimal | None = _ZERO
             version = ""
-            if isinstance(event, LLMCall):
-                priced = price(usage_of(event), book)
+            usage = None
+            if type(event) is LLMCall:
+                usage = usage_of(event)
+                priced = price(usage, book)
                 cost, version = priced.cost, priced.price_version
                 if cost is None:
                     self._unpriced(event, out)
                 else:
                     out.cost_by_tenant[event.tenant_id] = out.cost_by_tenant.get(event.tenant_id, Decimal(0)) + cost
             windows.add(event, cost)
-            late = now is not None and self.lateness is not None and event.ts < now - self.lateness
-            out.rows.append(to_row(event, cost, version, late=late))
+            late = late_before is not None and event.ts < late_before
+            out.rows.append(to_row(event, cost, version, late=late, usage=usage))
         out.alerts.extend(self.detectors.observe(windows))
         if self.watermark is not None:
             out.alerts.extend(self.detectors.advance(self.watermark))
@@ -131,26 +137,31 @@ class Pipeline:
         ))
 
 
-def to_row(event: Envelope, cost: Decimal | None, version: str, *, late: bool = False) -> tuple[Any, ...]:
-    provider = model = status = tool = category = index = tier = ""
+def to_row(event: Envelope, cost: Decimal | None, version: str, *, late: bool = False,
+           usage: Usage | None = None) -> tuple[Any, ...]:
+    """The ``events`` row of one event (columns in ``EVENT_COLUMNS`` order). ``usage`` is the
+    event's priced view when the caller already has it (the hot path computes it once)."""
+    provider = model = status = tool = category = index = tier = prompt_version = ""
     tokens = (0, 0, 0, 0, 0)
     one_hour = 0
     latency = 0.0
-    if isinstance(event, LLMCall):
-        provider, model, status, latency = event.provider, event.model, str(event.status), event.latency_ms
-        tokens = (event.input_tokens, event.output_tokens, event.cache_read_tokens,
-                  event.cache_write_tokens, event.reasoning_tokens)
-        usage = usage_of(event)
-        tier, one_hour = usage.service_tier, usage.cache_write_1h_tokens
-    elif isinstance(event, ToolCall):
-        tool, status, latency = event.tool_name, str(event.status), event.latency_ms
-    elif isinstance(event, SafetyTrigger):
-        category, status = event.category, event.action
-    elif isinstance(event, Retrieval):
-        index, status, latency = event.index_name, str(event.status), event.latency_ms
+    kind = type(event)
+    if kind is LLMCall:
+        e: LLMCall = event  # type: ignore[assignment]
+        provider, model, status, latency = e.provider, e.model, e.status.value, e.latency_ms
+        tokens = (e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens)
+        u = usage if usage is not None else usage_of(e)
+        tier, one_hour = u.service_tier, u.cache_write_1h_tokens
+        prompt_version = e.prompt_version or str(e.attributes.get("prompt_version", "")) if e.attributes else e.prompt_version
+    elif kind is ToolCall:
+        tool, status, latency = event.tool_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
+    elif kind is SafetyTrigger:
+        category, status = event.category, event.action  # type: ignore[attr-defined]
+    elif kind is Retrieval:
+        index, status, latency = event.index_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
     return (
         event.event_id, event.ts, event.event_type, event.tenant_id, event.feature, event.service,
         event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
         status, tool, category, index, cost, version, 1 if cost is None else 0,
-        tier, one_hour, str(getattr(event, "prompt_version", "") or event.attributes.get("prompt_version", "")), 1 if late else 0,
+        tier, one_hour, prompt_version, 1 if late else 0,
     )
