@@ -255,7 +255,7 @@ class Finance:
                 where.append(f"{name} = {{{name}:String}}")
                 params[name] = value
         sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events FINAL WHERE {' AND '.join(where)}"
-        return [list(r) for r in self.store._client.query(sql, parameters=params).result_rows]
+        return [list(r) for r in self.store.query(sql, params)]
 
     # ---------------------------------------------------------------- minute rollups
     def refresh_rollups(self, *, since: datetime | None = None) -> int:
@@ -268,10 +268,10 @@ class Finance:
         return n
 
     def _refresh(self, since: datetime) -> int:
-        c = self.store._client
+        c = self.store
         dirty = "SELECT DISTINCT tenant_id, toStartOfMinute(ts) FROM events WHERE ingested_at >= {since:DateTime64(3, 'UTC')} AND event_type = 'llm_call'"
         lo = c.query(f"SELECT min(m), count() FROM ({dirty.replace('toStartOfMinute(ts)', 'toStartOfMinute(ts) AS m')})",
-                     parameters={"since": since}).result_rows
+                     {"since": since})
         if not lo or not lo[0][1]:
             return 0
         c.command(
@@ -281,7 +281,7 @@ class Finance:
             "WHERE event_type = 'llm_call' AND ts >= {lo:DateTime('UTC')} "
             f"AND (tenant_id, toStartOfMinute(ts)) IN ({dirty}) "
             "GROUP BY tenant_id, minute, feature, provider, model, prompt_version",
-            parameters={"since": since, "lo": _utc(lo[0][0])})
+            {"since": since, "lo": _utc(lo[0][0])})
         return int(lo[0][1])
 
     async def rollup_loop(self, interval_s: float) -> None:
@@ -299,7 +299,7 @@ class Finance:
 
     def _insert(self, table: str, rows: list[list[Any]], columns: list[str]) -> None:
         if rows:
-            self.store._client.insert(table, rows, column_names=columns)
+            self.store.insert(table, rows, columns)
 
 
 _BUDGET_COLS = ["budget_id", "tenant_id", "feature", "period", "limit_usd", "thresholds", "actor", "updated_at", "deleted"]

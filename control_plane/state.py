@@ -64,8 +64,7 @@ class ControlState:
 
     def _insert(self, table: str, rows: Sequence[Sequence[Any]], columns: list[str]) -> None:
         if rows:
-            # the store exposes no generic insert; this runs on its ClickHouse thread
-            self.store._client.insert(table, rows, column_names=columns)  # noqa: SLF001
+            self.store.insert(table, rows, columns)  # runs on the store's ClickHouse thread
 
     async def _query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return list(await self.store.run(self.store.query, sql, params or {}))

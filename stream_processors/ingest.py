@@ -64,6 +64,8 @@ class IngestService:
         self.stats = IngestStats()
         self.ready = asyncio.Event()
         self.running = False
+        self._finished = asyncio.Event()
+        self.commit_timeout_s = 30.0
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -86,8 +88,15 @@ class IngestService:
         )
         await self._consumer.start()
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Let the loop finish its batch (insert, commit, checkpoint), then close the clients:
+        a consumer closed under an in-flight commit leaves aiokafka retrying it forever."""
         self._stopping.set()
+        if self.running:
+            try:
+                await asyncio.wait_for(self._finished.wait(), timeout)
+            except TimeoutError:
+                log.warning("worker_stop_timeout", seconds=timeout)
         if self._consumer is not None:
             await self._consumer.stop()
         if not self._uncommitted:
@@ -99,10 +108,12 @@ class IngestService:
         assert self._consumer is not None and self._producer is not None
         consumer = self._consumer
         self.running = True
+        self._finished.clear()
         try:
             await self._loop(consumer)
         finally:
             self.running = False
+            self._finished.set()
 
     async def _loop(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
@@ -170,9 +181,9 @@ class IngestService:
     async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
         assert self._consumer is not None
         try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:  # a rebalance took the partition: the new owner replays, dedupe absorbs it
-            log.warning("commit_failed", error=str(exc))
+            await asyncio.wait_for(self._consumer.commit(offsets), self.commit_timeout_s)
+        except (KafkaError, TimeoutError) as exc:  # a rebalance took the partition: the new owner replays, dedupe absorbs it
+            log.warning("commit_failed", error=str(exc) or type(exc).__name__)
             return False
         return True
 
@@ -213,9 +224,8 @@ class IngestService:
         try:
             blob = orjson.dumps(self.pipeline.detectors.snapshot()).decode()
             row = [self.group_id, self.clock(), self.pipeline.watermark, blob]
-            client = self.store._client  # the store has no generic insert; this runs on its thread
-            await self.store.run(lambda: client.insert("detector_state", [row],
-                                                       column_names=["group_id", "saved_at", "watermark", "state"]))
+            await self.store.run(self.store.insert, "detector_state", [row],
+                                 ["group_id", "saved_at", "watermark", "state"])
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs baselines on restart, never the worker
             log.warning("detector_checkpoint_failed", error=str(exc)[:300])
 

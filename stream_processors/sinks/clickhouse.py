@@ -320,6 +320,14 @@ class ClickHouseStore:
                 "action_id", "at", "decision", "directive_id", "scope_key", "tenant_id", "alert_id",
                 "policy_id", "actor", "reason", "before", "after", "evidence"])
 
+    def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
+        """Insert rows into any flyball table (call on the ClickHouse thread: ``run``/``call``)."""
+        if rows:
+            self._client.insert(table, rows, column_names=list(columns))
+
+    def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return self._client.command(sql, parameters=parameters or {})
+
     # -------------------------------------------------------------- reads
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return list(self._client.query(sql, parameters=parameters or {}).result_rows)
