@@ -247,6 +247,17 @@ MIGRATIONS: list[tuple[int, str]] = [
     ) ENGINE = ReplacingMergeTree(saved_at)
     ORDER BY group_id
     """),
+    # safety rates: a materialized view summed every insert, so a batch re-inserted after a
+    # crash (before its commit) was counted twice. A plain view over the deduplicated events
+    # (FINAL) counts each event_id once, like spend.
+    (23, "DROP VIEW IF EXISTS safety_rates_minute_mv"),
+    (24, "DROP TABLE IF EXISTS safety_rates_minute"),
+    (25, """
+    CREATE VIEW IF NOT EXISTS safety_rates_minute AS
+    SELECT toStartOfMinute(ts) AS minute, tenant_id, feature, category, status AS action, count() AS triggers
+    FROM events FINAL WHERE event_type = 'safety_trigger'
+    GROUP BY minute, tenant_id, feature, category, action
+    """),
 ]
 
 

@@ -1,5 +1,6 @@
-"""Safety-trigger rates per minute in ClickHouse (real chDB): kept by the migration's
-materialized view as the worker inserts events, queryable per tenant, feature and category."""
+"""Safety-trigger rates per minute in ClickHouse (real chDB): a view over the deduplicated
+events, queryable per tenant, feature and category, counting each event once even when a
+batch is inserted again (a worker that crashed before its commit replays it)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def trigger(category: str, ts: datetime, tenant: str = "acme", feature: str = "c
                          "category": category, "action": action})
 
 
-def test_safety_trigger_rates_are_stored_per_minute(tmp_path: Path) -> None:
+def test_safety_trigger_rates_are_stored_per_minute_and_count_each_event_once(tmp_path: Path) -> None:
     book = load_prices(None)
     raws = [trigger("jailbreak", T0 + timedelta(seconds=s)) for s in (1, 20, 59)]
     raws += [trigger("jailbreak", T0 + timedelta(seconds=61)), trigger("pii", T0 + timedelta(seconds=5), action="redacted"),
@@ -34,6 +35,7 @@ def test_safety_trigger_rates_are_stored_per_minute(tmp_path: Path) -> None:
         first, second = pipe.process(raws[:4], now=None), pipe.process(raws[4:], now=None)
         store.write_events(first.rows)
         store.write_events(second.rows)
+        store.write_events(first.rows)  # the replay of an uncommitted batch
         rows = store.query(
             "SELECT minute, tenant_id, feature, category, action, sum(triggers) FROM safety_rates_minute "
             "GROUP BY minute, tenant_id, feature, category, action ORDER BY tenant_id, minute, category")
