@@ -128,6 +128,9 @@ class System:
                                             session_timeout_s=s.session_timeout_ms / 1000)
             self._tasks.append(asyncio.create_task(self._faust.start(), name="faust"))
             waits.append(self.ingest.ready)
+            if not self.api:  # price and budget changes arrive through another process's API
+                self._tasks.append(asyncio.create_task(
+                    self._reload_finance(load_prices(s.prices_file), s.finance_reload_s), name="finance-reload"))
         if self.api:
             self.plane = await build_control_plane(s, bootstrap=self.bootstrap, store=self.store,
                                                    policies=self.policies)
@@ -153,6 +156,17 @@ class System:
         except TimeoutError:
             raise RuntimeError(f"flyball did not become ready within {ready_timeout}s") from None
         log.info("system_ready", bootstrap=self.bootstrap, api=self.api_url, seconds=round(time.monotonic() - t0, 2))
+
+    async def _reload_finance(self, base: PriceBook, interval_s: float) -> None:
+        """Follow the prices and budgets that the API process records in ClickHouse."""
+        assert self.finance is not None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                self.book = await asyncio.to_thread(self.finance.restore_prices, base)
+                await asyncio.to_thread(self.finance.load_budgets)
+            except Exception as exc:  # noqa: BLE001 - keep the last good book and budgets; retry next round
+                log.warning("finance_reload_failed", error=str(exc)[:300])
 
     def _deps(self, keys: KeyRing) -> Deps:
         ingest = self.ingest

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     # finance (issue 4): lateness, rollups, and the API the `flyball spend|reprice|reconcile` client calls
     allowed_lateness_s: int = 86_400  # later events are stored with late=1 and raise no budget alerts
     rollup_interval_s: float = 30.0  # spend_minute refresh (recomputed from events FINAL)
+    finance_reload_s: float = 30.0  # a `flyball worker` without the API re-reads prices and budgets this often
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
 
