@@ -95,6 +95,7 @@ async def _run(bootstrap: str, store: ClickHouseStore, target: str, others: list
 
     async def produce(n: int) -> None:
         producer = await start_producer(bootstrap, linger_ms=2)
+        deliveries: list[tuple[asyncio.Future[Any], dict[str, Any]]] = []
         try:
             for i in range(per_producer):
                 if i == per_producer // 2:  # half the traffic before the second replica joins, half after
@@ -102,7 +103,7 @@ async def _run(bootstrap: str, store: ClickHouseStore, target: str, others: list
                     await second_joined.wait()
                 e = event(target, now)
                 sent.append(e["event_id"])
-                await producer.send(EVENTS, key=target.encode(), value=orjson.dumps(e))
+                deliveries.append((await producer.send(EVENTS, key=target.encode(), value=orjson.dumps(e)), e))
                 if i % 7 == 0:  # a retried send of the same event
                     await producer.send(EVENTS, key=target.encode(), value=orjson.dumps(e))
                 o = event(others[(i + n) % len(others)], now)
@@ -112,6 +113,13 @@ async def _run(bootstrap: str, store: ClickHouseStore, target: str, others: list
                     await producer.flush()
                     await asyncio.sleep(0.02)
             await producer.flush()
+            # flush() does not raise a failed delivery: check each one and send a failed one again
+            # (same event_id, as a real producer's retry would), so that an event the test's own
+            # producer failed to write is never mistaken for one the workers lost
+            results = await asyncio.gather(*(f for f, _ in deliveries), return_exceptions=True)
+            for (_, e), result in zip(deliveries, results, strict=True):
+                if isinstance(result, BaseException):
+                    await (await producer.send(EVENTS, key=target.encode(), value=orjson.dumps(e)))
         finally:
             await producer.stop()
 
@@ -137,7 +145,11 @@ async def _run(bootstrap: str, store: ClickHouseStore, target: str, others: list
         deadline = time.monotonic() + 120
         while await target_stored() < len(sent) and time.monotonic() < deadline:
             await asyncio.sleep(0.3)
-        assert await target_stored() == len(sent)
+        stored = await target_stored()
+        if stored != len(sent):  # say whether the events reached Kafka at all
+            in_topic = await partition_order(bootstrap, target, set(sent))
+            raise AssertionError(f"stored {stored} of {len(sent)} target events; {len(in_topic)} are in the topic; "
+                                 f"replica a {a.stats}, replica b {b.stats}")
     finally:
         await a.stop()
         await b.stop()
