@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._brokers import test_brokers  # noqa: E402
 from flyball.control_plane.embedded import free_port  # noqa: E402
 from flyball.control_plane.policy import Policies, Policy  # noqa: E402
 from flyball.control_plane.runtime import System, configure_logging  # noqa: E402
@@ -37,7 +36,6 @@ from flyball.producers import Telemetry  # noqa: E402
 from flyball.producers.transports.kafka import start_producer  # noqa: E402
 from flyball.schemas import ALERTS, DIRECTIVES, ActionKind, Alert, AlertKind, Directive, Scope  # noqa: E402
 
-ENV = {"tansu": "FLYBALL_TEST_TANSU_BOOTSTRAP", "kafka": "FLYBALL_TEST_KAFKA_BOOTSTRAP"}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -101,23 +99,12 @@ def main() -> int:
     args = parser.parse_args()
     configure_logging("error")
     brokers = [b for b in args.brokers.split(",") if b]
-    state = Path(tempfile.mkdtemp(prefix="flyball-bench-control-"))
-    started = False
-    if not all(os.environ.get(ENV[b]) for b in brokers):
-        flags = [f"--{b}" for b in brokers]
-        subprocess.run([sys.executable, str(ROOT / "scripts/testbrokers.py"), "start", *flags, "--state", str(state)],
-                       check=True, stdout=subprocess.DEVNULL)
-        started = True
-        for line in (state / "env").read_text().splitlines():
-            key, _, value = line.partition("=")
-            if value:
-                os.environ[key] = value
     results = {}
-    try:
+    with test_brokers(brokers) as addresses:
         for broker in brokers:
             print(f"{broker}:", flush=True)
             with tempfile.TemporaryDirectory() as d:
-                loop, base = asyncio.run(measure(os.environ[ENV[broker]], args.alerts, Path(d)))
+                loop, base = asyncio.run(measure(addresses[broker], args.alerts, Path(d)))
             results[broker] = {
                 "alerts": len(loop),
                 "p50_ms": round(statistics.median(loop) * 1000, 1), "p95_ms": round(pct(loop, 0.95) * 1000, 1),
@@ -125,10 +112,6 @@ def main() -> int:
                 "baseline_p50_ms": round(statistics.median(base) * 1000, 1),
                 "baseline_p95_ms": round(pct(base, 0.95) * 1000, 1),
             }
-    finally:
-        if started:
-            subprocess.run([sys.executable, str(ROOT / "scripts/testbrokers.py"), "stop", "--state", str(state)],
-                           stdout=subprocess.DEVNULL)
     print("\nalert published -> directive visible in guard() (target p95 <= 2000 ms):")
     for broker, r in results.items():
         ratio = r["p50_ms"] / r["baseline_p50_ms"] if r["baseline_p50_ms"] else float("nan")

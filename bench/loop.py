@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._brokers import test_brokers  # noqa: E402
 from flyball.control_plane.embedded import free_port  # noqa: E402
 from flyball.control_plane.policy import Policies, Policy  # noqa: E402
 from flyball.control_plane.runtime import System, configure_logging  # noqa: E402
@@ -33,7 +32,6 @@ from flyball.control_plane.settings import Settings  # noqa: E402
 from flyball.producers import Telemetry  # noqa: E402
 from flyball.schemas import ActionKind, AlertKind  # noqa: E402
 
-ENV = {"tansu": "FLYBALL_TEST_TANSU_BOOTSTRAP", "kafka": "FLYBALL_TEST_KAFKA_BOOTSTRAP"}
 
 
 async def measure(bootstrap: str, runs: int, data_dir: Path) -> list[float]:
@@ -79,33 +77,18 @@ def main() -> int:
     args = parser.parse_args()
     configure_logging("error")
     brokers = [b for b in args.brokers.split(",") if b]
-    state = Path(tempfile.mkdtemp(prefix="flyball-bench-loop-"))
-    started = False
-    if not all(os.environ.get(ENV[b]) for b in brokers):
-        flags = [f"--{b}" for b in brokers]
-        subprocess.run([sys.executable, str(ROOT / "scripts/testbrokers.py"), "start", *flags, "--state", str(state)],
-                       check=True, stdout=subprocess.DEVNULL)
-        started = True
-        for line in (state / "env").read_text().splitlines():
-            key, _, value = line.partition("=")
-            if value:
-                os.environ[key] = value
     results = {}
-    try:
+    with test_brokers(brokers) as addresses:
         for broker in brokers:
             print(f"{broker}:", flush=True)
             with tempfile.TemporaryDirectory() as d:
-                runs = asyncio.run(measure(os.environ[ENV[broker]], args.runs, Path(d)))
+                runs = asyncio.run(measure(addresses[broker], args.runs, Path(d)))
             results[broker] = {"runs_ms": [round(r * 1000, 1) for r in runs],
                                "median_ms": round(statistics.median(runs) * 1000, 1),
-                               "p95_ms": round(max(runs) * 1000, 1)}
-    finally:
-        if started:
-            subprocess.run([sys.executable, str(ROOT / "scripts/testbrokers.py"), "stop", "--state", str(state)],
-                           stdout=subprocess.DEVNULL)
+                               "max_ms": round(max(runs) * 1000, 1)}
     print("\nspike start -> guard refuses (median of runs):")
     for broker, r in results.items():
-        print(f"  {broker:<6} median {r['median_ms']:>7.1f} ms   max {r['p95_ms']:>7.1f} ms   runs {r['runs_ms']}")
+        print(f"  {broker:<6} median {r['median_ms']:>7.1f} ms   max {r['max_ms']:>7.1f} ms   runs {r['runs_ms']}")
     (ROOT / "bench/out").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench/out/loop.json").write_text(json.dumps(results, indent=2))
     return 0
