@@ -117,9 +117,13 @@ class ControlLoop:
         self._producer = await start_producer(self.bootstrap)
         await self._load_directives()
         await self._load_audit()
+        # A new control-plane group starts at the end of the alert topic, not its beginning: old
+        # alerts would only be ignored (older than every TTL) after a replay that delays the first
+        # real decision; incidents still open are re-published as their evidence grows. A group
+        # that has committed resumes where it stopped, so a restart misses nothing.
         self._consumer = AIOKafkaConsumer(
             ALERTS, bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
+            auto_offset_reset="latest", session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(self.session_timeout_ms // 6, 200), rebalance_timeout_ms=self.session_timeout_ms,
         )
         await self._consumer.start()
@@ -187,7 +191,13 @@ class ControlLoop:
                 log.warning("alert_consume_failed", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
-            if self._consumer.assignment():
+            if self._consumer.assignment() and not self.ready.is_set():
+                # record the starting position at once, so that a restart resumes from here even
+                # if no alert arrived meanwhile (a new group starts at the end of the topic)
+                try:
+                    await asyncio.wait_for(self._consumer.commit(), 10)
+                except (KafkaError, TimeoutError) as exc:
+                    log.warning("commit_failed", error=str(exc) or type(exc).__name__)
                 self.ready.set()
             for recs in batch.values():
                 for rec in recs:
