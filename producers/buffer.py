@@ -24,7 +24,7 @@ import contextlib
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -202,19 +202,12 @@ class SpillLog:
             try:
                 with open(self._path(seq), "rb") as f:
                     f.seek(pos)
-                    while True:
-                        header = f.read(_FRAME.size)
-                        if len(header) < _FRAME.size:
-                            break
-                        length, crc = _FRAME.unpack(header)
-                        payload = f.read(length)
-                        if len(payload) < length or zlib.crc32(payload) != crc:
-                            break
+                    for payload in _good_frames(f):
                         if frames and len(records) + _COUNT.unpack_from(payload, 0)[0] > max_records:
                             break
                         records.extend(decode(payload))
                         frames += 1
-                        pos += _FRAME.size + length
+                        pos += _FRAME.size + len(payload)
             except FileNotFoundError:
                 pass
             if frames:
@@ -272,18 +265,25 @@ def _scan_file(path: Path, start: int) -> tuple[int, int, int]:
     pos = start
     with open(path, "rb") as f:
         f.seek(start)
-        while True:
-            header = f.read(_FRAME.size)
-            if len(header) < _FRAME.size:
-                break
-            length, crc = _FRAME.unpack(header)
-            payload = f.read(length)
-            if len(payload) < length or zlib.crc32(payload) != crc:
-                break
+        for payload in _good_frames(f):
             frames += 1
             records += _COUNT.unpack_from(payload, 0)[0]
-            pos += _FRAME.size + length
+            pos += _FRAME.size + len(payload)
     return pos, frames, records
+
+
+def _good_frames(f: IO[bytes]) -> Iterator[bytes]:
+    """Payloads of the whole, CRC-valid frames from the file's position; stops at the first
+    torn or corrupt one (the tail a crash mid-append leaves)."""
+    while True:
+        header = f.read(_FRAME.size)
+        if len(header) < _FRAME.size:
+            return
+        length, crc = _FRAME.unpack(header)
+        payload = f.read(length)
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            return
+        yield payload
 
 
 def _lock(path: Path) -> IO[bytes]:
