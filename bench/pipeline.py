@@ -615,71 +615,27 @@ def profile(a: argparse.Namespace) -> int:
                 w = e.ts
     timed("watermark", watermark)
 
-    usage_of = getattr(pricing, "usage_of", None)
-    if usage_of is None:  # older pricing module: the pipeline built Usage(...) itself
-        def usage_of(e: Any) -> Any:
-            return pricing.Usage(e.provider, e.model, e.ts, e.input_tokens, e.output_tokens,
-                                 e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens)
+    usage_of = pricing.usage_of
     priced = timed("price: usage + price()", lambda: [pricing.price(usage_of(e), book) for e in events]) or []
 
-    suite = None
-    try:  # the detector suite (one BatchWindows per batch, then Detectors.observe/advance)
-        from flyball.stream_processors.detectors import BatchWindows
-        if hasattr(Pipeline(lambda: book), "detectors"):
-            suite = BatchWindows
-    except ImportError:
-        pass
+    from flyball.stream_processors.detectors import BatchWindows
 
-    if suite is not None:
-        def aggregate() -> list[Any]:
-            out = []
-            for i in range(0, n, BATCH):
-                windows = suite()
-                for e, p in zip(events[i:i + BATCH], priced[i:i + BATCH]):
-                    windows.add(e, p.cost)
-                out.append(windows)
-            return out
-        per_batch = timed("detector input: BatchWindows.add", aggregate) or []
+    def aggregate() -> list[Any]:
+        out = []
+        for i in range(0, n, BATCH):
+            windows = BatchWindows()
+            for e, p in zip(events[i:i + BATCH], priced[i:i + BATCH]):
+                windows.add(e, p.cost)
+            out.append(windows)
+        return out
+    per_batch = timed("detector input: BatchWindows.add", aggregate) or []
 
-        def detect() -> None:
-            detectors = Pipeline(lambda: book).detectors
-            for i, windows in enumerate(per_batch):
-                detectors.observe(windows)
-                detectors.advance(events[min((i + 1) * BATCH, n) - 1].ts)
-        timed("detectors: observe + advance (per batch)", detect)
-    else:
-        def aggregate() -> list[Any]:
-            from flyball.stream_processors.detectors import WindowSample
-
-            window_of = Pipeline(lambda: book).detector.window_of
-            out = []
-            for i in range(0, n, BATCH):
-                windows: dict[tuple[str, int], Any] = {}
-                cost_by_tenant: dict[str, Any] = {}
-                for e, p in zip(events[i:i + BATCH], priced[i:i + BATCH]):
-                    cost = p.cost
-                    key = (e.tenant_id, window_of(e.ts))
-                    sample = windows.get(key)
-                    if sample is None:
-                        windows[key] = WindowSample(cost, e.ts, e.ts, [e.event_id])
-                    else:
-                        sample.amount += cost
-                        sample.first_ts = min(sample.first_ts, e.ts)
-                        sample.last_ts = max(sample.last_ts, e.ts)
-                        if len(sample.event_ids) < 10:
-                            sample.event_ids.append(e.event_id)
-                    cost_by_tenant[e.tenant_id] = cost_by_tenant.get(e.tenant_id, 0) + cost
-                out.append(windows)
-            return out
-        per_batch = timed("detector input: window sums + cost_by_tenant", aggregate) or []
-
-        def detect() -> None:
-            detector = Pipeline(lambda: book).detector
-            for i, windows in enumerate(per_batch):
-                for (tenant_id, window), sample in sorted(windows.items(), key=lambda kv: kv[0][1]):
-                    detector.observe(tenant_id, window, sample)
-                detector.advance(events[min((i + 1) * BATCH, n) - 1].ts)
-        timed("detector: observe + advance (per batch)", detect)
+    def detect() -> None:
+        detectors = Pipeline(lambda: book).detectors
+        for i, windows in enumerate(per_batch):
+            detectors.observe(windows)
+            detectors.advance(events[min((i + 1) * BATCH, n) - 1].ts)
+    timed("detectors: observe + advance (per batch)", detect)
     timed("row building: to_row", lambda: [to_row(e, p.cost, p.price_version) for e, p in zip(events, priced)])
     stage_sum = sum(v for k, v in us.items() if k != "Pipeline.process (total)" and isinstance(v, float))
 

@@ -18,7 +18,7 @@ from typing import Any
 from flyball.schemas import Alert, AlertKind, InvalidEvent, LLMCall, Scope, parse_event
 from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
 
-from .detectors import BatchWindows, CostSpikeDetector, Detectors, alert_id_for
+from .detectors import BatchWindows, Detectors, alert_id_for
 from .budgets import BudgetTracker
 from .pricing import PriceBook, Usage, price, usage_of
 
@@ -46,7 +46,6 @@ class BatchResult:
     dead: list[DeadLetter] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     duplicates: int = 0
-    cost_by_tenant: dict[str, Decimal] = field(default_factory=dict)
 
 
 class RecentIds:
@@ -68,14 +67,12 @@ class RecentIds:
 
 
 class Pipeline:
-    def __init__(self, book: Callable[[], PriceBook], *, detector: CostSpikeDetector | None = None,
-                 dedupe_capacity: int = 1_000_000, budgets: BudgetTracker | None = None,
+    def __init__(self, book: Callable[[], PriceBook], *, dedupe_capacity: int = 1_000_000, budgets: BudgetTracker | None = None,
                  lateness: timedelta | None = None, detectors: Detectors | None = None) -> None:
         self._book = book
         self.budgets = budgets  # budget accounting after pricing (see budgets.py)
         self.lateness = lateness  # events older than now - lateness are stored with late=1
-        self.detectors = detectors or (Detectors(cost=detector) if detector is not None else Detectors())
-        self.detector = self.detectors.cost  # the per-tenant cost-spike detector
+        self.detectors = detectors or Detectors()
         self._seen = RecentIds(dedupe_capacity)
         self._unpriced_alerted: set[tuple[str, str]] = set()
         self.watermark: datetime | None = None
@@ -110,8 +107,6 @@ class Pipeline:
                 cost, version = priced.cost, priced.price_version
                 if cost is None:
                     self._unpriced(event, out)
-                else:
-                    out.cost_by_tenant[event.tenant_id] = out.cost_by_tenant.get(event.tenant_id, Decimal(0)) + cost
             windows.add(event, cost)
             late = late_before is not None and event.ts < late_before
             out.rows.append(to_row(event, cost, version, late=late, usage=usage))

@@ -69,7 +69,7 @@ def test_duplicate_event_ids_across_batches_are_counted_not_stored() -> None:
     pipe = pipeline()
     pipe.process([llm_call(1)], now=NOW)
     result = pipe.process([llm_call(1)], now=NOW)
-    assert (result.duplicates, result.rows, result.cost_by_tenant) == (1, [], {})
+    assert (result.duplicates, result.rows) == (1, [])
 
 
 def test_row_carries_exact_decimal_cost_and_price_version() -> None:
@@ -80,9 +80,9 @@ def test_row_carries_exact_decimal_cost_and_price_version() -> None:
     assert isinstance(row["cost_usd"], Decimal)
 
 
-def test_cost_by_tenant_sums_exactly() -> None:
+def test_row_costs_sum_exactly() -> None:
     result = pipeline().process([llm_call(n) for n in range(1, 11)], now=NOW)
-    assert result.cost_by_tenant == {"acme": Decimal("0.00285")}
+    assert sum(r["cost_usd"] for r in rows(result)) == Decimal("0.00285")
 
 
 def test_non_llm_event_is_stored_at_zero_cost() -> None:
