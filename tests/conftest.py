@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from datetime import UTC, datetime
 
 import pytest
+
+from flyball.control_plane.embedded import free_port  # noqa: F401 - re-exported for the tests
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 BROKERS = {"tansu": "FLYBALL_TEST_TANSU_BOOTSTRAP", "kafka": "FLYBALL_TEST_KAFKA_BOOTSTRAP"}
@@ -49,9 +50,3 @@ def broker_address(name: str) -> str:
 def bootstrap(request: pytest.FixtureRequest) -> str:
     """The bootstrap address of each real broker in turn."""
     return broker_address(request.param)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
