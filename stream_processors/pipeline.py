@@ -1,6 +1,8 @@
 """The per-batch core of the worker: validate -> dedupe -> price -> rows, dead letters, alerts.
 
 Pure: bytes in, plain data out; no Kafka, no ClickHouse, no clock (``now`` is a parameter).
+Validation is ``decode.decode_event``: a msgspec fast path for the common event, the pydantic
+models for anything it is unsure of (they decide, and name the field in the DLQ reason).
 The live worker and ``flyball replay`` both call :meth:`Pipeline.process`, which is why they
 cannot disagree. Work is done per batch, and the detectors see one aggregated sample per
 (scope, 10 s window) per batch instead of one call per event (see ``detectors/suite.py``).
@@ -15,12 +17,13 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from flyball.schemas import Alert, AlertKind, InvalidEvent, LLMCall, Scope, parse_event
-from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
+from flyball.schemas import Alert, AlertKind, InvalidEvent, LLMCall, Scope
+from flyball.schemas.events import Envelope
 
 from .detectors import BatchWindows, Detectors, alert_id_for
 from .budgets import BudgetTracker
-from .pricing import PriceBook, Usage, price, usage_of
+from .decode import decode_event
+from .pricing import PriceBook, price_event, usage_of
 
 EVENT_COLUMNS = (
     "event_id", "ts", "event_type", "tenant_id", "feature", "service", "environment",
@@ -85,7 +88,7 @@ class Pipeline:
         late_before = now - self.lateness if now is not None and self.lateness is not None else None
         for raw in raws:
             try:
-                event = parse_event(raw, now=now)
+                event = decode_event(raw, now=now)
             except InvalidEvent as exc:
                 out.dead.append(DeadLetter(raw=bytes(raw) if raw is not None else b"", reason=exc.reason))
                 continue
@@ -98,18 +101,15 @@ class Pipeline:
                 continue
             if self.watermark is None or event.ts > self.watermark:
                 self.watermark = event.ts
-            cost: Decimal | None = _ZERO
-            version = ""
-            usage = None
-            if type(event) is LLMCall:
-                usage = usage_of(event)
-                priced = price(usage, book)
-                cost, version = priced.cost, priced.price_version
+            if event.event_type == "llm_call":
+                cost, version, tier, one_hour = price_event(event, book)
                 if cost is None:
                     self._unpriced(event, out)
+            else:
+                cost, version, tier, one_hour = _ZERO, "", "", 0
             windows.add(event, cost)
             late = late_before is not None and event.ts < late_before
-            out.rows.append(to_row(event, cost, version, late=late, usage=usage))
+            out.rows.append(to_row(event, cost, version, late=late, tier=tier, one_hour=one_hour))
         out.alerts.extend(self.detectors.observe(windows))
         if self.watermark is not None:
             out.alerts.extend(self.detectors.advance(self.watermark))
@@ -133,30 +133,31 @@ class Pipeline:
 
 
 def to_row(event: Envelope, cost: Decimal | None, version: str, *, late: bool = False,
-           usage: Usage | None = None) -> tuple[Any, ...]:
-    """The ``events`` row of one event (columns in ``EVENT_COLUMNS`` order). ``usage`` is the
-    event's priced view when the caller already has it (the hot path computes it once)."""
-    provider = model = status = tool = category = index = tier = prompt_version = ""
+           tier: str | None = None, one_hour: int = 0) -> tuple[Any, ...]:
+    """The ``events`` row of one event (columns in ``EVENT_COLUMNS`` order). ``tier`` and
+    ``one_hour`` are the service tier and 1-hour cache writes pricing read (``price_event``);
+    None means "read them here"."""
+    provider = model = status = tool = category = index = prompt_version = ""
     tokens = (0, 0, 0, 0, 0)
-    one_hour = 0
     latency = 0.0
-    kind = type(event)
-    if kind is LLMCall:
+    kind = event.event_type  # a pydantic model or its fast mirror (decode.py): same attributes
+    if kind == "llm_call":
         e: LLMCall = event  # type: ignore[assignment]
         provider, model, status, latency = e.provider, e.model, e.status.value, e.latency_ms
         tokens = (e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens)
-        u = usage if usage is not None else usage_of(e)
-        tier, one_hour = u.service_tier, u.cache_write_1h_tokens
+        if tier is None:
+            u = usage_of(e)
+            tier, one_hour = u.service_tier, u.cache_write_1h_tokens
         prompt_version = e.prompt_version or str(e.attributes.get("prompt_version", "")) if e.attributes else e.prompt_version
-    elif kind is ToolCall:
+    elif kind == "tool_call":
         tool, status, latency = event.tool_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
-    elif kind is SafetyTrigger:
+    elif kind == "safety_trigger":
         category, status = event.category, event.action  # type: ignore[attr-defined]
-    elif kind is Retrieval:
+    elif kind == "retrieval":
         index, status, latency = event.index_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
     return (
         event.event_id, event.ts, event.event_type, event.tenant_id, event.feature, event.service,
         event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
         status, tool, category, index, cost, version, 1 if cost is None else 0,
-        tier, one_hour, prompt_version, 1 if late else 0,
+        tier or "", one_hour, prompt_version, 1 if late else 0,
     )

@@ -62,8 +62,8 @@ class BatchWindows:
         t = event.ts.timestamp()
         w = int(t) // BASE_WINDOW_S
         eid = event.event_id
-        kind = type(event)
-        if kind is LLMCall:
+        kind = event.event_type  # a pydantic model or its fast mirror (decode.py)
+        if kind == "llm_call":
             e: LLMCall = event
             tokens = e.input_tokens + e.output_tokens
             key = (e.tenant_id, e.feature, w)
@@ -118,7 +118,7 @@ class BatchWindows:
                 m[1 + LLM_FAILURES.index(status)] += 1
                 if len(m[8]) < MAX_IDS:
                     m[8].append(eid)
-        elif kind is ToolCall:
+        elif kind == "tool_call":
             tc: ToolCall = event
             tkey = (tc.tool_name, w)
             x = self.tools.get(tkey)
@@ -135,7 +135,7 @@ class BatchWindows:
                 x[1] += 1
                 if len(x[5]) < MAX_IDS:
                     x[5].append(eid)
-        elif kind is SafetyTrigger:
+        elif kind == "safety_trigger":
             st: SafetyTrigger = event
             skey = (st.tenant_id, st.feature, st.category, w)
             x = self.safety.get(skey)
@@ -149,7 +149,7 @@ class BatchWindows:
                     x[2] = t
                 if len(x[3]) < MAX_IDS:
                     x[3].append(eid)
-        elif kind is Retrieval:
+        elif kind == "retrieval":
             rv: Retrieval = event
             ikey = (rv.index_name, w)
             x = self.retrieval.get(ikey)

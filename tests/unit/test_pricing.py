@@ -353,3 +353,47 @@ def test_builtin_catalog_prices_anthropic_one_hour_writes_and_batch() -> None:
                          cache_write_1h_tokens=1000, service_tier="batch"), book)
     assert priced.cost == Decimal("0.0045")
     assert all(e.source for e in book.all())
+
+
+_TIERED = """{"format": "flyball.prices/1", "prices": [
+  {"provider": "openai", "model": "gpt-4o-mini", "effective_from": "2025-01-01T00:00:00Z", "input": "0.00000015",
+   "output": "0.0000006", "cache_read": "0.000000075", "source": "v1"},
+  {"provider": "openai", "model": "gpt-4o-mini", "effective_from": "2026-01-01T11:30:00Z", "input": "0.0000002",
+   "output": "0.0000008", "source": "v2"},
+  {"provider": "anthropic", "model": "claude-sonnet-4-5", "effective_from": "2025-01-01T00:00:00Z",
+   "input": "0.000003", "output": "0.000015", "cache_read": "0.0000003", "cache_write": "0.00000375",
+   "cache_write_1h": "0.000006", "reasoning": "0.00002", "per_request": "0.0001",
+   "tier_threshold_tokens": 200000, "above_threshold": {"input": "0.000006", "output": "0.0000225"},
+   "service_tiers": {"batch": {"multiplier": "0.5"}, "priority": {"multiplier": "1.75"}}}]}"""
+
+
+@settings(max_examples=400, deadline=None)
+@given(provider_model=st.sampled_from([("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5"),
+                                       ("OpenAI", "GPT-4o-mini"), ("x", "unknown")]),
+       minutes=st.integers(0, 120), fresh=st.integers(0, 400_000), read=st.integers(0, 50_000),
+       write=st.integers(0, 50_000), one_hour_share=st.integers(0, 100), plain_out=st.integers(0, 5_000),
+       reasoning=st.integers(0, 5_000), tier=st.sampled_from(["", "batch", "Priority", "standard", "flex"]),
+       attributes=st.sampled_from([{}, {"k": "v"}, {"service_tier": "batch"}, {"x.cache_write_1h_tokens": 7}]),
+       fast=st.booleans())
+def test_price_event_equals_price_of_usage_of_for_both_decoders(provider_model, minutes, fresh, read, write,
+                                                               one_hour_share, plain_out, reasoning, tier,
+                                                               attributes, fast) -> None:
+    """The worker prices with ``price_event`` (its shortcut skips the Usage view); the result
+    must be what ``price(usage_of(event))`` gives, for pydantic and fast-decoded events."""
+    from flyball.schemas import parse_event
+    from flyball.stream_processors.decode import decode_event
+    from flyball.stream_processors.pricing import price_event, usage_of
+
+    book = load_catalog(_TIERED)
+    body = {"event_type": "llm_call", "event_id": "0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11",
+            "ts": (NOW - timedelta(minutes=minutes)).isoformat(), "tenant_id": "acme",
+            "provider": provider_model[0], "model": provider_model[1], "input_tokens": fresh + read + write,
+            "cache_read_tokens": read, "cache_write_tokens": write,
+            "cache_write_1h_tokens": write * one_hour_share // 100, "output_tokens": plain_out + reasoning,
+            "reasoning_tokens": reasoning, "service_tier": tier, "attributes": attributes}
+    raw = json.dumps(body).encode()
+    event = decode_event(raw) if fast else parse_event(raw)
+    usage = usage_of(event)
+    expected = price(usage, book)
+    assert price_event(event, book) == (expected.cost, expected.price_version, usage.service_tier,
+                                        usage.cache_write_1h_tokens)
