@@ -13,6 +13,11 @@ What is measured, in the same run and against the same records on the same broke
   WORKER  flyball's real hot path: ``IngestService`` (``getmany`` -> ``Pipeline.process``:
           validation (msgspec fast path, pydantic for the rest), event_id dedupe, exact Decimal pricing, detector windows, row
           building -> ``ClickHouseStore.write_events`` on its ClickHouse thread -> commit).
+          The worker process starts as ``flyball worker`` does: ``tune_gc_for_batches()``
+          (gc.freeze, gen-0 threshold 50k) and detector checkpoints at the default interval.
+  WORKER-NODET  the same worker with the detectors' two entry points emptied (bench-only
+          subclass): worker CPU per event / this one's is what the detectors cost the worker
+          (issue #5: <= 1.20x).
 
 Both consumers use the same settings as ``IngestService`` (batch 20k, fetch sizes, session
 timeout 6 s), a fresh consumer group and a fresh chDB directory per measurement, and each
@@ -61,6 +66,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = ROOT / "bench" / "out"
 GOAL = 0.50
+DETECTOR_GOAL = 1.20  # issue #5: detectors add <= 20% to the worker's per-event cost
+PATHS = ("raw", "worker", "worker-nodet")
 PARTITIONS = 4
 BATCH = 20_000
 TENANTS = [f"tenant-{i:02d}" for i in range(50)]
@@ -386,7 +393,16 @@ async def single_worker(a: argparse.Namespace) -> dict[str, Any]:
     book = builtin_prices()
     store = TimedStore(f"chdb://{a.chdb_dir}")
     store.migrate()
-    svc = TimedIngest(bootstrap=a.bootstrap, store=store, pipeline=TimedPipeline(lambda: book), group_id=a.group,
+    try:  # what `flyball worker` does at start (control_plane/runtime.py)
+        from flyball.stream_processors.ingest import tune_gc_for_batches
+        tune_gc_for_batches()
+    except ImportError:  # older code: the runtime tuned the collector itself
+        pass
+    if a.single == "worker-nodet":
+        pipeline = TimedPipeline(lambda: book, detectors=_without_detectors())
+    else:
+        pipeline = TimedPipeline(lambda: book)
+    svc = TimedIngest(bootstrap=a.bootstrap, store=store, pipeline=pipeline, group_id=a.group,
                       max_batch=BATCH, session_timeout_ms=SESSION_TIMEOUT_MS)
     t_start = time.perf_counter()
     await svc.start()
@@ -414,13 +430,38 @@ async def single_worker(a: argparse.Namespace) -> dict[str, Any]:
     elapsed = svc.t_end - svc.t_first
     process_s, insert_s = TimedPipeline.process_s, TimedStore.insert_s
     return {
-        "path": "worker", "events": s.events, "rows": s.rows, "stored": stored, "batches": s.batches,
+        "path": a.single, "events": s.events, "rows": s.rows, "stored": stored, "batches": s.batches,
         "elapsed_s": elapsed, "eps": s.rows / elapsed, "join_s": svc.t_first - t_start,
         "cold_total_s": svc.t_end - t_start, "cpu_s": svc.cpu_end - svc.cpu_first,
         "stage_s": {"pipeline_process": process_s, "insert": insert_s,
                     "fetch_commit_and_loop": elapsed - process_s - insert_s},
         "dead_lettered": s.dead_lettered, "duplicates": s.duplicates, "alerts": s.alerts,
     }
+
+
+def _without_detectors() -> Any:
+    """The worker's own detectors with their two entry points emptied (bench-only): the
+    pipeline still calls them, so what is left out is exactly the detectors' work.
+    ``BatchWindows`` is swapped in the pipeline module for a no-op; this process runs one
+    measurement and exits, so nothing else sees the swap."""
+    from flyball.stream_processors import pipeline as pipeline_mod
+    from flyball.stream_processors.detectors import Detectors
+
+    class NoDetectors(Detectors):
+        def observe(self, b: Any) -> list[Any]:
+            return []
+
+        def advance(self, watermark: datetime) -> list[Any]:
+            return []
+
+    class NoWindows:
+        __slots__ = ()
+
+        def add(self, event: Any, cost: Any) -> None:
+            return None
+
+    pipeline_mod.BatchWindows = NoWindows  # type: ignore[misc,assignment]
+    return NoDetectors()
 
 
 def run_single(a: argparse.Namespace) -> int:
@@ -489,12 +530,12 @@ def bench(a: argparse.Namespace) -> int:
               f"{produced['produce_eps']:,.0f} ev/s")
         results = []
         for run in range(1, runs + 1):
-            order = ("raw", "worker") if run % 2 else ("worker", "raw")
+            order = PATHS if run % 2 else PATHS[::-1]
             entry: dict[str, Any] = {"run": run, "order": list(order)}
             for path in order:
                 entry[path] = measure(path, bootstrap=bootstrap, n=n, run=run, work=work, timeout=timeout)
                 r = entry[path]
-                print(f"  run {run} {path:6s} {r['eps']:>10,.0f} ev/s  ({r['elapsed_s']:.2f}s for {n:,}, "
+                print(f"  run {run} {path:12s} {r['eps']:>10,.0f} ev/s  ({r['elapsed_s']:.2f}s for {n:,}, "
                       f"{r['cpu_s'] / n * 1e6:.1f} us CPU/event, {r['batches']} batches, join {r['join_s']:.1f}s)",
                       flush=True)
             results.append(entry)
@@ -517,11 +558,19 @@ def bench(a: argparse.Namespace) -> int:
         worker_cpu = statistics.median(r["worker"]["cpu_s"] for r in results) / n * 1e6
         print(f"CPU time of the measuring process, median us/event: raw {raw_cpu:.1f}, worker {worker_cpu:.1f} "
               f"(raw/worker = {raw_cpu / worker_cpu:.2f}; less sensitive to other load than ev/s)")
+        nodet_med = statistics.median(r["worker-nodet"]["eps"] for r in results)
+        nodet_cpu = statistics.median(r["worker-nodet"]["cpu_s"] for r in results) / n * 1e6
+        det_ratios = [r["worker"]["cpu_s"] / r["worker-nodet"]["cpu_s"] for r in results]
+        det_ratio = statistics.median(det_ratios)
+        det_met = det_ratio <= DETECTOR_GOAL
+        print(f"detectors in the worker: without them {nodet_med:,.0f} ev/s, {nodet_cpu:.1f} us CPU/event; "
+              f"with/without CPU per event, per run {', '.join(f'{x:.2f}' for x in det_ratios)}, median "
+              f"{det_ratio:.2f}x (goal <= {DETECTOR_GOAL:.2f}x: {'MET' if det_met else 'NOT MET'})")
         print()
         print("median stage time, us/event (from the first batch to the last insert):")
-        for path in ("raw", "worker"):
+        for path in PATHS:
             stages = us(path)
-            print(f"  {path:6s} " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+            print(f"  {path:12s} " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
                   + f"  = {sum(stages.values()):.2f}")
         print("timing: from the first non-empty getmany to the insert that completes N rows; "
               "the consumer-group join (join_s) is excluded")
@@ -538,7 +587,10 @@ def bench(a: argparse.Namespace) -> int:
             "median": {"raw_eps": raw_med, "worker_eps": worker_med,
                        "raw_cpu_us_per_event": raw_cpu, "worker_cpu_us_per_event": worker_cpu},
             "cpu_ratio_raw_over_worker": raw_cpu / worker_cpu,
-            "median_stage_us_per_event": {"raw": us("raw"), "worker": us("worker")},
+            "median_stage_us_per_event": {p: us(p) for p in PATHS},
+            "detectors": {"worker_nodet_eps": nodet_med, "worker_nodet_cpu_us_per_event": nodet_cpu,
+                          "cpu_ratio_with_over_without": det_ratio, "per_run": det_ratios,
+                          "goal": DETECTOR_GOAL, "met": det_met},
             "ratio": ratio, "goal": GOAL, "met": met,
         }
         out = Path(a.out)
@@ -774,7 +826,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=0, help="seconds allowed per measurement (default 60 + N/2000)")
     ap.add_argument("--out", default=str(OUT_DIR / "pipeline.json"), help="JSON results file")
     # internal: one measurement in this process
-    ap.add_argument("--single", choices=["raw", "worker"], help=argparse.SUPPRESS)
+    ap.add_argument("--single", choices=list(PATHS), help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--group", help=argparse.SUPPRESS)
     ap.add_argument("--chdb-dir", help=argparse.SUPPRESS)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import secrets
 import sys
@@ -25,7 +24,7 @@ import structlog
 import uvicorn
 
 from flyball.stream_processors.app import create_app as create_worker_app
-from flyball.stream_processors.ingest import IngestService
+from flyball.stream_processors.ingest import IngestService, tune_gc_for_batches
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.budgets import BudgetTracker
 from flyball.stream_processors.pricing import PriceBook, load_catalog
@@ -113,17 +112,13 @@ class System:
         self._tasks.append(asyncio.create_task(self.finance.rollup_loop(s.rollup_interval_s), name="rollups"))
         waits: list[asyncio.Event] = []
         if self.worker:
-            # The ingest path allocates many short-lived objects per event; the default gen-0
-            # threshold (700) makes the collector run ~4 times per 1,000 events, about 9 us of
-            # each event's cost (measured: bench/pipeline.py --profile). Objects alive now are
-            # moved out of the collector's view and young collections run less often.
-            gc.freeze()
-            gc.set_threshold(50_000, 20, 20)
+            tune_gc_for_batches()
             lateness = timedelta(seconds=s.allowed_lateness_s)
             budgets = BudgetTracker(self.finance.budget_list, seed=self.finance.seed, lateness=lateness)
             pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
-                                        group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms)
+                                        group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
+                                        checkpoint_interval_s=s.detector_checkpoint_s)
             self._faust = create_worker_app(bootstrap=self.bootstrap, ingest=self.ingest, app_id=s.worker_group,
                                             session_timeout_s=s.session_timeout_ms / 1000)
             self._tasks.append(asyncio.create_task(self._faust.start(), name="faust"))
