@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flyball.schemas import Alert, AlertKind, Scope
 from scipy.stats import binom, poisson  # type: ignore[import-untyped]
 
@@ -23,6 +25,25 @@ from .base import BASE_WINDOW_S, AlertBook, Evidence, fmt
 
 def _scope(fields: tuple[str, ...], key: tuple[str, ...]) -> Scope:
     return Scope(**dict(zip(fields, key, strict=True)))
+
+
+def _leaving(windows: dict[int, Any], old_newest: int, newest: int, longest: int) -> list[int]:
+    """``sorted(w for w in windows if w <= newest - longest)`` after newest moved up from
+    ``old_newest``. Every window is > old_newest - longest (late ones are refused, older ones were
+    absorbed when newest last moved), so when newest moved by at most ``longest`` only that range
+    of windows needs looking up."""
+    cut = newest - longest
+    if newest - old_newest > longest or newest - old_newest > len(windows):
+        return sorted(w for w in windows if w <= cut)
+    return [w for w in range(old_newest - longest + 1, cut + 1) if w in windows]
+
+
+def _scope_key(s: Any, fields: tuple[str, ...], key: tuple[str, ...]) -> str:
+    """The scope's text key, made once per state (a Scope is only built for an alert)."""
+    text = s.scope_key
+    if text is None:
+        text = s.scope_key = _scope(fields, key).key()
+    return text
 
 
 # ---------------------------------------------------------------------------------- binomial
@@ -63,6 +84,11 @@ class _RateState:
     windows: dict[int, list[int]] = field(default_factory=dict)
     base_n: float = 0.0
     base_k: list[float] = field(default_factory=list)
+    # derived, not in a snapshot: the counts summed over the windows of the longest span (kept as
+    # windows come and go, integers so exact; None until first needed, e.g. after a restore) and
+    # the scope's text key
+    totals: list[int] | None = None
+    scope_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -82,26 +108,45 @@ class BinomialRateDetector:
         s = self.state.get(key)
         if s is None:
             s = self.state[key] = _RateState(newest=window, base_k=[0.0] * len(self.classes))
-        if window <= s.newest - p.spans[-1]:
+        longest = p.spans[-1]
+        if window <= s.newest - longest:
             return None  # late: outside the spans, no longer evidence of anything current
-        acc = s.windows.get(window)
+        totals = s.totals
+        if totals is None:
+            totals = s.totals = self._totals(s)
+        windows = s.windows
+        acc = windows.get(window)
         if acc is None:
-            s.windows[window] = list(counts)
+            windows[window] = list(counts)
         else:
             for i, c in enumerate(counts):
                 acc[i] += c
-        scope = _scope(self.scope_fields, key)
+        for i, c in enumerate(counts):
+            totals[i] += c
         if window > s.newest:
+            old_newest = s.newest
             s.newest = window
-            self._absorb(s, scope)
+            self._absorb(s, key, old_newest)
+        newest = s.newest
+        width = len(self.classes) + 1
         best: tuple[float, int, float, float, int, int, int] | None = None
-        sums = {span: [0] * (len(self.classes) + 1) for span in p.spans}
-        for w, counts_w in s.windows.items():
-            for span, acc in sums.items():
-                if w > s.newest - span:
-                    for i, x in enumerate(counts_w):
-                        acc[i] += x
-        for span, (n, *ks) in sums.items():
+        for span in dict.fromkeys(p.spans):  # each span once, in order (as the dict of sums was)
+            if span == longest:
+                sums = totals  # the windows with w > newest - longest: all of them but late leftovers
+            elif span < longest:  # no window is newer than newest: look the span's windows up
+                sums = [0] * width
+                for w in range(newest - span + 1, newest + 1):
+                    counts_w = windows.get(w)
+                    if counts_w is not None:
+                        for i, x in enumerate(counts_w):
+                            sums[i] += x
+            else:
+                sums = [0] * width
+                for w, counts_w in windows.items():
+                    if w > newest - span:
+                        for i, x in enumerate(counts_w):
+                            sums[i] += x
+            n, *ks = sums
             if max(ks) < p.min_failures:
                 continue
             for i, k in enumerate(ks):
@@ -119,6 +164,7 @@ class BinomialRateDetector:
         pval, i, p0, limit, k, n, span = best
         rate = k / n
         cls = self.classes[i]
+        scope = _scope(self.scope_fields, key)
         ev = Evidence(
             severity="critical" if rate >= p0 + 0.25 else "warning", metric=f"{cls}_rate",
             observed=fmt(rate), baseline=fmt(p0), threshold=fmt(limit), score=rate / limit, p_value=pval,
@@ -128,12 +174,29 @@ class BinomialRateDetector:
         )
         return self.book.fire(self.kind, scope, ev)
 
-    def _absorb(self, s: _RateState, scope: Scope) -> None:
+    def _totals(self, s: _RateState) -> list[int]:
+        """The counts summed over the windows with w > newest - longest span."""
+        sums = [0] * (len(self.classes) + 1)
+        for w, counts_w in s.windows.items():
+            if w > s.newest - self.params.spans[-1]:
+                for i, x in enumerate(counts_w):
+                    sums[i] += x
+        return sums
+
+    def _absorb(self, s: _RateState, key: tuple[str, ...], old_newest: int) -> None:
         p = self.params
-        learn = not self.book.is_open(self.kind, scope.key())
+        done = _leaving(s.windows, old_newest, s.newest, p.spans[-1])
+        if not done:
+            return
+        learn = not self.book.is_open(self.kind, _scope_key(s, self.scope_fields, key))
         decay = 0.5 ** (1.0 / p.half_life_windows)
-        for w in sorted(w for w in s.windows if w <= s.newest - p.spans[-1]):
+        counted = old_newest - p.spans[-1]  # the windows above this were in the totals
+        totals = s.totals
+        for w in done:
             counts = s.windows.pop(w)
+            if totals is not None and w > counted:
+                for i, c in enumerate(counts):
+                    totals[i] -= c
             if learn:
                 s.base_n = s.base_n * decay + counts[0]
                 for i in range(len(s.base_k)):
@@ -185,6 +248,7 @@ class _CountState:
     last_absorbed: int
     windows: dict[int, int] = field(default_factory=dict)
     lam: float = 0.0
+    scope_key: str | None = None  # derived, not in a snapshot
 
 
 @dataclass(slots=True)
@@ -205,10 +269,9 @@ class PoissonBurstDetector:
         if window <= s.newest - p.span_windows:
             return None
         s.windows[window] = s.windows.get(window, 0) + count
-        scope = _scope(self.scope_fields, key)
         if window > s.newest:
             s.newest = window
-            self._absorb(s, scope)
+            self._absorb(s, key)
         k = sum(s.windows.values())
         mu = p.span_windows * max(s.lam, p.lambda_floor)
         ceiling = p.ceiling is not None and k >= p.ceiling
@@ -218,6 +281,7 @@ class PoissonBurstDetector:
         if not ceiling and pval >= p.alpha:
             return None
         limit = max(float(p.min_count), p.factor * mu)
+        scope = _scope(self.scope_fields, key)
         ev = Evidence(
             severity="critical" if ceiling or k >= 3 * limit else "warning", metric=self.metric,
             observed=str(k), baseline=fmt(mu), threshold=fmt(limit), score=k / limit, p_value=pval,
@@ -227,9 +291,9 @@ class PoissonBurstDetector:
         )
         return self.book.fire(self.kind, scope, ev)
 
-    def _absorb(self, s: _CountState, scope: Scope) -> None:
+    def _absorb(self, s: _CountState, key: tuple[str, ...]) -> None:
         p = self.params
-        learn = not self.book.is_open(self.kind, scope.key())
+        learn = not self.book.is_open(self.kind, _scope_key(s, self.scope_fields, key))
         decay = 0.5 ** (1.0 / p.half_life_windows)
         upto = s.newest - p.span_windows
         for w in sorted(w for w in s.windows if w <= upto):
@@ -292,7 +356,15 @@ class _LatState:
     pos: int = 0
     q0: float | None = None
     fresh: int = 0  # values absorbed since q0 was computed
-    counts: dict[int, tuple[float, int, int]] = field(default_factory=dict)  # window -> (q0, n, n above q0)
+    counts: dict[int, tuple[int, int]] = field(default_factory=dict)  # window -> (n, n above counts_q0)
+    # derived, not in a snapshot: the q0 that ``counts`` were made with; with two spans, their
+    # [n, k] sums over ``counts`` as of the newest window ``sums_newest`` (None: to be recounted);
+    # each window's values sorted (to count those above a new q0 by bisection); the scope's key
+    counts_q0: float | None = None
+    sums: list[int] | None = None
+    sums_newest: int = 0
+    ordered: dict[int, list[float]] = field(default_factory=dict)
+    scope_key: str | None = None
 
 
 @dataclass(slots=True)
@@ -317,31 +389,94 @@ class LatencyDetector:
             s.windows[window] = list(values)
         else:
             acc.extend(values)
-        scope = _scope(self.scope_fields, key)
         if window > s.newest:
+            old_newest = s.newest
             s.newest = window
-            self._absorb(s, scope)
+            self._absorb(s, key, old_newest)
         if len(s.ring) < p.min_baseline:
+            s.sums = None  # the windows changed uncounted
             return None
-        if s.q0 is None or s.fresh >= p.per_window:  # re-sort the ring once per ``per_window`` new values
-            s.q0 = _quantile(sorted(s.ring), p.quantile)
+        if s.q0 is None or s.fresh >= p.per_window:  # re-rank the ring once per ``per_window`` new values
+            s.q0 = _ring_quantile(s.ring, p.quantile)
             s.fresh = 0
         q0 = s.q0
         tail = 1.0 - p.quantile
         limit = max(p.factor * q0, q0 + p.min_delta_ms)
-        found: tuple[float, float, int, int, int] | None = None
-        for span in p.spans:
-            n = k = 0
+        # n and k (values above q0) of every span; per window they are kept while q0 and the
+        # window's length are unchanged
+        newest = s.newest
+        spans = p.spans
+        counts = s.counts
+        if s.counts_q0 != q0:
+            counts.clear()
+            s.counts_q0 = q0
+            s.sums = None
+        if len(spans) == 2 and spans[0] < spans[1]:  # the usual two spans (the longer one holds every window)
+            sums = s.sums
+            if sums is None:  # count every window
+                cut0, cut1 = newest - spans[0], newest - spans[1]
+                n0 = k0 = n1 = k1 = 0
+                for w, vals in s.windows.items():
+                    if w > cut1:
+                        c = counts.get(w)
+                        if c is None or c[0] != len(vals):
+                            c = counts[w] = (len(vals), _above(s.ordered, w, vals, q0))
+                        n1 += c[0]
+                        k1 += c[1]
+                        if w > cut0:
+                            n0 += c[0]
+                            k0 += c[1]
+                s.sums = [n0, k0, n1, k1]
+            else:  # only this window changed; windows absorbed left the sums in _absorb
+                n0, k0, n1, k1 = sums
+                if newest != s.sums_newest:  # the windows that left the shorter span since
+                    lo, hi = s.sums_newest - spans[0], newest - spans[0]
+                    if hi - lo <= len(counts):
+                        gone = [(w, counts.get(w)) for w in range(lo + 1, hi + 1)]
+                    else:  # a long gap: fewer windows than that
+                        gone = [(w, c) for w, c in counts.items() if lo < w <= hi]
+                    for _, c in gone:
+                        if c is not None:
+                            n0 -= c[0]
+                            k0 -= c[1]
+                vals = s.windows[window]
+                c_old = counts.get(window)
+                if c_old is None or c_old[0] != len(vals):
+                    c = counts[window] = (len(vals), _above(s.ordered, window, vals, q0))
+                    dn, dk = (c[0], c[1]) if c_old is None else (c[0] - c_old[0], c[1] - c_old[1])
+                    if window > newest - spans[0]:
+                        n0 += dn
+                        k0 += dk
+                    if window > newest - spans[1]:
+                        n1 += dn
+                        k1 += dk
+                sums[0], sums[1], sums[2], sums[3] = n0, k0, n1, k1
+            s.sums_newest = newest
+            ns, ks = [n0, n1], [k0, k1]
+        else:
+            cuts = [newest - span for span in spans]
+            ns = [0] * len(spans)
+            ks = [0] * len(spans)
             for w, vals in s.windows.items():
-                if w > s.newest - span:
-                    c = s.counts.get(w)
-                    if c is None or c[0] != q0 or c[1] != len(vals):
-                        c = s.counts[w] = (q0, len(vals), sum(1 for v in vals if v > q0))
-                    n += c[1]
-                    k += c[2]
+                c = None
+                for j, cut in enumerate(cuts):
+                    if w > cut:
+                        if c is None:
+                            c = counts.get(w)
+                            if c is None or c[0] != len(vals):
+                                c = counts[w] = (len(vals), _above(s.ordered, w, vals, q0))
+                        ns[j] += c[0]
+                        ks[j] += c[1]
+        found: tuple[float, float, int, int, int] | None = None
+        for j, span in enumerate(spans):
+            n, k = ns[j], ks[j]
             if n < p.min_n or k < 3 * tail * n or k < 3:
                 continue
-            q = _quantile(sorted(v for w, vals in s.windows.items() if w > s.newest - span for v in vals), p.quantile)
+            inside: list[float] = []
+            for w, vals in s.windows.items():  # the span's values in the same order as before
+                if w > newest - span:
+                    inside.extend(vals)
+            q = _quantile(sorted(inside), p.quantile)
             if q < limit:
                 continue
             pval = float(binom.sf(k - 1, n, tail))
@@ -350,6 +485,7 @@ class LatencyDetector:
         if found is None:
             return None
         q, pval, n, k, span = found
+        scope = _scope(self.scope_fields, key)
         ev = Evidence(
             severity="critical" if q >= 3 * q0 else "warning", metric=self.metric, observed=fmt(q),
             baseline=fmt(q0), threshold=fmt(limit), score=q / limit, p_value=pval,
@@ -359,21 +495,48 @@ class LatencyDetector:
         )
         return self.book.fire(self.kind, scope, ev)
 
-    def _absorb(self, s: _LatState, scope: Scope) -> None:
+    def _absorb(self, s: _LatState, key: tuple[str, ...], old_newest: int) -> None:
         p = self.params
-        learn = not self.book.is_open(self.kind, scope.key())
-        for w in sorted(w for w in s.windows if w <= s.newest - p.spans[-1]):
+        done = _leaving(s.windows, old_newest, s.newest, p.spans[-1])
+        if not done:
+            return
+        learn = not self.book.is_open(self.kind, _scope_key(s, self.scope_fields, key))
+        size = p.ring_size
+        sums = s.sums
+        for w in done:
             vals = s.windows.pop(w)
-            s.counts.pop(w, None)
+            c = s.counts.pop(w, None)
+            if sums is not None and c is not None:  # out of the sums, from the spans it was in
+                if w > old_newest - p.spans[0]:
+                    sums[0] -= c[0]
+                    sums[1] -= c[1]
+                if w > old_newest - p.spans[1]:
+                    sums[2] -= c[0]
+                    sums[3] -= c[1]
+            s.ordered.pop(w, None)
             if not learn or not vals:
                 continue
             step = max(1, math.ceil(len(vals) / p.per_window))
-            for v in vals[::step]:
-                if len(s.ring) < p.ring_size:
-                    s.ring.append(v)
-                else:
-                    s.ring[s.pos] = v
-                    s.pos = (s.pos + 1) % p.ring_size
+            picked = vals[::step]
+            ring = s.ring
+            if 0 <= s.pos < size and len(ring) <= size:
+                # what appending up to ``size`` and then overwriting at ``pos`` value by value does
+                room = size - len(ring)
+                if room > 0:
+                    ring.extend(picked[:room])
+                    picked = picked[room:]
+                while picked:
+                    n = min(len(picked), size - s.pos)
+                    ring[s.pos:s.pos + n] = array("d", picked[:n])
+                    s.pos = (s.pos + n) % size
+                    picked = picked[n:]
+            else:  # a ring restored under other params: value by value
+                for v in picked:
+                    if len(ring) < size:
+                        ring.append(v)
+                    else:
+                        ring[s.pos] = v
+                        s.pos = (s.pos + 1) % size
             s.fresh += len(vals[::step])
 
     def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
@@ -387,6 +550,32 @@ class LatencyDetector:
     def restore(self, data: list[Any]) -> None:
         self.state = {tuple(k): _LatState(newest, {int(w): v for w, v in windows.items()}, array("d", ring), pos)
                       for k, newest, windows, ring, pos in data}
+
+
+def _above(ordered: dict[int, list[float]], w: int, vals: list[float], q0: float) -> int:
+    """``sum(1 for v in vals if v > q0)``, by bisecting the window's values kept sorted (a window's
+    list only grows, so its length tells whether the sorted copy is current)."""
+    o = ordered.get(w)
+    if o is None or len(o) != len(vals):
+        if math.isnan(sum(vals)):  # a NaN (or inf - inf): no total order to bisect, count one by one
+            ordered.pop(w, None)
+            return sum(1 for v in vals if v > q0)
+        o = ordered[w] = sorted(vals)
+    return len(o) - bisect_right(o, q0)
+
+
+def _ring_quantile(ring: array, q: float) -> float:  # type: ignore[type-arg]
+    """``_quantile(sorted(ring), q)`` without sorting: the value of that rank, by partition. Equal
+    floats are the same value except 0.0 and -0.0 (and NaN has no rank), so a ring with a
+    negative sign bit or a NaN takes the sort, which decides the tie exactly as before."""
+    n = len(ring)
+    if n == 0:
+        return _quantile(sorted(ring), q)
+    a = np.frombuffer(ring, dtype=np.float64)
+    if np.signbit(a).any() or np.isnan(a).any():
+        return _quantile(sorted(ring), q)
+    idx = min(n - 1, max(0, math.ceil(q * n) - 1))
+    return float(np.partition(a, idx)[idx])
 
 
 def _quantile(ordered: list[float], q: float) -> float:

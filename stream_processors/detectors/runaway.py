@@ -19,6 +19,7 @@ threshold  calls >= max(``min_calls``, ``factor`` x baseline calls) or
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from flyball.schemas import Alert, AlertKind, Scope
@@ -37,54 +38,95 @@ class RunawayParams:
     factor: float = 8.0
 
 
-@dataclass(slots=True)
-class _Request:
-    calls: int
-    tokens: int
-    first_ts: float
-    last_ts: float
-    alerted: bool = False
+# A request's state is a tuple (calls, tokens, first_ts, last_ts, alerted), replaced when it
+# changes: a worker holds thousands of open requests, and a tuple of plain values is no container
+# for the garbage collector to promote and traverse, as an object per request would be.
+_CALLS, _TOKENS, _FIRST, _LAST, _ALERTED = range(5)
 
 
 @dataclass(slots=True)
 class RunawayDetector:
     book: AlertBook
     params: RunawayParams = field(default_factory=RunawayParams)
-    requests: dict[tuple[str, str, str], _Request] = field(default_factory=dict)
+    requests: dict[tuple[str, str, str], tuple[int, int, float, float, bool]] = field(default_factory=dict)
     baselines: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     _swept_at: float = 0.0
 
     def observe(self, key: tuple[str, str, str], calls: int, tokens: int, first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
         """``key`` = (tenant_id, feature, request id); the batch's calls and tokens for it."""
+        if not self.check(key, calls, tokens, first_ts, last_ts):
+            return None
+        return self.fire(key, event_ids)
+
+    def check(self, key: tuple[str, str, str], calls: int, tokens: int, first_ts: float, last_ts: float) -> bool:
+        """The state part of :meth:`observe`: add the batch's counts; True if the request is over
+        a limit (it is then marked alerted, and :meth:`fire` makes the alert)."""
         p = self.params
         r = self.requests.get(key)
         if r is None:
-            r = self.requests[key] = _Request(calls, tokens, first_ts, last_ts)
+            r = (calls, tokens, first_ts, last_ts, False)
         else:
-            r.calls += calls
-            r.tokens += tokens
-            r.first_ts = min(r.first_ts, first_ts)
-            r.last_ts = max(r.last_ts, last_ts)
-        if r.calls < p.min_calls and r.tokens < p.min_tokens:
-            return None  # below both floors: no baseline can make it a runaway
+            r = (r[0] + calls, r[1] + tokens, min(r[2], first_ts), max(r[3], last_ts), r[4])
+        self.requests[key] = r
+        if r[0] < p.min_calls and r[1] < p.min_tokens:
+            return False  # below both floors: no baseline can make it a runaway
+        return self._over(key, r)
+
+    def check_batch(self, requests: dict[tuple[str, str, str], int], calls: list[int], tokens: list[int],
+                    firsts: list[datetime], lasts: list[datetime]) -> list[tuple[tuple[str, str, str], int]]:
+        """:meth:`check` of each request of a batch, given as columns (request ``i`` has
+        ``calls[i]`` calls ... between the event times ``firsts[i]`` and ``lasts[i]``); returns the
+        (key, i) over a limit, in order, for :meth:`fire`. A check touches only its own request,
+        so checking all, then firing those, is the same as observing them one by one."""
+        p = self.params
+        min_calls, min_tokens = p.min_calls, p.min_tokens
+        state = self.requests
+        hits = []
+        for key, i in requests.items():
+            first, last = firsts[i], lasts[i]
+            ft = first.timestamp()
+            lt = ft if last is first else last.timestamp()
+            r = state.get(key)
+            if r is None:
+                r = state[key] = (calls[i], tokens[i], ft, lt, False)
+            else:
+                r = state[key] = (r[0] + calls[i], r[1] + tokens[i], min(r[2], ft), max(r[3], lt), r[4])
+            if r[0] < min_calls and r[1] < min_tokens:
+                continue  # below both floors: no baseline can make it a runaway
+            if self._over(key, r):
+                hits.append((key, i))
+        return hits
+
+    def _over(self, key: tuple[str, str, str], r: tuple[int, int, float, float, bool]) -> bool:
+        p = self.params
         base = self.baselines.get(key[:2]) or [p.prior_calls, p.prior_tokens]
         call_limit = max(float(p.min_calls), p.factor * base[0])
         token_limit = max(float(p.min_tokens), p.factor * base[1])
-        score = max(r.calls / call_limit, r.tokens / token_limit)
-        if score < 1.0:
-            return None
-        r.alerted = True
-        by_calls = r.calls / call_limit >= r.tokens / token_limit
-        metric, observed, baseline, limit = (("calls_per_request", r.calls, base[0], call_limit) if by_calls
-                                             else ("tokens_per_request", r.tokens, base[1], token_limit))
+        if max(r[0] / call_limit, r[1] / token_limit) < 1.0:
+            return False
+        if not r[4]:
+            self.requests[key] = (r[0], r[1], r[2], r[3], True)
+        return True
+
+    def fire(self, key: tuple[str, str, str], event_ids: list[str]) -> Alert | None:
+        """The alert of a request that :meth:`check` found over a limit."""
+        p = self.params
+        calls, tokens, first_ts, last_ts, _ = self.requests[key]
+        base = self.baselines.get(key[:2]) or [p.prior_calls, p.prior_tokens]
+        call_limit = max(float(p.min_calls), p.factor * base[0])
+        token_limit = max(float(p.min_tokens), p.factor * base[1])
+        score = max(calls / call_limit, tokens / token_limit)
+        by_calls = calls / call_limit >= tokens / token_limit
+        metric, observed, baseline, limit = (("calls_per_request", calls, base[0], call_limit) if by_calls
+                                             else ("tokens_per_request", tokens, base[1], token_limit))
         scope = Scope(tenant_id=key[0], feature=key[1] or None, request_id=key[2])
         ev = Evidence(
             severity="critical" if score >= 3 else "warning", metric=metric, observed=str(observed),
             baseline=fmt(baseline), threshold=fmt(limit), score=score, p_value=None, window_s=BASE_WINDOW_S,
-            first_ts=r.first_ts, last_ts=r.last_ts, event_ids=event_ids,
-            summary=f"request {key[2]} of {key[0]}/{key[1]}: {r.calls} calls and {r.tokens} tokens in "
-                    f"{r.last_ts - r.first_ts:.0f}s (baseline {base[0]:.1f} calls, {base[1]:.0f} tokens per request)",
+            first_ts=first_ts, last_ts=last_ts, event_ids=event_ids,
+            summary=f"request {key[2]} of {key[0]}/{key[1]}: {calls} calls and {tokens} tokens in "
+                    f"{last_ts - first_ts:.0f}s (baseline {base[0]:.1f} calls, {base[1]:.0f} tokens per request)",
         )
         return self.book.fire(AlertKind.RUNAWAY_LOOP, scope, ev)
 
@@ -94,24 +136,23 @@ class RunawayDetector:
         if watermark - self._swept_at < 60:
             return
         self._swept_at = watermark
-        done = [k for k, r in self.requests.items() if watermark - r.last_ts >= p.idle_s]
+        done = [k for k, r in self.requests.items() if watermark - r[_LAST] >= p.idle_s]
         w = p.ewma_weight
         for key in done:
-            r = self.requests.pop(key)
-            if r.alerted:
+            calls, tokens, _, _, alerted = self.requests.pop(key)
+            if alerted:
                 continue
             base = self.baselines.get(key[:2])
             if base is None:
                 base = self.baselines[key[:2]] = [p.prior_calls, p.prior_tokens]
-            base[0] += w * (r.calls - base[0])
-            base[1] += w * (r.tokens - base[1])
+            base[0] += w * (calls - base[0])
+            base[1] += w * (tokens - base[1])
 
     def snapshot(self) -> dict[str, Any]:
-        return {"requests": [[list(k), r.calls, r.tokens, r.first_ts, r.last_ts, r.alerted]
-                             for k, r in self.requests.items()],
+        return {"requests": [[list(k), *r] for k, r in self.requests.items()],
                 "baselines": [[list(k), v] for k, v in self.baselines.items()], "swept_at": self._swept_at}
 
     def restore(self, data: dict[str, Any]) -> None:
-        self.requests = {tuple(k): _Request(c, t, f, la, a) for k, c, t, f, la, a in data["requests"]}
+        self.requests = {tuple(k): (c, t, f, la, a) for k, c, t, f, la, a in data["requests"]}
         self.baselines = {tuple(k): list(v) for k, v in data["baselines"]}
         self._swept_at = data["swept_at"]

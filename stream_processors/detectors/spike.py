@@ -32,10 +32,16 @@ from typing import Any
 
 from flyball.schemas import Alert, AlertKind, Scope
 
-from .base import BASE_WINDOW_S, WindowSample, alert_id_for
+from .base import BASE_WINDOW_S, WindowSample, alert_id_for, at
 
 MAD_SCALE = Decimal("1.4826")
 KEY_SEP = "\x1f"
+_ZERO = Decimal(0)
+
+
+def _alert_time(ts: datetime) -> datetime:
+    """An event's ts as the alert datetime the detectors give it: ``at`` of its epoch seconds."""
+    return at(ts.timestamp())
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +83,10 @@ class Series:
     peaks: dict[int, Decimal] = field(default_factory=dict)
     cached: tuple[int, Decimal, Decimal] | None = None  # (window, threshold, baseline) while history is unchanged
     subs: dict[int, tuple[Decimal, Decimal]] = field(default_factory=dict)  # trailing 10 s sums and peaks
+    # max(windows) and max(subs), kept so that observe need not scan them (None: not known yet, e.g.
+    # after a restore; then computed from the dicts). Not state: a snapshot does not carry them.
+    newest: int | None = None
+    newest_sub: int | None = None
 
 
 @dataclass(slots=True)
@@ -109,40 +119,105 @@ class RateSpikeDetector:
         ``sub`` (the sample's 10 s window, when the caller has it) also judges the trailing
         ``window_s`` seconds, so a spike that starts late in a window is not diluted by it.
         """
+        return self._observe(key, window, sample.amount, sample.peak, sample.first_ts, sample.last_ts,
+                             sample.event_ids, sub, None)
+
+    def observe_at(self, key: str, window: int, amount: Decimal, peak: Decimal, first: datetime, last: datetime,
+                   event_ids: list[str], sub: int | None = None) -> Alert | None:
+        """:meth:`observe` of a sample given as its parts, with ``first``/``last`` the events' own
+        timestamps: an alert gets ``at(ts.timestamp())`` of them, made only when it is built (the
+        batch path: most samples raise nothing, so most never need an alert datetime)."""
+        return self._observe(key, window, amount, peak, first, last, event_ids, sub, _alert_time)
+
+    def _observe(self, key: str, window: int, amount: Decimal, peak: Decimal, first_ts: datetime, last_ts: datetime,
+                 event_ids: list[str], sub: int | None, conv: Any) -> Alert | None:
+        """:meth:`observe`; ``conv`` (or None) maps ``first_ts``/``last_ts`` to alert datetimes."""
         p = self.params
+        history = p.history_windows
         series = self.state.get(key)
         if series is None:
             series = self.state[key] = Series(first_window=window)
-        newest = max(series.windows, default=window)
-        if window < newest - p.history_windows:
+        windows = series.windows
+        newest = series.newest
+        known = newest is not None
+        if newest is None:
+            newest = max(windows, default=window)
+        if window < newest - history:
             return None  # too late to matter for a rate alert; still counted in spend
-        series.windows[window] = series.windows.get(window, Decimal(0)) + sample.amount
+        observed = windows[window] = windows.get(window, _ZERO) + amount
+        peaks = series.peaks
         if window < newest:
             series.cached = None  # a late sample changed the history of the newer window
         if p.leave_one_out:
-            series.peaks[window] = max(series.peaks.get(window, Decimal(0)), sample.peak)
+            peaks[window] = max(peaks.get(window, _ZERO), peak)
         if window > newest:
-            for old in [w for w in series.windows if w < window - p.history_windows]:
-                del series.windows[old]
-            for old in [w for w in series.peaks if w < window]:
-                del series.peaks[old]
-        first = max(series.first_window, window - p.history_windows)
+            series.newest = window
+            cut = window - history
+            if known and window - newest <= history:
+                # every window is >= newest - history (the check above), so only those below the
+                # new cut, a range of (window - newest) windows, can go (deleting keeps the order)
+                for old in range(newest - history, cut):
+                    windows.pop(old, None)
+            else:
+                for old in [w for w in windows if w < cut]:
+                    del windows[old]
+            if peaks:
+                for old in [w for w in peaks if w < window]:
+                    del peaks[old]
+        elif not known:
+            series.newest = newest
+        first = max(series.first_window, window - history)
         if window - first < p.min_history:
             return None
+        judged = observed - peaks.get(window, _ZERO)
+        if sub is not None:
+            # the trailing window_s seconds of 10 s sums (``subs``), judged at the newest one
+            span = p.window_s // BASE_WINDOW_S
+            subs = series.subs
+            acc = subs.get(sub)
+            subs[sub] = (acc[0] + amount, max(acc[1], peak)) if acc else (amount, peak)
+            newest_sub = series.newest_sub
+            if newest_sub is None or span <= 0:
+                newest_sub = max(subs)
+                stale = True
+                series.newest_sub = newest_sub if span > 0 else None
+            elif sub > newest_sub:
+                newest_sub = series.newest_sub = sub
+                stale = True
+            else:  # every other sub is already within the span: only this one can be out of it
+                stale = sub <= newest_sub - span
+            if stale:
+                for old in [x for x in subs if x <= newest_sub - span]:
+                    del subs[old]
+            if sub != newest_sub:  # a late sample: the trailing span is judged at the newest one
+                trailing = top = _ZERO
+            else:  # sum() and max() of the span, in the dict's order (the first of equal peaks wins)
+                spans = iter(subs.values())
+                a, top = next(spans)
+                trailing = _ZERO + a
+                for a, b in spans:
+                    trailing = trailing + a
+                    top = max(top, b)
+            if trailing - (top if p.leave_one_out else 0) > judged:
+                observed, judged = trailing, trailing - (top if p.leave_one_out else 0)
+        # the threshold is never below min_amount, so a window at or under it needs no median
+        if judged <= p.min_amount:
+            o = series.open
+            if o is None or window - o.last_spike_window <= p.resolve_windows:
+                return None  # what _maybe_resolve decides, without making its datetime
+            return self._maybe_resolve(series, window, last_ts if conv is None else conv(last_ts))
         if series.cached is not None and series.cached[0] == window:
             threshold, baseline = series.cached[1], series.cached[2]
         else:
-            history = [series.windows.get(w, Decimal(0)) for w in range(first, window)]
-            threshold, baseline = self._threshold(history)
+            threshold, baseline = self._threshold([windows.get(w, _ZERO) for w in range(first, window)])
             series.cached = (window, threshold, baseline)
-        observed = series.windows[window]
-        judged = observed - series.peaks.get(window, Decimal(0))
-        if sub is not None:
-            trailing, peak = self._trailing(series, sub, sample)
-            if trailing - (peak if p.leave_one_out else 0) > judged:
-                observed, judged = trailing, trailing - (peak if p.leave_one_out else 0)
         if judged <= threshold:
-            return self._maybe_resolve(series, window, sample.last_ts)
+            o = series.open
+            if o is None or window - o.last_spike_window <= p.resolve_windows:
+                return None
+            return self._maybe_resolve(series, window, last_ts if conv is None else conv(last_ts))
+        if conv is not None:
+            first_ts, last_ts = conv(first_ts), conv(last_ts)
         scope = self.scope_of(key)
         severity = "critical" if observed >= threshold * 3 else "warning"
         if series.open is None:
@@ -151,8 +226,8 @@ class RateSpikeDetector:
                 kind=self.kind, scope=scope, severity=severity, metric=self.metric,
                 observed=str(observed), baseline=str(baseline), threshold=str(threshold),
                 score=float(observed / threshold) if threshold else None, window_s=p.window_s,
-                first_seen=sample.first_ts, last_seen=sample.last_ts, opened_at=sample.last_ts,
-                sample_event_ids=sample.event_ids[:10],
+                first_seen=first_ts, last_seen=last_ts, opened_at=last_ts,
+                sample_event_ids=event_ids[:10],
                 summary=f"{scope.key()} used {observed:.6f} {self.unit} in {p.window_s}s, baseline {baseline:.6f}",
             )
             series.open = _Open(alert=alert, opened_window=window, last_spike_window=window)
@@ -163,22 +238,11 @@ class RateSpikeDetector:
         updated = current.model_copy(update={
             "severity": "critical" if "critical" in (severity, current.severity) else severity,
             "observed": str(max(observed, Decimal(current.observed))),
-            "last_seen": max(sample.last_ts, current.last_seen),
+            "last_seen": max(last_ts, current.last_seen),
             "score": float(observed / threshold) if threshold else None,
         })
         series.open.alert = updated
         return updated if grown else None
-
-    def _trailing(self, series: Series, sub: int, sample: WindowSample) -> tuple[Decimal, Decimal]:
-        span = self.params.window_s // BASE_WINDOW_S
-        acc = series.subs.get(sub)
-        series.subs[sub] = (acc[0] + sample.amount, max(acc[1], sample.peak)) if acc else (sample.amount, sample.peak)
-        newest = max(series.subs)
-        for old in [s for s in series.subs if s <= newest - span]:
-            del series.subs[old]
-        if sub != newest:
-            return Decimal(0), Decimal(0)  # a late sample: the trailing span is judged at the newest one
-        return sum((v[0] for v in series.subs.values()), Decimal(0)), max(v[1] for v in series.subs.values())
 
     def advance(self, watermark: datetime) -> list[Alert]:
         """Resolve open alerts whose key has been quiet or normal up to ``watermark``."""

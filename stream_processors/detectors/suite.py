@@ -11,14 +11,15 @@ kind is open (the tenant alert already says it, and its directive already covers
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 from flyball.schemas import Alert, AlertKind, LLMCall
 from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
 
-from .base import BASE_WINDOW_S, AlertBook, WindowSample, at
+from .base import BASE_WINDOW_S, AlertBook
 from .rates import BinomialRateDetector, LatencyDetector, PoissonBurstDetector
 from .runaway import RunawayDetector
 from .spike import (
@@ -33,142 +34,229 @@ from .spike import (
 MAX_IDS = 10
 _ZERO = Decimal(0)
 LLM_FAILURES = ("error", "timeout", "rate_limited")
+_FAILURE_SLOT = {status: 1 + i for i, status in enumerate(LLM_FAILURES)}  # models[...] index of its count
+# where each BatchWindows list's ids end (ids start after the fixed fields)
+_USAGE_IDS_END = 6 + MAX_IDS
+_MODEL_IDS_END = 8 + MAX_IDS
+_TOOL_IDS_END = 5 + MAX_IDS
+_SAFETY_IDS_END = 3 + MAX_IDS
+_RETRIEVAL_IDS_END = 5 + MAX_IDS
+_UTC = UTC
+_at = datetime.fromtimestamp
+_NEVER_LO = datetime.max.replace(tzinfo=UTC)  # an empty [lo, hi): no datetime is in it
+_NEVER_HI = datetime.min.replace(tzinfo=UTC)
+_CACHE_LIMIT_S = 2**33
 
 
 class BatchWindows:
-    """One batch's events summed per (scope, 10 s window). Lists, not objects, for speed:
+    """One batch's events summed per (scope, 10 s window). Flat lists, not objects, for speed:
 
-    usage[(tenant, feature, w)]        = [cost, tokens, calls, first, last, ids, max cost, max tokens]
-    requests[(tenant, feature, rid)]   = [calls, tokens, first, last, ids]
-    models[(provider, model, w)]       = [calls, errors, timeouts, rate_limited, latencies, ttfts, first, last, ids]
-    tools[(tool, w)]                   = [calls, failures, latencies, first, last, ids]
-    safety[(tenant, feature, cat, w)]  = [count, first, last, ids]
-    retrieval[(index, w)]              = [calls, errors, empty, first, last, ids]
-    (first/last are epoch seconds of event time; ids prefer failing events.)
+    usage[(tenant, feature, w)]        = [cost, tokens, first, last, max cost, max tokens, *ids]
+    requests[(tenant, feature, rid)]   = i: r_calls[i], r_tokens[i], r_first[i], r_last[i]; the ids of
+                                         request i are r_ids[j] for each j with r_owner[j] == i
+    models[(provider, model, w)]       = [calls, errors, timeouts, rate_limited, latencies, ttfts, first, last, *ids]
+    tools[(tool, w)]                   = [calls, failures, latencies, first, last, *ids]
+    safety[(tenant, feature, cat, w)]  = [count, first, last, *ids]
+    retrieval[(index, w)]              = [calls, errors, empty, first, last, *ids]
+
+    first/last are the events' own ``ts`` (aware datetimes, compared as such: the same order as
+    their epoch seconds); the detectors convert them to epoch seconds once per group, not once per
+    event. ids (at most ``MAX_IDS``, in arrival order; models, tools and retrieval keep failing
+    events only) are the tail of the list, so a new key costs one list, not two. A batch has a
+    request for every few calls, so requests get no list each but columns: no container per
+    request for the garbage collector to promote and traverse (their ids are only looked up
+    for a request that alerts).
     """
 
-    __slots__ = ("models", "requests", "retrieval", "safety", "tools", "usage")
+    __slots__ = ("_hi", "_lo", "_prev", "_w", "models", "r_calls", "r_first", "r_ids", "r_last", "r_owner",
+                 "r_tokens", "requests", "retrieval", "safety", "tools", "usage")
 
     def __init__(self) -> None:
         self.usage: dict[tuple[str, str, int], list[Any]] = {}
-        self.requests: dict[tuple[str, str, str], list[Any]] = {}
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.r_calls: list[int] = []
+        self.r_tokens: list[int] = []
+        self.r_first: list[datetime] = []
+        self.r_last: list[datetime] = []
+        self.r_owner: list[int] = []
+        self.r_ids: list[str] = []
         self.models: dict[tuple[str, str, int], list[Any]] = {}
         self.tools: dict[tuple[str, int], list[Any]] = {}
         self.safety: dict[tuple[str, str, str, int], list[Any]] = {}
         self.retrieval: dict[tuple[str, int], list[Any]] = {}
+        # the 10 s window of the latest event, as [lo, hi) datetimes: events mostly arrive in time
+        # order, so two datetime comparisons usually replace ts.timestamp() (the dearest part of add)
+        self._lo: datetime = _NEVER_LO
+        self._hi: datetime = _NEVER_HI
+        self._w = 0
+        self._prev: tuple[datetime, datetime, int] = (_NEVER_LO, _NEVER_HI, 0)
+
+    def _window(self, ts: datetime) -> int:
+        """``int(ts.timestamp()) // BASE_WINDOW_S``, and remember that window's bounds."""
+        lo, hi, w = self._prev
+        if lo <= ts < hi:
+            self._prev = (self._lo, self._hi, self._w)
+            self._lo, self._hi, self._w = lo, hi, w
+            return w
+        t = ts.timestamp()
+        w = int(t) // BASE_WINDOW_S
+        # cache only where the window of a datetime and of its epoch seconds provably agree: t >= 0
+        # (int() truncates towards zero) and below 2**33 s (year 2242: a float still resolves 1 us)
+        if 0 <= t < _CACHE_LIMIT_S:
+            self._prev = (self._lo, self._hi, self._w)
+            self._lo = _at(w * BASE_WINDOW_S, _UTC)
+            self._hi = _at((w + 1) * BASE_WINDOW_S, _UTC)
+            self._w = w
+        return w
+
+    def request_ids(self, i: int) -> list[str]:
+        """The first ``MAX_IDS`` event ids of request ``i``, in arrival order (wanted only for a
+        request that alerts: found by ``list.index``, a scan in C, rather than kept per request)."""
+        owner, ids = self.r_owner, self.r_ids
+        out: list[str] = []
+        j = -1
+        try:
+            while len(out) < MAX_IDS:
+                j = owner.index(i, j + 1)
+                out.append(ids[j])
+        except ValueError:
+            pass
+        return out
 
     def add(self, event: Envelope, cost: Decimal | None) -> None:
-        # hot path: one call per event; plain comparisons instead of min()/max() on purpose
-        t = event.ts.timestamp()
-        w = int(t) // BASE_WINDOW_S
-        eid = event.event_id
-        kind = event.event_type  # a pydantic model or its fast mirror (decode.py)
+        # hot path: one call per event, for a pydantic model or its fast mirror (decode.py) alike.
+        # The window comes from the cached bounds (ts.timestamp() costs more than the rest of an
+        # event's sums), plain comparisons replace min()/max(), and ids share the sums' list.
+        ts = event.ts
+        if self._lo <= ts < self._hi:
+            w = self._w
+        else:
+            w = self._window(ts)
+        kind = event.event_type
         if kind == "llm_call":
-            e: LLMCall = event
+            e: LLMCall = event  # type: ignore[assignment]
+            eid = e.event_id
+            tenant = e.tenant_id
+            feature = e.feature
             tokens = e.input_tokens + e.output_tokens
-            key = (e.tenant_id, e.feature, w)
-            u = self.usage.get(key)
+            key = (tenant, feature, w)
+            usage = self.usage
+            u = usage.get(key)
             if u is None:
                 c = cost if cost is not None else _ZERO
-                self.usage[key] = [c, tokens, 1, t, t, [eid], c, tokens]
+                usage[key] = [c, tokens, ts, ts, c, tokens, eid]
             else:
                 if cost is not None:
                     u[0] += cost
-                    u[6] = max(u[6], cost)
+                    if cost > u[4]:  # noqa: PLR1730 - max() costs a call per event
+                        u[4] = cost
                 u[1] += tokens
-                u[7] = max(u[7], tokens)
-                u[2] += 1
-                if t < u[3]:
-                    u[3] = t
-                elif t > u[4]:
-                    u[4] = t
-                if len(u[5]) < MAX_IDS:
-                    u[5].append(eid)
+                if tokens > u[5]:  # noqa: PLR1730
+                    u[5] = tokens
+                if ts < u[2]:
+                    u[2] = ts
+                elif ts > u[3]:
+                    u[3] = ts
+                if len(u) < _USAGE_IDS_END:
+                    u.append(eid)
             rid = e.request_id or e.trace_id
             if rid:
-                rkey = (e.tenant_id, e.feature, rid)
-                r = self.requests.get(rkey)
-                if r is None:
-                    self.requests[rkey] = [1, tokens, t, t, [eid]]
+                rkey = (tenant, feature, rid)
+                requests = self.requests
+                i = requests.get(rkey)
+                if i is None:
+                    i = requests[rkey] = len(self.r_calls)
+                    self.r_calls.append(1)
+                    self.r_tokens.append(tokens)
+                    self.r_first.append(ts)
+                    self.r_last.append(ts)
                 else:
-                    r[0] += 1
-                    r[1] += tokens
-                    if t < r[2]:
-                        r[2] = t
-                    elif t > r[3]:
-                        r[3] = t
-                    if len(r[4]) < MAX_IDS:
-                        r[4].append(eid)
+                    self.r_calls[i] += 1
+                    self.r_tokens[i] += tokens
+                    if ts < self.r_first[i]:
+                        self.r_first[i] = ts
+                    elif ts > self.r_last[i]:
+                        self.r_last[i] = ts
+                self.r_owner.append(i)
+                self.r_ids.append(eid)
             mkey = (e.provider, e.model, w)
-            m = self.models.get(mkey)
+            models = self.models
+            m = models.get(mkey)
             if m is None:
-                m = self.models[mkey] = [0, 0, 0, 0, [], [], t, t, []]
+                m = models[mkey] = [1, 0, 0, 0, [], [], ts, ts]
             else:
-                if t < m[6]:
-                    m[6] = t
-                elif t > m[7]:
-                    m[7] = t
-            m[0] += 1
+                m[0] += 1
+                if ts < m[6]:
+                    m[6] = ts
+                elif ts > m[7]:
+                    m[7] = ts
             status = e.status
             if status == "ok":
                 m[4].append(e.latency_ms)
-                if e.ttft_ms is not None:
-                    m[5].append(e.ttft_ms)
-            elif status in LLM_FAILURES:
-                m[1 + LLM_FAILURES.index(status)] += 1
-                if len(m[8]) < MAX_IDS:
-                    m[8].append(eid)
+                ttft = e.ttft_ms
+                if ttft is not None:
+                    m[5].append(ttft)
+            else:
+                slot = _FAILURE_SLOT.get(status)
+                if slot is not None:
+                    m[slot] += 1
+                    if len(m) < _MODEL_IDS_END:
+                        m.append(eid)
         elif kind == "tool_call":
-            tc: ToolCall = event
+            tc: ToolCall = event  # type: ignore[assignment]
             tkey = (tc.tool_name, w)
             x = self.tools.get(tkey)
             if x is None:
-                x = self.tools[tkey] = [0, 0, [], t, t, []]
-            elif t < x[3]:
-                x[3] = t
-            elif t > x[4]:
-                x[4] = t
-            x[0] += 1
-            if tc.status == "ok":
+                x = self.tools[tkey] = [1, 0, [], ts, ts]
+            else:
+                x[0] += 1
+                if ts < x[3]:
+                    x[3] = ts
+                elif ts > x[4]:
+                    x[4] = ts
+            status = tc.status
+            if status == "ok":
                 x[2].append(tc.latency_ms)
-            elif tc.status != "cancelled":
+            elif status != "cancelled":
                 x[1] += 1
-                if len(x[5]) < MAX_IDS:
-                    x[5].append(eid)
+                if len(x) < _TOOL_IDS_END:
+                    x.append(tc.event_id)
         elif kind == "safety_trigger":
-            st: SafetyTrigger = event
+            st: SafetyTrigger = event  # type: ignore[assignment]
             skey = (st.tenant_id, st.feature, st.category, w)
             x = self.safety.get(skey)
             if x is None:
-                self.safety[skey] = [1, t, t, [eid]]
+                self.safety[skey] = [1, ts, ts, st.event_id]
             else:
                 x[0] += 1
-                if t < x[1]:
-                    x[1] = t
-                elif t > x[2]:
-                    x[2] = t
-                if len(x[3]) < MAX_IDS:
-                    x[3].append(eid)
+                if ts < x[1]:
+                    x[1] = ts
+                elif ts > x[2]:
+                    x[2] = ts
+                if len(x) < _SAFETY_IDS_END:
+                    x.append(st.event_id)
         elif kind == "retrieval":
-            rv: Retrieval = event
+            rv: Retrieval = event  # type: ignore[assignment]
             ikey = (rv.index_name, w)
             x = self.retrieval.get(ikey)
             if x is None:
-                x = self.retrieval[ikey] = [0, 0, 0, t, t, []]
-            elif t < x[3]:
-                x[3] = t
-            elif t > x[4]:
-                x[4] = t
-            x[0] += 1
-            if rv.status == "ok":
+                x = self.retrieval[ikey] = [1, 0, 0, ts, ts]
+            else:
+                x[0] += 1
+                if ts < x[3]:
+                    x[3] = ts
+                elif ts > x[4]:
+                    x[4] = ts
+            status = rv.status
+            if status == "ok":
                 if rv.results_count == 0:
                     x[2] += 1
-                    if len(x[5]) < MAX_IDS:
-                        x[5].append(eid)
-            elif rv.status != "cancelled":
+                    if len(x) < _RETRIEVAL_IDS_END:
+                        x.append(rv.event_id)
+            elif status != "cancelled":
                 x[1] += 1
-                if len(x[5]) < MAX_IDS:
-                    x[5].append(eid)
+                if len(x) < _RETRIEVAL_IDS_END:
+                    x.append(rv.event_id)
 
 
 @dataclass(slots=True)
@@ -211,57 +299,133 @@ class Detectors:
 
     def observe(self, b: BatchWindows) -> list[Alert]:
         out: list[Alert] = []
-
-        def emit(alert: Alert | None) -> None:
+        if b.usage:
+            self._spikes(b, out)
+        if b.requests:
+            for key, i in self.runaway.check_batch(b.requests, b.r_calls, b.r_tokens, b.r_first, b.r_last):
+                alert = self.runaway.fire(key, b.request_ids(i))
+                if alert is not None:
+                    out.append(alert)
+        # first/last come as event datetimes; the detectors take epoch seconds (one conversion per
+        # group: the same value as the events' own ts.timestamp(), which the minimum/maximum keep).
+        # Groups are judged in the order of their 10 s window (a stable sort of the keys).
+        models = b.models
+        if models:
+            errors, latency, ttft = self.errors.observe, self.latency.observe, self.ttft.observe
+            for mk in sorted(models, key=_THIRD):
+                m = models[mk]
+                pm, w = mk[:2], mk[2]
+                first, last = m[6], m[7]
+                ft = first.timestamp()
+                lt = ft if last is first else last.timestamp()
+                alert = errors(pm, w, m[:4], ft, lt, m[8:])
+                if alert is not None:
+                    out.append(alert)
+                alert = latency(pm, w, m[4], ft, lt, [])
+                if alert is not None:
+                    out.append(alert)
+                if m[5]:
+                    alert = ttft(pm, w, m[5], ft, lt, [])
+                    if alert is not None:
+                        out.append(alert)
+        tools = b.tools
+        for tk in sorted(tools, key=_SECOND):
+            x = tools[tk]
+            first, last = x[3], x[4]
+            ft = first.timestamp()
+            lt = ft if last is first else last.timestamp()
+            alert = self.tool_failures.observe(tk[:1], tk[1], x[:2], ft, lt, x[5:])
             if alert is not None:
                 out.append(alert)
-
-        if b.usage:
-            self._spikes(b, emit)
-        for (tenant, feature, rid), (calls, tokens, first, last, ids) in b.requests.items():
-            emit(self.runaway.observe((tenant, feature, rid), calls, tokens, first, last, ids))
-        for (provider, model, w), m in sorted(b.models.items(), key=lambda kv: kv[0][2]):
-            key = (provider, model)
-            emit(self.errors.observe(key, w, m[:4], m[6], m[7], m[8]))
-            emit(self.latency.observe(key, w, m[4], m[6], m[7], []))
-            if m[5]:
-                emit(self.ttft.observe(key, w, m[5], m[6], m[7], []))
-        for (tool, w), x in sorted(b.tools.items(), key=lambda kv: kv[0][1]):
-            emit(self.tool_failures.observe((tool,), w, x[:2], x[3], x[4], x[5]))
-            emit(self.tool_latency.observe((tool,), w, x[2], x[3], x[4], []))
-        for (tenant, feature, category, w), x in sorted(b.safety.items(), key=lambda kv: kv[0][3]):
-            emit(self.safety.observe((tenant, feature, category), w, x[0], x[1], x[2], x[3]))
-        for (index, w), x in sorted(b.retrieval.items(), key=lambda kv: kv[0][1]):
-            emit(self.retrieval.observe((index,), w, x[:3], x[3], x[4], x[5]))
+            alert = self.tool_latency.observe(tk[:1], tk[1], x[2], ft, lt, [])
+            if alert is not None:
+                out.append(alert)
+        safety = b.safety
+        for sk in sorted(safety, key=_FOURTH):
+            x = safety[sk]
+            first, last = x[1], x[2]
+            ft = first.timestamp()
+            lt = ft if last is first else last.timestamp()
+            alert = self.safety.observe(sk[:3], sk[3], x[0], ft, lt, x[3:])
+            if alert is not None:
+                out.append(alert)
+        retrieval = b.retrieval
+        for ik in sorted(retrieval, key=_SECOND):
+            x = retrieval[ik]
+            first, last = x[3], x[4]
+            ft = first.timestamp()
+            lt = ft if last is first else last.timestamp()
+            alert = self.retrieval.observe(ik[:1], ik[1], x[:3], ft, lt, x[5:])
+            if alert is not None:
+                out.append(alert)
         return out
 
-    def _spikes(self, b: BatchWindows, emit: Any) -> None:
+    def _spikes(self, b: BatchWindows, out: list[Alert]) -> None:
         cw, tw = self.cost.params.window_s, self.tokens.params.window_s
-        # samples per (key, spike window, 10 s sub-window), so each detector also judges its trailing span
-        cost_t: dict[tuple[str, int, int], WindowSample] = {}
-        cost_f: dict[tuple[str, int, int], WindowSample] = {}
-        tok_t: dict[tuple[str, int, int], WindowSample] = {}
-        tok_f: dict[tuple[str, int, int], WindowSample] = {}
-        for (tenant, feature, w), (cost, tokens, _calls, first, last, ids, top_cost, top_tokens) in b.usage.items():
+        # samples per (key, spike window, 10 s sub-window), so each detector also judges its trailing
+        # span: [amount, first, last, ids, peak], times as event datetimes (made alert datetimes only
+        # when an alert needs them), token amounts as ints (made Decimal once per sample: exact).
+        # The (scope, 10 s window) sums are taken in the order of their window (a stable sort), so
+        # each dict of samples is built in the order the detectors judge it (as sorting it was).
+        cost_t: dict[tuple[str, int, int], list[Any]] = {}
+        cost_f: dict[tuple[str, int, int], list[Any]] = {}
+        tok_t: dict[tuple[str, int, int], list[Any]] = {}
+        tok_f: dict[tuple[str, int, int], list[Any]] = {}
+        usage = b.usage
+        for k in sorted(usage, key=_THIRD):
+            u = usage[k]
+            tenant, feature, w = k
+            cost, tokens, first, last, top_cost, top_tokens = u[0], u[1], u[2], u[3], u[4], u[5]
+            ids = u[6:]  # shared by the new samples below: a merge makes a new list (_merge)
             t = w * BASE_WINDOW_S
-            first_dt, last_dt = at(first), at(last)
-            _add(cost_t, (tenant, t // cw, w), cost, first_dt, last_dt, ids, top_cost)
-            _add(tok_t, (tenant, t // tw, w), Decimal(tokens), first_dt, last_dt, ids, Decimal(top_tokens))
+            ck = (tenant, t // cw, w)
+            tk = ck if tw == cw else (tenant, t // tw, w)
+            x = cost_t.get(ck)
+            if x is None:
+                cost_t[ck] = [cost, first, last, ids, top_cost]
+            else:
+                _merge(x, cost, first, last, ids, top_cost)
+            x = tok_t.get(tk)
+            if x is None:
+                tok_t[tk] = [tokens, first, last, ids, top_tokens]
+            else:
+                _merge(x, tokens, first, last, ids, top_tokens)
             if feature:
                 fkey = tenant + KEY_SEP + feature
-                _add(cost_f, (fkey, t // cw, w), cost, first_dt, last_dt, ids, top_cost)
-                _add(tok_f, (fkey, t // tw, w), Decimal(tokens), first_dt, last_dt, ids, Decimal(top_tokens))
-        for det, samples in ((self.cost, cost_t), (self.tokens, tok_t)):
-            for (key, w, sub), s in sorted(samples.items(), key=lambda kv: kv[0][2]):
-                emit(det.observe(key, w, s, sub=sub if det.params.window_s > BASE_WINDOW_S else None))
-        for det, parent, samples in ((self.cost_feature, self.cost, cost_f), (self.tokens_feature, self.tokens, tok_f)):
-            for (key, w, sub), s in sorted(samples.items(), key=lambda kv: kv[0][2]):
+                ck = (fkey, t // cw, w)
+                tk = ck if tw == cw else (fkey, t // tw, w)
+                x = cost_f.get(ck)
+                if x is None:
+                    cost_f[ck] = [cost, first, last, ids, top_cost]
+                else:
+                    _merge(x, cost, first, last, ids, top_cost)
+                x = tok_f.get(tk)
+                if x is None:
+                    tok_f[tk] = [tokens, first, last, ids, top_tokens]
+                else:
+                    _merge(x, tokens, first, last, ids, top_tokens)
+        for det, samples, ints in ((self.cost, cost_t, False), (self.tokens, tok_t, True)):
+            judge_sub = det.params.window_s > BASE_WINDOW_S
+            observe = det.observe_at
+            for (key, w, sub), x in samples.items():
+                amount, peak = (Decimal(x[0]), Decimal(x[4])) if ints else (x[0], x[4])
+                alert = observe(key, w, amount, peak, x[1], x[2], x[3], sub if judge_sub else None)
+                if alert is not None:
+                    out.append(alert)
+        for det, parent, samples, ints in ((self.cost_feature, self.cost, cost_f, False),
+                                           (self.tokens_feature, self.tokens, tok_f, True)):
+            judge_sub = det.params.window_s > BASE_WINDOW_S
+            observe = det.observe_at
+            for (key, w, sub), x in samples.items():
                 was_open = det.is_open(key)
-                alert = det.observe(key, w, s, sub=sub if det.params.window_s > BASE_WINDOW_S else None)
-                if alert is not None and not was_open and parent.is_open(key.split(KEY_SEP, 1)[0]):
+                amount, peak = (Decimal(x[0]), Decimal(x[4])) if ints else (x[0], x[4])
+                alert = observe(key, w, amount, peak, x[1], x[2], x[3], sub if judge_sub else None)
+                if alert is None:
+                    continue
+                if not was_open and parent.is_open(key.split(KEY_SEP, 1)[0]):
                     det.state[key].open = None  # suppressed: never published, so never resolved
                     continue
-                emit(alert)
+                out.append(alert)
 
     def advance(self, watermark: datetime) -> list[Alert]:
         t = watermark.timestamp()
@@ -300,15 +464,17 @@ _PARTS = ("cost", "cost_feature", "tokens", "tokens_feature", "runaway", "errors
           "tool_failures", "tool_latency", "safety", "retrieval")
 
 
-def _add(into: dict[tuple[str, int, int], WindowSample], key: tuple[str, int, int], amount: Decimal, first: datetime,
-         last: datetime, ids: list[str], peak: Decimal) -> None:
-    s = into.get(key)
-    if s is None:
-        into[key] = WindowSample(amount, first, last, list(ids), peak)
-    else:
-        s.amount += amount
-        s.peak = max(s.peak, peak)
-        s.first_ts = min(s.first_ts, first)
-        s.last_ts = max(s.last_ts, last)
-        if len(s.event_ids) < MAX_IDS:
-            s.event_ids.extend(ids[:MAX_IDS - len(s.event_ids)])
+_SECOND = itemgetter(1)  # sort keys: the 10 s window's place in a group's key
+_THIRD = itemgetter(2)
+_FOURTH = itemgetter(3)
+
+
+def _merge(s: list[Any], amount: Any, first: datetime, last: datetime, ids: list[str], peak: Any) -> None:
+    """Add one (scope, 10 s window) sum to a spike sample."""
+    s[0] += amount
+    s[4] = max(s[4], peak)
+    s[1] = min(s[1], first)
+    s[2] = max(s[2], last)
+    have = s[3]
+    if len(have) < MAX_IDS:
+        s[3] = have + ids[:MAX_IDS - len(have)]  # a new list: ``have`` may be shared

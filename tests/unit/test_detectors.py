@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
 
-from flyball.schemas import Alert, AlertKind, Scope
+from flyball.schemas import Alert, AlertKind, LLMCall, Scope
 from flyball.stream_processors.detectors import (
     BASE_WINDOW_S,
     COST_PARAMS,
     AlertBook,
+    BatchWindows,
     BinomialRateDetector,
     CostSpikeDetector,
     Detectors,
@@ -297,3 +299,54 @@ def test_detector_state_round_trips_through_json_and_keeps_baselines() -> None:
     assert restored.snapshot() == det.snapshot()
     alert = restored.errors.observe(("openai", "gpt-4o-mini"), B0 + 360, [50, 30, 0, 0], 0.0, (B0 + 360) * 10.0, [])
     assert alert is not None and float(alert.baseline) < 0.01  # learnt, not the 2 % prior
+
+
+# ------------------------------------------------------------------ batch aggregation (performance paths)
+
+
+def test_batch_windows_put_out_of_order_events_in_their_own_10s_window() -> None:
+    """BatchWindows.add caches the latest window's bounds: out-of-order events around window
+    boundaries must still land in int(ts.timestamp()) // 10, with exact first/last times."""
+    rng = random.Random(7)
+    base = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    offsets = [0.0, 9.999999, 10.0, 10.000001, 19.5, 29.999999, 30.0, -0.000001, 5.25, 41.0]
+    events = []
+    for n in range(200):
+        ts = base + timedelta(seconds=rng.choice(offsets) + rng.choice((0, 0, 0, 40, -40)))
+        events.append(LLMCall(event_id=str(uuid.UUID(int=n + 1)), ts=ts, tenant_id="acme", provider="openai",
+                              model="gpt-4o-mini", input_tokens=10, output_tokens=5, request_id=f"r{n % 7}"))
+    b = BatchWindows()
+    for e in events:
+        b.add(e, Decimal("0.001"))
+    expected: dict[int, list[datetime]] = {}
+    for e in events:
+        expected.setdefault(int(e.ts.timestamp()) // BASE_WINDOW_S, []).append(e.ts)
+    assert {w: (u[2], u[3]) for (_, _, w), u in b.usage.items()} == {
+        w: (min(ts), max(ts)) for w, ts in expected.items()}
+    assert sorted(k[2] for k in b.models) == sorted(expected)
+
+
+def test_latency_running_span_sums_equal_a_recount() -> None:
+    """The latency detector keeps each span's n and k (values above q0) as windows come, go and
+    arrive late; after every observation they must equal a recount of its windows."""
+    rng = random.Random(11)
+    det = latency_detector()
+    key = ("openai", "gpt-4o-mini")
+    for i in range(600):
+        w = B0 + i - (rng.randrange(20) if rng.random() < 0.2 else 0)  # some late windows
+        median = 2400 if 400 <= i < 420 else 800
+        det.observe(key, w, lognormal(rng, median, rng.randrange(1, 12)), w * 10.0, w * 10.0 + 9, [])
+        s = det.state[key]
+        if s.sums is None:
+            continue
+        short, long_ = det.params.spans
+        recount = [0, 0, 0, 0]
+        for wi, vals in s.windows.items():
+            above = sum(1 for v in vals if v > s.counts_q0)
+            if wi > s.newest - long_:
+                recount[2] += len(vals)
+                recount[3] += above
+            if wi > s.newest - short:
+                recount[0] += len(vals)
+                recount[1] += above
+        assert s.sums == recount
