@@ -118,7 +118,7 @@ class System:
             pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
-                                        checkpoint_interval_s=s.detector_checkpoint_s)
+                                        checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id)
             self._faust = create_worker_app(bootstrap=self.bootstrap, ingest=self.ingest, app_id=s.worker_group,
                                             session_timeout_s=s.session_timeout_ms / 1000)
             self._tasks.append(asyncio.create_task(self._faust.start(), name="faust"))

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     rollup_interval_s: float = 30.0  # spend_minute refresh (recomputed from events FINAL)
     finance_reload_s: float = 30.0  # a `flyball worker` without the API re-reads prices and budgets this often
     detector_checkpoint_s: float = 30.0  # how often the worker saves detector baselines (after a commit)
+    worker_id: str = ""  # a stable id per worker replica (e.g. the StatefulSet ordinal): its own checkpoint row
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
 

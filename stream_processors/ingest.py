@@ -65,7 +65,7 @@ class IngestService:
     def __init__(self, *, bootstrap: str, store: ClickHouseStore, pipeline: Pipeline,
                  group_id: str = "flyball-worker", max_batch: int = 20_000, poll_ms: int = 200,
                  session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 checkpoint_interval_s: float | None = 30.0) -> None:
+                 checkpoint_interval_s: float | None = 30.0, worker_id: str = "") -> None:
         self.bootstrap = bootstrap
         self.store = store
         self.pipeline = pipeline
@@ -84,6 +84,8 @@ class IngestService:
         self._producer: AIOKafkaProducer | None = None
         # detector state: restored at start, saved after a commit at most every checkpoint_interval_s
         self.checkpoint_interval_s = checkpoint_interval_s
+        # one checkpoint row per replica: replicas of one group must not restore each other's state
+        self.checkpoint_key = f"{group_id}/{worker_id}" if worker_id else group_id
         self._checkpointed_at = float("-inf")
         self._uncommitted = False
         self.idle_lag_s = 30.0  # with no events, detectors' event time follows the clock this far behind
@@ -223,10 +225,13 @@ class IngestService:
 
     # ---------------------------------------------------------------- detector state
     # The detectors' baselines (a detector needs minutes of history before it may alert) are
-    # checkpointed to ClickHouse, one row per consumer group, after a successful commit, so
-    # that the saved state matches the committed offsets; a restarted worker restores it and
-    # alerts on a spike right away. Saving is throttled (checkpoint_interval_s): the events
+    # checkpointed to ClickHouse, one row per consumer group and worker id, after a successful
+    # commit, so that the saved state matches the committed offsets; a restarted worker restores
+    # it and alerts on a spike right away. Saving is throttled (checkpoint_interval_s): the events
     # between the last checkpoint and a crash are missing from the baselines, never counted twice.
+    # Replicas of one group need distinct worker ids (FLYBALL_WORKER_ID), else each restores
+    # whichever replica saved last. The state follows the replica, not the partition: after a
+    # rebalance moves a tenant, its spike baselines start cold on the new owner (3 minutes).
     async def _checkpoint(self, *, force: bool = False) -> None:
         if self.checkpoint_interval_s is None:
             return
@@ -236,7 +241,7 @@ class IngestService:
         self._checkpointed_at = mono
         try:
             blob = orjson.dumps(self.pipeline.detectors.snapshot()).decode()
-            row = [self.group_id, self.clock(), self.pipeline.watermark, blob]
+            row = [self.checkpoint_key, self.clock(), self.pipeline.watermark, blob]
             await self.store.run(self.store.insert, "detector_state", [row],
                                  ["group_id", "saved_at", "watermark", "state"])
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs baselines on restart, never the worker
@@ -248,14 +253,14 @@ class IngestService:
         try:
             rows = await self.store.run(self.store.query,
                                         "SELECT argMax(state, saved_at), argMax(watermark, saved_at), count() "
-                                        "FROM detector_state WHERE group_id = {g:String}", {"g": self.group_id})
+                                        "FROM detector_state WHERE group_id = {g:String}", {"g": self.checkpoint_key})
             if not rows or not rows[0][2]:
                 return
             state, watermark, _ = rows[0]
             self.pipeline.detectors.restore(orjson.loads(state))
             if watermark is not None:
                 self.pipeline.watermark = watermark if watermark.tzinfo else watermark.replace(tzinfo=UTC)
-            log.info("detector_state_restored", group=self.group_id, watermark=str(self.pipeline.watermark))
+            log.info("detector_state_restored", key=self.checkpoint_key, watermark=str(self.pipeline.watermark))
         except Exception as exc:  # noqa: BLE001 - unreadable state: start with fresh baselines
             log.warning("detector_state_not_restored", error=str(exc)[:300])
 
