@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import uvicorn
@@ -33,6 +33,9 @@ from flyball.stream_processors.topics import ensure_topics
 
 from .app import Deps, create_app
 from .auth import Principal, Role
+
+if TYPE_CHECKING:
+    from .auth import KeyRing
 from .directives import ControlLoop
 from .embedded import EmbeddedBroker, free_port, start_tansu
 from .plane import ControlPlane, build_control_plane

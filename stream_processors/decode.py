@@ -30,8 +30,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
-from msgspec import Meta, Struct
-
 from flyball.schemas import parse_event
 from flyball.schemas.events import (
     MAX_ATTRIBUTE_KEY,
@@ -44,6 +42,7 @@ from flyball.schemas.events import (
     CallStatus,
     Envelope,
 )
+from msgspec import Meta, Struct
 
 # The same bounds as the models. Patterns end in \Z, not $: msgspec runs Python's re.search,
 # where $ also matches before a trailing newline, which pydantic's (Rust) regex does not.

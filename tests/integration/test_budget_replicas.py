@@ -9,14 +9,13 @@ import asyncio
 import math
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-
 from flyball.control_plane.finance import Finance
 from flyball.control_plane.runtime import load_prices
 from flyball.producers.transports.kafka import start_producer

@@ -14,13 +14,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from flyball.schemas import InvalidEvent, parse_event
 from flyball.schemas.events import KINDS
 from flyball.stream_processors.decode import FAST_KINDS, _fast, decode_event, fields_of
 from flyball.stream_processors.simulate import simulate
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
