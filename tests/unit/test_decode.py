@@ -136,32 +136,32 @@ def test_arbitrary_bytes_give_the_models_verdict(raw: bytes) -> None:
 
 @pytest.mark.parametrize("raw", [
     # duplicate keys: both take the last one
-    b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
-    b'"tenant_id":"a","tenant_id":"b","tool_name":"t"}',
+    (b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
+    b'"tenant_id":"a","tenant_id":"b","tool_name":"t"}'),
     # lone surrogates, escaped and raw
-    b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
-    b'"tenant_id":"\\ud800","tool_name":"t"}',
-    b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
-    b'"tenant_id":"\xed\xa0\x80","tool_name":"t"}',
+    (b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
+    b'"tenant_id":"\\ud800","tool_name":"t"}'),
+    (b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
+    b'"tenant_id":"\xed\xa0\x80","tool_name":"t"}'),
     # a number too large for any integer type, in attributes and in a token count
-    b'{"event_type":"llm_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
-    b'"tenant_id":"a","provider":"p","model":"m","attributes":{"n":123456789012345678901234567890}}',
-    b'{"event_type":"llm_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
-    b'"tenant_id":"a","provider":"p","model":"m","input_tokens":123456789012345678901234567890}',
-    b'{"event_type":"llm_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
-    b'"tenant_id":"a","provider":"p","model":"m","latency_ms":1e999}',
+    (b'{"event_type":"llm_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
+    b'"tenant_id":"a","provider":"p","model":"m","attributes":{"n":123456789012345678901234567890}}'),
+    (b'{"event_type":"llm_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
+    b'"tenant_id":"a","provider":"p","model":"m","input_tokens":123456789012345678901234567890}'),
+    (b'{"event_type":"llm_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
+    b'"tenant_id":"a","provider":"p","model":"m","latency_ms":1e999}'),
     # trailing data, BOM, whitespace
-    b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
-    b'"tenant_id":"a","tool_name":"t"} x',
-    b'\xef\xbb\xbf{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
-    b'"ts":"2026-11-26T11:00:00Z","tenant_id":"a","tool_name":"t"}',
-    b' \n{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
-    b'"ts":"2026-11-26T11:00:00Z","tenant_id":"a","tool_name":"t"}\n ',
+    (b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","ts":"2026-11-26T11:00:00Z",'
+    b'"tenant_id":"a","tool_name":"t"} x'),
+    (b'\xef\xbb\xbf{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
+    b'"ts":"2026-11-26T11:00:00Z","tenant_id":"a","tool_name":"t"}'),
+    (b' \n{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
+    b'"ts":"2026-11-26T11:00:00Z","tenant_id":"a","tool_name":"t"}\n '),
     # event_type not first, and event_type twice
-    b'{"tenant_id":"a","tool_name":"t","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
-    b'"ts":"2026-11-26T11:00:00Z","event_type":"tool_call"}',
-    b'{"event_type":"llm_call","tenant_id":"a","tool_name":"t","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
-    b'"ts":"2026-11-26T11:00:00Z","event_type":"tool_call"}',
+    (b'{"tenant_id":"a","tool_name":"t","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
+    b'"ts":"2026-11-26T11:00:00Z","event_type":"tool_call"}'),
+    (b'{"event_type":"llm_call","tenant_id":"a","tool_name":"t","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
+    b'"ts":"2026-11-26T11:00:00Z","event_type":"tool_call"}'),
 ])
 def test_edge_cases_give_the_models_verdict(raw: bytes) -> None:
     fast = _fast(raw, NOW)
