@@ -29,6 +29,7 @@ Writes ``bench/out/detectors.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -45,6 +46,7 @@ from typing import Any
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench._worker
 OUT = ROOT / "bench" / "out" / "detectors.json"
 BATCH = 20_000
 
@@ -82,68 +84,35 @@ def dense_events(n: int) -> list[bytes]:
     return out
 
 
-def worker_gc() -> str:
-    """Tune the garbage collector as the worker process does at start, if this flyball does."""
-    try:
-        from flyball.stream_processors.ingest import tune_gc_for_batches
-    except ImportError:
-        return "default"
-    tune_gc_for_batches()
-    return "worker (tune_gc_for_batches)"
-
-
 def overhead(n: int, reps: int, *, default_gc: bool = False) -> dict[str, Any]:
-    from flyball.stream_processors import pipeline as pipeline_mod
-    from flyball.stream_processors.detectors import Detectors
+    from bench._worker import without_detectors
+    from flyball.stream_processors.ingest import tune_gc_for_batches
     from flyball.stream_processors.pipeline import Pipeline
-
-    class NoDetectors(Detectors):
-        def observe(self, b: Any) -> list[Any]:
-            return []
-
-        def advance(self, watermark: datetime) -> list[Any]:
-            return []
-
-    class NoWindows:
-        __slots__ = ()
-
-        def add(self, event: Any, cost: Any) -> None:
-            return None
 
     raws = dense_events(n)
     batches = [raws[i:i + BATCH] for i in range(0, len(raws), BATCH)]
     pb = book()
-    gc_mode = "default" if default_gc else worker_gc()
-    real_windows = pipeline_mod.BatchWindows
+    if not default_gc:
+        tune_gc_for_batches()  # as `flyball worker` does at start
+    gc_mode = "default" if default_gc else "worker (tune_gc_for_batches)"
     times: dict[str, list[float]] = {"with": [], "without": []}
     alerts = 0
     for _ in range(reps):
         for label in ("without", "with"):
-            if label == "without":
-                pipeline_mod.BatchWindows = NoWindows  # type: ignore[misc,assignment]  # bench-only stand-in
-                pipe = Pipeline(lambda: pb, detectors=NoDetectors())
-            else:
-                pipeline_mod.BatchWindows = real_windows  # type: ignore[misc]
-                pipe = Pipeline(lambda: pb)
-            try:
+            with without_detectors() if label == "without" else contextlib.nullcontext() as off:
+                pipe = Pipeline(lambda: pb, detectors=off)
                 t = time.thread_time()
                 got = sum(len(pipe.process(b, now=None).alerts) for b in batches)
                 times[label].append((time.thread_time() - t) / len(raws) * 1e6)
-            finally:
-                pipeline_mod.BatchWindows = real_windows  # type: ignore[misc]
             if label == "with":
                 alerts = got
     with_us, without_us = statistics.median(times["with"]), statistics.median(times["without"])
     # the detectors' own share, timed in isolation on the same events, decoded as the worker decodes
     # them (its fast path's objects where it has one: less exposed to noise than the difference)
-    from flyball.stream_processors.detectors import BatchWindows
+    from flyball.stream_processors.decode import decode_event
+    from flyball.stream_processors.detectors import BatchWindows, Detectors
 
-    try:
-        from flyball.stream_processors.decode import decode_event as parse_event
-    except ImportError:  # a worker without the fast decoder
-        from flyball.schemas import parse_event
-
-    events = [parse_event(r) for r in raws]
+    events = [decode_event(r) for r in raws]
     costs = [Decimal("0.001") if e.event_type == "llm_call" else None for e in events]
     add_us, observe_us = [], []
     for _ in range(reps):

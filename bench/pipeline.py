@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import json
@@ -64,6 +65,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench._worker
 OUT_DIR = ROOT / "bench" / "out"
 GOAL = 0.50
 DETECTOR_GOAL = 1.20  # issue #5: detectors add <= 20% to the worker's per-event cost
@@ -347,7 +349,8 @@ async def single_raw(a: argparse.Namespace) -> dict[str, Any]:
 
 
 async def single_worker(a: argparse.Namespace) -> dict[str, Any]:
-    from flyball.stream_processors.ingest import IngestService
+    from bench._worker import without_detectors
+    from flyball.stream_processors.ingest import IngestService, tune_gc_for_batches
     from flyball.stream_processors.pipeline import BatchResult, Pipeline
     from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
@@ -393,15 +396,10 @@ async def single_worker(a: argparse.Namespace) -> dict[str, Any]:
     book = builtin_prices()
     store = TimedStore(f"chdb://{a.chdb_dir}")
     store.migrate()
-    try:  # what `flyball worker` does at start (control_plane/runtime.py)
-        from flyball.stream_processors.ingest import tune_gc_for_batches
-        tune_gc_for_batches()
-    except ImportError:  # older code: the runtime tuned the collector itself
-        pass
-    if a.single == "worker-nodet":
-        pipeline = TimedPipeline(lambda: book, detectors=_without_detectors())
-    else:
-        pipeline = TimedPipeline(lambda: book)
+    tune_gc_for_batches()  # what `flyball worker` does at start (control_plane/runtime.py)
+    swap = contextlib.ExitStack()  # held to the end of the measurement: the detectors stay off until then
+    detectors = swap.enter_context(without_detectors()) if a.single == "worker-nodet" else None
+    pipeline = TimedPipeline(lambda: book, detectors=detectors)
     svc = TimedIngest(bootstrap=a.bootstrap, store=store, pipeline=pipeline, group_id=a.group,
                       max_batch=BATCH, session_timeout_ms=SESSION_TIMEOUT_MS)
     t_start = time.perf_counter()
@@ -437,31 +435,6 @@ async def single_worker(a: argparse.Namespace) -> dict[str, Any]:
                     "fetch_commit_and_loop": elapsed - process_s - insert_s},
         "dead_lettered": s.dead_lettered, "duplicates": s.duplicates, "alerts": s.alerts,
     }
-
-
-def _without_detectors() -> Any:
-    """The worker's own detectors with their two entry points emptied (bench-only): the
-    pipeline still calls them, so what is left out is exactly the detectors' work.
-    ``BatchWindows`` is swapped in the pipeline module for a no-op; this process runs one
-    measurement and exits, so nothing else sees the swap."""
-    from flyball.stream_processors import pipeline as pipeline_mod
-    from flyball.stream_processors.detectors import Detectors
-
-    class NoDetectors(Detectors):
-        def observe(self, b: Any) -> list[Any]:
-            return []
-
-        def advance(self, watermark: datetime) -> list[Any]:
-            return []
-
-    class NoWindows:
-        __slots__ = ()
-
-        def add(self, event: Any, cost: Any) -> None:
-            return None
-
-    pipeline_mod.BatchWindows = NoWindows  # type: ignore[misc,assignment]
-    return NoDetectors()
 
 
 def run_single(a: argparse.Namespace) -> int:
@@ -625,11 +598,8 @@ def profile(a: argparse.Namespace) -> int:
 
     from flyball.schemas import LLMCall, parse_event
     from flyball.stream_processors import pricing
+    from flyball.stream_processors.decode import decode_event
     from flyball.stream_processors.pipeline import Pipeline, RecentIds, to_row
-    try:
-        from flyball.stream_processors.decode import decode_event
-    except ImportError:  # before the fast decoder existed the worker validated with parse_event
-        decode_event = parse_event
 
     quiet_logging()
     n, reps = a.events, a.reps
@@ -672,7 +642,7 @@ def profile(a: argparse.Namespace) -> int:
     timed("watermark", watermark)
 
     usage_of = pricing.usage_of
-    priced = timed("price: usage + price()", lambda: [pricing.price(usage_of(e), book) for e in events]) or []
+    priced = timed("price: price_event", lambda: [pricing.price_event(e, book) for e in events]) or []
 
     from flyball.stream_processors.detectors import BatchWindows
 
@@ -681,7 +651,7 @@ def profile(a: argparse.Namespace) -> int:
         for i in range(0, n, BATCH):
             windows = BatchWindows()
             for e, p in zip(events[i:i + BATCH], priced[i:i + BATCH]):
-                windows.add(e, p.cost)
+                windows.add(e, p[0])
             out.append(windows)
         return out
     per_batch = timed("detector input: BatchWindows.add", aggregate) or []
@@ -692,7 +662,8 @@ def profile(a: argparse.Namespace) -> int:
             detectors.observe(windows)
             detectors.advance(events[min((i + 1) * BATCH, n) - 1].ts)
     timed("detectors: observe + advance (per batch)", detect)
-    timed("row building: to_row", lambda: [to_row(e, p.cost, p.price_version) for e, p in zip(events, priced)])
+    timed("row building: to_row", lambda: [to_row(e, c, v, False, tier, one_hour)
+                                           for e, (c, v, tier, one_hour) in zip(events, priced)])
     stage_sum = sum(v for k, v in us.items() if k != "Pipeline.process (total)" and isinstance(v, float))
 
     # where parse_event's and price's time goes (first batch only, scaled to us/event)

@@ -40,7 +40,6 @@ from flyball.schemas.events import (
     MAX_NAME,
     MAX_TOKENS,
     CallStatus,
-    Envelope,
 )
 from msgspec import Meta, Struct
 
@@ -215,10 +214,3 @@ def decode_event(raw: bytes, *, now: datetime | None = None) -> Any:
     if event is None:
         return parse_event(raw, now=now)
     return event
-
-
-def fields_of(event: Any) -> dict[str, Any]:
-    """Every field of a decoded event (either kind of object), for comparisons and tests."""
-    if isinstance(event, Envelope):
-        return {"event_type": event.event_type, **dict(event)}
-    return {"event_type": event.event_type, **msgspec.structs.asdict(event)}

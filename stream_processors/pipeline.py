@@ -23,7 +23,7 @@ from flyball.schemas.events import Envelope
 from .detectors import BatchWindows, Detectors, alert_id_for
 from .budgets import BudgetTracker
 from .decode import decode_event
-from .pricing import PriceBook, price_event, usage_of
+from .pricing import PriceBook, price_event
 
 EVENT_COLUMNS = (
     "event_id", "ts", "event_type", "tenant_id", "feature", "service", "environment",
@@ -136,11 +136,10 @@ class Pipeline:
         ))
 
 
-def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool = False,
-           tier: str | None = None, one_hour: int = 0) -> tuple[Any, ...]:
-    """The ``events`` row of one event (columns in ``EVENT_COLUMNS`` order). ``tier`` and
-    ``one_hour`` are the service tier and 1-hour cache writes pricing read (``price_event``);
-    None means "read them here"."""
+def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier: str,
+           one_hour: int) -> tuple[Any, ...]:
+    """The ``events`` row of one event (columns in ``EVENT_COLUMNS`` order); ``tier`` and
+    ``one_hour`` are the service tier and 1-hour cache writes pricing read (``price_event``)."""
     provider = model = status = tool = category = index = prompt_version = ""
     tokens = (0, 0, 0, 0, 0)
     latency = 0.0
@@ -149,9 +148,6 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool = Fal
         e: LLMCall = event  # type: ignore[assignment]
         provider, model, status, latency = e.provider, e.model, e.status.value, e.latency_ms
         tokens = (e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens)
-        if tier is None:
-            u = usage_of(e)
-            tier, one_hour = u.service_tier, u.cache_write_1h_tokens
         prompt_version = e.prompt_version or str(e.attributes.get("prompt_version", "")) if e.attributes else e.prompt_version
     elif kind == "tool_call":
         tool, status, latency = event.tool_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
@@ -163,5 +159,5 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool = Fal
         event.event_id, event.ts, event.event_type, event.tenant_id, event.feature, event.service,
         event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
         status, tool, category, index, cost, version, 1 if cost is None else 0,
-        tier or "", one_hour, prompt_version, 1 if late else 0,
+        tier, one_hour, prompt_version, 1 if late else 0,
     )

@@ -286,11 +286,7 @@ def price_event(event: Any, book: PriceBook) -> tuple[Decimal | None, str, str, 
     entry = book.lookup(event.provider, event.model, event.ts)
     if entry is None:
         return None, "", "", one_hour
-    rates = entry.rates
-    if entry.tier_threshold_tokens is not None and entry.above is not None \
-            and event.input_tokens > entry.tier_threshold_tokens:
-        rates = entry.above
-    return _cost(event, rates), entry.version, "", one_hour
+    return _cost(event, entry.rates_for(event.input_tokens)[0]), entry.version, "", one_hour
 
 
 # ---------------------------------------------------------------- catalog loading (pure: text in)

@@ -16,12 +16,20 @@ import msgspec
 import pytest
 from flyball.schemas import InvalidEvent, parse_event
 from flyball.schemas.events import KINDS
-from flyball.stream_processors.decode import FAST_KINDS, _fast, decode_event, fields_of
+from flyball.schemas.events import Envelope
+from flyball.stream_processors.decode import FAST_KINDS, _fast, decode_event
 from flyball.stream_processors.simulate import simulate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def fields_of(event: Any) -> dict[str, Any]:
+    """Every field of a decoded event, a pydantic model or a fast Struct alike."""
+    if isinstance(event, Envelope):
+        return {"event_type": event.event_type, **dict(event)}
+    return {"event_type": event.event_type, **msgspec.structs.asdict(event)}
 
 
 def _model_defaults(model: type) -> dict[str, Any]:
