@@ -33,3 +33,14 @@ def test_brokers(brokers: Sequence[str]) -> Iterator[dict[str, str]]:
     finally:
         if started:
             subprocess.run([sys.executable, script, "stop", "--state", str(state)], stdout=subprocess.DEVNULL)
+
+
+def each_broker(names: str) -> Iterator[tuple[str, str, Path]]:
+    """For each broker in ``names`` ("tansu,kafka"), in order: (name, bootstrap, a fresh temporary
+    directory for that broker's measurement). Consume it whole: the brokers stop at its end."""
+    brokers = [b for b in names.split(",") if b]
+    with test_brokers(brokers) as addresses:
+        for broker in brokers:
+            print(f"{broker}:", flush=True)
+            with tempfile.TemporaryDirectory() as d:
+                yield broker, addresses[broker], Path(d)

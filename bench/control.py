@@ -18,7 +18,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._brokers import test_brokers  # noqa: E402
+from bench._brokers import each_broker  # noqa: E402
 from flyball.control_plane.embedded import free_port  # noqa: E402
 from flyball.control_plane.policy import Policies, Policy  # noqa: E402
 from flyball.control_plane.runtime import System, configure_logging  # noqa: E402
@@ -98,20 +97,16 @@ def main() -> int:
     parser.add_argument("--brokers", default="tansu,kafka")
     args = parser.parse_args()
     configure_logging("error")
-    brokers = [b for b in args.brokers.split(",") if b]
     results = {}
-    with test_brokers(brokers) as addresses:
-        for broker in brokers:
-            print(f"{broker}:", flush=True)
-            with tempfile.TemporaryDirectory() as d:
-                loop, base = asyncio.run(measure(addresses[broker], args.alerts, Path(d)))
-            results[broker] = {
-                "alerts": len(loop),
-                "p50_ms": round(statistics.median(loop) * 1000, 1), "p95_ms": round(pct(loop, 0.95) * 1000, 1),
-                "max_ms": round(max(loop) * 1000, 1),
-                "baseline_p50_ms": round(statistics.median(base) * 1000, 1),
-                "baseline_p95_ms": round(pct(base, 0.95) * 1000, 1),
-            }
+    for broker, bootstrap, work in each_broker(args.brokers):
+        loop, base = asyncio.run(measure(bootstrap, args.alerts, work))
+        results[broker] = {
+            "alerts": len(loop),
+            "p50_ms": round(statistics.median(loop) * 1000, 1), "p95_ms": round(pct(loop, 0.95) * 1000, 1),
+            "max_ms": round(max(loop) * 1000, 1),
+            "baseline_p50_ms": round(statistics.median(base) * 1000, 1),
+            "baseline_p95_ms": round(pct(base, 0.95) * 1000, 1),
+        }
     print("\nalert published -> directive visible in guard() (target p95 <= 2000 ms):")
     for broker, r in results.items():
         ratio = r["p50_ms"] / r["baseline_p50_ms"] if r["baseline_p50_ms"] else float("nan")

@@ -15,7 +15,6 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -24,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._brokers import test_brokers  # noqa: E402
+from bench._brokers import each_broker  # noqa: E402
 from flyball.control_plane.embedded import free_port  # noqa: E402
 from flyball.control_plane.policy import Policies, Policy  # noqa: E402
 from flyball.control_plane.runtime import System, configure_logging  # noqa: E402
@@ -76,16 +75,12 @@ def main() -> int:
     parser.add_argument("--brokers", default="tansu,kafka")
     args = parser.parse_args()
     configure_logging("error")
-    brokers = [b for b in args.brokers.split(",") if b]
     results = {}
-    with test_brokers(brokers) as addresses:
-        for broker in brokers:
-            print(f"{broker}:", flush=True)
-            with tempfile.TemporaryDirectory() as d:
-                runs = asyncio.run(measure(addresses[broker], args.runs, Path(d)))
-            results[broker] = {"runs_ms": [round(r * 1000, 1) for r in runs],
-                               "median_ms": round(statistics.median(runs) * 1000, 1),
-                               "max_ms": round(max(runs) * 1000, 1)}
+    for broker, bootstrap, work in each_broker(args.brokers):
+        runs = asyncio.run(measure(bootstrap, args.runs, work))
+        results[broker] = {"runs_ms": [round(r * 1000, 1) for r in runs],
+                           "median_ms": round(statistics.median(runs) * 1000, 1),
+                           "max_ms": round(max(runs) * 1000, 1)}
     print("\nspike start -> guard refuses (median of runs):")
     for broker, r in results.items():
         print(f"  {broker:<6} median {r['median_ms']:>7.1f} ms   max {r['max_ms']:>7.1f} ms   runs {r['runs_ms']}")
