@@ -5,17 +5,13 @@ no API-key check)."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.routing import APIRoute
 
 from flyball.control_plane.app import Deps, create_app
@@ -23,7 +19,7 @@ from flyball.control_plane.auth import KeyRing, RateLimiter, Role
 from flyball.control_plane.policy import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
-from tests.conftest import free_port
+from tests.integration._helpers import serve_app
 
 PUBLIC = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 ALL = set(Role)
@@ -81,15 +77,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
         plain[f"{role}@acme"], _ = keys.create(role, tenant_id="acme")
     app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES,
                           prices=lambda: book, limiter=RateLimiter(per_minute=1e6, burst=10_000)))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", plain, app
-    server.should_exit = True
-    thread.join(10)
+    with serve_app(app) as url:
+        yield url, plain, app
     store.close()
 
 
@@ -152,24 +141,14 @@ def test_write_routes_are_rate_limited_per_key_with_retry_after(tmp_path: Path) 
     other, _ = keys.create(Role.ADMIN)
     app = create_app(Deps(store=None, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES, prices=lambda: None,
                           limiter=RateLimiter(per_minute=6, burst=2)))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            def post(key: str) -> httpx.Response:
-                return http.post("/v1/keys", json={"role": "service"}, headers={"Authorization": f"Bearer {key}"})
+    with serve_app(app) as url, httpx.Client(base_url=url, timeout=10) as http:
+        def post(key: str) -> httpx.Response:
+            return http.post("/v1/keys", json={"role": "service"}, headers={"Authorization": f"Bearer {key}"})
 
-            assert [post(admin).status_code for _ in range(2)] == [201, 201]
-            limited = post(admin)
-            assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
-            assert post(other).status_code == 201  # the limit is per key
-            assert http.get("/v1/keys", headers={"Authorization": f"Bearer {admin}"}).status_code == 200  # reads are not limited
-            bad = http.post("/v1/keys", json={"role": "overlord"}, headers={"Authorization": f"Bearer {other}"})
-            assert bad.status_code == 422 and "role" in bad.json()["detail"]
-    finally:
-        server.should_exit = True
-        thread.join(10)
+        assert [post(admin).status_code for _ in range(2)] == [201, 201]
+        limited = post(admin)
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+        assert post(other).status_code == 201  # the limit is per key
+        assert http.get("/v1/keys", headers={"Authorization": f"Bearer {admin}"}).status_code == 200  # reads are not limited
+        bad = http.post("/v1/keys", json={"role": "overlord"}, headers={"Authorization": f"Bearer {other}"})
+        assert bad.status_code == 422 and "role" in bad.json()["detail"]

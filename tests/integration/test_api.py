@@ -3,11 +3,8 @@ CSV/JSON agreement, and 4xx messages that name the field."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +14,6 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Principal, Role
@@ -25,7 +21,7 @@ from flyball.control_plane.policy import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
-from tests.conftest import free_port
+from tests.integration._helpers import serve_app
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
@@ -69,15 +65,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         plain[str(role)] = key
     plain["finance-acme"], _ = keys.create(Role.FINANCE, tenant_id="acme")
     app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES, prices=lambda: book))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    yield Api(f"http://127.0.0.1:{port}", plain)
-    server.should_exit = True
-    thread.join(10)
+    with serve_app(app) as url:
+        yield Api(url, plain)
     store.close()
 
 

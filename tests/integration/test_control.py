@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import ALERTS, Alert, AlertKind, Scope
 from flyball.stream_processors.ingest import alert_row
 from tests.conftest import free_port
+from tests.integration._helpers import eventually
 
 ADMIN = "control-test-admin"
 RUN = uuid.uuid4().hex[:8]  # this run's scopes; the receiver fails the first post that names it
@@ -97,18 +97,6 @@ async def system(bootstrap: str, tmp_path: Path, receivers: tuple[Receiver, Rece
     finally:
         await sys_.stop()
 
-
-async def eventually(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
 
 
 def make_alert(kind: AlertKind, scope: Scope, status: str = "open") -> Alert:

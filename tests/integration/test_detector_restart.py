@@ -5,9 +5,7 @@ after the restart is still caught, where a worker with fresh baselines would be 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
+from tests.integration._helpers import eventually
 
 
 def call(tenant: str, ts: datetime, model: str = "gpt-4o-mini", inp: int = 1000, out: int = 200) -> bytes:
@@ -37,14 +36,6 @@ async def produce(bootstrap: str, tenant: str, raws: list[bytes]) -> None:
     finally:
         await producer.stop()
 
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 async def test_restarted_worker_keeps_its_baselines_and_catches_a_spike_at_once(bootstrap: str, tmp_path: Path) -> None:

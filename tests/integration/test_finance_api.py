@@ -5,12 +5,9 @@ isolation on every finance route, minute rollups that ignore duplicate inserts, 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +19,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Principal, Role
@@ -32,7 +28,7 @@ from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.pricing import PriceBook
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
-from tests.conftest import free_port
+from tests.integration._helpers import serve_app
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY0 = datetime(NOW.year, NOW.month, 1, tzinfo=UTC)  # this month, so budgets and forecasts see it
@@ -90,19 +86,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     plain["admin-acme"], _ = keys.create(Role.ADMIN, tenant_id="acme")
     app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES,
                           prices=lambda: holder["book"], finance=finance))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    e = Env(f"http://127.0.0.1:{port}", plain, store, finance, pipeline, holder)
-    # 24 hourly calls for acme (12 before the price change, 12 after) and a steady globex
-    e.ingest([ev("acme", DAY0 + timedelta(hours=h), prompt_version=f"v{1 + h % 2}") for h in range(12)]
-             + [ev("globex", DAY0 + timedelta(hours=h), inp=5000, feature="search") for h in range(24)])
-    yield e
-    server.should_exit = True
-    thread.join(10)
+    with serve_app(app) as url:
+        e = Env(url, plain, store, finance, pipeline, holder)
+        # 24 hourly calls for acme (12 before the price change, 12 after) and a steady globex
+        e.ingest([ev("acme", DAY0 + timedelta(hours=h), prompt_version=f"v{1 + h % 2}") for h in range(12)]
+                 + [ev("globex", DAY0 + timedelta(hours=h), inp=5000, feature="search") for h in range(24)])
+        yield e
     store.close()
 
 

@@ -23,6 +23,7 @@ from flyball.control_plane.settings import Settings
 from flyball.producers import Telemetry
 from flyball.schemas import DLQ, EVENTS, ActionKind, AlertKind
 from tests.conftest import free_port
+from tests.integration._helpers import eventually
 
 ADMIN = "test-admin-key"
 # Rates written out here from the providers' price pages, independently of the pricing code.
@@ -48,16 +49,6 @@ async def system(bootstrap: str, tmp_path: Path) -> AsyncIterator[System]:
     finally:
         await sys_.stop()
 
-
-async def _eventually(check, timeout: float = 45.0, interval: float = 0.25):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
 
 
 async def test_cost_spike_closes_the_loop_only_for_that_tenant(system: System, bootstrap: str) -> None:
@@ -100,7 +91,7 @@ async def test_cost_spike_closes_the_loop_only_for_that_tenant(system: System, b
             first, second = tel.guard(tenant_id=spiky), tel.guard(tenant_id=spiky)
             return not (first.allowed and second.allowed)
 
-        await _eventually(refused)
+        await eventually(refused)
         decision = tel.guard(tenant_id=spiky)
         assert not decision.allowed and decision.retry_after_s and decision.retry_after_s > 0
         assert decision.reason == "throttled"
@@ -117,7 +108,7 @@ async def test_cost_spike_closes_the_loop_only_for_that_tenant(system: System, b
                 return body if body["events"] == counts[tenant] else None
 
             for tenant in (calm, spiky):
-                body = await _eventually(lambda t=tenant: spend_of(t))
+                body = await eventually(lambda t=tenant: spend_of(t))
                 assert Decimal(body["total_usd"]) == expected[tenant], tenant
 
             alerts = (await api.get("/v1/alerts", params={"kind": "cost_spike"})).json()
@@ -139,7 +130,7 @@ async def test_cost_spike_closes_the_loop_only_for_that_tenant(system: System, b
         assert await asyncio.to_thread(tel.flush, 30)
         async with httpx.AsyncClient(base_url=system.api_url, headers=headers, timeout=10) as api:
             assert (await api.get("/healthz")).json()["worker_ready"] is True
-            body = await _eventually(lambda: spend_of_tenant(api, calm, counts[calm]))
+            body = await eventually(lambda: spend_of_tenant(api, calm, counts[calm]))
             assert Decimal(body["total_usd"]) == expected[calm]
     finally:
         await asyncio.to_thread(tel.close, 10)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,6 +27,7 @@ from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
+from tests.integration._helpers import eventually
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 TENANT_COL = EVENT_COLUMNS.index("tenant_id")
@@ -105,16 +105,6 @@ class KilledBetweenInsertAndCommit(ClickHouseStore):
             self.loop.call_soon_threadsafe(self.victim.cancel)
 
 
-async def _until(check: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
-
 
 async def test_spend_is_exact_after_duplicates_a_kill_mid_batch_and_a_restart(bootstrap: str, tmp_path: Path) -> None:
     rng = random.Random(4)
@@ -162,7 +152,7 @@ async def test_spend_is_exact_after_duplicates_a_kill_mid_batch_and_a_restart(bo
         await second.start()
         task2 = asyncio.create_task(second.run())
         try:
-            await _until(lambda: _eq(stored(), len(events)), timeout=120)
+            await eventually(lambda: _eq(stored(), len(events)), timeout=120)
             await asyncio.sleep(1.0)  # anything still in flight would show as a surplus below
         finally:
             await second.stop()

@@ -374,17 +374,20 @@ _TIERED = """{"format": "flyball.prices/1", "prices": [
        write=st.integers(0, 50_000), one_hour_share=st.integers(0, 100), plain_out=st.integers(0, 5_000),
        reasoning=st.integers(0, 5_000), tier=st.sampled_from(["", "batch", "Priority", "standard", "flex"]),
        attributes=st.sampled_from([{}, {"k": "v"}, {"service_tier": "batch"}, {"x.cache_write_1h_tokens": 7}]),
-       fast=st.booleans())
+       fast=st.booleans(), plain=st.booleans())
 def test_price_event_equals_price_of_usage_of_for_both_decoders(provider_model, minutes, fresh, read, write,
                                                                one_hour_share, plain_out, reasoning, tier,
-                                                               attributes, fast) -> None:
+                                                               attributes, fast, plain) -> None:
     """The worker prices with ``price_event`` (its shortcut skips the Usage view); the result
-    must be what ``price(usage_of(event))`` gives, for pydantic and fast-decoded events."""
+    must be what ``price(usage_of(event))`` gives, for pydantic and fast-decoded events. Half the
+    cases are plain (no tier, no attributes): the shortcut's own path, not its fallback."""
     from flyball.schemas import parse_event
     from flyball.stream_processors.decode import decode_event
     from flyball.stream_processors.pricing import price_event, usage_of
 
     book = load_catalog(_TIERED)
+    if plain:
+        tier, attributes = "", {}
     body = {"event_type": "llm_call", "event_id": "0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11",
             "ts": (NOW - timedelta(minutes=minutes)).isoformat(), "tenant_id": "acme",
             "provider": provider_model[0], "model": provider_model[1], "input_tokens": fresh + read + write,
