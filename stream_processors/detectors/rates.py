@@ -38,12 +38,46 @@ def _leaving(windows: dict[int, Any], old_newest: int, newest: int, longest: int
     return [w for w in range(old_newest - longest + 1, cut + 1) if w in windows]
 
 
-def _scope_key(s: Any, fields: tuple[str, ...], key: tuple[str, ...]) -> str:
-    """The scope's text key, made once per state (a Scope is only built for an alert)."""
-    text = s.scope_key
-    if text is None:
-        text = s.scope_key = _scope(fields, key).key()
-    return text
+def _sum_above(windows: dict[int, list[int]], width: int, cut: int) -> list[int]:
+    """The counts (``width`` of them per window) summed over the windows with w > ``cut``."""
+    sums = [0] * width
+    for w, counts_w in windows.items():
+        if w > cut:
+            for i, x in enumerate(counts_w):
+                sums[i] += x
+    return sums
+
+
+def _windows_out(windows: dict[int, Any]) -> dict[str, Any]:
+    """A state's windows as JSON (string keys); :func:`_windows_in` undoes it."""
+    return {str(w): v for w, v in windows.items()}
+
+
+def _windows_in(windows: dict[str, Any]) -> dict[int, Any]:
+    return {int(w): v for w, v in windows.items()}
+
+
+class _ScopedDetector:
+    """What the detectors below share: per-scope ``state`` (each with ``newest``, its newest window,
+    and ``scope_key``), alerts of one ``kind`` through ``book``."""
+
+    __slots__ = ()
+    kind: AlertKind
+    scope_fields: tuple[str, ...]
+    book: AlertBook
+    state: dict[tuple[str, ...], Any]
+
+    def _learns(self, s: Any, key: tuple[str, ...]) -> bool:
+        """Whether windows leaving the spans may teach the scope's baseline: not while it alerts.
+        The scope's text key is made once per state (a Scope is only built for an alert)."""
+        text = s.scope_key
+        if text is None:
+            text = s.scope_key = _scope(self.scope_fields, key).key()
+        return not self.book.is_open(self.kind, text)
+
+    def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
+        for key in [k for k, s in self.state.items() if s.newest < newest_window - idle_windows]:
+            del self.state[key]
 
 
 # ---------------------------------------------------------------------------------- binomial
@@ -92,7 +126,7 @@ class _RateState:
 
 
 @dataclass(slots=True)
-class BinomialRateDetector:
+class BinomialRateDetector(_ScopedDetector):
     """``observe(key, window, counts)`` with counts = [calls, failures of class 0, class 1, ...]."""
 
     kind: AlertKind
@@ -112,8 +146,8 @@ class BinomialRateDetector:
         if window <= s.newest - longest:
             return None  # late: outside the spans, no longer evidence of anything current
         totals = s.totals
-        if totals is None:
-            totals = s.totals = self._totals(s)
+        if totals is None:  # the windows with w > newest - longest span
+            totals = s.totals = _sum_above(s.windows, len(self.classes) + 1, s.newest - longest)
         windows = s.windows
         acc = windows.get(window)
         if acc is None:
@@ -141,11 +175,7 @@ class BinomialRateDetector:
                         for i, x in enumerate(counts_w):
                             sums[i] += x
             else:
-                sums = [0] * width
-                for w, counts_w in windows.items():
-                    if w > newest - span:
-                        for i, x in enumerate(counts_w):
-                            sums[i] += x
+                sums = _sum_above(windows, width, newest - span)
             n, *ks = sums
             if max(ks) < p.min_failures:
                 continue
@@ -174,21 +204,12 @@ class BinomialRateDetector:
         )
         return self.book.fire(self.kind, scope, ev)
 
-    def _totals(self, s: _RateState) -> list[int]:
-        """The counts summed over the windows with w > newest - longest span."""
-        sums = [0] * (len(self.classes) + 1)
-        for w, counts_w in s.windows.items():
-            if w > s.newest - self.params.spans[-1]:
-                for i, x in enumerate(counts_w):
-                    sums[i] += x
-        return sums
-
     def _absorb(self, s: _RateState, key: tuple[str, ...], old_newest: int) -> None:
         p = self.params
         done = _leaving(s.windows, old_newest, s.newest, p.spans[-1])
         if not done:
             return
-        learn = not self.book.is_open(self.kind, _scope_key(s, self.scope_fields, key))
+        learn = self._learns(s, key)
         decay = 0.5 ** (1.0 / p.half_life_windows)
         counted = old_newest - p.spans[-1]  # the windows above this were in the totals
         totals = s.totals
@@ -202,16 +223,12 @@ class BinomialRateDetector:
                 for i in range(len(s.base_k)):
                     s.base_k[i] = s.base_k[i] * decay + counts[i + 1]
 
-    def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
-        for key in [k for k, s in self.state.items() if s.newest < newest_window - idle_windows]:
-            del self.state[key]
-
     def snapshot(self) -> list[Any]:
-        return [[list(k), s.newest, {str(w): c for w, c in s.windows.items()}, s.base_n, s.base_k]
+        return [[list(k), s.newest, _windows_out(s.windows), s.base_n, s.base_k]
                 for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
-        self.state = {tuple(k): _RateState(newest, {int(w): c for w, c in windows.items()}, base_n, list(base_k))
+        self.state = {tuple(k): _RateState(newest, _windows_in(windows), base_n, list(base_k))
                       for k, newest, windows, base_n, base_k in data}
 
 
@@ -252,7 +269,7 @@ class _CountState:
 
 
 @dataclass(slots=True)
-class PoissonBurstDetector:
+class PoissonBurstDetector(_ScopedDetector):
     kind: AlertKind
     scope_fields: tuple[str, ...]
     book: AlertBook
@@ -293,7 +310,7 @@ class PoissonBurstDetector:
 
     def _absorb(self, s: _CountState, key: tuple[str, ...]) -> None:
         p = self.params
-        learn = not self.book.is_open(self.kind, _scope_key(s, self.scope_fields, key))
+        learn = self._learns(s, key)
         decay = 0.5 ** (1.0 / p.half_life_windows)
         upto = s.newest - p.span_windows
         for w in sorted(w for w in s.windows if w <= upto):
@@ -306,16 +323,12 @@ class PoissonBurstDetector:
                 s.lam *= decay ** (upto - s.last_absorbed)
             s.last_absorbed = upto
 
-    def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
-        for key in [k for k, s in self.state.items() if s.newest < newest_window - idle_windows]:
-            del self.state[key]
-
     def snapshot(self) -> list[Any]:
-        return [[list(k), s.newest, s.last_absorbed, {str(w): c for w, c in s.windows.items()}, s.lam]
+        return [[list(k), s.newest, s.last_absorbed, _windows_out(s.windows), s.lam]
                 for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
-        self.state = {tuple(k): _CountState(newest, last, {int(w): c for w, c in windows.items()}, lam)
+        self.state = {tuple(k): _CountState(newest, last, _windows_in(windows), lam)
                       for k, newest, last, windows, lam in data}
 
 
@@ -368,7 +381,7 @@ class _LatState:
 
 
 @dataclass(slots=True)
-class LatencyDetector:
+class LatencyDetector(_ScopedDetector):
     kind: AlertKind
     scope_fields: tuple[str, ...]
     book: AlertBook
@@ -406,67 +419,15 @@ class LatencyDetector:
         # window's length are unchanged
         newest = s.newest
         spans = p.spans
-        counts = s.counts
         if s.counts_q0 != q0:
-            counts.clear()
+            s.counts.clear()
             s.counts_q0 = q0
             s.sums = None
         if len(spans) == 2 and spans[0] < spans[1]:  # the usual two spans (the longer one holds every window)
-            sums = s.sums
-            if sums is None:  # count every window
-                cut0, cut1 = newest - spans[0], newest - spans[1]
-                n0 = k0 = n1 = k1 = 0
-                for w, vals in s.windows.items():
-                    if w > cut1:
-                        c = counts.get(w)
-                        if c is None or c[0] != len(vals):
-                            c = counts[w] = (len(vals), _above(s.ordered, w, vals, q0))
-                        n1 += c[0]
-                        k1 += c[1]
-                        if w > cut0:
-                            n0 += c[0]
-                            k0 += c[1]
-                s.sums = [n0, k0, n1, k1]
-            else:  # only this window changed; windows absorbed left the sums in _absorb
-                n0, k0, n1, k1 = sums
-                if newest != s.sums_newest:  # the windows that left the shorter span since
-                    lo, hi = s.sums_newest - spans[0], newest - spans[0]
-                    if hi - lo <= len(counts):
-                        gone = [(w, counts.get(w)) for w in range(lo + 1, hi + 1)]
-                    else:  # a long gap: fewer windows than that
-                        gone = [(w, c) for w, c in counts.items() if lo < w <= hi]
-                    for _, c in gone:
-                        if c is not None:
-                            n0 -= c[0]
-                            k0 -= c[1]
-                vals = s.windows[window]
-                c_old = counts.get(window)
-                if c_old is None or c_old[0] != len(vals):
-                    c = counts[window] = (len(vals), _above(s.ordered, window, vals, q0))
-                    dn, dk = (c[0], c[1]) if c_old is None else (c[0] - c_old[0], c[1] - c_old[1])
-                    if window > newest - spans[0]:
-                        n0 += dn
-                        k0 += dk
-                    if window > newest - spans[1]:
-                        n1 += dn
-                        k1 += dk
-                sums[0], sums[1], sums[2], sums[3] = n0, k0, n1, k1
-            s.sums_newest = newest
+            n0, k0, n1, k1 = self._two_span_counts(s, window, q0)
             ns, ks = [n0, n1], [k0, k1]
         else:
-            cuts = [newest - span for span in spans]
-            ns = [0] * len(spans)
-            ks = [0] * len(spans)
-            for w, vals in s.windows.items():
-                c = None
-                for j, cut in enumerate(cuts):
-                    if w > cut:
-                        if c is None:
-                            c = counts.get(w)
-                            if c is None or c[0] != len(vals):
-                                c = counts[w] = (len(vals), _above(s.ordered, w, vals, q0))
-                        ns[j] += c[0]
-                        ks[j] += c[1]
+            ns, ks = self._span_counts(s, q0)
         found: tuple[float, float, int, int, int] | None = None
         for j, span in enumerate(spans):
             n, k = ns[j], ks[j]
@@ -495,12 +456,82 @@ class LatencyDetector:
         )
         return self.book.fire(self.kind, scope, ev)
 
+    def _two_span_counts(self, s: _LatState, window: int, q0: float) -> list[int]:
+        """[n, k] of the shorter span and of the longer one (which holds every window), kept in
+        ``s.sums`` from one observe to the next: only ``window`` changed since (windows that left
+        the longer span left the sums in _absorb), and the windows that left the shorter span."""
+        spans = self.params.spans
+        newest = s.newest
+        counts = s.counts
+        sums = s.sums
+        if sums is None:  # count every window
+            cut0, cut1 = newest - spans[0], newest - spans[1]
+            n0 = k0 = n1 = k1 = 0
+            for w, vals in s.windows.items():
+                if w > cut1:
+                    c = counts.get(w)
+                    if c is None or c[0] != len(vals):
+                        c = counts[w] = (len(vals), _above(s.ordered, w, vals, q0))
+                    n1 += c[0]
+                    k1 += c[1]
+                    if w > cut0:
+                        n0 += c[0]
+                        k0 += c[1]
+            sums = s.sums = [n0, k0, n1, k1]
+            s.sums_newest = newest
+            return sums
+        n0, k0, n1, k1 = sums
+        if newest != s.sums_newest:  # the windows that left the shorter span since
+            lo, hi = s.sums_newest - spans[0], newest - spans[0]
+            if hi - lo <= len(counts):
+                gone = [counts.get(w) for w in range(lo + 1, hi + 1)]
+            else:  # a long gap: fewer windows than that
+                gone = [c for w, c in counts.items() if lo < w <= hi]
+            for c in gone:
+                if c is not None:
+                    n0 -= c[0]
+                    k0 -= c[1]
+        vals = s.windows[window]
+        c_old = counts.get(window)
+        if c_old is None or c_old[0] != len(vals):
+            c = counts[window] = (len(vals), _above(s.ordered, window, vals, q0))
+            dn, dk = (c[0], c[1]) if c_old is None else (c[0] - c_old[0], c[1] - c_old[1])
+            if window > newest - spans[0]:
+                n0 += dn
+                k0 += dk
+            if window > newest - spans[1]:
+                n1 += dn
+                k1 += dk
+        sums[0], sums[1], sums[2], sums[3] = n0, k0, n1, k1
+        s.sums_newest = newest
+        return sums
+
+    def _span_counts(self, s: _LatState, q0: float) -> tuple[list[int], list[int]]:
+        """n and k of each span, any number of them in any order: every window counted."""
+        spans = self.params.spans
+        cuts = [s.newest - span for span in spans]
+        ns = [0] * len(spans)
+        ks = [0] * len(spans)
+        counts = s.counts
+        for w, vals in s.windows.items():
+            c = None
+            for j, cut in enumerate(cuts):
+                if w <= cut:
+                    continue
+                if c is None:
+                    c = counts.get(w)
+                    if c is None or c[0] != len(vals):
+                        c = counts[w] = (len(vals), _above(s.ordered, w, vals, q0))
+                ns[j] += c[0]
+                ks[j] += c[1]
+        return ns, ks
+
     def _absorb(self, s: _LatState, key: tuple[str, ...], old_newest: int) -> None:
         p = self.params
         done = _leaving(s.windows, old_newest, s.newest, p.spans[-1])
         if not done:
             return
-        learn = not self.book.is_open(self.kind, _scope_key(s, self.scope_fields, key))
+        learn = self._learns(s, key)
         size = p.ring_size
         sums = s.sums
         for w in done:
@@ -517,39 +548,40 @@ class LatencyDetector:
             if not learn or not vals:
                 continue
             step = max(1, math.ceil(len(vals) / p.per_window))
-            picked = vals[::step]
-            ring = s.ring
-            if 0 <= s.pos < size and len(ring) <= size:
-                # what appending up to ``size`` and then overwriting at ``pos`` value by value does
-                room = size - len(ring)
-                if room > 0:
-                    ring.extend(picked[:room])
-                    picked = picked[room:]
-                while picked:
-                    n = min(len(picked), size - s.pos)
-                    ring[s.pos:s.pos + n] = array("d", picked[:n])
-                    s.pos = (s.pos + n) % size
-                    picked = picked[n:]
-            else:  # a ring restored under other params: value by value
-                for v in picked:
-                    if len(ring) < size:
-                        ring.append(v)
-                    else:
-                        ring[s.pos] = v
-                        s.pos = (s.pos + 1) % size
+            _ring_add(s, vals[::step], size)
             s.fresh += len(vals[::step])
 
-    def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
-        for key in [k for k, s in self.state.items() if s.newest < newest_window - idle_windows]:
-            del self.state[key]
-
     def snapshot(self) -> list[Any]:
-        return [[list(k), s.newest, {str(w): v for w, v in s.windows.items()}, list(s.ring), s.pos]
+        return [[list(k), s.newest, _windows_out(s.windows), list(s.ring), s.pos]
                 for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
-        self.state = {tuple(k): _LatState(newest, {int(w): v for w, v in windows.items()}, array("d", ring), pos)
+        self.state = {tuple(k): _LatState(newest, _windows_in(windows), array("d", ring), pos)
                       for k, newest, windows, ring, pos in data}
+
+
+def _ring_add(s: _LatState, picked: list[float], size: int) -> None:
+    """Add ``picked`` to the ring of ``s``: appended up to ``size`` values, then overwriting the
+    oldest (at ``s.pos``)."""
+    ring = s.ring
+    if not (0 <= s.pos < size and len(ring) <= size):  # a ring restored under other params: value by value
+        for v in picked:
+            if len(ring) < size:
+                ring.append(v)
+            else:
+                ring[s.pos] = v
+                s.pos = (s.pos + 1) % size
+        return
+    # what appending up to ``size`` and then overwriting at ``pos`` value by value does, by slices
+    room = size - len(ring)
+    if room > 0:
+        ring.extend(picked[:room])
+        picked = picked[room:]
+    while picked:
+        n = min(len(picked), size - s.pos)
+        ring[s.pos:s.pos + n] = array("d", picked[:n])
+        s.pos = (s.pos + n) % size
+        picked = picked[n:]
 
 
 def _above(ordered: dict[int, list[float]], w: int, vals: list[float], q0: float) -> int:

@@ -10,6 +10,7 @@ kind is open (the tenant alert already says it, and its directive already covers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -309,55 +310,30 @@ class Detectors:
         # first/last come as event datetimes; the detectors take epoch seconds (one conversion per
         # group: the same value as the events' own ts.timestamp(), which the minimum/maximum keep).
         # Groups are judged in the order of their 10 s window (a stable sort of the keys).
-        models = b.models
-        if models:
-            errors, latency, ttft = self.errors.observe, self.latency.observe, self.ttft.observe
-            for mk in sorted(models, key=_THIRD):
-                m = models[mk]
-                pm, w = mk[:2], mk[2]
-                first, last = m[6], m[7]
+        # Per kind of group: (groups, n = where the window sits in the key (the scope is key[:n]),
+        # where first/last sit in the sums, and per detector: (observe, where its value sits, where
+        # the group's ids sit (None: no ids), judged even without values))
+        kinds: tuple[tuple[dict[Any, list[Any]], int, int, tuple[_Check, ...]], ...] = (
+            (b.models, 2, 6, ((self.errors.observe, _COUNTS4, _IDS8, True),
+                              (self.latency.observe, 4, None, True),
+                              (self.ttft.observe, 5, None, False))),
+            (b.tools, 1, 3, ((self.tool_failures.observe, _COUNTS2, _IDS5, True),
+                             (self.tool_latency.observe, 2, None, True))),
+            (b.safety, 3, 1, ((self.safety.observe, 0, _IDS3, True),)),
+            (b.retrieval, 1, 3, ((self.retrieval.observe, _COUNTS3, _IDS5, True),)),
+        )
+        for groups, n, at, checks in kinds:
+            for k in sorted(groups, key=_WINDOW_AT[n]):
+                x = groups[k]
+                first, last = x[at], x[at + 1]
                 ft = first.timestamp()
                 lt = ft if last is first else last.timestamp()
-                alert = errors(pm, w, m[:4], ft, lt, m[8:])
-                if alert is not None:
-                    out.append(alert)
-                alert = latency(pm, w, m[4], ft, lt, [])
-                if alert is not None:
-                    out.append(alert)
-                if m[5]:
-                    alert = ttft(pm, w, m[5], ft, lt, [])
-                    if alert is not None:
-                        out.append(alert)
-        tools = b.tools
-        for tk in sorted(tools, key=_SECOND):
-            x = tools[tk]
-            first, last = x[3], x[4]
-            ft = first.timestamp()
-            lt = ft if last is first else last.timestamp()
-            alert = self.tool_failures.observe(tk[:1], tk[1], x[:2], ft, lt, x[5:])
-            if alert is not None:
-                out.append(alert)
-            alert = self.tool_latency.observe(tk[:1], tk[1], x[2], ft, lt, [])
-            if alert is not None:
-                out.append(alert)
-        safety = b.safety
-        for sk in sorted(safety, key=_FOURTH):
-            x = safety[sk]
-            first, last = x[1], x[2]
-            ft = first.timestamp()
-            lt = ft if last is first else last.timestamp()
-            alert = self.safety.observe(sk[:3], sk[3], x[0], ft, lt, x[3:])
-            if alert is not None:
-                out.append(alert)
-        retrieval = b.retrieval
-        for ik in sorted(retrieval, key=_SECOND):
-            x = retrieval[ik]
-            first, last = x[3], x[4]
-            ft = first.timestamp()
-            lt = ft if last is first else last.timestamp()
-            alert = self.retrieval.observe(ik[:1], ik[1], x[:3], ft, lt, x[5:])
-            if alert is not None:
-                out.append(alert)
+                scope, w = k[:n], k[n]
+                for observe, value, ids, always in checks:
+                    if always or x[value]:
+                        alert = observe(scope, w, x[value], ft, lt, [] if ids is None else x[ids])
+                        if alert is not None:
+                            out.append(alert)
         return out
 
     def _spikes(self, b: BatchWindows, out: list[Alert]) -> None:
@@ -378,51 +354,34 @@ class Detectors:
             cost, tokens, first, last, top_cost, top_tokens = u[0], u[1], u[2], u[3], u[4], u[5]
             ids = u[6:]  # shared by the new samples below: a merge makes a new list (_merge)
             t = w * BASE_WINDOW_S
-            ck = (tenant, t // cw, w)
-            tk = ck if tw == cw else (tenant, t // tw, w)
-            x = cost_t.get(ck)
-            if x is None:
-                cost_t[ck] = [cost, first, last, ids, top_cost]
-            else:
-                _merge(x, cost, first, last, ids, top_cost)
-            x = tok_t.get(tk)
-            if x is None:
-                tok_t[tk] = [tokens, first, last, ids, top_tokens]
-            else:
-                _merge(x, tokens, first, last, ids, top_tokens)
-            if feature:
-                fkey = tenant + KEY_SEP + feature
-                ck = (fkey, t // cw, w)
-                tk = ck if tw == cw else (fkey, t // tw, w)
-                x = cost_f.get(ck)
+            scopes = ((tenant, cost_t, tok_t), (tenant + KEY_SEP + feature, cost_f, tok_f)) if feature else \
+                ((tenant, cost_t, tok_t),)
+            for scope, by_cost, by_tokens in scopes:
+                ck = (scope, t // cw, w)
+                tk = ck if tw == cw else (scope, t // tw, w)
+                x = by_cost.get(ck)
                 if x is None:
-                    cost_f[ck] = [cost, first, last, ids, top_cost]
+                    by_cost[ck] = [cost, first, last, ids, top_cost]
                 else:
                     _merge(x, cost, first, last, ids, top_cost)
-                x = tok_f.get(tk)
+                x = by_tokens.get(tk)
                 if x is None:
-                    tok_f[tk] = [tokens, first, last, ids, top_tokens]
+                    by_tokens[tk] = [tokens, first, last, ids, top_tokens]
                 else:
                     _merge(x, tokens, first, last, ids, top_tokens)
-        for det, samples, ints in ((self.cost, cost_t, False), (self.tokens, tok_t, True)):
-            judge_sub = det.params.window_s > BASE_WINDOW_S
-            observe = det.observe_at
-            for (key, w, sub), x in samples.items():
-                amount, peak = (Decimal(x[0]), Decimal(x[4])) if ints else (x[0], x[4])
-                alert = observe(key, w, amount, peak, x[1], x[2], x[3], sub if judge_sub else None)
-                if alert is not None:
-                    out.append(alert)
-        for det, parent, samples, ints in ((self.cost_feature, self.cost, cost_f, False),
+        # tenant samples first; a feature spike opening while its tenant's spike is open is suppressed
+        for det, parent, samples, ints in ((self.cost, None, cost_t, False), (self.tokens, None, tok_t, True),
+                                           (self.cost_feature, self.cost, cost_f, False),
                                            (self.tokens_feature, self.tokens, tok_f, True)):
             judge_sub = det.params.window_s > BASE_WINDOW_S
             observe = det.observe_at
             for (key, w, sub), x in samples.items():
-                was_open = det.is_open(key)
+                was_open = parent is None or det.is_open(key)
                 amount, peak = (Decimal(x[0]), Decimal(x[4])) if ints else (x[0], x[4])
                 alert = observe(key, w, amount, peak, x[1], x[2], x[3], sub if judge_sub else None)
                 if alert is None:
                     continue
-                if not was_open and parent.is_open(key.split(KEY_SEP, 1)[0]):
+                if parent is not None and not was_open and parent.is_open(key.split(KEY_SEP, 1)[0]):
                     det.state[key].open = None  # suppressed: never published, so never resolved
                     continue
                 out.append(alert)
@@ -464,9 +423,11 @@ _PARTS = ("cost", "cost_feature", "tokens", "tokens_feature", "runaway", "errors
           "tool_failures", "tool_latency", "safety", "retrieval")
 
 
-_SECOND = itemgetter(1)  # sort keys: the 10 s window's place in a group's key
-_THIRD = itemgetter(2)
-_FOURTH = itemgetter(3)
+_THIRD = itemgetter(2)  # sort key: the 10 s window's place in a usage key
+_WINDOW_AT = {n: itemgetter(n) for n in (1, 2, 3)}  # the same for each kind of group in observe
+_COUNTS2, _COUNTS3, _COUNTS4 = slice(2), slice(3), slice(4)  # BatchWindows lists' fixed fields
+_IDS3, _IDS5, _IDS8 = slice(3, None), slice(5, None), slice(8, None)  # ... and their ids
+_Check = tuple[Callable[..., Alert | None], int | slice, slice | None, bool]  # one detector of observe's table
 
 
 def _merge(s: list[Any], amount: Any, first: datetime, last: datetime, ids: list[str], peak: Any) -> None:
