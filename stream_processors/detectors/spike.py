@@ -87,6 +87,7 @@ class Series:
     # after a restore; then computed from the dicts). Not state: a snapshot does not carry them.
     newest: int | None = None
     newest_sub: int | None = None
+    subs_total: Decimal | None = None  # the sum of subs' amounts (a screen: see _observe)
 
 
 @dataclass(slots=True)
@@ -176,30 +177,47 @@ class RateSpikeDetector:
             subs = series.subs
             acc = subs.get(sub)
             subs[sub] = (acc[0] + amount, max(acc[1], peak)) if acc else (amount, peak)
+            total = series.subs_total
+            total = sum(a for a, _ in subs.values()) if total is None else total + amount
             newest_sub = series.newest_sub
             if newest_sub is None or span <= 0:
                 newest_sub = max(subs)
-                stale = True
+                gone = [x for x in subs if x <= newest_sub - span]
                 series.newest_sub = newest_sub if span > 0 else None
             elif sub > newest_sub:
-                newest_sub = series.newest_sub = sub
-                stale = True
+                # every sub was > newest_sub - span: only those up to the new cut can go
+                old, newest_sub = newest_sub, sub
+                series.newest_sub = sub
+                if sub - old <= span:
+                    gone = ()
+                    for x in range(old - span + 1, sub - span + 1):
+                        a = subs.pop(x, None)
+                        if a is not None:
+                            total -= a[0]
+                else:
+                    gone = [x for x in subs if x <= sub - span]
             else:  # every other sub is already within the span: only this one can be out of it
-                stale = sub <= newest_sub - span
-            if stale:
-                for old in [x for x in subs if x <= newest_sub - span]:
-                    del subs[old]
-            if sub != newest_sub:  # a late sample: the trailing span is judged at the newest one
-                trailing = top = _ZERO
-            else:  # sum() and max() of the span, in the dict's order (the first of equal peaks wins)
+                gone = (sub,) if sub <= newest_sub - span else ()
+            for x in gone:
+                total -= subs.pop(x)[0]
+            series.subs_total = total
+            # ``total`` (the exact sum of the span, kept as subs come and go) screens the span: at or
+            # under the bar this window must clear (its threshold when known, else min_amount, which
+            # no threshold is below), neither it nor the span without its peak can alert or change
+            # what is returned, so its sum and peak are not needed
+            cached = series.cached
+            bar = cached[1] if cached is not None and cached[0] == window else p.min_amount
+            if sub == newest_sub and total > bar:
+                # sum() and max() of the span, in the dict's order (the first of equal peaks wins)
                 spans = iter(subs.values())
                 a, top = next(spans)
                 trailing = _ZERO + a
                 for a, b in spans:
                     trailing = trailing + a
-                    top = max(top, b)
-            if trailing - (top if p.leave_one_out else 0) > judged:
-                observed, judged = trailing, trailing - (top if p.leave_one_out else 0)
+                    if b > top:
+                        top = b
+                if trailing - (top if p.leave_one_out else 0) > judged:
+                    observed, judged = trailing, trailing - (top if p.leave_one_out else 0)
         # the threshold is never below min_amount, so a window at or under it needs no median
         if judged <= p.min_amount:
             o = series.open

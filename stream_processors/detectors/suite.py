@@ -30,6 +30,7 @@ from .spike import (
     CostSpikeDetector,
     RateSpikeDetector,
     SpikeParams,
+    _alert_time,
 )
 
 MAX_IDS = 10
@@ -340,7 +341,7 @@ class Detectors:
         cw, tw = self.cost.params.window_s, self.tokens.params.window_s
         # samples per (key, spike window, 10 s sub-window), so each detector also judges its trailing
         # span: [amount, first, last, ids, peak], times as event datetimes (made alert datetimes only
-        # when an alert needs them), token amounts as ints (made Decimal once per sample: exact).
+        # when an alert needs them), token amounts as ints (exact: the series add them to Decimal sums).
         # The (scope, 10 s window) sums are taken in the order of their window (a stable sort), so
         # each dict of samples is built in the order the detectors judge it (as sorting it was).
         cost_t: dict[tuple[str, int, int], list[Any]] = {}
@@ -362,23 +363,22 @@ class Detectors:
                 x = by_cost.get(ck)
                 if x is None:
                     by_cost[ck] = [cost, first, last, ids, top_cost]
-                else:
-                    _merge(x, cost, first, last, ids, top_cost)
-                x = by_tokens.get(tk)
-                if x is None:
                     by_tokens[tk] = [tokens, first, last, ids, top_tokens]
-                else:
-                    _merge(x, tokens, first, last, ids, top_tokens)
+                    continue
+                _merge(x, cost, first, last, ids, top_cost)
+                _merge(by_tokens[tk], tokens, first, last, ids, top_tokens)
         # tenant samples first; a feature spike opening while its tenant's spike is open is suppressed
-        for det, parent, samples, ints in ((self.cost, None, cost_t, False), (self.tokens, None, tok_t, True),
-                                           (self.cost_feature, self.cost, cost_f, False),
-                                           (self.tokens_feature, self.tokens, tok_f, True)):
+        for det, parent, samples in ((self.cost, None, cost_t), (self.tokens, None, tok_t),
+                                     (self.cost_feature, self.cost, cost_f), (self.tokens_feature, self.tokens, tok_f)):
             judge_sub = det.params.window_s > BASE_WINDOW_S
-            observe = det.observe_at
+            observe, state = det._observe, det.state  # noqa: SLF001 - observe_at without its extra call
             for (key, w, sub), x in samples.items():
-                was_open = parent is None or det.is_open(key)
-                amount, peak = (Decimal(x[0]), Decimal(x[4])) if ints else (x[0], x[4])
-                alert = observe(key, w, amount, peak, x[1], x[2], x[3], sub if judge_sub else None)
+                if parent is None:
+                    was_open = True
+                else:
+                    series = state.get(key)
+                    was_open = series is not None and series.open is not None
+                alert = observe(key, w, x[0], x[4], x[1], x[2], x[3], sub if judge_sub else None, _alert_time)
                 if alert is None:
                     continue
                 if parent is not None and not was_open and parent.is_open(key.split(KEY_SEP, 1)[0]):
@@ -433,9 +433,12 @@ _Check = tuple[Callable[..., Alert | None], int | slice, slice | None, bool]  # 
 def _merge(s: list[Any], amount: Any, first: datetime, last: datetime, ids: list[str], peak: Any) -> None:
     """Add one (scope, 10 s window) sum to a spike sample."""
     s[0] += amount
-    s[4] = max(s[4], peak)
-    s[1] = min(s[1], first)
-    s[2] = max(s[2], last)
+    if peak > s[4]:
+        s[4] = peak
+    if first < s[1]:
+        s[1] = first
+    if last > s[2]:
+        s[2] = last
     have = s[3]
     if len(have) < MAX_IDS:
         s[3] = have + ids[:MAX_IDS - len(have)]  # a new list: ``have`` may be shared
