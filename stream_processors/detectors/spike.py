@@ -214,7 +214,7 @@ class RateSpikeDetector:
                 trailing = _ZERO + a
                 for a, b in spans:
                     trailing = trailing + a
-                    if b > top:
+                    if b > top:  # noqa: PLR1730 - max() costs a call per sub
                         top = b
                 if trailing - (top if p.leave_one_out else 0) > judged:
                     observed, judged = trailing, trailing - (top if p.leave_one_out else 0)

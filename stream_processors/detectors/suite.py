@@ -371,7 +371,7 @@ class Detectors:
         for det, parent, samples in ((self.cost, None, cost_t), (self.tokens, None, tok_t),
                                      (self.cost_feature, self.cost, cost_f), (self.tokens_feature, self.tokens, tok_f)):
             judge_sub = det.params.window_s > BASE_WINDOW_S
-            observe, state = det._observe, det.state  # noqa: SLF001 - observe_at without its extra call
+            observe, state = det._observe, det.state  # observe_at without its extra call
             for (key, w, sub), x in samples.items():
                 if parent is None:
                     was_open = True
@@ -433,11 +433,11 @@ _Check = tuple[Callable[..., Alert | None], int | slice, slice | None, bool]  # 
 def _merge(s: list[Any], amount: Any, first: datetime, last: datetime, ids: list[str], peak: Any) -> None:
     """Add one (scope, 10 s window) sum to a spike sample."""
     s[0] += amount
-    if peak > s[4]:
+    if peak > s[4]:  # noqa: PLR1730 - max()/min() cost a call each
         s[4] = peak
-    if first < s[1]:
+    if first < s[1]:  # noqa: PLR1730
         s[1] = first
-    if last > s[2]:
+    if last > s[2]:  # noqa: PLR1730
         s[2] = last
     have = s[3]
     if len(have) < MAX_IDS:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
 
@@ -350,3 +351,65 @@ def test_latency_running_span_sums_equal_a_recount() -> None:
                 recount[0] += len(vals)
                 recount[1] += above
         assert s.sums == recount
+
+
+def _recount(events: list[tuple[LLMCall, Decimal | None]]) -> tuple[dict[Any, list[Any]], dict[Any, list[Any]]]:
+    """``BatchWindows.usage``/``models`` of LLM calls, summed the plain way: call by call."""
+    usage: dict[Any, list[Any]] = {}
+    models: dict[Any, list[Any]] = {}
+    for e, cost in events:
+        w = int(e.ts.timestamp()) // BASE_WINDOW_S
+        tokens = e.input_tokens + e.output_tokens
+        u = usage.setdefault((e.tenant_id, e.feature, w), [None, 0, e.ts, e.ts, None, 0, []])
+        if u[0] is None:
+            u[0] = u[4] = cost if cost is not None else Decimal(0)
+        elif cost is not None:
+            u[0] += cost
+            u[4] = max(u[4], cost)
+        u[1] += tokens
+        u[5] = max(u[5], tokens)
+        u[2], u[3] = min(u[2], e.ts), max(u[3], e.ts)
+        u[6].append(e.event_id)
+        m = models.setdefault((e.provider, e.model, w), [0, 0, 0, 0, [], [], e.ts, e.ts, []])
+        m[0] += 1
+        m[6], m[7] = min(m[6], e.ts), max(m[7], e.ts)
+        if e.status == "ok":
+            m[4].append(e.latency_ms)
+            if e.ttft_ms is not None:
+                m[5].append(e.ttft_ms)
+        elif e.status in ("error", "timeout", "rate_limited"):
+            m[1 + ("error", "timeout", "rate_limited").index(e.status)] += 1
+            m[8].append(e.event_id)
+    return ({k: [*u[:6], *u[6][:10]] for k, u in usage.items()},
+            {k: [*m[:8], *m[8][:10]] for k, m in models.items()})
+
+
+def test_batch_windows_sums_equal_a_call_by_call_recount() -> None:
+    """BatchWindows files LLM calls and sums them late, with builtins; the sums, maxima, times,
+    sample ids and per-model latency lists must be what summing call by call gives, with
+    unpriced calls (cost None, first or later), every status, TTFT present or absent, events
+    out of order, and a window read before and after more calls arrive."""
+    rng = random.Random(11)
+    base = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    statuses = ["ok"] * 6 + ["error", "timeout", "rate_limited", "filtered", "cancelled"]
+    for trial in range(30):
+        events: list[tuple[LLMCall, Decimal | None]] = []
+        for n in range(rng.randint(1, 300)):
+            latency = round(rng.uniform(10, 5_000), 1)
+            e = LLMCall(event_id=str(uuid.UUID(int=trial * 1000 + n + 1)),
+                        ts=base + timedelta(seconds=rng.uniform(-15, 45)),
+                        tenant_id=rng.choice(["acme", "globex"]), feature=rng.choice(["", "chat", "search"]),
+                        provider="openai", model=rng.choice(["gpt-4o", "gpt-4o-mini"]),
+                        input_tokens=rng.randint(0, 5_000), output_tokens=rng.randint(0, 900),
+                        status=rng.choice(statuses), latency_ms=latency,
+                        ttft_ms=rng.choice([None, round(latency / 3, 1)]))
+            cost = None if rng.random() < 0.1 else Decimal(rng.randint(0, 10**6)) / Decimal(10**8)
+            events.append((e, cost))
+        b = BatchWindows()
+        half = len(events) // 2
+        for e, cost in events[:half]:
+            b.add(e, cost)
+        assert (b.usage, b.models) == _recount(events[:half])
+        for e, cost in events[half:]:
+            b.add(e, cost)
+        assert (b.usage, b.models) == _recount(events)
