@@ -13,8 +13,8 @@ below what Kafka + chDB sustain. The hot path therefore consumes in batches with
 from __future__ import annotations
 
 import asyncio
-import gc
 import base64
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +22,14 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
-
+from aiokafka.partitioner import murmur2
 from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import ALERTS, DLQ, EVENTS, Alert
 
@@ -88,6 +93,7 @@ class IngestService:
         self.checkpoint_key = f"{group_id}/{worker_id}" if worker_id else group_id
         self._checkpointed_at = float("-inf")
         self._uncommitted = False
+        self._owned: set[int] = set()  # the events partitions this replica was last assigned
         self.idle_lag_s = 30.0  # with no events, detectors' event time follows the clock this far behind
         self._ticked_at = float("-inf")
 
@@ -95,13 +101,14 @@ class IngestService:
         await self._restore_detectors()
         self._producer = await start_producer(self.bootstrap, linger_ms=5, compression_type="zstd")
         self._consumer = AIOKafkaConsumer(
-            EVENTS, bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
+            bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(self.session_timeout_ms // 6, 200), max_poll_records=self.max_batch,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
             rebalance_timeout_ms=self.session_timeout_ms, retry_backoff_ms=100,
         )
         await self._consumer.start()
+        self._consumer.subscribe([EVENTS], listener=_Handoff(self))
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Let the loop finish its batch (insert, commit, checkpoint), then close the clients:
@@ -247,6 +254,43 @@ class IngestService:
         except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs baselines on restart, never the worker
             log.warning("detector_checkpoint_failed", error=str(exc)[:300])
 
+    # Rebalance hand-off: a replica losing partitions saves its state first (revoke comes before it
+    # rejoins, so before the group hands the partitions on); a replica given partitions it did not
+    # have adopts, from the other replicas' latest checkpoints (the last hour's), the per-tenant
+    # baselines of the tenants those partitions carry (events are keyed by tenant_id; the default
+    # partitioner: murmur2). Per provider, tool and index the statistics stay each replica's own.
+    async def _partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked and not self._uncommitted:
+            await self._checkpoint(force=True)
+
+    async def _partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        owned = {tp.partition for tp in assigned if tp.topic == EVENTS}
+        new, self._owned = owned - self._owned, owned
+        if new and self.checkpoint_interval_s is not None:
+            await self._adopt(new)
+
+    async def _adopt(self, partitions: set[int]) -> None:
+        assert self._consumer is not None
+        try:
+            count = len(self._consumer.partitions_for_topic(EVENTS) or ())
+            if not count:
+                return
+            rows = await self.store.run(
+                self.store.query,
+                "SELECT group_id, argMax(state, saved_at), max(saved_at) AS latest FROM detector_state "
+                "WHERE (group_id = {g:String} OR startsWith(group_id, {prefix:String})) AND group_id != {me:String} "
+                "GROUP BY group_id HAVING toUnixTimestamp64Milli(latest) >= {since:Int64} ORDER BY latest DESC",
+                {"g": self.group_id, "prefix": f"{self.group_id}/", "me": self.checkpoint_key,
+                 "since": int((self.clock() - timedelta(hours=1)).timestamp() * 1000)})
+
+            def owns(tenant: str) -> bool:
+                return partition_of(tenant, count) in partitions
+            taken = sum(self.pipeline.detectors.adopt(orjson.loads(state), owns) for _, state, _ in rows)
+            log.info("detector_state_adopted", partitions=sorted(partitions), series=taken,
+                     replicas=[r[0] for r in rows])
+        except Exception as exc:  # noqa: BLE001 - without them the moved tenants start cold, the worker runs on
+            log.warning("detector_state_not_adopted", error=str(exc)[:300])
+
     async def _restore_detectors(self) -> None:
         if self.checkpoint_interval_s is None:
             return
@@ -263,6 +307,25 @@ class IngestService:
             log.info("detector_state_restored", key=self.checkpoint_key, watermark=str(self.pipeline.watermark))
         except Exception as exc:  # noqa: BLE001 - unreadable state: start with fresh baselines
             log.warning("detector_state_not_restored", error=str(exc)[:300])
+
+
+class _Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's rebalance callbacks, handed to the service (see ``_partitions_assigned``)."""
+
+    def __init__(self, service: IngestService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.service._partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.service._partitions_assigned(assigned)
+
+
+def partition_of(tenant: str, partitions: int) -> int:
+    """The events partition of a tenant's events: the default partitioner of aiokafka and of the
+    Java client on the key (``tenant_id``), positive murmur2 modulo the partition count."""
+    return (murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _is_utf8(raw: bytes) -> bool:

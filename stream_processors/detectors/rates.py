@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,6 +331,18 @@ class PoissonBurstDetector(_ScopedDetector):
     def restore(self, data: list[Any]) -> None:
         self.state = {tuple(k): _CountState(newest, last, _windows_in(windows), lam)
                       for k, newest, last, windows, lam in data}
+
+    def adopt(self, data: list[Any], owns: Callable[[str], bool]) -> int:
+        """Take the baselines of another replica's :meth:`snapshot` for the scopes whose tenant
+        (the first scope field) ``owns`` says this replica now consumes and that it has no state
+        for yet (see ``RateSpikeDetector.adopt``). The number of scopes taken."""
+        taken = 0
+        for k, newest, last, windows, lam in data:
+            key = tuple(k)
+            if key not in self.state and owns(key[0]):
+                self.state[key] = _CountState(newest, last, _windows_in(windows), lam)
+                taken += 1
+        return taken
 
 
 # ---------------------------------------------------------------------------------- latency

@@ -25,6 +25,7 @@ largest call); cost: factor 4, 6 MADs, floor 1.50 USD a minute; tokens: factor 5
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -307,13 +308,30 @@ class RateSpikeDetector:
     def restore(self, data: dict[str, Any]) -> None:
         self.state = {}
         for k, v in data.items():
-            s = Series(first_window=v["first"], windows={int(w): Decimal(x) for w, x in v["windows"].items()},
-                       peaks={int(w): Decimal(x) for w, x in v.get("peaks", {}).items()},
-                       subs={int(w): (Decimal(a), Decimal(b)) for w, (a, b) in v.get("subs", {}).items()})
+            s = _series_in(v)
             if v["open"] is not None:
                 o = v["open"]
                 s.open = _Open(Alert.model_validate(o["alert"]), o["opened"], o["last"])
             self.state[k] = s
+
+    def adopt(self, data: dict[str, Any], owns: Callable[[str], bool]) -> int:
+        """Take the history of the keys of another replica's :meth:`snapshot` whose tenant
+        ``owns`` says this replica now consumes and that it has no series for yet (a rebalance
+        moved the tenant here); their open alerts stay with the replica that opened them, which
+        resolves them. The number of keys taken."""
+        taken = 0
+        for k, v in data.items():
+            if k not in self.state and owns(k.split(KEY_SEP, 1)[0]):
+                self.state[k] = _series_in(v)
+                taken += 1
+        return taken
+
+
+def _series_in(v: dict[str, Any]) -> Series:
+    """A series' history from its snapshot (without its open alert)."""
+    return Series(first_window=v["first"], windows={int(w): Decimal(x) for w, x in v["windows"].items()},
+                  peaks={int(w): Decimal(x) for w, x in v.get("peaks", {}).items()},
+                  subs={int(w): (Decimal(a), Decimal(b)) for w, (a, b) in v.get("subs", {}).items()})
 
 
 @dataclass(slots=True)

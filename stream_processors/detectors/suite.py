@@ -410,6 +410,18 @@ class Detectors:
             **{name: getattr(self, name).snapshot() for name in _PARTS},
         }
 
+    def adopt(self, data: dict[str, Any], owns: Callable[[str], bool]) -> int:
+        """Take over, from another replica's :meth:`snapshot`, the per-tenant baselines (cost and
+        token spikes per tenant and tenant+feature, safety bursts) of the tenants ``owns`` says
+        this replica now consumes, where it has none of its own: after a rebalance moves a
+        tenant's partition, the new owner judges its next spike against the old owner's history
+        instead of starting cold. Per provider, tool and index the statistics stay each
+        replica's own. Returns the number of series taken."""
+        if data.get("version") != 1:
+            return 0
+        taken = sum(getattr(self, name).adopt(data.get(name) or {}, owns) for name in _SPIKE_PARTS)
+        return taken + self.safety.adopt(data.get("safety") or [], owns)
+
     def restore(self, data: dict[str, Any]) -> None:
         if data.get("version") != 1:
             raise ValueError(f"detector state: unsupported version {data.get('version')!r}")
@@ -421,6 +433,7 @@ class Detectors:
 
 _PARTS = ("cost", "cost_feature", "tokens", "tokens_feature", "runaway", "errors", "latency", "ttft",
           "tool_failures", "tool_latency", "safety", "retrieval")
+_SPIKE_PARTS = ("cost", "cost_feature", "tokens", "tokens_feature")
 
 
 _THIRD = itemgetter(2)  # sort key: the 10 s window's place in a usage key

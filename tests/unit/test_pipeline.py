@@ -153,3 +153,39 @@ def test_replay_and_live_batching_give_the_same_alert_ids() -> None:
     a = {x.alert_id for x in whole.process(events, now=None).alerts}
     b = {x.alert_id for i in range(0, len(events), 7) for x in small.process(events[i:i + 7], now=None).alerts}
     assert a and a == b
+
+
+def test_a_replica_taking_over_a_tenant_adopts_its_baselines_and_catches_its_spike_at_once() -> None:
+    """After a rebalance the new owner of a tenant's partition adopts the old owner's history for
+    that tenant (``Detectors.adopt``), so a token spike right after the move is judged against
+    10 minutes of calm, where a replica without it is in cold start and says nothing."""
+    def calm(tenant: str, base: int) -> list[bytes]:
+        return [llm_call(base + i, tenant_id=tenant, feature="chat", ts=(NOW - timedelta(minutes=10) +
+                                                                          timedelta(seconds=5 * i)).isoformat())
+                for i in range(119)]
+    spike = [llm_call(10_000 + i, tenant_id="moved", feature="chat", input_tokens=40_000,
+                      ts=(NOW + timedelta(seconds=i / 10)).isoformat()) for i in range(30)]
+
+    def token_spikes(result: BatchResult) -> set[str]:
+        return {a.scope.key() for a in result.alerts if a.kind == AlertKind.TOKEN_SPIKE}
+
+    old = pipeline()
+    old.process(calm("moved", 1_000) + calm("stays", 2_000), now=None)
+    assert token_spikes(pipeline().process(spike, now=None)) == set()  # cold start: the control
+
+    new = pipeline()
+    taken = new.detectors.adopt(orjson.loads(orjson.dumps(old.detectors.snapshot())), lambda t: t == "moved")
+    assert taken >= 4  # cost and tokens, per tenant and per tenant+feature
+    assert "stays" not in new.detectors.tokens.state and "stays" not in new.detectors.cost.state
+    assert "tenant_id=moved" in token_spikes(new.process(spike, now=None))
+
+    # the old owner saw the spike too: its open alert is its own to resolve, not adopted; and a
+    # replica with its own series for the tenant keeps them
+    old.process(spike, now=None)
+    assert old.detectors.tokens.state["moved"].open is not None
+    fresh = pipeline()
+    fresh.detectors.adopt(old.detectors.snapshot(), lambda t: True)
+    assert all(s.open is None for s in fresh.detectors.tokens.state.values())
+    assert new.detectors.adopt(old.detectors.snapshot(), lambda t: True) == sum(
+        1 for det in (old.detectors.cost, old.detectors.tokens, old.detectors.cost_feature,
+                      old.detectors.tokens_feature) for k in det.state if k.startswith("stays"))
