@@ -16,6 +16,7 @@ from flyball.stream_processors.ingest import IngestService, partition_of
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
+
 from tests.integration._helpers import eventually
 from tests.integration.test_detector_restart import call, produce
 

@@ -9,7 +9,6 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-
 from flyball.schemas import AlertKind, Scope
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, BatchResult, Pipeline
 from flyball.stream_processors.pricing import load_catalog
