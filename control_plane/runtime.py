@@ -123,7 +123,8 @@ class System:
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
                                         checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id)
             self._faust = create_worker_app(bootstrap=self.bootstrap, ingest=self.ingest, app_id=s.worker_group,
-                                            session_timeout_s=s.session_timeout_ms / 1000)
+                                            session_timeout_s=s.session_timeout_ms / 1000,
+                                            datadir=s.data_dir / "faust")
             self._tasks.append(asyncio.create_task(self._faust.start(), name="faust"))
             waits.append(self.ingest.ready)
             if not self.api:  # price and budget changes arrive through another process's API
