@@ -154,6 +154,7 @@ FAST_KINDS: dict[str, type[_Envelope]] = {
 }
 _DECODER = msgspec.json.Decoder(FastLLMCall | FastToolCall | FastSafetyTrigger | FastRetrieval | FastFeedback)
 _INT64 = 2**63
+_TS_KEY = b'"ts"'
 _VALUE_TYPES = (str, bool, int, float)
 
 
@@ -162,6 +163,16 @@ def _fast(raw: bytes, now: datetime | None) -> Any:
     try:
         event = _DECODER.decode(raw)
     except (msgspec.MsgspecError, ValueError):  # ValueError: invalid UTF-8 inside a string
+        return None
+    # msgspec rounds a fraction of a second longer than 6 digits to the microsecond, the models
+    # truncate it (Go's and Java's nanosecond timestamps have 9): such a ts goes to the models.
+    # RFC 3339 puts the fraction at a fixed place in the string, after its opening quote; the
+    # key must be there once, unescaped, for that quote to be the ts value's.
+    at = raw.find(_TS_KEY)
+    if raw.find(_TS_KEY, at + 4) >= 0 or b"\\u" in raw:
+        return None
+    quote = raw.find(b'"', at + 4)
+    if raw[quote + 20:quote + 21] == b"." and raw[quote + 27:quote + 28].isdigit():
         return None
     ts = event.ts
     if ts.tzinfo is not UTC:

@@ -165,6 +165,16 @@ def test_arbitrary_bytes_give_the_models_verdict(raw: bytes) -> None:
     b'"ts":"2026-11-26T11:00:00Z","tenant_id":"a","tool_name":"t"}'),
     (b' \n{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
     b'"ts":"2026-11-26T11:00:00Z","tenant_id":"a","tool_name":"t"}\n '),
+    # a fraction of a second beyond microseconds (msgspec rounds it, the models truncate): compact,
+    # spaced, with an offset, ts not the only "ts" key, and the ts key escaped
+    (b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
+    b'"ts":"2026-11-25T23:59:59.999999999Z","tenant_id":"a","tool_name":"t"}'),
+    (b'{"event_type": "tool_call", "event_id": "1b4e28ba-2fa1-41d2-883f-0016d3cca427", '
+    b'"ts": "2026-11-26T11:00:00.1234565+02:00", "tenant_id": "a", "tool_name": "t"}'),
+    (b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","attributes":{"ts":"x"},'
+    b'"ts":"2026-11-26T11:00:00.1234565Z","tenant_id":"a","tool_name":"t"}'),
+    (b'{"event_type":"tool_call","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427","feature":"ts",'
+    b'"\\u0074s":"2026-11-26T11:00:00.1234565Z","tenant_id":"a","tool_name":"t"}'),
     # event_type not first, and event_type twice
     (b'{"tenant_id":"a","tool_name":"t","event_id":"1b4e28ba-2fa1-41d2-883f-0016d3cca427",'
     b'"ts":"2026-11-26T11:00:00Z","event_type":"tool_call"}'),
