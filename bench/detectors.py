@@ -12,8 +12,8 @@
    (``flyball simulate --scenario incidents``: LLM calls, tool calls, retrievals, safety
    triggers, with incidents firing alerts), re-timed to be dense: all in 10 minutes of event
    time, as a busy worker sees them. Medians of the repetitions; target: WITH <= 1.20 x WITHOUT.
-   The collector is tuned as ``flyball worker`` tunes it at start (``tune_gc_for_batches``,
-   where this flyball has it; ``--default-gc`` keeps Python's defaults instead).
+   The collector is tuned as ``flyball worker`` tunes it at start (``tune_gc_for_batches``;
+   ``--default-gc`` keeps Python's defaults instead).
 
 2. Memory. A fresh process (``--single memory``) creates ``--scopes`` active scopes of every
    per-tenant kind at once, over 30 minutes of event time (the spike detectors' full history):

@@ -16,17 +16,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import builtin_book  # noqa: E402
-
-from flyball.stream_processors.pipeline import Pipeline  # noqa: E402
-from flyball.stream_processors.simulate import KINDS, simulate  # noqa: E402
+from flyball.control_plane.runtime import load_prices
+from flyball.stream_processors.pipeline import Pipeline
+from flyball.stream_processors.simulate import KINDS, simulate
 
 CUTS = {"10s": (10.0, 5_000), "5000": (float("inf"), 5_000), "137": (float("inf"), 137)}
 
@@ -34,7 +29,7 @@ CUTS = {"10s": (10.0, 5_000), "5000": (float("inf"), 5_000), "137": (float("inf"
 def fingerprint(job: tuple[str, int, str]) -> str:
     scenario, seed, cut_name = job
     sim = simulate(scenario, seed, hours=6 if scenario == "clean" else None)
-    book = builtin_book()
+    book = load_prices(None)  # the built-in catalog
     pipe = Pipeline(lambda: book)
     alerts = hashlib.sha256()
     count = 0

@@ -29,7 +29,7 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner
 from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import ALERTS, DLQ, EVENTS, Alert
 
@@ -237,8 +237,7 @@ class IngestService:
     # it and alerts on a spike right away. Saving is throttled (checkpoint_interval_s): the events
     # between the last checkpoint and a crash are missing from the baselines, never counted twice.
     # Replicas of one group need distinct worker ids (FLYBALL_WORKER_ID), else each restores
-    # whichever replica saved last. The state follows the replica, not the partition: after a
-    # rebalance moves a tenant, its spike baselines start cold on the new owner (3 minutes).
+    # whichever replica saved last. A rebalance hands per-tenant baselines on (below).
     async def _checkpoint(self, *, force: bool = False) -> None:
         if self.checkpoint_interval_s is None:
             return
@@ -323,9 +322,10 @@ class _Handoff(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def partition_of(tenant: str, partitions: int) -> int:
-    """The events partition of a tenant's events: the default partitioner of aiokafka and of the
-    Java client on the key (``tenant_id``), positive murmur2 modulo the partition count."""
-    return (murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
+    """The events partition of a tenant's events: what the shim's producer picks for the key
+    ``tenant_id`` (aiokafka's default partitioner, the Java client's too)."""
+    every = list(range(partitions))
+    return DefaultPartitioner()(tenant.encode(), every, every)
 
 
 def _is_utf8(raw: bytes) -> bool:

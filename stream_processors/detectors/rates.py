@@ -329,8 +329,8 @@ class PoissonBurstDetector(_ScopedDetector):
                 for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
-        self.state = {tuple(k): _CountState(newest, last, _windows_in(windows), lam)
-                      for k, newest, last, windows, lam in data}
+        self.state = {}
+        self.adopt(data, lambda tenant: True)
 
     def adopt(self, data: list[Any], owns: Callable[[str], bool]) -> int:
         """Take the baselines of another replica's :meth:`snapshot` for the scopes whose tenant

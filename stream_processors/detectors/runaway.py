@@ -41,7 +41,7 @@ class RunawayParams:
 # A request's state is a tuple (calls, tokens, first_ts, last_ts, alerted), replaced when it
 # changes: a worker holds thousands of open requests, and a tuple of plain values is no container
 # for the garbage collector to promote and traverse, as an object per request would be.
-_CALLS, _TOKENS, _FIRST, _LAST, _ALERTED = range(5)
+_LAST = 3  # where last_ts sits
 
 
 @dataclass(slots=True)
@@ -71,7 +71,12 @@ class RunawayDetector:
         self.requests[key] = r
         if r[0] < p.min_calls and r[1] < p.min_tokens:
             return False  # below both floors: no baseline can make it a runaway
-        return self._over(key, r)
+        _, call_limit, token_limit = self._limits(key)
+        if max(r[0] / call_limit, r[1] / token_limit) < 1.0:
+            return False
+        if not r[4]:
+            self.requests[key] = (r[0], r[1], r[2], r[3], True)
+        return True
 
     def check_batch(self, requests: dict[tuple[str, str, str], int], calls: list[int], tokens: list[int],
                     firsts: list[datetime], lasts: list[datetime]) -> list[tuple[tuple[str, str, str], int]]:
@@ -79,43 +84,24 @@ class RunawayDetector:
         ``calls[i]`` calls ... between the event times ``firsts[i]`` and ``lasts[i]``); returns the
         (key, i) over a limit, in order, for :meth:`fire`. A check touches only its own request,
         so checking all, then firing those, is the same as observing them one by one."""
-        p = self.params
-        min_calls, min_tokens = p.min_calls, p.min_tokens
-        state = self.requests
         hits = []
         for key, i in requests.items():
             first, last = firsts[i], lasts[i]
             ft = first.timestamp()
-            lt = ft if last is first else last.timestamp()
-            r = state.get(key)
-            if r is None:
-                r = state[key] = (calls[i], tokens[i], ft, lt, False)
-            else:
-                r = state[key] = (r[0] + calls[i], r[1] + tokens[i], min(r[2], ft), max(r[3], lt), r[4])
-            if r[0] < min_calls and r[1] < min_tokens:
-                continue  # below both floors: no baseline can make it a runaway
-            if self._over(key, r):
+            if self.check(key, calls[i], tokens[i], ft, ft if last is first else last.timestamp()):
                 hits.append((key, i))
         return hits
 
-    def _over(self, key: tuple[str, str, str], r: tuple[int, int, float, float, bool]) -> bool:
+    def _limits(self, key: tuple[str, str, str]) -> tuple[list[float], float, float]:
+        """The feature's baseline [calls, tokens] per request and the two limits it sets."""
         p = self.params
         base = self.baselines.get(key[:2]) or [p.prior_calls, p.prior_tokens]
-        call_limit = max(float(p.min_calls), p.factor * base[0])
-        token_limit = max(float(p.min_tokens), p.factor * base[1])
-        if max(r[0] / call_limit, r[1] / token_limit) < 1.0:
-            return False
-        if not r[4]:
-            self.requests[key] = (r[0], r[1], r[2], r[3], True)
-        return True
+        return base, max(float(p.min_calls), p.factor * base[0]), max(float(p.min_tokens), p.factor * base[1])
 
     def fire(self, key: tuple[str, str, str], event_ids: list[str]) -> Alert | None:
         """The alert of a request that :meth:`check` found over a limit."""
-        p = self.params
         calls, tokens, first_ts, last_ts, _ = self.requests[key]
-        base = self.baselines.get(key[:2]) or [p.prior_calls, p.prior_tokens]
-        call_limit = max(float(p.min_calls), p.factor * base[0])
-        token_limit = max(float(p.min_tokens), p.factor * base[1])
+        base, call_limit, token_limit = self._limits(key)
         score = max(calls / call_limit, tokens / token_limit)
         by_calls = calls / call_limit >= tokens / token_limit
         metric, observed, baseline, limit = (("calls_per_request", calls, base[0], call_limit) if by_calls

@@ -113,6 +113,16 @@ def _outcome(fn: Any, raw: bytes) -> tuple[str, Any]:
         return "invalid", exc.reason
 
 
+def _assert_the_models_verdict(raw: bytes) -> None:
+    """What the fast path accepts, the models accept with the same values; and ``decode_event``
+    gives the models' verdict (and DLQ reason) on every input."""
+    fast = _fast(raw, NOW)
+    slow = _outcome(lambda r, now: parse_event(r, now=now), raw)
+    if fast is not None:
+        assert slow == ("ok", fields_of(fast)), raw
+    assert _outcome(decode_event, raw) == slow
+
+
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fast_path_accepts_only_what_the_models_accept_with_the_same_values(data: st.DataObject) -> None:
@@ -124,22 +134,13 @@ def test_fast_path_accepts_only_what_the_models_accept_with_the_same_values(data
             del event[name]
         else:
             event[name] = data.draw(st.sampled_from(HOSTILE))
-    raw = _dump(event, data.draw(st.booleans()))
-    fast = _fast(raw, NOW)
-    slow = _outcome(lambda r, now: parse_event(r, now=now), raw)
-    if fast is not None:
-        assert slow == ("ok", fields_of(fast)), raw
-    assert _outcome(decode_event, raw) == slow
+    _assert_the_models_verdict(_dump(event, data.draw(st.booleans())))
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200) | st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")))
 def test_arbitrary_bytes_give_the_models_verdict(raw: bytes) -> None:
-    fast = _fast(raw, NOW)
-    slow = _outcome(lambda r, now: parse_event(r, now=now), raw)
-    if fast is not None:
-        assert slow == ("ok", fields_of(fast))
-    assert _outcome(decode_event, raw) == slow
+    _assert_the_models_verdict(raw)
 
 
 @pytest.mark.parametrize("raw", [
@@ -182,11 +183,7 @@ def test_arbitrary_bytes_give_the_models_verdict(raw: bytes) -> None:
     b'"ts":"2026-11-26T11:00:00Z","event_type":"tool_call"}'),
 ])
 def test_edge_cases_give_the_models_verdict(raw: bytes) -> None:
-    fast = _fast(raw, NOW)
-    slow = _outcome(lambda r, now: parse_event(r, now=now), raw)
-    if fast is not None:
-        assert slow == ("ok", fields_of(fast))
-    assert _outcome(decode_event, raw) == slow
+    _assert_the_models_verdict(raw)
 
 
 def test_the_fast_path_takes_every_event_the_simulator_sends() -> None:

@@ -385,10 +385,10 @@ def _recount(events: list[tuple[LLMCall, Decimal | None]]) -> tuple[dict[Any, li
 
 
 def test_batch_windows_sums_equal_a_call_by_call_recount() -> None:
-    """BatchWindows files LLM calls and sums them late, with builtins; the sums, maxima, times,
-    sample ids and per-model latency lists must be what summing call by call gives, with
-    unpriced calls (cost None, first or later), every status, TTFT present or absent, events
-    out of order, and a window read before and after more calls arrive."""
+    """BatchWindows' hand-inlined sums (usage and models): the sums, maxima, times, sample ids
+    and per-model latency lists must be what plainly summing call by call gives, with unpriced
+    calls (cost None, first or later), every status, TTFT present or absent, events out of
+    order, and a window read before and after more calls arrive."""
     rng = random.Random(11)
     base = datetime(2026, 3, 2, 12, tzinfo=UTC)
     statuses = ["ok"] * 6 + ["error", "timeout", "rate_limited", "filtered", "cancelled"]
