@@ -24,9 +24,9 @@ Privacy: events carry no prompt or completion text. ``prompt_hash`` and ``user_i
 hex digests (the shim hashes a raw ``user_id`` before it leaves the process); ``prompt_chars``
 and ``completion_chars`` are lengths.
 
-Validation runs in Rust (pydantic-core constraints) except one Python check per event
-(``_after``): UTC normalisation, the clock-skew bound, unknown-field folding, and cross-field
-invariants. The worker validates every event, so keep it that way.
+Validation runs in Rust (pydantic-core constraints) except two Python checks per event:
+``_after`` (UTC normalisation, the clock-skew bound, unknown-field folding, cross-field
+invariants) and ``_microseconds`` on ``ts``. The worker validates every event, so keep it that way.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 
@@ -97,6 +99,19 @@ class CallStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+def _microseconds(value: Any, handler: ValidatorFunctionWrapHandler) -> datetime:
+    """A ``ts`` text with more than 6 fractional digits (Go's and Java's nanosecond times have 9)
+    is rounded to the microsecond, half up on the 7th digit, as the worker's fast decoder
+    (msgspec, ``stream_processors/decode.py``) reads it; pydantic alone would truncate."""
+    ts = handler(value)
+    if type(value) is str and len(value) > 26 and value[19] == "." and value[20:27].isdigit() and value[26] >= "5":
+        try:
+            return ts + timedelta(microseconds=1)
+        except OverflowError:
+            raise ValueError("ts: timestamp out of range") from None
+    return ts
+
+
 class Envelope(BaseModel):
     """Fields every event carries. Unknown extra fields are kept in ``attributes``."""
 
@@ -106,7 +121,8 @@ class Envelope(BaseModel):
 
     schema_version: Annotated[int, Field(strict=True, ge=1, le=1, description="major version")] = 1
     event_id: EventId = Field(description="UUID, lowercase: the idempotency key")
-    ts: AwareDatetime = Field(description="event time, RFC 3339 with offset; stored as UTC")
+    ts: Annotated[AwareDatetime, WrapValidator(_microseconds)] = Field(
+        description="event time, RFC 3339 with offset; stored as UTC, to the microsecond (rounded)")
     tenant_id: Name
     feature: OptName = ""
     service: OptName = ""

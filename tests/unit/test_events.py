@@ -393,3 +393,20 @@ def test_generated_valid_events_of_every_kind_are_accepted_and_round_trip(raw: d
     assert parse_event(orjson.dumps(to_wire(event))) == event
     assert all(event.attributes[f"x.{k}"] == raw[k] or isinstance(raw[k], float)
                for k in raw if k.startswith("zz"))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-01-01T11:00:00.123456Z", datetime(2026, 1, 1, 11, 0, 0, 123456, tzinfo=UTC)),
+    ("2026-01-01T11:00:00.1234565Z", datetime(2026, 1, 1, 11, 0, 0, 123457, tzinfo=UTC)),
+    ("2026-01-01T11:00:00.12345649999Z", datetime(2026, 1, 1, 11, 0, 0, 123456, tzinfo=UTC)),  # the 7th digit decides
+    ("2026-01-01T11:00:00.123456789+02:00", datetime(2026, 1, 1, 9, 0, 0, 123457, tzinfo=UTC)),
+    ("2025-12-31T23:59:59.9999995Z", datetime(2026, 1, 1, tzinfo=UTC)),  # carries into the next year
+    ("2026-01-01T11:00:00.1+05:59", datetime(2026, 1, 1, 5, 1, 0, 100000, tzinfo=UTC)),  # offset digits: no rounding
+])
+def test_ts_beyond_microseconds_is_rounded_half_up_as_the_fast_decoder_reads_it(text: str, expected: datetime) -> None:
+    import msgspec
+
+    body = {"event_type": "tool_call", "event_id": str(uuid.uuid4()), "ts": text, "tenant_id": "a", "tool_name": "t"}
+    assert parse_event(orjson.dumps(body)).ts == expected
+    assert parse_event(body).ts == expected
+    assert msgspec.json.decode(orjson.dumps(text), type=datetime).astimezone(UTC) == expected  # what msgspec reads
