@@ -88,7 +88,7 @@ class Series:
     # after a restore; then computed from the dicts). Not state: a snapshot does not carry them.
     newest: int | None = None
     newest_sub: int | None = None
-    subs_total: Decimal | None = None  # the sum of subs' amounts (a screen: see _observe)
+    subs_total: Decimal | None = None  # the sum of subs' amounts (a screen: see observe_at)
 
 
 @dataclass(slots=True)
@@ -121,19 +121,16 @@ class RateSpikeDetector:
         ``sub`` (the sample's 10 s window, when the caller has it) also judges the trailing
         ``window_s`` seconds, so a spike that starts late in a window is not diluted by it.
         """
-        return self._observe(key, window, sample.amount, sample.peak, sample.first_ts, sample.last_ts,
-                             sample.event_ids, sub, None)
+        return self.observe_at(key, window, sample.amount, sample.peak, sample.first_ts, sample.last_ts,
+                               sample.event_ids, sub, None)
 
-    def observe_at(self, key: str, window: int, amount: Decimal, peak: Decimal, first: datetime, last: datetime,
-                   event_ids: list[str], sub: int | None = None) -> Alert | None:
-        """:meth:`observe` of a sample given as its parts, with ``first``/``last`` the events' own
-        timestamps: an alert gets ``at(ts.timestamp())`` of them, made only when it is built (the
-        batch path: most samples raise nothing, so most never need an alert datetime)."""
-        return self._observe(key, window, amount, peak, first, last, event_ids, sub, _alert_time)
-
-    def _observe(self, key: str, window: int, amount: Decimal, peak: Decimal, first_ts: datetime, last_ts: datetime,
-                 event_ids: list[str], sub: int | None, conv: Any) -> Alert | None:
-        """:meth:`observe`; ``conv`` (or None) maps ``first_ts``/``last_ts`` to alert datetimes."""
+    def observe_at(self, key: str, window: int, amount: Decimal, peak: Decimal, first_ts: datetime,
+                   last_ts: datetime, event_ids: list[str], sub: int | None = None,
+                   conv: Callable[[datetime], datetime] | None = _alert_time) -> Alert | None:
+        """:meth:`observe` of a sample given as its parts. ``conv`` maps ``first_ts``/``last_ts`` to
+        alert datetimes when an alert is built; by default they are the events' own timestamps and
+        an alert gets ``at(ts.timestamp())`` of them (the batch path: most samples raise nothing,
+        so most never need an alert datetime); None takes them as they are."""
         p = self.params
         history = p.history_windows
         series = self.state.get(key)

@@ -30,7 +30,6 @@ from .spike import (
     CostSpikeDetector,
     RateSpikeDetector,
     SpikeParams,
-    _alert_time,
 )
 
 MAX_IDS = 10
@@ -371,14 +370,14 @@ class Detectors:
         for det, parent, samples in ((self.cost, None, cost_t), (self.tokens, None, tok_t),
                                      (self.cost_feature, self.cost, cost_f), (self.tokens_feature, self.tokens, tok_f)):
             judge_sub = det.params.window_s > BASE_WINDOW_S
-            observe, state = det._observe, det.state  # observe_at without its extra call
+            observe, state = det.observe_at, det.state
             for (key, w, sub), x in samples.items():
                 if parent is None:
                     was_open = True
                 else:
                     series = state.get(key)
                     was_open = series is not None and series.open is not None
-                alert = observe(key, w, x[0], x[4], x[1], x[2], x[3], sub if judge_sub else None, _alert_time)
+                alert = observe(key, w, x[0], x[4], x[1], x[2], x[3], sub if judge_sub else None)
                 if alert is None:
                     continue
                 if parent is not None and not was_open and parent.is_open(key.split(KEY_SEP, 1)[0]):
