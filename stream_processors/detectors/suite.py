@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 from flyball.schemas import Alert, AlertKind, LLMCall
-from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
+from flyball.schemas.events import CallStatus, Envelope, Retrieval, SafetyTrigger, ToolCall
 
 from .base import BASE_WINDOW_S, AlertBook
 from .rates import BinomialRateDetector, LatencyDetector, PoissonBurstDetector
@@ -47,6 +47,16 @@ _at = datetime.fromtimestamp
 _NEVER_LO = datetime.max.replace(tzinfo=UTC)  # an empty [lo, hi): no datetime is in it
 _NEVER_HI = datetime.min.replace(tzinfo=UTC)
 _CACHE_LIMIT_S = 2**33
+
+try:  # the compiled per-event add (_windows.c, built by setup.py); optional: add is the definition
+    from . import _windows as _native
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _native = None
+else:
+    from ..decode import FastLLMCall
+
+    _native.bind(FastLLMCall, CallStatus("ok"), tuple(CallStatus(s) for s in LLM_FAILURES), _FAILURE_SLOT, _ZERO,
+                 BASE_WINDOW_S, _USAGE_IDS_END, _MODEL_IDS_END)
 
 
 class BatchWindows:
@@ -109,6 +119,15 @@ class BatchWindows:
             self._hi = _at((w + 1) * BASE_WINDOW_S, _UTC)
             self._w = w
         return w
+
+    def adder(self) -> Callable[[Any, Decimal | None], None]:
+        """This batch's per-event ``add``: the compiled one when it was built (it does the same
+        for a fast-path ``llm_call`` in UTC and calls :meth:`add` for every other event), else
+        :meth:`add` itself."""
+        if _native is None:
+            return self.add
+        return _native.Adder(self.usage, self.models, self.requests, self.r_calls, self.r_tokens, self.r_first,
+                             self.r_last, self.r_owner, self.r_ids, self.add)
 
     def request_ids(self, i: int) -> list[str]:
         """The first ``MAX_IDS`` event ids of request ``i``, in arrival order (wanted only for a
