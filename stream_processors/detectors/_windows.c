@@ -3,7 +3,7 @@
  * BatchWindows.add is the detectors' largest cost in the worker: about 10k machine instructions
  * per llm_call under CPython 3.11, most of them the interpreter's, not the dict and Decimal work
  * it asks for. This module does the same work for the common event (a FastLLMCall from the msgspec
- * fast path, ts in UTC) and hands every other event to the Python method unchanged, so Python's
+ * fast path, ts in UTC, status a CallStatus member) and hands every other event to the Python method unchanged, so Python's
  * ``BatchWindows.add`` stays the definition: tests/unit/test_windows_native.py feeds both the
  * same generated events and requires identical sums, lists and ids.
  *
@@ -33,8 +33,6 @@ static const char *FIELD_NAMES[N_FIELDS] = {
 static PyTypeObject *llm_type = NULL;   /* FastLLMCall */
 static Py_ssize_t offsets[N_FIELDS];
 static PyObject *st_ok = NULL, *st_failures[3] = {NULL, NULL, NULL};  /* CallStatus members */
-static PyObject *ok_text = NULL;        /* "ok" */
-static PyObject *failure_slot = NULL;   /* {status: slot} for a status that is not a member */
 static PyObject *zero = NULL;           /* Decimal(0) */
 static PyObject *one = NULL;            /* 1 */
 static long long window_s = 10;
@@ -52,55 +50,19 @@ static long long days_from_civil(long long y, unsigned m, unsigned d) {
     return era * 146097 + (long long)doe - 719468;
 }
 
-/* a + b; two ints that fit a long long (as are token counts) without PyNumber_Add's dispatch */
-static PyObject *plus(PyObject *a, PyObject *b) {
-    if (PyLong_CheckExact(a) && PyLong_CheckExact(b)) {
-        int oa, ob;
-        long long x = PyLong_AsLongLongAndOverflow(a, &oa), y = PyLong_AsLongLongAndOverflow(b, &ob), z;
-        if (!oa && !ob && !((x == -1 || y == -1) && PyErr_Occurred()) && !__builtin_add_overflow(x, y, &z))
-            return PyLong_FromLongLong(z);
-        PyErr_Clear();
-    }
-    return PyNumber_InPlaceAdd(a, b);
-}
-
 /* Python's ``list[i] += x`` */
 static int add_at(PyObject *list, Py_ssize_t i, PyObject *x) {
     PyObject *old = PyList_GET_ITEM(list, i);
     Py_INCREF(old);
-    PyObject *s = plus(old, x);
+    PyObject *s = PyNumber_InPlaceAdd(old, x);
     Py_DECREF(old);
     if (s == NULL) return -1;
     return PyList_SetItem(list, i, s);  /* steals s, releases the old item; checks i */
 }
 
-/* PyObject_RichCompareBool(a, b, op) for op in (Py_LT, Py_GT), without its dispatch for the
- * common pairs: two datetimes with the same tzinfo object are compared as CPython's own
- * datetime_richcompare compares them then (their packed fields, most significant first), and
- * two ints that fit a long long as numbers; anything else goes to PyObject_RichCompareBool. */
-static int less_or_greater(PyObject *a, PyObject *b, int op) {
-    int diff;
-    if (PyDateTime_CheckExact(a) && PyDateTime_CheckExact(b)
-        && PyDateTime_DATE_GET_TZINFO(a) == PyDateTime_DATE_GET_TZINFO(b)) {
-        diff = memcmp(((PyDateTime_DateTime *)a)->data, ((PyDateTime_DateTime *)b)->data,
-                      _PyDateTime_DATETIME_DATASIZE);
-    } else if (PyLong_CheckExact(a) && PyLong_CheckExact(b)) {
-        int oa, ob;
-        long long x = PyLong_AsLongLongAndOverflow(a, &oa), y = PyLong_AsLongLongAndOverflow(b, &ob);
-        if (oa || ob || ((x == -1 || y == -1) && PyErr_Occurred())) {
-            PyErr_Clear();
-            return PyObject_RichCompareBool(a, b, op);
-        }
-        diff = (x > y) - (x < y);
-    } else {
-        return PyObject_RichCompareBool(a, b, op);
-    }
-    return op == Py_LT ? diff < 0 : diff > 0;
-}
-
 /* ``if x <op> list[i]: list[i] = x`` */
 static int keep_if(PyObject *list, Py_ssize_t i, PyObject *x, int op) {
-    int r = less_or_greater(x, PyList_GET_ITEM(list, i), op);
+    int r = PyObject_RichCompareBool(x, PyList_GET_ITEM(list, i), op);
     if (r > 0) {
         Py_INCREF(x);
         PyList_SetItem(list, i, x);  /* steals x, releases the old item */
@@ -157,7 +119,7 @@ static int add_llm(Adder *self, PyObject *ev, PyObject *cost, PyObject *ts, PyOb
     PyObject *key = NULL, *tokens = NULL, *list = NULL, *idx = NULL;
     int rc = -1;
 
-    tokens = plus(FIELD(ev, F_IN), FIELD(ev, F_OUT));
+    tokens = PyNumber_Add(FIELD(ev, F_IN), FIELD(ev, F_OUT));
     if (tokens == NULL) goto done;
 
     /* usage[(tenant, feature, w)] */
@@ -238,25 +200,11 @@ static int add_llm(Adder *self, PyObject *ev, PyObject *cost, PyObject *ts, PyOb
         if (!is_list_of(m, 8)) goto done;
         if (add_at(m, 0, one) < 0 || first_last(m, 6, 7, ts) < 0) goto done;
     }
-    PyObject *status = FIELD(ev, F_STATUS);
+    PyObject *status = FIELD(ev, F_STATUS);  /* a CallStatus member (checked before any change) */
     Py_ssize_t slot = 0;
     int ok = status == st_ok;
-    if (!ok) {
-        for (int k = 0; k < 3; k++)
-            if (status == st_failures[k]) slot = k + 1;
-        if (slot == 0) {  /* not a CallStatus member (never from the decoder): as Python compares */
-            ok = PyObject_RichCompareBool(status, ok_text, Py_EQ);
-            if (ok < 0) goto done;
-            if (!ok) {
-                PyObject *s = PyDict_GetItemWithError(failure_slot, status);
-                if (s == NULL && PyErr_Occurred()) goto done;
-                if (s != NULL) {
-                    slot = PyLong_AsSsize_t(s);
-                    if (slot == -1 && PyErr_Occurred()) goto done;
-                }
-            }
-        }
-    }
+    for (int k = 0; k < 3; k++)
+        if (status == st_failures[k]) slot = k + 1;
     if (ok) {
         PyObject *lat = PyList_GET_ITEM(m, 4), *ttfts = PyList_GET_ITEM(m, 5);
         if (!PyList_Check(lat) || !PyList_Check(ttfts)) {
@@ -266,7 +214,7 @@ static int add_llm(Adder *self, PyObject *ev, PyObject *cost, PyObject *ts, PyOb
         if (PyList_Append(lat, FIELD(ev, F_LATENCY)) < 0) goto done;
         PyObject *ttft = FIELD(ev, F_TTFT);
         if (ttft != Py_None && PyList_Append(ttfts, ttft) < 0) goto done;
-    } else if (slot >= 1 && slot <= 3) {
+    } else if (slot > 0) {
         if (add_at(m, slot, one) < 0) goto done;
         if (PyList_GET_SIZE(m) < model_ids_end && PyList_Append(m, eid) < 0) goto done;
     }
@@ -292,6 +240,7 @@ static PyObject *adder_vectorcall(PyObject *callable, PyObject *const *args, siz
         if (FIELD(ev, i) == NULL) goto fallback;
     PyObject *ts = FIELD(ev, F_TS);
     if (!PyDateTime_CheckExact(ts) || PyDateTime_DATE_GET_TZINFO(ts) != PyDateTime_TimeZone_UTC) goto fallback;
+    if (Py_TYPE(FIELD(ev, F_STATUS)) != Py_TYPE(st_ok)) goto fallback;  /* a CallStatus: the decoder's always is */
     long long secs = days_from_civil(PyDateTime_GET_YEAR(ts), PyDateTime_GET_MONTH(ts), PyDateTime_GET_DAY(ts)) * 86400
         + PyDateTime_DATE_GET_HOUR(ts) * 3600 + PyDateTime_DATE_GET_MINUTE(ts) * 60 + PyDateTime_DATE_GET_SECOND(ts);
     if (secs < 0 || secs >= (1LL << 33)) goto fallback;
@@ -346,13 +295,14 @@ static PyTypeObject AdderType = {
     .tp_vectorcall_offset = offsetof(Adder, vectorcall),
 };
 
-/* bind(FastLLMCall, ok, (error, timeout, rate_limited), failure_slot, zero, window_s, usage_ids_end, model_ids_end) */
+/* bind(FastLLMCall, ok, (error, timeout, rate_limited), zero, window_s, usage_ids_end, model_ids_end): the
+ * statuses are members of one enum (their type is the one the fast path accepts) */
 static PyObject *bind(PyObject *module, PyObject *args) {
-    PyObject *type, *ok, *failures, *slots, *zero_;
+    PyObject *type, *ok, *failures, *zero_;
     long long win;
     Py_ssize_t uend, mend;
-    if (!PyArg_ParseTuple(args, "O!OO!O!OLnn:bind", &PyType_Type, &type, &ok, &PyTuple_Type, &failures,
-                          &PyDict_Type, &slots, &zero_, &win, &uend, &mend))
+    if (!PyArg_ParseTuple(args, "O!OO!OLnn:bind", &PyType_Type, &type, &ok, &PyTuple_Type, &failures,
+                          &zero_, &win, &uend, &mend))
         return NULL;
     if (PyTuple_GET_SIZE(failures) != 3 || win <= 0) {
         PyErr_SetString(PyExc_ValueError, "bind: three failure statuses and a positive window");
@@ -380,7 +330,6 @@ static PyObject *bind(PyObject *module, PyObject *args) {
         PyObject *f = PyTuple_GET_ITEM(failures, k);
         Py_INCREF(f); Py_XSETREF(st_failures[k], f);
     }
-    Py_INCREF(slots); Py_XSETREF(failure_slot, slots);
     Py_INCREF(zero_); Py_XSETREF(zero, zero_);
     window_s = win;
     usage_ids_end = uend;
@@ -399,9 +348,8 @@ PyMODINIT_FUNC PyInit__windows(void) {
     PyDateTime_IMPORT;
     if (PyDateTimeAPI == NULL) return NULL;
     if (PyType_Ready(&AdderType) < 0) return NULL;
-    ok_text = PyUnicode_InternFromString("ok");
     one = PyLong_FromLong(1);
-    if (ok_text == NULL || one == NULL) return NULL;
+    if (one == NULL) return NULL;
     PyObject *m = PyModule_Create(&moduledef);
     if (m == NULL) return NULL;
     Py_INCREF(&AdderType);

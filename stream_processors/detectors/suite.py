@@ -55,8 +55,8 @@ except ImportError:  # pragma: no cover - a build without a C compiler
 else:
     from ..decode import FastLLMCall
 
-    _native.bind(FastLLMCall, CallStatus("ok"), tuple(CallStatus(s) for s in LLM_FAILURES), _FAILURE_SLOT, _ZERO,
-                 BASE_WINDOW_S, _USAGE_IDS_END, _MODEL_IDS_END)
+    _native.bind(FastLLMCall, CallStatus("ok"), tuple(CallStatus(s) for s in LLM_FAILURES), _ZERO, BASE_WINDOW_S,
+                 _USAGE_IDS_END, _MODEL_IDS_END)
 
 
 class BatchWindows:
@@ -122,7 +122,8 @@ class BatchWindows:
 
     def adder(self) -> Callable[[Any, Decimal | None], None]:
         """This batch's per-event ``add``: the compiled one when it was built (it does the same
-        for a fast-path ``llm_call`` in UTC and calls :meth:`add` for every other event), else
+        for a fast-path ``llm_call`` in UTC with a ``CallStatus`` and calls :meth:`add` for every
+        other event), else
         :meth:`add` itself."""
         if _native is None:
             return self.add

@@ -66,8 +66,8 @@ def _event(draw: st.DrawFn, n: int) -> Any:
     feature = draw(st.sampled_from(["", "chat", "search"]))
     kind = draw(st.sampled_from(["fast"] * 6 + ["model", "tool", "safety", "retrieval", "model_tool"]))
     if kind == "fast":
-        # msgspec's constructor does not validate: odd values (a plain-str status, 2**80 tokens)
-        # reach the compiled add exactly as given
+        # msgspec's constructor does not validate: 2**80 tokens reach the compiled add as given,
+        # a plain-str status (which the decoder never makes) must be handed to the Python add
         return FastLLMCall(
             event_id=eid, ts=ts, tenant_id=tenant, feature=feature, provider="openai",
             model=draw(st.sampled_from(["gpt-4o", "gpt-4o-mini"])), input_tokens=draw(_tokens),
