@@ -6,10 +6,10 @@
     if tel.guard(tenant_id="acme").allowed: ...
 """
 
-from .adapters import Usage, status_of, usage_of
+from .adapters import Usage, service_tier_of, status_of, usage_of
 from .buffer import SpillLog
 from .client import AsyncTelemetry, CallTracker, Counters, ShimSettings, Telemetry
 from .enforcement import Decision, DirectiveView, Staleness, enforce
 
 __all__ = ["AsyncTelemetry", "CallTracker", "Counters", "Decision", "DirectiveView", "ShimSettings", "SpillLog",
-           "Staleness", "Telemetry", "Usage", "enforce", "status_of", "usage_of"]
+           "Staleness", "Telemetry", "Usage", "enforce", "service_tier_of", "status_of", "usage_of"]

@@ -18,10 +18,11 @@ from .events import (
     to_wire,
 )
 from .topics import ALERTS, DIRECTIVES, DLQ, EVENTS
+from .usage import normalize_service_tier
 
 __all__ = [
     "ALERTS", "DIRECTIVES", "DLQ", "EVENTS", "EVENT_ADAPTER", "SCHEMA_VERSION",
     "ActionKind", "Alert", "AlertKind", "CallStatus", "Directive", "DirectiveState", "Event",
     "EventType", "Feedback", "InvalidEvent", "LLMCall", "Retrieval", "SafetyTrigger", "Scope",
-    "ToolCall", "parse_event", "scope_key", "to_wire",
+    "ToolCall", "normalize_service_tier", "parse_event", "scope_key", "to_wire",
 ]

@@ -1,6 +1,8 @@
 """Pricing: the cost of one LLM call, exactly, with the price version in force at its time.
 
-Pure: no I/O (loading a catalog takes already-read text), no clock, ``Decimal`` only.
+Pure: no I/O, no clock, ``Decimal`` only. This module is the price model (rates, entries, the
+book, the cost of a call); reading and writing catalogs (flyball's format, LiteLLM's) is
+:mod:`flyball.stream_processors.catalog`, whose names are re-exported here.
 
 Token semantics (OpenTelemetry GenAI): ``input_tokens`` includes cached reads and cache writes,
 so the billable fresh input is ``input - cache_read - cache_write``; ``reasoning_tokens`` is a
@@ -8,44 +10,46 @@ subset of ``output_tokens`` and is billed at the reasoning rate when the catalog
 the output rate otherwise. Peers have double-counted cached tokens or left reasoning tokens
 unpriced; these two rules are why we don't.
 
-Cache writes: ``cache_write_tokens`` is every token written to a prompt cache; the part
-written with Anthropic's 1-hour TTL (``cache_write_1h_tokens``, a subset) is billed at the
-1-hour rate, the rest at the 5-minute rate. Missing rates fall back: 1-hour -> 5-minute ->
-input; cache read -> input; reasoning -> output.
+Cache writes: ``cache_write_tokens`` is every token written to a prompt cache, billed at the
+model's default cache-write rate (Anthropic: 5 minutes; OpenAI: 30 minutes) except two
+subsets: ``cache_write_1h_tokens`` (Anthropic's 1-hour TTL) at ``cache_write_1h`` and
+``cache_write_12h_tokens`` (OpenAI's 12-hour retention) at ``cache_write_12h``. A missing
+default cache-write or cache-read rate is billed as input (OpenAI's older models bill writes
+as input); a missing 1-hour or 12-hour rate makes the call *unpriced* with a reason naming
+it, never a silent price at the shorter duration's rate.
 
-Service tiers (``batch``, ``flex``, ``priority``; empty = standard): an entry may carry a
-modifier per tier, either a ``multiplier`` applied to every token rate in force (base or
-above-threshold; the per-request fee is not scaled) or explicit rates that replace the base
-rates (missing ones scaled by the tier's input/base-input ratio). A tier the entry does not
-know is billed at standard rates, and the price version says which tier was applied.
+Context tiers: above ``tier_threshold_tokens`` input tokens the whole call is priced at the
+``above`` rates. Service tiers (``batch``, ``flex``, ``priority``; '' = standard) compose with
+them: a tier is either a ``multiplier`` applied to the rates in force (base or above; the
+per-request fee is not scaled), or explicit rates with their own ``above`` rates. A call above
+the threshold in an explicit tier without above-threshold rates, a tier the entry has no rates
+for, and a tier flyball does not know (``scale``, ``provisioned``, ...) are unpriced with a
+reason, because every guess there has been wrong by up to 2x.
+
+Providers resolve exactly, by their OpenTelemetry names (``gcp.gemini`` and
+``gcp.vertex_ai`` are different price lists) after aliases (``gemini`` -> ``gcp.gemini``,
+``vertex_ai`` -> ``gcp.vertex_ai``, ...). Only a provider the book knows nothing about falls
+back to the model alone, and only when one provider in the book has that model.
 
 Corrections: posting an entry with the same provider, model and ``effective_from`` replaces
 it with ``revision + 1``; the version text then ends in ``#r<revision>`` so that repriced
 events record which correction priced them.
-
-Two catalog formats are read, told apart by content:
-- flyball's own: ``{"format": "flyball.prices/1", "prices": [{provider, model, effective_from,
-  input, output, cache_read, cache_write, cache_write_1h, reasoning, per_request,
-  tier_threshold_tokens, above_threshold: {...}, service_tiers: {batch: {multiplier} | {rates}},
-  revision, source}]}`` with rates as decimal strings in USD per token;
-- LiteLLM's ``model_prices_and_context_window.json`` (model -> {litellm_provider,
-  input_cost_per_token, cache_creation_input_token_cost_above_1hr, ..._batches, ..._flex,
-  ..._priority, ..._above_<N>k_tokens}); it has no dates, so entries take effect from the epoch.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
-from typing import Any
+from decimal import Decimal
+from typing import Any, Final
+
+from flyball.schemas import normalize_service_tier
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ZERO = Decimal(0)
-RATE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning", "per_request")
+RATE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning", "per_request",
+               "cache_write_12h")
 SERVICE_TIERS = ("batch", "flex", "priority")
 
 
@@ -53,15 +57,47 @@ class CatalogError(ValueError):
     """A price catalog that cannot be loaded; the message names the entry and field."""
 
 
+# provider spellings (SDKs, LiteLLM, OpenTelemetry's older gen_ai.system values) -> the
+# OpenTelemetry gen_ai.provider.name the book is keyed by
+PROVIDER_ALIASES: Final = {
+    "openai": "openai", "text-completion-openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini", "google": "gcp.gemini", "google_genai": "gcp.gemini", "google-genai": "gcp.gemini",
+    "google_ai_studio": "gcp.gemini", "gcp.gemini": "gcp.gemini",
+    "vertex_ai": "gcp.vertex_ai", "vertexai": "gcp.vertex_ai", "vertex": "gcp.vertex_ai",
+    "gcp.vertex_ai": "gcp.vertex_ai",
+    "azure": "azure.ai.openai", "azure_openai": "azure.ai.openai", "azure.ai.openai": "azure.ai.openai",
+    "azure_ai": "azure.ai.inference", "azure.ai.inference": "azure.ai.inference",
+    "bedrock": "aws.bedrock", "bedrock_converse": "aws.bedrock", "aws.bedrock": "aws.bedrock",
+    "mistral": "mistral_ai", "mistralai": "mistral_ai", "mistral_ai": "mistral_ai",
+    "xai": "x_ai", "x_ai": "x_ai",
+    "cohere": "cohere", "cohere_chat": "cohere",
+}
+
+
+def canonical_provider(name: str) -> str:
+    """The book's name for a provider spelling (lowercased; unknown names unchanged)."""
+    text = name.strip().lower()
+    found = PROVIDER_ALIASES.get(text)
+    if found is not None:
+        return found
+    if text.startswith("vertex_ai"):  # LiteLLM: vertex_ai-language-models, vertex_ai-anthropic_models, ...
+        return "gcp.vertex_ai"
+    if text.startswith("bedrock"):
+        return "aws.bedrock"
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class Rates:
     input: Decimal
     output: Decimal
     cache_read: Decimal | None = None  # None: billed as input
-    cache_write: Decimal | None = None  # None: billed as input
+    cache_write: Decimal | None = None  # default duration (5 min / 30 min); None: billed as input
     reasoning: Decimal | None = None  # None: billed as output
     per_request: Decimal = ZERO
-    cache_write_1h: Decimal | None = None  # None: billed as cache_write
+    cache_write_1h: Decimal | None = None  # None: 1-hour writes are unpriced
+    cache_write_12h: Decimal | None = None  # None: 12-hour writes are unpriced
 
     def scaled(self, factor: Decimal) -> Rates:
         """Every token rate times ``factor``; the per-request fee is not a token rate."""
@@ -69,20 +105,18 @@ class Rates:
             return None if v is None else v * factor
         return Rates(input=self.input * factor, output=self.output * factor, cache_read=mul(self.cache_read),
                      cache_write=mul(self.cache_write), reasoning=mul(self.reasoning),
-                     per_request=self.per_request, cache_write_1h=mul(self.cache_write_1h))
+                     per_request=self.per_request, cache_write_1h=mul(self.cache_write_1h),
+                     cache_write_12h=mul(self.cache_write_12h))
 
 
 @dataclass(frozen=True, slots=True)
 class TierModifier:
-    """How a service tier changes an entry's prices: a multiplier, or explicit rates."""
+    """How a service tier changes an entry's prices: a multiplier of the rates in force, or
+    explicit rates (``rates`` below the context threshold, ``above`` beyond it)."""
 
     multiplier: Decimal | None = None
     rates: Rates | None = None
-
-    def apply(self, rates: Rates) -> Rates:
-        if self.rates is not None:
-            return self.rates
-        return rates.scaled(self.multiplier if self.multiplier is not None else Decimal(1))
+    above: Rates | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +130,7 @@ class PriceEntry:
     source: str = ""
     service_tiers: Mapping[str, TierModifier] = field(default_factory=dict)
     revision: int = 1
+    as_of: str = ""  # the date the rates were read from ``source`` (YYYY-MM-DD), if known
 
     _version: str = field(default="", init=False, repr=False, compare=False)
 
@@ -107,22 +142,37 @@ class PriceEntry:
     def version(self) -> str:
         return self._version
 
-    def rates_for(self, input_tokens: int, service_tier: str = "") -> tuple[Rates, str]:
-        """The rates that apply to a call, and the tier actually applied ('' = standard)."""
-        rates = self.rates
-        if self.tier_threshold_tokens is not None and self.above is not None and input_tokens > self.tier_threshold_tokens:
-            rates = self.above
-        tier = service_tier.lower()
-        modifier = self.service_tiers.get(tier) if tier else None
+    def resolve(self, input_tokens: int, service_tier: str = "") -> tuple[Rates | None, str, str]:
+        """The rates that apply to a call, the tier applied ('' = standard) and, when there are
+        no rates, what is missing (for the unpriced alert)."""
+        above = (self.tier_threshold_tokens is not None and self.above is not None
+                 and input_tokens > self.tier_threshold_tokens)
+        in_force = self.above if above and self.above is not None else self.rates
+        tier = normalize_service_tier(service_tier)
+        if not tier:
+            return in_force, "", ""
+        modifier = self.service_tiers.get(tier)
         if modifier is None:
-            return rates, ""
-        return modifier.apply(rates), tier
+            return None, tier, f"service tier {tier}: no rates"
+        if modifier.multiplier is not None:
+            return in_force.scaled(modifier.multiplier), tier, ""
+        if above:
+            if modifier.above is None:
+                return None, tier, f"service tier {tier}: no rates above {self.tier_threshold_tokens} input tokens"
+            return modifier.above, tier, ""
+        return modifier.rates, tier, ""
+
+    def rates_for(self, input_tokens: int, service_tier: str = "") -> tuple[Rates | None, str]:
+        """``resolve`` without the reason."""
+        rates, tier, _ = self.resolve(input_tokens, service_tier)
+        return rates, tier
 
 
 @dataclass(frozen=True, slots=True)
 class Priced:
-    cost: Decimal | None  # None: no price known for this model (never silently zero)
+    cost: Decimal | None  # None: no price known for this call (never silently zero)
     price_version: str
+    missing: str = ""  # why it is unpriced: what the catalog lacks
 
     @property
     def unpriced(self) -> bool:
@@ -142,7 +192,8 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     cache_write_1h_tokens: int = 0  # the part of cache_write_tokens written with a 1-hour TTL
-    service_tier: str = ""  # batch | flex | priority | '' (standard)
+    service_tier: str = ""  # batch | flex | priority | '' (standard) | another tier (unpriced)
+    cache_write_12h_tokens: int = 0  # the part of cache_write_tokens written with 12-hour retention
 
 
 def _attr(attributes: Mapping[str, Any], name: str) -> Any:
@@ -152,34 +203,42 @@ def _attr(attributes: Mapping[str, Any], name: str) -> Any:
     return None
 
 
+def _count(value: Any) -> int:
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 def usage_of(event: Any) -> Usage:
-    """The priceable view of an ``llm_call`` event. ``service_tier`` and ``cache_write_1h_tokens``
-    are read from the event when its schema has them, else from ``attributes`` (a field the
-    schema does not know arrives there as ``x.<name>``). A 1-hour count larger than the cache
-    writes is clamped to them: the subset rule wins over a confused producer."""
+    """The priceable view of an ``llm_call`` event. ``service_tier`` and the 1-hour / 12-hour
+    cache writes are read from the event when its schema has them, else from ``attributes`` (a
+    field the schema does not know arrives there as ``x.<name>``). Durations that add up to more
+    than the cache writes are clamped to them (1-hour first): the subset rule wins over a
+    confused producer."""
     attributes = event.attributes
     tier = event.service_tier or (attributes and _attr(attributes, "service_tier")) or ""
-    one_hour = event.cache_write_1h_tokens
+    one_hour: Any = event.cache_write_1h_tokens
     if not one_hour and attributes:
         one_hour = _attr(attributes, "cache_write_1h_tokens")
-    try:
-        one_hour_n = max(0, int(one_hour or 0))
-    except (TypeError, ValueError):
-        one_hour_n = 0
-    tier_text = str(tier).strip().lower()
-    if tier_text in ("default", "standard", "auto", "on_demand"):
-        tier_text = ""
+    twelve: Any = getattr(event, "cache_write_12h_tokens", 0)
+    if not twelve and attributes:
+        twelve = _attr(attributes, "cache_write_12h_tokens")
+    writes = event.cache_write_tokens
+    one_hour_n = min(_count(one_hour), writes)
     return Usage(event.provider, event.model, event.ts, event.input_tokens, event.output_tokens,
-                 event.cache_read_tokens, event.cache_write_tokens, event.reasoning_tokens,
-                 min(one_hour_n, event.cache_write_tokens), tier_text)
+                 event.cache_read_tokens, writes, event.reasoning_tokens, one_hour_n,
+                 normalize_service_tier(str(tier)), min(_count(twelve), writes - one_hour_n))
 
 
 @dataclass(slots=True)
 class PriceBook:
-    """Entries indexed by (provider, model), each list sorted by ``effective_from``."""
+    """Entries indexed by (provider, model), each list sorted by ``effective_from``; the
+    provider is the canonical name (:func:`canonical_provider`)."""
 
     entries: dict[tuple[str, str], list[PriceEntry]] = field(default_factory=dict)
     by_model: dict[str, list[PriceEntry]] = field(default_factory=dict)
+    providers: set[str] = field(default_factory=set)
 
     @classmethod
     def of(cls, entries: Iterable[PriceEntry]) -> PriceBook:
@@ -189,23 +248,29 @@ class PriceBook:
         return book
 
     def add(self, entry: PriceEntry) -> None:
-        key = (entry.provider.lower(), entry.model.lower())
+        provider = canonical_provider(entry.provider)
+        key = (provider, entry.model.lower())
+        self.providers.add(provider)
         versions = self.entries.setdefault(key, [])
         versions[:] = [e for e in versions if e.effective_from != entry.effective_from]
         versions.append(entry)
         versions.sort(key=lambda e: e.effective_from)
-        self.by_model.setdefault(entry.model.lower(), [])
-        same = self.by_model[entry.model.lower()]
-        same[:] = [e for e in same if not (e.provider == entry.provider and e.effective_from == entry.effective_from)]
+        same = self.by_model.setdefault(entry.model.lower(), [])
+        same[:] = [e for e in same if not (canonical_provider(e.provider) == provider
+                                           and e.effective_from == entry.effective_from)]
         same.append(entry)
         same.sort(key=lambda e: (e.effective_from, e.provider))
 
     def lookup(self, provider: str, model: str, at: datetime) -> PriceEntry | None:
-        """The entry in force at ``at``: exact provider+model first, then the model alone."""
-        versions = self.entries.get((provider.lower(), model.lower()))
+        """The entry in force at ``at`` for exactly this provider and model. A provider the
+        book does not know at all falls back to the model alone if one provider has it."""
+        canonical = canonical_provider(provider)
+        versions = self.entries.get((canonical, model.lower()))
         if versions is None:
+            if canonical in self.providers:
+                return None
             versions = self.by_model.get(model.lower())
-            if versions is None:
+            if versions is None or len({canonical_provider(e.provider) for e in versions}) != 1:
                 return None
         found = None
         for entry in versions:
@@ -226,293 +291,105 @@ class PriceBook:
         mid-batch never sees a half-applied change). An entry with the same provider, model and
         ``effective_from`` is a correction: it replaces the old one with the next revision.
         Returns the new book and the replaced entry, if any."""
-        key = (entry.provider.lower(), entry.model.lower())
+        key = (canonical_provider(entry.provider), entry.model.lower())
         old = next((e for e in self.entries.get(key, []) if e.effective_from == entry.effective_from), None)
         if old is not None:
             entry = PriceEntry(entry.provider, entry.model, entry.effective_from, entry.rates,
                                entry.tier_threshold_tokens, entry.above, entry.source, entry.service_tiers,
-                               max(entry.revision, old.revision + 1))
+                               max(entry.revision, old.revision + 1), entry.as_of)
         book = PriceBook.of([*self.all(), entry])
         return book, old
 
 
-def cost_of(usage: Usage, entry: PriceEntry) -> Decimal:
-    return _cost(usage, entry.rates_for(usage.input_tokens, usage.service_tier)[0])
+def cost_of(usage: Usage, entry: PriceEntry) -> Decimal | None:
+    """The cost of ``usage`` under ``entry``; None when the entry lacks a rate it needs."""
+    return _priced(usage, entry).cost
 
 
-def _cost(usage: Usage, rates: Rates) -> Decimal:
+def _missing_rate(usage: Any, rates: Rates) -> str:
+    if usage.cache_write_1h_tokens and rates.cache_write_1h is None:
+        return "cache_write_1h: no 1-hour cache-write rate"
+    if getattr(usage, "cache_write_12h_tokens", 0) and rates.cache_write_12h is None:
+        return "cache_write_12h: no 12-hour cache-write rate"
+    return ""
+
+
+def _cost(usage: Any, rates: Rates) -> Decimal:
+    """The cost at ``rates`` of anything with the token counts of a ``Usage`` (an event too);
+    the 1-hour and 12-hour writes are subsets of the cache writes (callers clamp them)."""
     fresh_input = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
     plain_output = usage.output_tokens - usage.reasoning_tokens
-    one_hour = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
-    cache_read = rates.cache_read if rates.cache_read is not None else rates.input
-    cache_write = rates.cache_write if rates.cache_write is not None else rates.input
-    cache_write_1h = rates.cache_write_1h if rates.cache_write_1h is not None else cache_write
-    reasoning = rates.reasoning if rates.reasoning is not None else rates.output
     # the common call has no cache or reasoning tokens: skip the zero terms (Decimal ops are slow)
     total = fresh_input * rates.input + plain_output * rates.output + rates.per_request
     if usage.cache_read_tokens:
-        total += usage.cache_read_tokens * cache_read
+        total += usage.cache_read_tokens * (rates.cache_read if rates.cache_read is not None else rates.input)
     if usage.cache_write_tokens:
-        total += (usage.cache_write_tokens - one_hour) * cache_write + one_hour * cache_write_1h
+        one_hour = usage.cache_write_1h_tokens
+        twelve = getattr(usage, "cache_write_12h_tokens", 0)
+        default = rates.cache_write if rates.cache_write is not None else rates.input
+        total += (usage.cache_write_tokens - one_hour - twelve) * default
+        if one_hour:
+            total += one_hour * rates.cache_write_1h  # type: ignore[operator]  # _missing_rate checked it
+        if twelve:
+            total += twelve * rates.cache_write_12h  # type: ignore[operator]  # _missing_rate checked it
     if usage.reasoning_tokens:
-        total += usage.reasoning_tokens * reasoning
+        total += usage.reasoning_tokens * (rates.reasoning if rates.reasoning is not None else rates.output)
     return total
+
+
+def _priced(usage: Any, entry: PriceEntry) -> Priced:
+    rates, tier, missing = entry.resolve(usage.input_tokens, usage.service_tier)
+    if rates is not None:
+        missing = _missing_rate(usage, rates)
+    if rates is None or missing:
+        return Priced(cost=None, price_version="", missing=missing)
+    version = entry.version if not tier else f"{entry.version}+{tier}"
+    return Priced(cost=_cost(usage, rates), price_version=version)
 
 
 def price(usage: Usage, book: PriceBook) -> Priced:
     entry = book.lookup(usage.provider, usage.model, usage.ts)
     if entry is None:
-        return Priced(cost=None, price_version="")
-    rates, tier = entry.rates_for(usage.input_tokens, usage.service_tier)
-    version = entry.version if not tier else f"{entry.version}+{tier}"
-    return Priced(cost=_cost(usage, rates), price_version=version)
+        return Priced(cost=None, price_version="", missing="no price for this provider and model")
+    return _priced(usage, entry)
 
 
 def price_event(event: Any, book: PriceBook) -> tuple[Decimal | None, str, str, int]:
     """Price an ``llm_call`` event: (cost, price version, service tier, 1-hour cache writes),
     exactly what ``price(usage_of(event), book)`` gives.
 
-    The worker's hot path: an event without ``attributes`` and without a service tier (nearly
-    every event) is priced from its own fields, skipping the ``Usage`` view (a third of the
-    pricing time); any other event goes through :func:`usage_of`, which reads the tier and the
-    1-hour count from ``attributes`` too. ``_cost`` only reads token counts, which the event
-    has under the same names, and a valid event's 1-hour writes never exceed its cache writes.
-    """
-    if event.attributes or event.service_tier:
+    The worker's hot path: an event without ``attributes``, service tier or 1-hour / 12-hour
+    writes (nearly every event) is priced from its own fields, skipping the ``Usage`` view (a
+    third of the pricing time); any other event goes through :func:`usage_of`, which reads the
+    tier and the durations from ``attributes`` too and clamps them. ``_cost`` only reads token
+    counts, which the event has under the same names."""
+    if event.attributes or event.service_tier or event.cache_write_1h_tokens or getattr(
+            event, "cache_write_12h_tokens", 0):
         usage = usage_of(event)
         priced = price(usage, book)
         return priced.cost, priced.price_version, usage.service_tier, usage.cache_write_1h_tokens
-    one_hour = min(event.cache_write_1h_tokens, event.cache_write_tokens)
     entry = book.lookup(event.provider, event.model, event.ts)
     if entry is None:
-        return None, "", "", one_hour
-    return _cost(event, entry.rates_for(event.input_tokens)[0]), entry.version, "", one_hour
+        return None, "", "", 0
+    rates = entry.resolve(event.input_tokens)[0]
+    assert rates is not None  # the standard tier always has rates
+    return _cost(event, rates), entry.version, "", 0
 
 
-# ---------------------------------------------------------------- catalog loading (pure: text in)
+def unpriced_reason(event: Any, book: PriceBook) -> str:
+    """What the book lacks to price ``event`` ('' if it prices it): for the unpriced alert."""
+    return price(usage_of(event), book).missing
 
 
-def load_catalog(text: str | bytes, *, source: str = "") -> PriceBook:
-    """Parse flyball's catalog format or LiteLLM's, told apart by content."""
-    try:
-        data = json.loads(text, parse_float=Decimal)
-    except json.JSONDecodeError as exc:
-        raise CatalogError(f"price catalog is not valid JSON: {exc}") from None
-    if isinstance(data, dict) and str(data.get("format", "")).startswith("flyball.prices"):
-        return PriceBook.of(_flyball_entries(data, source))
-    if isinstance(data, dict) and any(isinstance(v, dict) and ("input_cost_per_token" in v or "litellm_provider" in v) for v in data.values()):
-        return PriceBook.of(_litellm_entries(data, source or "litellm"))
-    raise CatalogError("price catalog: neither flyball format (format: flyball.prices/1) nor LiteLLM's model map")
+# catalog formats live in their own module; their names stay importable from here
+from .catalog import (  # noqa: E402 - the catalog module imports the model above
+    entry_from_dict,
+    entry_to_dict,
+    litellm_provider,
+    load_catalog,
+)
 
-
-def _dec(value: Any, where: str) -> Decimal:
-    try:
-        result = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        raise CatalogError(f"{where}: not a decimal number: {value!r}") from None
-    if not result.is_finite() or result < 0:
-        raise CatalogError(f"{where}: must be a finite, non-negative number")
-    return result
-
-
-def _opt(value: Any, where: str) -> Decimal | None:
-    return None if value is None else _dec(value, where)
-
-
-def _rates(raw: Mapping[str, Any], where: str, base: Rates | None = None) -> Rates:
-    def pick(name: str, default: Any) -> Any:
-        return raw[name] if name in raw else default
-
-    return Rates(
-        input=_dec(pick("input", base.input if base else None), f"{where}.input"),
-        output=_dec(pick("output", base.output if base else None), f"{where}.output"),
-        cache_read=_opt(pick("cache_read", base.cache_read if base else None), f"{where}.cache_read"),
-        cache_write=_opt(pick("cache_write", base.cache_write if base else None), f"{where}.cache_write"),
-        reasoning=_opt(pick("reasoning", base.reasoning if base else None), f"{where}.reasoning"),
-        per_request=_dec(pick("per_request", base.per_request if base else 0), f"{where}.per_request"),
-        cache_write_1h=_opt(pick("cache_write_1h", base.cache_write_1h if base else None), f"{where}.cache_write_1h"),
-    )
-
-
-def _tier_modifier(raw: Any, where: str, base: Rates) -> TierModifier:
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{where}: expected an object with multiplier or rates")
-    if "multiplier" in raw:
-        return TierModifier(multiplier=_dec(raw["multiplier"], f"{where}.multiplier"))
-    if "input" not in raw and "output" not in raw:
-        raise CatalogError(f"{where}: needs multiplier or input/output rates")
-    return TierModifier(rates=_scaled_fill(raw, where, base))
-
-
-def _scaled_fill(raw: Mapping[str, Any], where: str, base: Rates) -> Rates:
-    """Explicit tier rates; a rate the tier omits is the base rate scaled like its input."""
-    factor = Decimal(1)
-    if "input" in raw and base.input:
-        factor = _dec(raw["input"], f"{where}.input") / base.input
-    return _rates(raw, where, base.scaled(factor))
-
-
-def entry_from_dict(raw: Any, where: str = "entry", *, source: str = "") -> PriceEntry:
-    """One entry in flyball's catalog format (also the body of ``POST /v1/prices``)."""
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{where}: expected an object")
-    for name in ("provider", "model", "input", "output"):
-        if raw.get(name) in (None, ""):
-            raise CatalogError(f"{where}.{name}: required")
-    try:
-        eff = datetime.fromisoformat(str(raw.get("effective_from", "1970-01-01T00:00:00+00:00")))
-    except (ValueError, OverflowError):
-        raise CatalogError(f"{where}.effective_from: not an ISO 8601 time in range") from None
-    if eff.tzinfo is None:
-        raise CatalogError(f"{where}.effective_from: needs a UTC offset")
-    try:
-        eff = eff.astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise CatalogError(f"{where}.effective_from: not an ISO 8601 time in range") from None
-    rates = _rates(raw, where)
-    above = raw.get("above_threshold")
-    threshold = raw.get("tier_threshold_tokens")
-    if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, int | str) or not str(threshold).isdigit():
-            raise CatalogError(f"{where}.tier_threshold_tokens: expected a non-negative integer")
-        threshold = int(threshold)
-    tiers_raw = raw.get("service_tiers") or {}
-    if not isinstance(tiers_raw, dict):
-        raise CatalogError(f"{where}.service_tiers: expected an object keyed by tier")
-    tiers = {}
-    for name, value in tiers_raw.items():
-        if str(name).lower() not in SERVICE_TIERS:
-            raise CatalogError(f"{where}.service_tiers.{name}: unknown tier (one of {', '.join(SERVICE_TIERS)})")
-        tiers[str(name).lower()] = _tier_modifier(value, f"{where}.service_tiers.{name}", rates)
-    revision = raw.get("revision", 1)
-    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
-        raise CatalogError(f"{where}.revision: expected an integer >= 1")
-    return PriceEntry(
-        provider=str(raw["provider"]),
-        model=str(raw["model"]),
-        effective_from=eff,
-        rates=rates,
-        tier_threshold_tokens=threshold,
-        above=_rates(above, f"{where}.above_threshold", rates) if isinstance(above, dict) else None,
-        source=str(raw.get("source") or source),
-        service_tiers=tiers,
-        revision=revision,
-    )
-
-
-def _rates_dict(rates: Rates) -> dict[str, str | None]:
-    return {k: (None if getattr(rates, k) is None else _text(getattr(rates, k))) for k in RATE_FIELDS}
-
-
-def _text(d: Decimal) -> str:
-    text = format(d, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return text or "0"
-
-
-def entry_to_dict(entry: PriceEntry) -> dict[str, Any]:
-    """flyball's catalog format for one entry: ``entry_from_dict(entry_to_dict(e)) == e``."""
-    out: dict[str, Any] = {"provider": entry.provider, "model": entry.model,
-                           "effective_from": entry.effective_from.isoformat(), "version": entry.version,
-                           "revision": entry.revision, "source": entry.source, **_rates_dict(entry.rates)}
-    if entry.tier_threshold_tokens is not None:
-        out["tier_threshold_tokens"] = entry.tier_threshold_tokens
-    if entry.above is not None:
-        out["above_threshold"] = _rates_dict(entry.above)
-    if entry.service_tiers:
-        out["service_tiers"] = {
-            name: ({"multiplier": _text(m.multiplier)} if m.multiplier is not None else _rates_dict(m.rates))  # type: ignore[arg-type]
-            for name, m in sorted(entry.service_tiers.items())}
-    return out
-
-
-def _flyball_entries(data: Mapping[str, Any], source: str) -> Iterable[PriceEntry]:
-    prices = data.get("prices")
-    if not isinstance(prices, list):
-        raise CatalogError("prices: expected a list of entries")
-    for i, raw in enumerate(prices):
-        yield entry_from_dict(raw, f"prices[{i}]", source=source)
-
-
-_LITELLM_PROVIDERS = {
-    "openai": "openai",
-    "text-completion-openai": "openai",
-    "anthropic": "anthropic",
-    "gemini": "gcp.gemini",
-    "azure": "azure.ai.openai",
-    "mistral": "mistral_ai",
-    "groq": "groq",
-    "deepseek": "deepseek",
-    "xai": "x_ai",
-    "cohere_chat": "cohere",
-    "cohere": "cohere",
-    "perplexity": "perplexity",
-}
-_LITELLM_TIERS = {"batch": "_batches", "flex": "_flex", "priority": "_priority"}
-_LITELLM_ABOVE = re.compile(r"^input_cost_per_token_above_(\d+)k_tokens$")
-
-
-def litellm_provider(name: str) -> str:
-    if name in _LITELLM_PROVIDERS:
-        return _LITELLM_PROVIDERS[name]
-    if name.startswith("vertex_ai"):
-        return "gcp.vertex_ai"
-    if name.startswith("bedrock"):
-        return "aws.bedrock"
-    return name
-
-
-def _litellm_rates(raw: Mapping[str, Any], where: str, suffix: str, base: Rates | None) -> Rates:
-    def get(name: str, fallback: Decimal | None) -> Decimal | None:
-        key = name + suffix
-        return _dec(raw[key], f"{where}.{key}") if key in raw and raw[key] is not None else fallback
-
-    inp = get("input_cost_per_token", base.input if base else None)
-    out = get("output_cost_per_token", base.output if base else None)
-    if inp is None or out is None:
-        raise CatalogError(f"{where}: no input/output rate")
-    cache_write = get("cache_creation_input_token_cost", base.cache_write if base else None)
-    return Rates(
-        input=inp, output=out,
-        cache_read=get("cache_read_input_token_cost", base.cache_read if base else None),
-        cache_write=cache_write,
-        reasoning=get("output_cost_per_reasoning_token", base.reasoning if base else None),
-        cache_write_1h=get("cache_creation_input_token_cost_above_1hr", base.cache_write_1h if base else None),
-    )
-
-
-def _litellm_entries(data: Mapping[str, Any], source: str) -> Iterable[PriceEntry]:
-    for key, raw in data.items():
-        if key == "sample_spec" or not isinstance(raw, dict):
-            continue
-        if "input_cost_per_token" not in raw or "output_cost_per_token" not in raw:
-            continue  # image/audio/per-second models: not priced per token
-        where = f"{key}"
-        try:
-            rates = _litellm_rates(raw, where, "", None)
-            above = None
-            threshold = None
-            thresholds = sorted(int(m.group(1)) for k in raw if (m := _LITELLM_ABOVE.match(k)))
-            if thresholds:  # one context tier is modelled: the lowest one LiteLLM lists
-                threshold = thresholds[0] * 1000
-                above = _litellm_rates(raw, where, f"_above_{thresholds[0]}k_tokens", rates)
-            tiers: dict[str, TierModifier] = {}
-            for tier, suffix in _LITELLM_TIERS.items():
-                tier_in, tier_out = f"input_cost_per_token{suffix}", f"output_cost_per_token{suffix}"
-                if tier_in not in raw and tier_out not in raw:
-                    continue
-                if tier_in in raw and rates.input:
-                    factor = _dec(raw[tier_in], f"{where}.{tier_in}") / rates.input
-                elif tier_out in raw and rates.output:
-                    factor = _dec(raw[tier_out], f"{where}.{tier_out}") / rates.output
-                else:
-                    factor = Decimal(1)
-                # rates the tier lists are used as written; the others scale like its input
-                tiers[tier] = TierModifier(rates=_litellm_rates(raw, where, suffix, rates.scaled(factor)))
-        except CatalogError:
-            continue  # LiteLLM has a few malformed rows; skip them rather than refuse the whole file
-        provider = litellm_provider(str(raw.get("litellm_provider", "")))
-        model = key.split("/", 1)[1] if "/" in key and key.split("/", 1)[0] in (raw.get("litellm_provider"), provider) else key
-        yield PriceEntry(provider=provider, model=model, effective_from=EPOCH, rates=rates,
-                         tier_threshold_tokens=threshold, above=above, source=source, service_tiers=tiers)
+__all__ = ["EPOCH", "PROVIDER_ALIASES", "RATE_FIELDS", "SERVICE_TIERS", "ZERO", "CatalogError", "PriceBook",
+           "PriceEntry", "Priced", "Rates", "TierModifier", "Usage", "canonical_provider", "cost_of",
+           "entry_from_dict", "entry_to_dict", "litellm_provider", "load_catalog", "price", "price_event",
+           "unpriced_reason", "usage_of"]

@@ -258,11 +258,13 @@ def test_anthropic_one_hour_cache_writes_are_billed_at_the_one_hour_rate(tier_bo
     assert priced.cost == Decimal("0.06075")
 
 
-def test_one_hour_writes_fall_back_to_the_five_minute_rate_when_the_catalog_has_none() -> None:
+def test_one_hour_writes_without_a_one_hour_rate_are_unpriced_naming_the_rate_not_billed_at_five_minutes() -> None:
     book = load_catalog(flyball_catalog({"provider": "anthropic", "model": "m", "input": "0.000001", "output": "0",
                                          "cache_write": "0.00000125"}))
-    assert price(usage("anthropic", "m", input_tokens=1000, cache_write_tokens=1000, cache_write_1h_tokens=400),
-                 book).cost == Decimal("0.00125")
+    priced = price(usage("anthropic", "m", input_tokens=1000, cache_write_tokens=1000, cache_write_1h_tokens=400), book)
+    assert (priced.cost, priced.missing) == (None, "cache_write_1h: no 1-hour cache-write rate")
+    # 5-minute writes alone are priced at the cache-write rate
+    assert price(usage("anthropic", "m", input_tokens=1000, cache_write_tokens=1000), book).cost == Decimal("0.00125")
 
 
 @pytest.mark.parametrize(("tier", "expected", "suffix"), [
@@ -271,13 +273,17 @@ def test_one_hour_writes_fall_back_to_the_five_minute_rate_when_the_catalog_has_
     ("batch", Decimal("0.0033") + Decimal("0.00055") + Decimal("0.0022"), "+batch"),  # cache read scaled like input
     ("flex", Decimal("0.0033") + Decimal("0.00055") + Decimal("0.0022"), "+flex"),  # its own cache-read rate
     ("priority", Decimal("0.012") + Decimal("0.002") + Decimal("0.008"), "+priority"),
-    ("scale", Decimal("0.0066") + Decimal("0.0011") + Decimal("0.0044"), ""),  # unknown tier: standard, says so
+    ("scale", None, ""),  # a tier with no rates (prepaid): unpriced, and the reason names it
 ])
-def test_openai_service_tiers_from_litellm(tier_book: PriceBook, tier: str, expected: Decimal, suffix: str) -> None:
+def test_openai_service_tiers_from_litellm(tier_book: PriceBook, tier: str, expected: Decimal | None,
+                                           suffix: str) -> None:
     priced = price(usage("openai", "o4-mini", input_tokens=10_000, cache_read_tokens=4_000, output_tokens=1_000,
                          service_tier=tier), tier_book)
     assert priced.cost == expected
-    assert priced.price_version == "openai/o4-mini@1970-01-01T00:00:00Z" + suffix
+    if expected is None:
+        assert (priced.price_version, priced.missing) == ("", f"service tier {tier}: no rates")
+    else:
+        assert priced.price_version == "openai/o4-mini@1970-01-01T00:00:00Z" + suffix
 
 
 def test_anthropic_batch_tier_scales_cache_rates_it_does_not_list(tier_book: PriceBook) -> None:
