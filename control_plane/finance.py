@@ -221,7 +221,7 @@ class Finance:
                                      int(row[COL["input_tokens"]]), int(row[COL["output_tokens"]]),
                                      int(row[COL["cache_read_tokens"]]), int(row[COL["cache_write_tokens"]]),
                                      int(row[COL["reasoning_tokens"]]), int(row[COL["cache_write_1h_tokens"]]),
-                                     row[COL["service_tier"]]), book)
+                                     row[COL["service_tier"]], int(row[COL["cache_write_12h_tokens"]])), book)
                 summary.examined += 1
                 summary.old_total += old_cost or 0
                 summary.new_total += priced.cost or 0

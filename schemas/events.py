@@ -196,6 +196,8 @@ class LLMCall(Envelope):
     cache_read_tokens: Tokens = 0
     cache_write_tokens: Tokens = 0
     cache_write_1h_tokens: Tokens = Field(0, description="the part of cache_write_tokens written with a 1-hour TTL")
+    cache_write_12h_tokens: Tokens = Field(
+        0, description="the part of cache_write_tokens written with 12-hour retention (OpenAI)")
     reasoning_tokens: Tokens = 0
     service_tier: ShortName = Field("", description="provider service tier: batch, flex, priority; empty = standard")
     latency_ms: Millis = 0.0
@@ -218,6 +220,9 @@ class LLMCall(Envelope):
             raise ValueError("reasoning_tokens: reasoning_tokens exceed output_tokens (they are a subset of it)")
         if self.cache_write_1h_tokens > self.cache_write_tokens:
             raise ValueError("cache_write_1h_tokens: exceed cache_write_tokens (they are a subset of it)")
+        if self.cache_write_1h_tokens + self.cache_write_12h_tokens > self.cache_write_tokens:
+            raise ValueError("cache_write_12h_tokens: cache_write_1h_tokens + cache_write_12h_tokens exceed "
+                             "cache_write_tokens (they are subsets of it)")
         if self.ttft_ms is not None and self.latency_ms and self.ttft_ms > self.latency_ms:
             raise ValueError("ttft_ms: time to first token exceeds latency_ms")
 

@@ -19,7 +19,8 @@ from .events import EVENT_ADAPTER, KINDS, SCHEMA_VERSION
 
 BASE_ID = "https://flyball.dev/schemas/events"
 NOTE = ("Also enforced by flyball and not expressible here: cache_read_tokens + cache_write_tokens <= "
-        "input_tokens, reasoning_tokens <= output_tokens, ttft_ms <= latency_ms (llm_call); ts at most 5 minutes "
+        "input_tokens, cache_write_1h_tokens + cache_write_12h_tokens <= cache_write_tokens, reasoning_tokens <= "
+        "output_tokens, ttft_ms <= latency_ms (llm_call); ts at most 5 minutes "
         "ahead of the consumer's clock; unknown fields are kept in attributes as 'x.<name>'.")
 
 

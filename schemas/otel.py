@@ -20,6 +20,9 @@ OpenTelemetry attribute                  flyball ``llm_call`` field
 ``gen_ai.response.time_to_first_chunk``  ``ttft_ms`` (seconds in OpenTelemetry, ms in flyball)
 ``gen_ai.response.finish_reasons``       ``finish_reason`` (the first one)
 ``gen_ai.prompt.name``                   ``prompt_id``
+``openai.response.service_tier``        ``service_tier`` (normalised: ``default`` -> '', ``fast`` -> ``priority``;
+                                         also ``gen_ai.openai.response.service_tier``; a ``flyball.service_tier``
+                                         attribute wins)
 ``error.type``                           ``error_type`` and ``status`` (see :func:`status_from_error_type`)
 span start / end time                    ``ts`` / ``latency_ms``
 span trace id, span id, parent span id   ``trace_id``, ``span_id``, ``parent_span_id``
@@ -41,6 +44,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from .events import MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES, CallStatus, LLMCall
+from .usage import normalize_service_tier
 
 GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
 GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
@@ -59,6 +63,8 @@ GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chun
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 GEN_AI_PROMPT_NAME: Final = "gen_ai.prompt.name"
 ERROR_TYPE: Final = "error.type"
+OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
+GEN_AI_OPENAI_RESPONSE_SERVICE_TIER: Final = "gen_ai.openai.response.service_tier"  # older semconv name
 FLYBALL_PREFIX: Final = "flyball."
 
 # gen_ai key -> flyball field, for plain one-to-one fields
@@ -80,7 +86,8 @@ _DEPRECATED: Final = {
     GEN_AI_USAGE_PROMPT_TOKENS: GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_COMPLETION_TOKENS: GEN_AI_USAGE_OUTPUT_TOKENS,
 }
-_SPECIAL: Final = {GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, GEN_AI_RESPONSE_FINISH_REASONS, ERROR_TYPE}
+_SERVICE_TIER_KEYS: Final = (OPENAI_RESPONSE_SERVICE_TIER, GEN_AI_OPENAI_RESPONSE_SERVICE_TIER)
+_SPECIAL: Final = {GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, GEN_AI_RESPONSE_FINISH_REASONS, ERROR_TYPE, *_SERVICE_TIER_KEYS}
 # flyball fields carried by span facts, not by flyball.* attributes
 _FROM_SPAN: Final = {"event_type", "ts", "latency_ms", "trace_id", "span_id", "parent_span_id", "attributes",
                      "status", "error_type", "ttft_ms", "finish_reason", "schema_version"}
@@ -159,6 +166,9 @@ def from_otel(attributes: Mapping[str, Any], *, start_time_ns: int | None = None
         out["finish_reason"] = str(reasons[0])
     elif isinstance(reasons, str):
         out["finish_reason"] = reasons
+    for key in _SERVICE_TIER_KEYS:  # the tier that served the call, as the instrumentation saw it
+        if "service_tier" not in out and isinstance(attributes.get(key), str):
+            out["service_tier"] = normalize_service_tier(attributes[key])
     error_type = attributes.get(ERROR_TYPE)
     if error_type:
         out["error_type"] = str(error_type)

@@ -100,6 +100,7 @@ class FastLLMCall(_Envelope, tag="llm_call", kw_only=True, gc=False):
     cache_read_tokens: _Tokens = 0
     cache_write_tokens: _Tokens = 0
     cache_write_1h_tokens: _Tokens = 0
+    cache_write_12h_tokens: _Tokens = 0
     reasoning_tokens: _Tokens = 0
     service_tier: _Short = ""
     latency_ms: _Millis = 0.0
@@ -180,7 +181,7 @@ def _fast(raw: bytes, now: datetime | None) -> Any:
     if event.event_type == "llm_call" and (
             event.cache_read_tokens + event.cache_write_tokens > event.input_tokens
             or event.reasoning_tokens > event.output_tokens
-            or event.cache_write_1h_tokens > event.cache_write_tokens
+            or event.cache_write_1h_tokens + event.cache_write_12h_tokens > event.cache_write_tokens
             or (event.ttft_ms is not None and event.latency_ms and event.ttft_ms > event.latency_ms)):
         return None
     return event

@@ -23,14 +23,14 @@ from flyball.schemas.events import Envelope
 from .detectors import BatchWindows, Detectors, alert_id_for
 from .budgets import BudgetTracker
 from .decode import decode_event
-from .pricing import PriceBook, price_event
+from .pricing import PriceBook, price_event, unpriced_reason, usage_of
 
 EVENT_COLUMNS = (
     "event_id", "ts", "event_type", "tenant_id", "feature", "service", "environment",
     "request_id", "trace_id", "provider", "model", "input_tokens", "output_tokens",
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "latency_ms", "status",
     "tool_name", "category", "index_name", "cost_usd", "price_version", "unpriced",
-    "service_tier", "cache_write_1h_tokens", "prompt_version", "late",
+    "service_tier", "cache_write_1h_tokens", "prompt_version", "late", "cache_write_12h_tokens",
 )
 
 
@@ -77,7 +77,7 @@ class Pipeline:
         self.lateness = lateness  # events older than now - lateness are stored with late=1
         self.detectors = detectors or Detectors()
         self._seen = RecentIds(dedupe_capacity)
-        self._unpriced_alerted: set[tuple[str, str]] = set()
+        self._unpriced_alerted: set[tuple[str, str, str]] = set()
         self.watermark: datetime | None = None
 
     def process(self, raws: Sequence[bytes], *, now: datetime | None) -> BatchResult:
@@ -108,7 +108,7 @@ class Pipeline:
             if event.event_type == "llm_call":
                 cost, version, tier, one_hour = price_event(event, book)
                 if cost is None:
-                    self._unpriced(event, out)
+                    self._unpriced(event, out, book)
             else:
                 cost, version, tier, one_hour = _ZERO, "", "", 0
             add_window(event, cost)
@@ -121,18 +121,25 @@ class Pipeline:
             out.alerts.extend(self.budgets.observe(out.rows, EVENT_COLUMNS, now=now))
         return out
 
-    def _unpriced(self, event: LLMCall, out: BatchResult) -> None:
-        key = (event.provider, event.model)
+    def _unpriced(self, event: LLMCall, out: BatchResult, book: PriceBook) -> None:
+        """One alert per (provider, model, what is missing): a model priced in the standard tier
+        but not in the tier or for the cache duration an event used is named as such."""
+        missing = unpriced_reason(event, book) or "no price for this provider and model"
+        key = (event.provider, event.model, missing)
         if key in self._unpriced_alerted:
             return
         self._unpriced_alerted.add(key)
         scope = Scope(provider=event.provider, model=event.model)
+        tier = usage_of(event).service_tier
+        scope_key = scope.key() if missing.startswith("no price") else f"{scope.key()}|{missing}"
         out.alerts.append(Alert(
-            alert_id=alert_id_for(AlertKind.UNPRICED_MODEL, scope.key(), 0),
+            alert_id=alert_id_for(AlertKind.UNPRICED_MODEL, scope_key, 0),
             kind=AlertKind.UNPRICED_MODEL, scope=scope, severity="warning", metric="unpriced_events",
             observed="1", baseline="0", threshold="0", window_s=0, first_seen=event.ts,
             last_seen=event.ts, sample_event_ids=[event.event_id],
-            summary=f"no price for {event.provider}/{event.model}; its events are stored with cost NULL",
+            summary=(f"unpriced: provider {event.provider}, model {event.model}"
+                     f"{f', service tier {tier}' if tier else ''}: {missing}; its events are stored with cost NULL "
+                     "(add the rate with POST /v1/prices or flyball prices update, then reprice)"),
         ))
 
 
@@ -142,12 +149,14 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
     ``one_hour`` are the service tier and 1-hour cache writes pricing read (``price_event``)."""
     provider = model = status = tool = category = index = prompt_version = ""
     tokens = (0, 0, 0, 0, 0)
+    twelve_hours = 0
     latency = 0.0
     kind = event.event_type  # a pydantic model or its fast mirror (decode.py): same attributes
     if kind == "llm_call":
         e: LLMCall = event  # type: ignore[assignment]
         provider, model, status, latency = e.provider, e.model, e.status.value, e.latency_ms
         tokens = (e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens)
+        twelve_hours = min(e.cache_write_12h_tokens, e.cache_write_tokens - one_hour)
         prompt_version = e.prompt_version or str(e.attributes.get("prompt_version", "")) if e.attributes else e.prompt_version
     elif kind == "tool_call":
         tool, status, latency = event.tool_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
@@ -159,5 +168,5 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
         event.event_id, event.ts, event.event_type, event.tenant_id, event.feature, event.service,
         event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
         status, tool, category, index, cost, version, 1 if cost is None else 0,
-        tier, one_hour, prompt_version, 1 if late else 0,
+        tier, one_hour, prompt_version, 1 if late else 0, twelve_hours,
     )

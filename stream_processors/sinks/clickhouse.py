@@ -258,6 +258,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     FROM events FINAL WHERE event_type = 'safety_trigger'
     GROUP BY minute, tenant_id, feature, category, action
     """),
+    # finance: OpenAI's 12-hour cache writes have their own rate (the 1-hour ones are column 10's)
+    (26, "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_write_12h_tokens UInt64 DEFAULT 0"),
 ]
 
 
