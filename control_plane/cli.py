@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     from .finance_cli import add_commands as add_finance_commands
 
     add_finance_commands(sub)  # spend, reprice, reconcile (through the HTTP API)
+    from .prices_cli import add_commands as add_prices_commands
+
+    add_prices_commands(sub)  # prices update
     from .sre_cli import add_commands as add_sre_commands
 
     add_sre_commands(sub)  # alerts, directives, actions, revert, pin, extend, approve, reject, ack, silence, policies

@@ -355,6 +355,6 @@ def build_catalog(source_text: str | bytes, corrections_text: str | bytes | None
             del row[name]
     return {"format": FORMAT,
             "note": (f"Built by `flyball prices update` from {source} (as of {as_of}) for "
-                     f"{', '.join(sorted(wanted)) if wanted else 'every provider'}, with {corrected} verified "
-                     "corrections from flyball (source 'flyball corrections'). USD per token."),
+                     f"{', '.join(sorted(wanted)) if wanted else 'every provider'}, with {corrected} of flyball's verified "
+                     "corrections (their source says what each corrects). USD per token."),
             "prices": rows}

@@ -381,13 +381,18 @@ def unpriced_reason(event: Any, book: PriceBook) -> str:
     return price(usage_of(event), book).missing
 
 
-# catalog formats live in their own module; their names stay importable from here
-from .catalog import (  # noqa: E402 - the catalog module imports the model above
-    entry_from_dict,
-    entry_to_dict,
-    litellm_provider,
-    load_catalog,
-)
+# catalog formats live in their own module (which imports this one); their names stay
+# importable from here, resolved on first use
+_CATALOG_NAMES: Final = frozenset({"entry_from_dict", "entry_to_dict", "litellm_provider", "load_catalog"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CATALOG_NAMES:
+        from . import catalog
+
+        return getattr(catalog, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["EPOCH", "PROVIDER_ALIASES", "RATE_FIELDS", "SERVICE_TIERS", "ZERO", "CatalogError", "PriceBook",
            "PriceEntry", "Priced", "Rates", "TierModifier", "Usage", "canonical_provider", "cost_of",
