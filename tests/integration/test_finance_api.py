@@ -32,7 +32,7 @@ from tests.integration._helpers import serve_app
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY0 = datetime(NOW.year, NOW.month, 1, tzinfo=UTC)  # this month, so budgets and forecasts see it
-# gpt-4o-mini: the built-in price from 2024 on; a (fictional) cheaper version from DAY0 + 12 h
+# gpt-4o-mini: the built-in price (LiteLLM's, undated: from the epoch); a (fictional) cheaper version from DAY0 + 12 h
 CUT = DAY0 + timedelta(hours=12)
 OLD_IN, OLD_OUT = Decimal("0.00000015"), Decimal("0.0000006")
 NEW_IN, NEW_OUT = Decimal("0.0000001"), Decimal("0.0000004")
@@ -117,12 +117,13 @@ def test_price_change_mid_stream_prices_each_event_with_the_version_in_force(env
     assert len(rows) == 24
     for ts, version, cost in rows:
         before = ts.replace(tzinfo=UTC) < CUT
-        assert version.endswith("@2024-07-18T00:00:00Z" if before else f"@{CUT.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        # the built-in entry comes from LiteLLM's undated catalog: in force from the epoch
+        assert version.endswith("@1970-01-01T00:00:00Z" if before else f"@{CUT.strftime('%Y-%m-%dT%H:%M:%SZ')}")
         assert Decimal(cost) == (1000 * OLD_IN + 100 * OLD_OUT if before else 1000 * NEW_IN + 100 * NEW_OUT)
     history = env.call("GET", "/v1/prices/history", "finance", params={"model": "gpt-4o-mini"}).json()
     assert history[-1]["actor"].startswith("key:") and history[-1]["reason"] == "price cut"
-    listed = env.call("GET", "/v1/prices", "finance", params={"model": "gpt-4o-mini"}).json()
-    assert [p["effective_from"] for p in listed] == ["2024-07-18T00:00:00+00:00", CUT.isoformat()]
+    listed = env.call("GET", "/v1/prices", "finance", params={"provider": "openai", "model": "gpt-4o-mini"}).json()
+    assert [p["effective_from"] for p in listed] == ["1970-01-01T00:00:00+00:00", CUT.isoformat()]
 
 
 def test_a_corrected_price_reprices_stored_events_once_and_keeps_history(env: Env) -> None:
