@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import structlog
-
 from flyball.schemas import DIRECTIVES, Directive
 
 from .enforcement import DirectiveView

@@ -33,9 +33,9 @@ from typing import Any
 
 import orjson
 import structlog
+from flyball.schemas import DLQ, EVENTS, InvalidEvent, parse_event
 
 from flyball import __version__
-from flyball.schemas import DLQ, EVENTS, InvalidEvent, parse_event
 
 from .buffer import Record, SpillLog
 from .enforcement import DirectiveView

@@ -282,7 +282,9 @@ def _litellm_entry(key: str, raw: Mapping[str, Any], source: str, as_of: str) ->
     base_listed = table.get(("", None), {})
     if "input" not in base_listed or "output" not in base_listed:
         return None  # image/audio/per-second models: not priced per token
-    rates = Rates(**{k: base_listed.get(k) for k in RATE_FIELDS if k != "per_request"})
+    rates = Rates(input=base_listed["input"], output=base_listed["output"], cache_read=base_listed.get("cache_read"),
+                  cache_write=base_listed.get("cache_write"), reasoning=base_listed.get("reasoning"),
+                  cache_write_1h=base_listed.get("cache_write_1h"), cache_write_12h=base_listed.get("cache_write_12h"))
     thresholds = sorted({t for _, t in table if t is not None})
     threshold = thresholds[0] if thresholds else None  # one context tier is modelled: the lowest
     above = _fill(table.get(("", threshold), {}), rates, f"{key} above") if threshold is not None else None
@@ -355,6 +357,6 @@ def build_catalog(source_text: str | bytes, corrections_text: str | bytes | None
             del row[name]
     return {"format": FORMAT,
             "note": (f"Built by `flyball prices update` from {source} (as of {as_of}) for "
-                     f"{', '.join(sorted(wanted)) if wanted else 'every provider'}, with {corrected} of flyball's verified "
-                     "corrections (their source says what each corrects). USD per token."),
+                     f"{', '.join(sorted(wanted)) if wanted else 'every provider'}, with {corrected} of "
+                     "flyball's verified corrections (their source says what each corrects). USD per token."),
             "prices": rows}

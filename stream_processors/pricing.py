@@ -320,7 +320,7 @@ def _cost(usage: Any, rates: Rates) -> Decimal:
     fresh_input = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
     plain_output = usage.output_tokens - usage.reasoning_tokens
     # the common call has no cache or reasoning tokens: skip the zero terms (Decimal ops are slow)
-    total = fresh_input * rates.input + plain_output * rates.output + rates.per_request
+    total: Decimal = fresh_input * rates.input + plain_output * rates.output + rates.per_request
     if usage.cache_read_tokens:
         total += usage.cache_read_tokens * (rates.cache_read if rates.cache_read is not None else rates.input)
     if usage.cache_write_tokens:
@@ -328,10 +328,11 @@ def _cost(usage: Any, rates: Rates) -> Decimal:
         twelve = getattr(usage, "cache_write_12h_tokens", 0)
         default = rates.cache_write if rates.cache_write is not None else rates.input
         total += (usage.cache_write_tokens - one_hour - twelve) * default
-        if one_hour:
-            total += one_hour * rates.cache_write_1h  # type: ignore[operator]  # _missing_rate checked it
-        if twelve:
-            total += twelve * rates.cache_write_12h  # type: ignore[operator]  # _missing_rate checked it
+        # a duration without its rate never gets here: _priced makes the call unpriced first
+        if one_hour and rates.cache_write_1h is not None:
+            total += one_hour * rates.cache_write_1h
+        if twelve and rates.cache_write_12h is not None:
+            total += twelve * rates.cache_write_12h
     if usage.reasoning_tokens:
         total += usage.reasoning_tokens * (rates.reasoning if rates.reasoning is not None else rates.output)
     return total
@@ -392,9 +393,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(catalog, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = ["EPOCH", "PROVIDER_ALIASES", "RATE_FIELDS", "SERVICE_TIERS", "ZERO", "CatalogError", "PriceBook",
-           "PriceEntry", "Priced", "Rates", "TierModifier", "Usage", "canonical_provider", "cost_of",
-           "entry_from_dict", "entry_to_dict", "litellm_provider", "load_catalog", "price", "price_event",
-           "unpriced_reason", "usage_of"]

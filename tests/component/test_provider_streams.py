@@ -14,14 +14,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 import orjson
 import pytest
-
-anthropic = pytest.importorskip("anthropic")
-openai = pytest.importorskip("openai")
-genai = pytest.importorskip("google.genai")
-
-from anthropic.types import (  # noqa: E402
+from anthropic.types import (
     CacheCreation,
     Message,
     MessageDeltaUsage,
@@ -34,35 +31,37 @@ from anthropic.types import (  # noqa: E402
     TextBlock,
     TextDelta,
 )
-from anthropic.types import Usage as AnthropicUsage  # noqa: E402
-from anthropic.types.raw_message_delta_event import Delta  # noqa: E402
-from google.genai import types as gtypes  # noqa: E402
-from openai.types.chat import ChatCompletionChunk  # noqa: E402
-from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta  # noqa: E402
-from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails  # noqa: E402
-from openai.types.responses import Response, ResponseCompletedEvent, ResponseCreatedEvent  # noqa: E402
-from openai.types.responses import (  # noqa: E402
+from anthropic.types import Usage as AnthropicUsage
+from anthropic.types.raw_message_delta_event import Delta
+from flyball.control_plane.runtime import load_prices
+from flyball.producers import Telemetry
+from flyball.producers.transports import MemoryTransport
+from flyball.schemas import EVENTS, LLMCall, parse_event
+from flyball.stream_processors.pricing import PriceBook, Priced, price, usage_of
+from google import genai
+from google.genai import types as gtypes
+from openai.types.chat import ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
     ResponseContentPartAddedEvent,
+    ResponseCreatedEvent,
     ResponseOutputItemAddedEvent,
     ResponseOutputItemDoneEvent,
     ResponseOutputMessage,
     ResponseOutputText,
     ResponseTextDeltaEvent,
 )
-from openai.types.responses.response_usage import (  # noqa: E402
+from openai.types.responses.response_usage import (
     InputTokensDetails,
     InputTokensDetailsCacheWriteTokensDetails,
     OutputTokensDetails,
     ResponseUsage,
 )
 
-from flyball.control_plane.runtime import load_prices  # noqa: E402
-from flyball.producers import Telemetry  # noqa: E402
-from flyball.producers.transports import MemoryTransport  # noqa: E402
-from flyball.schemas import EVENTS, LLMCall, parse_event  # noqa: E402
-from flyball.stream_processors.pricing import PriceBook, Priced, price, usage_of  # noqa: E402
-
-from .fake_provider import FakeProvider, Script, sse  # noqa: E402
+from .fake_provider import FakeProvider, Script, sse
 
 D = Decimal
 
