@@ -185,6 +185,21 @@ def test_a_stream_closed_early_is_recorded_cancelled_once(fake: FakeProvider, te
     assert event.ttft_ms is not None
 
 
+def test_a_stream_that_raises_midway_is_recorded_with_the_errors_status(fake: FakeProvider, tel: Telemetry) -> None:
+    frames = chat_frames(tier="default", usage=True)
+    fake.scripts["/v1/chat/completions"] = Script(frames=[frames[0], frames[1],
+                                                          b'data: {"error": {"message": "overloaded"}}\n\n'])
+    client = openai.OpenAI(base_url=f"{fake.url}/v1", api_key="k", max_retries=0)
+    seen = 0
+    with pytest.raises(openai.APIError):
+        with tel.track_llm_call(tenant_id="acme", provider="openai", model="gpt-5") as call:
+            for _ in call.record(client.chat.completions.create(
+                    model="gpt-5", messages=[{"role": "user", "content": "hi"}], stream=True)):
+                seen += 1
+    [event] = events(tel)
+    assert seen == 2 and (event.status, event.error_type, event.stream) == ("error", "APIError", True)
+
+
 # ------------------------------------------------------------------ OpenAI Responses
 
 
