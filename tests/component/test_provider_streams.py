@@ -400,6 +400,19 @@ def test_gemini_stream_last_chunk_usage_with_tool_use_prompt_tokens_priority_abo
     assert result.cost == 202_000 * D("4.5e-6") + 100_000 * D("0.45e-6") + 4_000 * D("27e-6") == D("1.062")
 
 
+async def test_gemini_async_stream_closed_early_is_cancelled(fake: FakeProvider, tel: Telemetry) -> None:
+    fake.scripts["/v1beta/models/gemini-2.5-pro:streamGenerateContent"] = Script(frames=gemini_frames())
+    client = genai.Client(api_key="k", http_options={"base_url": fake.url, "api_version": "v1beta"})
+    with tel.track_llm_call(tenant_id="acme", provider="gemini", model="gemini-2.5-pro") as call:
+        stream = call.record(await client.aio.models.generate_content_stream(model="gemini-2.5-pro", contents="hi"))
+    first = await stream.__anext__()
+    assert first.text == "Hel"
+    await stream.aclose()
+    [event] = await asyncio.to_thread(events, tel)
+    assert (event.status, event.stream, event.response_model) == ("cancelled", True, "gemini-2.5-pro")
+    assert event.input_tokens == 300_000  # the usage the stream had reported so far
+
+
 @pytest.mark.parametrize(("code", "status"), [(429, "rate_limited"), (504, "timeout"), (500, "error")])
 def test_google_genai_errors_are_classified_by_their_code(fake: FakeProvider, tel: Telemetry, code: int,
                                                          status: str) -> None:
