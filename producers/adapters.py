@@ -25,7 +25,8 @@ The service tier that *served* the call comes from ``ChatCompletion.service_tier
 ``usage_metadata.service_tier`` / ``traffic_type``, normalised by
 :func:`flyball.schemas.normalize_service_tier`. Every other non-zero count in the usage
 object (audio tokens, prediction tokens, server tool requests, fields a newer SDK adds) is kept
-as ``usage.<path>`` in ``Usage.extra``, which the tracker puts into the event's ``attributes``.
+as ``usage.<path>`` in ``Usage.extra`` (short texts too: Anthropic ``speed``, ``inference_geo``),
+which the tracker puts into the event's ``attributes``.
 
 ``status_of(exc)`` classifies an exception into a ``CallStatus`` by its class names and an
 HTTP status code if it carries one (``status_code``, or google-genai's ``code``; a gRPC-style
@@ -47,6 +48,8 @@ from flyball.schemas import CallStatus, normalize_service_tier
 MAX_EXTRA = 16  # usage counts kept in attributes per event (the envelope allows 64 attributes)
 # counts that are sums of others: keeping them would only repeat what the event says
 _TOTALS = frozenset({"total_tokens", "total_token_count"})
+_TEXT_MAPPED = frozenset({"service_tier", "traffic_type"})  # read into service_tier
+_SCALARS = (str, bytes, bool, list, tuple, float, Enum)  # not walked into
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,7 @@ class Usage:
     cache_write_1h_tokens: int = 0
     cache_write_12h_tokens: int = 0
     service_tier: str = ""  # normalised; '' = standard or not reported
-    extra: Mapping[str, int] = field(default_factory=dict)  # usage.<path> -> count, for attributes
+    extra: Mapping[str, int | str] = field(default_factory=dict)  # usage.<path> -> value, for attributes
 
     def as_fields(self) -> dict[str, Any]:
         """The ``llm_call`` fields this usage sets (optional ones only when reported)."""
@@ -108,9 +111,9 @@ def _fields(obj: Any) -> dict[str, Any]:
     return found
 
 
-def _leftovers(usage: Any, used: frozenset[str]) -> dict[str, int]:
-    """Non-zero counts of ``usage`` not mapped to an event field, as ``usage.<path>``."""
-    out: dict[str, int] = {}
+def _leftovers(usage: Any, used: frozenset[str]) -> dict[str, int | str]:
+    """Non-zero counts (and short texts) of ``usage`` not mapped to an event field, as ``usage.<path>``."""
+    out: dict[str, int | str] = {}
 
     def walk(obj: Any, prefix: str, depth: int) -> None:
         for name, value in _fields(obj).items():
@@ -120,7 +123,11 @@ def _leftovers(usage: Any, used: frozenset[str]) -> dict[str, int]:
             if isinstance(value, int) and not isinstance(value, bool):
                 if value > 0:
                     out["usage." + path] = value
-            elif depth < 3 and value is not None and not isinstance(value, (str, bytes, list, tuple, float, Enum)):
+            elif isinstance(value, (str, Enum)) and name not in _TEXT_MAPPED:
+                text = _text(value)
+                if text and len(text) <= 64:  # e.g. Anthropic speed, inference_geo: they can change the price
+                    out["usage." + path] = text
+            elif depth < 3 and value is not None and not isinstance(value, _SCALARS):
                 walk(value, path + ".", depth + 1)
 
     walk(usage, "", 0)

@@ -10,7 +10,7 @@ content:
   decimal strings in USD per token;
 - LiteLLM's ``model_prices_and_context_window.json`` (model -> {litellm_provider,
   input_cost_per_token, ...}). Every token-rate key is read by one grammar:
-  ``<rate>[_above_<1|12>hr][_above_<N>k_tokens][_<batches|flex|priority>]`` where ``<rate>``
+  ``<rate>[_above_<1|12>hr][_above_<N>k_tokens][_<batches|flex|priority|ultrafast>]`` where ``<rate>``
   is ``input_cost_per_token``, ``output_cost_per_token``, ``cache_read_input_token_cost``,
   ``cache_creation_input_token_cost`` or ``output_cost_per_reasoning_token``; ``_above_1hr``
   is the 1-hour cache write, ``_above_12hr`` the 12-hour one. LiteLLM has no dates, so entries
@@ -233,7 +233,7 @@ _LITELLM_RATES: Final = {
     "cache_read_input_token_cost": "cache_read", "cache_creation_input_token_cost": "cache_write",
     "output_cost_per_reasoning_token": "reasoning",
 }
-_LITELLM_TIERS: Final = {"batches": "batch", "flex": "flex", "priority": "priority"}
+_LITELLM_TIERS: Final = {"batches": "batch", "flex": "flex", "priority": "priority", "ultrafast": "ultrafast"}
 _LITELLM_KEY = re.compile(
     r"^(input_cost_per_token|output_cost_per_token|cache_read_input_token_cost|cache_creation_input_token_cost"
     r"|output_cost_per_reasoning_token)(?:_above_(1|12)hr)?(?:_above_(\d+)k_tokens)?(?:_([a-z]+))?$")

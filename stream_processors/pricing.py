@@ -19,7 +19,7 @@ as input); a missing 1-hour or 12-hour rate makes the call *unpriced* with a rea
 it, never a silent price at the shorter duration's rate.
 
 Context tiers: above ``tier_threshold_tokens`` input tokens the whole call is priced at the
-``above`` rates. Service tiers (``batch``, ``flex``, ``priority``; '' = standard) compose with
+``above`` rates. Service tiers (``batch``, ``flex``, ``priority``, ``ultrafast``; '' = standard) compose with
 them: a tier is either a ``multiplier`` applied to the rates in force (base or above; the
 per-request fee is not scaled), or explicit rates with their own ``above`` rates. A call above
 the threshold in an explicit tier without above-threshold rates, a tier the entry has no rates
@@ -50,7 +50,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ZERO = Decimal(0)
 RATE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning", "per_request",
                "cache_write_12h")
-SERVICE_TIERS = ("batch", "flex", "priority")
+SERVICE_TIERS = ("batch", "flex", "priority", "ultrafast")  # ultrafast: an OpenAI tier
 
 
 class CatalogError(ValueError):

@@ -68,6 +68,17 @@ def test_flyball_format_tier_rates_above_the_threshold_round_trip() -> None:
     assert catalog_entries(json.dumps(rebuilt)) == catalog_entries(json.dumps(catalog), source="t")
 
 
+def test_openai_ultrafast_tier_is_read_from_litellm() -> None:
+    text = json.dumps({"gpt-u": {"litellm_provider": "openai", "input_cost_per_token": 2e-06,
+                                 "output_cost_per_token": 1e-05, "input_cost_per_token_ultrafast": 6e-06,
+                                 "output_cost_per_token_ultrafast": 3e-05, "input_cost_per_token_balanced": 1e-06}})
+    book = load_catalog(text)
+    assert price(usage("openai", "gpt-u", input_tokens=1_000, output_tokens=10, service_tier="ultrafast"),
+                 book).cost == 1_000 * D("6e-6") + 10 * D("30e-6")
+    assert price(usage("openai", "gpt-u", input_tokens=1, service_tier="balanced"), book).missing == (
+        "service tier balanced: no rates")
+
+
 def test_twelve_hour_writes_need_a_twelve_hour_rate(book: PriceBook) -> None:
     # gpt-5.6: input $4 / 1M, 30-minute write $5, 12-hour write $10; gpt-5 lists no 12-hour rate
     ok = price(usage("openai", "gpt-5.6", input_tokens=3_000, cache_write_tokens=3_000, cache_write_12h_tokens=1_000),

@@ -56,7 +56,8 @@ def test_chat_completion_service_tier_is_the_tier_billed(book: PriceBook, served
                               completion_tokens_details=CompletionTokensDetails(reasoning_tokens=500)))
     usage = usage_of(response)
     assert usage is not None and usage.extra == {"usage.prompt_tokens_details.audio_tokens": 40}
-    assert finish_reason_of(response) == "length" and service_tier_of(response) == ("" if served == "default" else served)
+    assert finish_reason_of(response) == "length"
+    assert service_tier_of(response) == ("" if served == "default" else served)
     inp, out, cached = rates
     assert price(as_usage("openai", "gpt-5", response), book).cost == 2_000 * inp + 1_000 * cached + 700 * out
 
@@ -81,16 +82,20 @@ def test_anthropic_message_batch_tier_thinking_and_one_hour_writes(book: PriceBo
         id="m", type="message", role="assistant", content=[TextBlock(type="text", text="x")],
         model="claude-sonnet-4-6", stop_reason="max_tokens", stop_sequence=None,
         usage=AnthropicUsage(input_tokens=1_000, output_tokens=800, cache_read_input_tokens=4_000,
-                             cache_creation_input_tokens=3_000, service_tier="batch",
+                             cache_creation_input_tokens=3_000, service_tier="batch", speed="fast",
+                             inference_geo="us",
                              cache_creation=CacheCreation(ephemeral_1h_input_tokens=1_000,
                                                           ephemeral_5m_input_tokens=2_000),
                              output_tokens_details=OutputTokensDetails(thinking_tokens=300)))
+    kept = usage_of(message)
+    assert kept is not None and kept.extra == {"usage.speed": "fast", "usage.inference_geo": "us"}
     u = as_usage("anthropic", "claude-sonnet-4-6", message)
     assert (u.input_tokens, u.cache_write_1h_tokens, u.reasoning_tokens, u.service_tier) == (8_000, 1_000, 300, "batch")
     assert finish_reason_of(message) == "max_tokens"
     # claude-sonnet-4-6 batch: input $1.50 / 1M, output $7.50, read $0.15, 5-min write $1.875; LiteLLM lists no
     # batch 1-hour rate, so it is the 1-hour rate scaled like the batch input: $6 * 0.5 = $3
-    expected = 1_000 * D("1.5e-6") + 4_000 * D("0.15e-6") + 2_000 * D("1.875e-6") + 1_000 * D("3e-6") + 800 * D("7.5e-6")
+    expected = (1_000 * D("1.5e-6") + 4_000 * D("0.15e-6") + 2_000 * D("1.875e-6") + 1_000 * D("3e-6")
+                + 800 * D("7.5e-6"))
     assert price(u, book).cost == expected
 
 
