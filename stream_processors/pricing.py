@@ -148,7 +148,7 @@ class PriceEntry:
         above = (self.tier_threshold_tokens is not None and self.above is not None
                  and input_tokens > self.tier_threshold_tokens)
         in_force = self.above if above and self.above is not None else self.rates
-        tier = normalize_service_tier(service_tier)
+        tier = normalize_service_tier(service_tier) if service_tier else ""
         if not tier:
             return in_force, "", ""
         modifier = self.service_tiers.get(tier)
@@ -239,6 +239,8 @@ class PriceBook:
     entries: dict[tuple[str, str], list[PriceEntry]] = field(default_factory=dict)
     by_model: dict[str, list[PriceEntry]] = field(default_factory=dict)
     providers: set[str] = field(default_factory=set)
+    # provider spelling -> canonical name, memoised for the hot path (bounded: spellings are few)
+    _canonical: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, entries: Iterable[PriceEntry]) -> PriceBook:
@@ -264,7 +266,11 @@ class PriceBook:
     def lookup(self, provider: str, model: str, at: datetime) -> PriceEntry | None:
         """The entry in force at ``at`` for exactly this provider and model. A provider the
         book does not know at all falls back to the model alone if one provider has it."""
-        canonical = canonical_provider(provider)
+        canonical = self._canonical.get(provider)
+        if canonical is None:
+            canonical = canonical_provider(provider)
+            if len(self._canonical) < 1024:
+                self._canonical[provider] = canonical
         versions = self.entries.get((canonical, model.lower()))
         if versions is None:
             if canonical in self.providers:
