@@ -12,6 +12,8 @@ import pytest
 from flyball.stream_processors.catalog import build_catalog, catalog_entries
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.pricing import PriceBook, Usage, load_catalog, price
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 D = Decimal
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -161,3 +163,23 @@ def test_unpriced_alert_names_provider_model_tier_and_what_is_missing(book: Pric
     assert len({a.alert_id for a in alerts}) == 2
     costs = [dict(zip(EVENT_COLUMNS, row, strict=True))["cost_usd"] for row in result.rows]
     assert costs == [100 * D("3e-6"), None, None, None]
+
+
+@settings(max_examples=300, deadline=None)
+@given(fresh=st.integers(0, 400_000), read=st.integers(0, 100_000), five=st.integers(0, 50_000),
+       hour=st.integers(0, 50_000), plain_out=st.integers(0, 20_000), reasoning=st.integers(0, 20_000),
+       multiplier=st.sampled_from(["0.5", "1.75", "2"]))
+def test_a_multiplier_tier_is_exactly_the_standard_price_scaled_below_and_above_the_threshold(
+        fresh: int, read: int, five: int, hour: int, plain_out: int, reasoning: int, multiplier: str) -> None:
+    book = load_catalog(json.dumps({"format": "flyball.prices/1", "prices": [{
+        "provider": "anthropic", "model": "m", "input": "0.000003", "output": "0.000015", "cache_read": "0.0000003",
+        "cache_write": "0.00000375", "cache_write_1h": "0.000006", "reasoning": "0.00002",
+        "tier_threshold_tokens": 200000, "above_threshold": {"input": "0.000006", "output": "0.0000225",
+                                                             "cache_read": "0.0000006", "cache_write": "0.0000075",
+                                                             "cache_write_1h": "0.000012"},
+        "service_tiers": {"batch": {"multiplier": multiplier}}}]}))
+    tokens = {"input_tokens": fresh + read + five + hour, "cache_read_tokens": read, "cache_write_tokens": five + hour,
+              "cache_write_1h_tokens": hour, "output_tokens": plain_out + reasoning, "reasoning_tokens": reasoning}
+    standard = price(usage("anthropic", "m", **tokens), book).cost
+    batch = price(usage("anthropic", "m", service_tier="batch", **tokens), book).cost
+    assert standard is not None and batch == standard * D(multiplier)
