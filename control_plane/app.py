@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from .api import admin, finance, sre
+from .api import admin, finance, otlp, sre
 from .api.deps import Auth, Deps
 from .auth import Principal
 
@@ -42,6 +42,6 @@ def create_app(deps: Deps) -> FastAPI:
     async def metrics(_: Annotated[Principal, Depends(auth.any_key())]) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
-    for module in (finance, sre, admin):
+    for module in (finance, sre, admin, otlp):
         module.register(app, deps, auth)
     return app

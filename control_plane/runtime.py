@@ -41,6 +41,8 @@ from .embedded import EmbeddedBroker, free_port, start_tansu
 from .plane import ControlPlane, build_control_plane
 from .policy import DEFAULT_POLICIES, Policies
 from .finance import Finance
+from .otlp import OtlpOptions
+from .receiver import OtlpReceiver
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -92,6 +94,7 @@ class System:
     plane: ControlPlane | None = None
     book: PriceBook = field(default_factory=PriceBook)
     finance: Finance | None = None
+    otlp: OtlpReceiver | None = None
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _faust: Any = None
     _server: _Server | None = None
@@ -137,6 +140,10 @@ class System:
             await self.plane.start()
             self._tasks.append(asyncio.create_task(self.control.run(), name="control"))
             waits.append(self.control.ready)
+            self.otlp = OtlpReceiver(self.bootstrap, OtlpOptions(
+                tenant_attributes=tuple(s.otlp_tenant_attributes), feature_attributes=tuple(s.otlp_feature_attributes),
+                max_body_bytes=s.otlp_max_body_bytes))
+            await self.otlp.start()
             keys = self.plane.keys
             self.admin_key = s.admin_api_key.get_secret_value() if s.admin_api_key else "fb_admin_" + secrets.token_urlsafe(24)
             keys.add(self.admin_key, Principal(key_id="admin", role=Role.ADMIN, name="bootstrap admin"))
@@ -181,13 +188,19 @@ class System:
         control = self.control
         if control is not None:
             stats["directives_active"] = lambda: float(len(control.active()))
+        otlp = self.otlp
+        if otlp is not None:
+            stats["otlp_spans_accepted"] = lambda: float(otlp.stats.spans_accepted)
+            stats["otlp_spans_rejected"] = lambda: float(otlp.stats.spans_rejected)
+            stats["otlp_spans_ignored"] = lambda: float(otlp.stats.spans_ignored)
         plane = self.plane
         extra: dict[str, Any] = {}
         if plane is not None:
             extra = {"state": plane.state, "marks": plane.marks, "limiter": plane.limiter,
                      "set_policies": plane.set_policies}
         return Deps(
-            store=self.store, control=control, keys=keys, prices=lambda: self.book, finance=self.finance, **extra,
+            store=self.store, control=control, keys=keys, prices=lambda: self.book, finance=self.finance, otlp=otlp,
+            **extra,
             policies=plane.policies if plane is not None else (lambda: self.policies or DEFAULT_POLICIES),
             stats=stats,
             ready=lambda: {"worker_ready": bool(ingest and ingest.ready.is_set() and ingest.running),
@@ -202,6 +215,8 @@ class System:
         if self._faust is not None:
             with contextlib.suppress(Exception):
                 await self._faust.stop()
+        if self.otlp is not None:
+            await self.otlp.stop()
         if self.plane is not None:
             await self.plane.stop()
         elif self.control is not None:

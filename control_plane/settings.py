@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     finance_reload_s: float = 30.0  # a `flyball worker` without the API re-reads prices and budgets this often
     detector_checkpoint_s: float = 30.0  # how often the worker saves detector baselines (after a commit)
     worker_id: str = ""  # a stable id per worker replica (e.g. the StatefulSet ordinal): its own checkpoint row
+    # OTLP/HTTP ingest (POST /v1/traces): where a span names its tenant and feature (span
+    # attributes first, then resource attributes; first name found wins), and the body cap
+    otlp_tenant_attributes: list[str] = Field(default_factory=lambda: ["flyball.tenant_id"], min_length=1)
+    otlp_feature_attributes: list[str] = Field(default_factory=lambda: ["flyball.feature"])
+    otlp_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
 

@@ -14,12 +14,13 @@ OpenTelemetry attribute                  flyball ``llm_call`` field
 ``gen_ai.usage.input_tokens``            ``input_tokens`` (deprecated ``gen_ai.usage.prompt_tokens`` read)
 ``gen_ai.usage.output_tokens``           ``output_tokens`` (deprecated ``gen_ai.usage.completion_tokens`` read)
 ``gen_ai.usage.cache_read.input_tokens``       ``cache_read_tokens``
-``gen_ai.usage.cache_creation.input_tokens``   ``cache_write_tokens``
+``gen_ai.usage.cache_creation.input_tokens``   ``cache_write_tokens`` (newer name ``gen_ai.usage.cache_write.input_tokens`` read too)
 ``gen_ai.usage.reasoning.output_tokens``       ``reasoning_tokens``
 ``gen_ai.request.stream``                ``stream``
 ``gen_ai.response.time_to_first_chunk``  ``ttft_ms`` (seconds in OpenTelemetry, ms in flyball)
 ``gen_ai.response.finish_reasons``       ``finish_reason`` (the first one)
 ``gen_ai.prompt.name``                   ``prompt_id``
+``gen_ai.prompt.version``                ``prompt_version``
 ``openai.response.service_tier``        ``service_tier`` (normalised: ``default`` -> '', ``fast`` -> ``priority``;
                                          also ``gen_ai.openai.response.service_tier``; a ``flyball.service_tier``
                                          attribute wins)
@@ -57,11 +58,13 @@ GEN_AI_USAGE_PROMPT_TOKENS: Final = "gen_ai.usage.prompt_tokens"  # deprecated
 GEN_AI_USAGE_COMPLETION_TOKENS: Final = "gen_ai.usage.completion_tokens"  # deprecated
 GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
 GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: Final = "gen_ai.usage.cache_write.input_tokens"  # newer name of the above
 GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: Final = "gen_ai.usage.reasoning.output_tokens"
 GEN_AI_REQUEST_STREAM: Final = "gen_ai.request.stream"
 GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK: Final = "gen_ai.response.time_to_first_chunk"
 GEN_AI_RESPONSE_FINISH_REASONS: Final = "gen_ai.response.finish_reasons"
 GEN_AI_PROMPT_NAME: Final = "gen_ai.prompt.name"
+GEN_AI_PROMPT_VERSION: Final = "gen_ai.prompt.version"
 ERROR_TYPE: Final = "error.type"
 OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
 GEN_AI_OPENAI_RESPONSE_SERVICE_TIER: Final = "gen_ai.openai.response.service_tier"  # older semconv name
@@ -80,11 +83,14 @@ _DIRECT: Final = {
     GEN_AI_USAGE_REASONING_OUTPUT_TOKENS: "reasoning_tokens",
     GEN_AI_REQUEST_STREAM: "stream",
     GEN_AI_PROMPT_NAME: "prompt_id",
+    GEN_AI_PROMPT_VERSION: "prompt_version",
 }
 _DEPRECATED: Final = {
     GEN_AI_SYSTEM: GEN_AI_PROVIDER_NAME,
     GEN_AI_USAGE_PROMPT_TOKENS: GEN_AI_USAGE_INPUT_TOKENS,
     GEN_AI_USAGE_COMPLETION_TOKENS: GEN_AI_USAGE_OUTPUT_TOKENS,
+    # not deprecated: the conventions' newer name; read like an alias when the older is absent
+    GEN_AI_USAGE_CACHE_WRITE_INPUT_TOKENS: GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
 }
 _SERVICE_TIER_KEYS: Final = (OPENAI_RESPONSE_SERVICE_TIER, GEN_AI_OPENAI_RESPONSE_SERVICE_TIER)
 _SPECIAL: Final = {GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, GEN_AI_RESPONSE_FINISH_REASONS, ERROR_TYPE, *_SERVICE_TIER_KEYS}

@@ -36,6 +36,7 @@ class Deps:
     # (new policies, actor, source text) -> the policies now in force (versioned, audited)
     set_policies: Callable[[Policies, str, str], Awaitable[Policies]] | None = None
     finance: Any = None  # control_plane.finance.Finance: price changes, budgets, reprice (None: built from store)
+    otlp: Any = None  # control_plane.receiver.OtlpReceiver: POST /v1/traces (None: 503)
 
     async def query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return await self.store.run(self.store.query, sql, params)
@@ -61,6 +62,17 @@ class Auth:
         self.clock = clock
 
     def principal(self, request: Request) -> Principal:
+        found = self.identify(request)
+        if request.method not in READ_METHODS:
+            wait = self.limiter.take(found.key_id, now=self.clock())
+            if wait is not None:
+                raise HTTPException(429, f"write rate limit for this key exceeded; retry in {math.ceil(wait)}s",
+                                    headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        return found
+
+    def identify(self, request: Request) -> Principal:
+        """The key's principal, without the write rate limit (telemetry ingest is bounded by
+        its body cap, not by a per-key request rate)."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -69,11 +81,6 @@ class Auth:
         found = self.keys.lookup(token.strip())
         if found is None:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-        if request.method not in READ_METHODS:
-            wait = self.limiter.take(found.key_id, now=self.clock())
-            if wait is not None:
-                raise HTTPException(429, f"write rate limit for this key exceeded; retry in {math.ceil(wait)}s",
-                                    headers={"Retry-After": str(max(1, math.ceil(wait)))})
         return found
 
     def any_key(self) -> Callable[..., Principal]:
@@ -84,8 +91,8 @@ class Auth:
         check.global_only = False  # type: ignore[attr-defined]
         return check
 
-    def require(self, *roles: Role, global_only: bool = False) -> Callable[..., Principal]:
-        principal = self.principal
+    def require(self, *roles: Role, global_only: bool = False, rate_limited: bool = True) -> Callable[..., Principal]:
+        principal = self.principal if rate_limited else self.identify
 
         def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
             if not p.may(*roles):
