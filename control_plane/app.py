@@ -10,11 +10,12 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import generate_latest
 
 from .api import admin, finance, otlp, sre
 from .api.deps import Auth, Deps
 from .auth import Principal
+from .metrics import registry_of
 
 __all__ = ["Deps", "create_app"]
 
@@ -23,9 +24,7 @@ def create_app(deps: Deps) -> FastAPI:
     app = FastAPI(title="flyball", version="0.1.0",
                   description="Telemetry and control plane for LLM calls: spend, alerts, directives, audit.")
     auth = Auth(deps.keys, deps.limiter)
-    registry = CollectorRegistry()
-    for name, fn in deps.stats.items():
-        Gauge(f"flyball_{name}", f"flyball {name.replace('_', ' ')}", registry=registry).set_function(fn)
+    registry = registry_of(deps.stats)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

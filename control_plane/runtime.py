@@ -14,7 +14,7 @@ import secrets
 import sys
 import time
 from datetime import timedelta
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,6 +41,7 @@ from .embedded import EmbeddedBroker, free_port, start_tansu
 from .plane import ControlPlane, build_control_plane
 from .policy import DEFAULT_POLICIES, Policies
 from .finance import Finance
+from .metrics import serve_metrics
 from .otlp import OtlpOptions
 from .receiver import OtlpReceiver
 from .settings import Settings
@@ -130,6 +131,8 @@ class System:
                                             datadir=s.data_dir / "faust")
             self._tasks.append(asyncio.create_task(self._faust.start(), name="faust"))
             waits.append(self.ingest.ready)
+            if not self.api and s.metrics_port:
+                serve_metrics(self.stats(), host=s.api_host, port=s.metrics_port)
             if not self.api:  # price and budget changes arrive through another process's API
                 self._tasks.append(asyncio.create_task(
                     self._reload_finance(load_prices(s.prices_file), s.finance_reload_s), name="finance-reload"))
@@ -174,9 +177,10 @@ class System:
             except Exception as exc:  # noqa: BLE001 - keep the last good book and budgets; retry next round
                 log.warning("finance_reload_failed", error=str(exc)[:300])
 
-    def _deps(self, keys: KeyRing) -> Deps:
+    def stats(self) -> dict[str, Callable[[], float]]:
+        """The process's counters, exported as ``flyball_<name>`` gauges."""
         ingest = self.ingest
-        stats = {}
+        stats: dict[str, Callable[[], float]] = {}
         if ingest is not None:
             stats = {
                 "events_consumed": lambda: float(ingest.stats.events),
@@ -184,6 +188,9 @@ class System:
                 "events_dead_lettered": lambda: float(ingest.stats.dead_lettered),
                 "events_duplicate": lambda: float(ingest.stats.duplicates),
                 "alerts_raised": lambda: float(ingest.stats.alerts),
+                "consumer_lag": lambda: float(ingest.stats.lag),
+                "inserts": lambda: float(ingest.stats.inserts),
+                "insert_seconds": lambda: ingest.stats.insert_seconds,
             }
         control = self.control
         if control is not None:
@@ -193,6 +200,11 @@ class System:
             stats["otlp_spans_accepted"] = lambda: float(otlp.stats.spans_accepted)
             stats["otlp_spans_rejected"] = lambda: float(otlp.stats.spans_rejected)
             stats["otlp_spans_ignored"] = lambda: float(otlp.stats.spans_ignored)
+        return stats
+
+    def _deps(self, keys: KeyRing) -> Deps:
+        ingest, control, otlp = self.ingest, self.control, self.otlp
+        stats = self.stats()
         plane = self.plane
         extra: dict[str, Any] = {}
         if plane is not None:

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     otlp_tenant_attributes: list[str] = Field(default_factory=lambda: ["flyball.tenant_id"], min_length=1)
     otlp_feature_attributes: list[str] = Field(default_factory=lambda: ["flyball.feature"])
     otlp_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    metrics_port: int = 0  # a worker without the API serves /metrics on this port (0: none)
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
 

@@ -59,6 +59,9 @@ class IngestStats:
     dead_lettered: int = 0
     duplicates: int = 0
     alerts: int = 0
+    lag: int = 0  # records behind the high watermark on the partitions of the last batch
+    inserts: int = 0  # ClickHouse event inserts, and their cumulative duration (retries included)
+    insert_seconds: float = 0.0
 
 
 def alert_row(alert: Alert, now: datetime) -> tuple[object, ...]:
@@ -152,6 +155,7 @@ class IngestService:
                 continue
             raws = [rec.value for recs in batch.values() for rec in recs]
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
+            self.stats.lag = sum(max(0, (consumer.highwater(tp) or 0) - offset) for tp, offset in offsets.items())
             self._uncommitted = True
             await self.handle(raws)
             if await self._commit(offsets):
@@ -163,7 +167,10 @@ class IngestService:
         result = self.pipeline.process(raws, now=now)
         if result.rows:
             rows = result.rows
+            started = time.perf_counter()
             await self.store.run(write_with_retry, lambda: self.store.write_events(rows))
+            self.stats.inserts += 1
+            self.stats.insert_seconds += time.perf_counter() - started
         if result.dead:
             await self._dead_letter(result, now)
         if result.alerts:
