@@ -75,6 +75,28 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topics_ensure(args: argparse.Namespace) -> int:
+    from flyball.stream_processors.topics import ensure_topics
+
+    from .runtime import configure_logging
+
+    overrides = {k: v for k, v in (("kafka_bootstrap", args.bootstrap), ("topic_partitions", args.partitions),
+                                   ("topic_replication_factor", args.replication_factor)) if v is not None}
+    settings = Settings(**overrides)
+    if not settings.kafka_bootstrap:
+        print("flyball topics ensure: set FLYBALL_KAFKA_BOOTSTRAP or --bootstrap", file=sys.stderr)
+        return 2
+    configure_logging("warning")
+    try:
+        report = asyncio.run(ensure_topics(settings.kafka_bootstrap, settings.topic_specs(), attempts=args.attempts))
+    except RuntimeError as exc:
+        print(f"flyball topics ensure: {exc}", file=sys.stderr)
+        return 1
+    for line in report:
+        print(line)
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import load_policies, replay
     from .runtime import load_prices
@@ -140,6 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     se = sc_sub.add_parser("export", help="write the JSON Schema of every event kind into DIR")
     se.add_argument("dir", type=Path, metavar="DIR")
     se.set_defaults(fn=cmd_schemas_export)
+    tp = sub.add_parser("topics", help="Kafka topics")
+    tp_sub = tp.add_subparsers(dest="topics_command", required=True)
+    te = tp_sub.add_parser("ensure", help="create or update flyball's topics: partitions, replication factor, "
+                                          "retention, compaction (idempotent; FLYBALL_TOPIC_*, FLYBALL_*_RETENTION_DAYS)")
+    te.add_argument("--bootstrap", help="FLYBALL_KAFKA_BOOTSTRAP")
+    te.add_argument("--partitions", type=int, help="of the events topic (FLYBALL_TOPIC_PARTITIONS)")
+    te.add_argument("--replication-factor", type=int, help="FLYBALL_TOPIC_REPLICATION_FACTOR")
+    te.add_argument("--attempts", type=int, default=20, help="connection attempts, 0.5 s apart")
+    te.set_defaults(fn=cmd_topics_ensure)
     from .finance_cli import add_commands as add_finance_commands
 
     add_finance_commands(sub)  # spend, reprice, reconcile (through the HTTP API)

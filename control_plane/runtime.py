@@ -109,7 +109,7 @@ class System:
         else:
             self.broker = await asyncio.to_thread(start_tansu, log_file=s.data_dir / "tansu.log")
             self.bootstrap = self.broker.bootstrap
-        await ensure_topics(self.bootstrap)
+        await ensure_topics(self.bootstrap, s.topic_specs())
         self.store = await asyncio.to_thread(ClickHouseStore, s.clickhouse())
         await asyncio.to_thread(self.store.migrate)
         self.book = load_prices(s.prices_file)

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flyball.stream_processors.topics import TopicSpec, topic_specs
+
 from .notify import WebhookTarget
 
 
@@ -41,9 +43,20 @@ class Settings(BaseSettings):
     otlp_tenant_attributes: list[str] = Field(default_factory=lambda: ["flyball.tenant_id"], min_length=1)
     otlp_feature_attributes: list[str] = Field(default_factory=lambda: ["flyball.feature"])
     otlp_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # topics (`flyball topics ensure`, run by `up`, `worker` and `api` at start)
+    topic_partitions: int = Field(4, ge=1)  # of flyball.events.v1: the worker replicas' parallelism cap
+    topic_replication_factor: int = Field(1, ge=1)
+    events_retention_days: float = Field(7, gt=0)
+    dlq_retention_days: float = Field(30, gt=0)
+    alerts_retention_days: float = Field(30, gt=0)
     metrics_port: int = 0  # a worker without the API serves /metrics on this port (0: none)
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
+
+    def topic_specs(self) -> list[TopicSpec]:
+        return topic_specs(partitions=self.topic_partitions, replication_factor=self.topic_replication_factor,
+                           events_retention_days=self.events_retention_days,
+                           dlq_retention_days=self.dlq_retention_days, alerts_retention_days=self.alerts_retention_days)
 
     def clickhouse(self) -> str:
         return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"

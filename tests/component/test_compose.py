@@ -23,6 +23,13 @@ def test_compose_runs_kafka_clickhouse_worker_and_api() -> None:
 
 def test_flyball_services_are_configured_only_by_known_flyball_settings() -> None:
     known = {f"FLYBALL_{name.upper()}" for name in Settings.model_fields}
-    for name in ("worker", "api"):
+    for name in ("worker", "api", "topics"):
         env = COMPOSE["services"][name]["environment"]
         assert env and set(env) <= known, set(env) - known
+
+
+def test_topics_are_ensured_before_the_processes_start() -> None:
+    services = COMPOSE["services"]
+    assert services["topics"]["command"] == ["flyball", "topics", "ensure"]
+    for name in ("worker", "api"):
+        assert services[name]["depends_on"]["topics"] == {"condition": "service_completed_successfully"}
