@@ -110,7 +110,7 @@ class System:
             self.broker = await asyncio.to_thread(start_tansu, log_file=s.data_dir / "tansu.log")
             self.bootstrap = self.broker.bootstrap
         await ensure_topics(self.bootstrap, s.topic_specs())
-        self.store = await asyncio.to_thread(ClickHouseStore, s.clickhouse())
+        self.store = await asyncio.to_thread(ClickHouseStore, s.clickhouse(), s.ddl())
         await asyncio.to_thread(self.store.migrate)
         self.book = load_prices(s.prices_file)
         self.finance = Finance(self.store, get_book=lambda: self.book, set_book=lambda b: setattr(self, "book", b))

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flyball.stream_processors.sinks.ddl import DdlOptions
 from flyball.stream_processors.topics import TopicSpec, topic_specs
 
 from .notify import WebhookTarget
@@ -49,6 +50,10 @@ class Settings(BaseSettings):
     events_retention_days: float = Field(7, gt=0)
     dlq_retention_days: float = Field(30, gt=0)
     alerts_retention_days: float = Field(30, gt=0)
+    # ClickHouse: a cluster name makes migrations ReplicatedMergeTree + Distributed ON CLUSTER; TTL
+    # retention per table in days, e.g. {"events": 400} (stream_processors/sinks/ddl.py, docs/CLICKHOUSE.md)
+    clickhouse_cluster: str | None = None
+    clickhouse_ttl_days: dict[str, int] = Field(default_factory=dict)
     metrics_port: int = 0  # a worker without the API serves /metrics on this port (0: none)
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
@@ -57,6 +62,9 @@ class Settings(BaseSettings):
         return topic_specs(partitions=self.topic_partitions, replication_factor=self.topic_replication_factor,
                            events_retention_days=self.events_retention_days,
                            dlq_retention_days=self.dlq_retention_days, alerts_retention_days=self.alerts_retention_days)
+
+    def ddl(self) -> DdlOptions:
+        return DdlOptions(cluster=self.clickhouse_cluster, ttl_days=dict(self.clickhouse_ttl_days))
 
     def clickhouse(self) -> str:
         return self.clickhouse_url or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"

@@ -23,9 +23,15 @@ import structlog
 
 from flyball.stream_processors.pipeline import EVENT_COLUMNS
 
+from .ddl import DdlOptions, transform, ttl_statements
+
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+_SCHEMA_MIGRATIONS = """
+    CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at DateTime64(3, 'UTC'))
+    ENGINE = MergeTree ORDER BY version
+    """
 MIGRATIONS: list[tuple[int, str]] = [
     (1, """
     CREATE TABLE IF NOT EXISTS events (
@@ -278,8 +284,9 @@ def connect(url: str) -> Any:
 
 
 class ClickHouseStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ddl: DdlOptions | None = None) -> None:
         self.url = url
+        self.ddl = ddl or DdlOptions()  # cluster form and TTLs of the migrations (sinks/ddl.py)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Any = self._pool.submit(connect, url).result()
 
@@ -304,16 +311,25 @@ class ClickHouseStore:
 
     def _migrate(self) -> list[int]:
         c = self._client
-        c.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at DateTime64(3, 'UTC')) ENGINE = MergeTree ORDER BY version")
+        for stmt in transform(_SCHEMA_MIGRATIONS, self.ddl):
+            c.command(stmt)
         done = {row[0] for row in c.query("SELECT version FROM schema_migrations").result_rows}
         applied = []
         for version, sql in MIGRATIONS:
             if version in done:
                 continue
-            c.command(sql)
+            for stmt in transform(sql, self.ddl):
+                c.command(stmt)
             c.insert("schema_migrations", [[version, datetime.now(UTC)]], column_names=["version", "applied_at"])
             applied.append(version)
             log.info("migration_applied", version=version)
+        for table, stmt in zip(sorted(self.ddl.ttl_days), ttl_statements(self.ddl), strict=True):
+            local = table + (self.ddl.local_suffix if self.ddl.cluster else "")
+            current = c.query("SELECT create_table_query FROM system.tables WHERE database = currentDatabase() "
+                              "AND name = {t:String}", parameters={"t": local}).result_rows
+            if not current or f"toIntervalDay({self.ddl.ttl_days[table]})" not in current[0][0]:
+                c.command(stmt)  # only when it changes: MODIFY TTL rewrites the table's parts
+                log.info("ttl_set", table=table, days=self.ddl.ttl_days[table])
         return applied
 
     # -------------------------------------------------------------- writes
