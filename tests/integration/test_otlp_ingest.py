@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import Status, StatusCode
 
 from flyball.control_plane.app import Deps, create_app
-from flyball.control_plane.auth import KeyRing, Principal, Role
+from flyball.control_plane.auth import KeyRing, Role
 from flyball.control_plane.otlp import JSON, OtlpOptions, decode_request
 from flyball.control_plane.policy import DEFAULT_POLICIES
 from flyball.control_plane.receiver import OtlpReceiver
