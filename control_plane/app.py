@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 
-from .api import admin, finance, otlp, sre
+from .api import admin, finance, kpis, otlp, slos, sre
 from .api.deps import Auth, Deps
 from .auth import Principal
 from .metrics import registry_of
@@ -41,6 +41,6 @@ def create_app(deps: Deps) -> FastAPI:
     async def metrics(_: Annotated[Principal, Depends(auth.any_key())]) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
-    for module in (finance, sre, admin, otlp):
+    for module in (finance, sre, admin, otlp, slos, kpis):
         module.register(app, deps, auth)
     return app

@@ -17,6 +17,8 @@ from .directives import ControlLoop
 from .notify import WebhookNotifier
 from .policy import SHIPPED_POLICIES_TEXT, Policies
 from .settings import Settings
+from .slo import SHIPPED_SLOS_TEXT, SLOs
+from .slo_live import AlertPublisher, SLOMonitor, SLORegistry
 from .state import AlertMarks, ControlState, PolicyRegistry
 
 log = structlog.get_logger(__name__)
@@ -31,6 +33,10 @@ class ControlPlane:
     registry: PolicyRegistry
     limiter: RateLimiter
     notifier: WebhookNotifier | None = None
+    slos: SLORegistry | None = None  # the SLOs in force (versioned, audited)
+    slo_monitor: SLOMonitor | None = None  # slo_burn alerts from the slo_minute rollup
+    slo_publisher: AlertPublisher | None = None
+    _slo_task: asyncio.Task[None] | None = None
 
     def policies(self) -> Policies:
         return self.registry.current
@@ -42,8 +48,15 @@ class ControlPlane:
         if self.notifier is not None:
             await self.notifier.start()
         await self.loop.start()
+        if self.slo_monitor is not None:
+            self._slo_task = asyncio.create_task(self.slo_monitor.run(), name="slo-monitor")
 
     async def stop(self) -> None:
+        if self._slo_task is not None:
+            self._slo_task.cancel()
+            await asyncio.gather(self._slo_task, return_exceptions=True)
+        if self.slo_publisher is not None:
+            await self.slo_publisher.stop()
         await self.loop.stop()
         if self.notifier is not None:
             await self.notifier.stop()
@@ -84,11 +97,18 @@ async def build_control_plane(settings: Settings, *, bootstrap: str, store: Any,
                                             "WHERE ts > now() - INTERVAL 15 MINUTE GROUP BY tenant_id", {})
         return {tenant: float(n) for tenant, n in rows}
 
+    slos = SLORegistry(state, SLOs(slos=()))
+    slo_path: Path | None = settings.slos_file
+    slo_text = await asyncio.to_thread(slo_path.read_text) if slo_path else SHIPPED_SLOS_TEXT
+    await slos.bootstrap(slo_text, source=str(slo_path) if slo_path else "flyball built-in SLOs", now=now)
+    publisher = AlertPublisher(store, bootstrap)
+    monitor = SLOMonitor(store, slos=lambda: slos.current, publish=publisher, interval_s=settings.slo_eval_interval_s)
+
     loop = ControlLoop(bootstrap=bootstrap, audit=store, policies=registry.current, group_id=settings.control_group,
                        session_timeout_ms=settings.session_timeout_ms, notifier=notifier, traffic=traffic)
     log.info("control_plane_built", policies_version=registry.current.version, keys=len(keys.records()),
              webhooks=len(settings.webhooks))
     return ControlPlane(loop=loop, state=state, keys=keys, marks=marks, registry=registry,
                         limiter=RateLimiter(per_minute=settings.write_rate_per_min, burst=settings.write_burst),
-                        notifier=notifier)
+                        notifier=notifier, slos=slos, slo_monitor=monitor, slo_publisher=publisher)
 

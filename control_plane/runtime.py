@@ -209,7 +209,7 @@ class System:
         extra: dict[str, Any] = {}
         if plane is not None:
             extra = {"state": plane.state, "marks": plane.marks, "limiter": plane.limiter,
-                     "set_policies": plane.set_policies}
+                     "set_policies": plane.set_policies, "slos": plane.slos}
         return Deps(
             store=self.store, control=control, keys=keys, prices=lambda: self.book, finance=self.finance, otlp=otlp,
             **extra,

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     clickhouse_cluster: str | None = None
     clickhouse_ttl_days: dict[str, int] = Field(default_factory=dict)
     metrics_port: int = 0  # a worker without the API serves /metrics on this port (0: none)
+    # SLOs: the objectives file (unset: control_plane/slos.yaml) and how often burn rates are evaluated
+    slos_file: Path | None = None
+    slo_eval_interval_s: float = 60.0
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
 

@@ -26,6 +26,7 @@ class AlertKind(StrEnum):
     RETRIEVAL_FAILURE = "retrieval_failure"
     BUDGET_THRESHOLD = "budget_threshold"
     UNPRICED_MODEL = "unpriced_model"
+    SLO_BURN = "slo_burn"
 
 
 SCOPE_FIELDS = ("tenant_id", "feature", "provider", "model", "tool_name", "category", "index_name", "request_id")
@@ -81,6 +82,9 @@ class Alert(BaseModel):
     opened_at: AwareDatetime | None = None  # event time at which the evidence first crossed the threshold
     sample_event_ids: list[str] = Field(default_factory=list, max_length=10)
     summary: str = ""
+    # kind-specific evidence as exact text (slo_burn: burn rates per window, error budget consumed
+    # and remaining); None for kinds that carry everything in the fields above
+    details: dict[str, str] | None = None
 
     def key(self) -> str:
         return f"{self.kind}|{self.scope.key()}"

@@ -31,6 +31,7 @@ EVENT_COLUMNS = (
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "latency_ms", "status",
     "tool_name", "category", "index_name", "cost_usd", "price_version", "unpriced",
     "service_tier", "cache_write_1h_tokens", "prompt_version", "late", "cache_write_12h_tokens",
+    "ttft_ms", "stream", "error_type", "score", "target_event_id", "outcome",
 )
 
 
@@ -147,10 +148,13 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
            one_hour: int) -> tuple[Any, ...]:
     """The ``events`` row of one event (columns in ``EVENT_COLUMNS`` order); ``tier`` and
     ``one_hour`` are the service tier and 1-hour cache writes pricing read (``price_event``)."""
-    provider = model = status = tool = category = index = prompt_version = ""
+    provider = model = status = tool = category = index = prompt_version = error_type = target = ""
     tokens = (0, 0, 0, 0, 0)
     twelve_hours = 0
     latency = 0.0
+    ttft: float | None = None
+    score: float | None = None
+    stream = 0
     kind = event.event_type  # a pydantic model or its fast mirror (decode.py): same attributes
     if kind == "llm_call":
         e: LLMCall = event  # type: ignore[assignment]
@@ -158,15 +162,23 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
         tokens = (e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens)
         twelve_hours = min(e.cache_write_12h_tokens, e.cache_write_tokens - one_hour)
         prompt_version = e.prompt_version or str(e.attributes.get("prompt_version", "")) if e.attributes else e.prompt_version
+        ttft, stream, error_type = e.ttft_ms, 1 if e.stream else 0, e.error_type
     elif kind == "tool_call":
         tool, status, latency = event.tool_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
+        error_type = event.error_type  # type: ignore[attr-defined]
     elif kind == "safety_trigger":
         category, status = event.category, event.action  # type: ignore[attr-defined]
     elif kind == "retrieval":
         index, status, latency = event.index_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
+        error_type = event.error_type  # type: ignore[attr-defined]
+    elif kind == "feedback":
+        score, target = event.score, event.target_event_id  # type: ignore[attr-defined]
+    # an explicit outcome of the request (see docs/KPIS.md), on any event kind
+    outcome = event.attributes.get("outcome", "") if event.attributes else ""
     return (
         event.event_id, event.ts, event.event_type, event.tenant_id, event.feature, event.service,
         event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
         status, tool, category, index, cost, version, 1 if cost is None else 0,
         tier, one_hour, prompt_version, 1 if late else 0, twelve_hours,
+        ttft, stream, error_type, score, target, outcome if isinstance(outcome, str) else str(outcome),
     )

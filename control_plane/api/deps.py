@@ -37,6 +37,7 @@ class Deps:
     set_policies: Callable[[Policies, str, str], Awaitable[Policies]] | None = None
     finance: Any = None  # control_plane.finance.Finance: price changes, budgets, reprice (None: built from store)
     otlp: Any = None  # control_plane.receiver.OtlpReceiver: POST /v1/traces (None: 503)
+    slos: Any = None  # control_plane.slo_live.SLORegistry (None: built from store with the shipped SLOs)
 
     async def query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         return await self.store.run(self.store.query, sql, params)

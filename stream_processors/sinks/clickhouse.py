@@ -263,6 +263,43 @@ MIGRATIONS: list[tuple[int, str]] = [
     SELECT toStartOfMinute(ts) AS minute, tenant_id, feature, category, status AS action, count() AS triggers
     FROM events FINAL WHERE event_type = 'safety_trigger'
     GROUP BY minute, tenant_id, feature, category, action
+    """),    # 40-49: SLOs and KPIs. The event fields the SLIs and KPIs read (streamed calls' time to first
+    # token, error class, feedback score and target, an explicit request outcome).
+    (40, """
+    ALTER TABLE events
+        ADD COLUMN IF NOT EXISTS ttft_ms Nullable(Float64),
+        ADD COLUMN IF NOT EXISTS stream UInt8 DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS error_type LowCardinality(String) DEFAULT '',
+        ADD COLUMN IF NOT EXISTS score Nullable(Float64),
+        ADD COLUMN IF NOT EXISTS target_event_id String DEFAULT '',
+        ADD COLUMN IF NOT EXISTS outcome LowCardinality(String) DEFAULT ''
+    """),
+    (41, """
+    CREATE TABLE IF NOT EXISTS slo_versions (
+        version UInt32,
+        at DateTime64(3, 'UTC'),
+        actor String,
+        source String,
+        sha256 String,
+        body String
+    ) ENGINE = MergeTree
+    ORDER BY (version, at)
+    """),
+    # good/bad calls per SLO, subject and minute, recomputed from events FINAL (so a re-inserted
+    # batch counts once) for the minutes that received rows, like spend_minute
+    (42, """
+    CREATE TABLE IF NOT EXISTS slo_minute (
+        slo_id LowCardinality(String),
+        slo_version UInt32,
+        feature LowCardinality(String),
+        tenant_id LowCardinality(String),
+        minute DateTime('UTC'),
+        total UInt64,
+        bad UInt64,
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(minute)
+    ORDER BY (slo_id, feature, tenant_id, minute)
     """),
     # finance: OpenAI's 12-hour cache writes have their own rate (the 1-hour ones are column 10's)
     (26, "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_write_12h_tokens UInt64 DEFAULT 0"),

@@ -1,0 +1,406 @@
+"""The KPI report's figures: one ClickHouse query per figure family, and pure assembly.
+
+Each ``*_sql`` function returns the query that ``docs/KPIS.md`` documents next to the figure
+it produces; ``kpis`` runs them through a ``query`` callable (the store's, on its thread) and
+``assemble`` turns the rows into the answer. Money is Decimal throughout and leaves as exact
+decimal text; ratios are floats rounded to 6 places. Every event counts once: the queries read
+``events FINAL`` (the ReplacingMergeTree keyed by event id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+import orjson
+
+from flyball.schemas.events import CallStatus
+from flyball.stream_processors.budgets import Period
+from flyball.stream_processors.forecast import MICRO, forecast
+from flyball.stream_processors.pricing import PriceBook
+
+from .slo import SLO, SLOs, budget_consumed
+from .slo_sql import sli_conditions
+
+Query = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
+GROUP_BY = ("feature", "tenant_id")
+FAILURE_CLASSES = tuple(s.value for s in CallStatus if s != CallStatus.OK)
+MITIGATIONS = ("applied", "approved")  # decisions that put a directive in force
+PER_OUTCOME = Decimal("0.000000000001")
+FINAL = " SETTINGS do_not_merge_across_partitions_select_final = 1"
+ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    start: datetime
+    end: datetime
+    group_by: str | None = None
+    tenant_id: str | None = None  # a tenant-bound key's tenant (or a filter)
+
+    def where(self, *extra: str, ts: str = "ts") -> tuple[str, dict[str, Any]]:
+        parts = [f"{ts} >= {{start:DateTime64(3, 'UTC')}}", f"{ts} < {{end:DateTime64(3, 'UTC')}}", *extra]
+        params: dict[str, Any] = {"start": self.start, "end": self.end}
+        if self.tenant_id is not None:
+            parts.append("tenant_id = {tenant:String}")
+            params["tenant"] = self.tenant_id
+        return " AND ".join(parts), params
+
+    @property
+    def g(self) -> str:
+        return self.group_by if self.group_by else f"'{ALL}'"
+
+
+# ------------------------------------------------------------------ queries
+def calls_sql(p: Span) -> tuple[str, dict[str, Any]]:
+    """Calls, failures by class, spend, cache tokens, p95 latency (successful calls) and p95 TTFT
+    (successful streamed calls that reported one), per group."""
+    where, params = p.where("event_type = 'llm_call'")
+    classes = ", ".join(f"countIf(status = '{c}')" for c in FAILURE_CLASSES)
+    sql = (f"SELECT {p.g} AS g, count(), {classes}, toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))), "
+           "countIf(unpriced = 1), sum(input_tokens), sum(cache_read_tokens), "
+           "countIf(status = 'ok'), quantileExactInclusiveIf(0.95)(latency_ms, status = 'ok'), "
+           "countIf(status = 'ok' AND stream = 1 AND isNotNull(ttft_ms)), "
+           "quantileExactInclusiveIf(0.95)(ifNull(ttft_ms, 0), status = 'ok' AND stream = 1 AND isNotNull(ttft_ms)) "
+           f"FROM events FINAL WHERE {where} GROUP BY g ORDER BY g{FINAL}")
+    return sql, params
+
+
+def cache_sql(p: Span) -> tuple[str, dict[str, Any]]:
+    """Tokens read from a provider's prompt cache per model (for the dollars saved)."""
+    where, params = p.where("event_type = 'llm_call'", "cache_read_tokens > 0")
+    return (f"SELECT {p.g} AS g, provider, model, sum(cache_read_tokens) FROM events FINAL WHERE {where} "
+            f"GROUP BY g, provider, model ORDER BY g, provider, model{FINAL}", params)
+
+
+def safety_sql(p: Span) -> tuple[str, dict[str, Any]]:
+    where, params = p.where("event_type = 'safety_trigger'")
+    return (f"SELECT {p.g} AS g, category, count() FROM events FINAL WHERE {where} "
+            f"GROUP BY g, category ORDER BY g, category{FINAL}", params)
+
+
+def outcomes_sql(p: Span) -> tuple[str, dict[str, Any]]:
+    """Requests (``request_id``; a call without one is its own request) and the successful ones:
+    an explicit ``outcome`` (latest of success/failure) decides; otherwise at least one call
+    with status ok and no negative feedback (score < 0) on the request or on one of its calls."""
+    where, params = p.where("event_type = 'llm_call'")
+    key = "cityHash64(if(request_id != '', request_id, toString(event_id)))"
+    fb, _ = p.where("event_type = 'feedback'", "score < 0")
+    ex, _ = p.where("outcome IN ('success', 'failure')")
+    group = "r.feature" if p.group_by == "feature" else ("r.tenant_id" if p.group_by == "tenant_id" else f"'{ALL}'")
+    sql = (
+        f"SELECT {group} AS g, count(), countIf(if(x.last_outcome != '', x.last_outcome = 'success', r.any_ok AND n.neg = 0)) "
+        f"FROM (SELECT tenant_id, {key} AS k, argMin(feature, ts) AS feature, max(status = 'ok') AS any_ok "
+        f"      FROM events FINAL WHERE {where} GROUP BY tenant_id, k) AS r "
+        "LEFT JOIN (SELECT DISTINCT tenant_id, k, 1 AS neg FROM ("
+        f"      SELECT tenant_id, cityHash64(request_id) AS k FROM events FINAL WHERE {fb} AND request_id != '' "
+        f"      UNION ALL SELECT tenant_id, {key} AS k FROM events FINAL WHERE {where} AND event_id IN ("
+        f"          SELECT toUUID(target_event_id) FROM events FINAL WHERE {fb} AND target_event_id != ''))) AS n "
+        "  ON r.tenant_id = n.tenant_id AND r.k = n.k "
+        f"LEFT JOIN (SELECT tenant_id, {key} AS k, argMax(outcome, ts) AS last_outcome FROM events FINAL WHERE {ex} "
+        "      GROUP BY tenant_id, k) AS x ON r.tenant_id = x.tenant_id AND r.k = x.k "
+        "GROUP BY g ORDER BY g SETTINGS join_use_nulls = 0")
+    return sql, params
+
+
+def slo_sql(p: Span, slos: Sequence[SLO]) -> tuple[str, dict[str, Any]]:
+    """Eligible and bad calls of every SLO per (feature, tenant), in one scan."""
+    where, params = p.where("event_type = 'llm_call'")
+    cols = []
+    for i, slo in enumerate(slos):
+        eligible, bad, extra = sli_conditions(slo, prefix=f"s{i}_")
+        params |= extra
+        cols += [f"countIf({eligible})", f"countIf(({eligible}) AND ({bad}))"]
+    sql = (f"SELECT feature, tenant_id, {', '.join(cols) or '0'} FROM events FINAL WHERE {where} "
+           f"GROUP BY feature, tenant_id ORDER BY feature, tenant_id{FINAL}")
+    return sql, params
+
+
+def daily_spend_sql(p: Span, since: datetime) -> tuple[str, dict[str, Any]]:
+    """Spend per group and UTC day in [since, start): the history the forecast is made from."""
+    where, params = Span(since, p.start, p.group_by, p.tenant_id).where("event_type = 'llm_call'")
+    return (f"SELECT {p.g} AS g, toDate(ts) AS day, toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))) "
+            f"FROM events FINAL WHERE {where} GROUP BY g, day ORDER BY g, day{FINAL}", params)
+
+
+def alerts_sql(p: Span) -> tuple[str, dict[str, Any]]:
+    """The latest version of every alert that overlaps the period (opened in it: filtered in Python
+    on ``opened_at``, else ``first_seen``)."""
+    params: dict[str, Any] = {"start": p.start, "end": p.end}
+    where = "last_seen >= {start:DateTime64(3, 'UTC')} AND first_seen < {end:DateTime64(3, 'UTC')}"
+    if p.tenant_id is not None:
+        where += " AND JSONExtractString(scope, 'tenant_id') = {tenant:String}"
+        params["tenant"] = p.tenant_id
+    return f"SELECT body FROM alerts FINAL WHERE {where} ORDER BY first_seen, alert_id", params
+
+
+def mitigations_sql(alert_ids: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    return ("SELECT alert_id, min(at) FROM actions WHERE alert_id IN {ids:Array(String)} "
+            f"AND decision IN {{decisions:Array(String)}} GROUP BY alert_id",
+            {"ids": list(alert_ids), "decisions": list(MITIGATIONS)})
+
+
+# ------------------------------------------------------------------ assembly
+def ratio(num: float | int | Decimal, den: float | int | Decimal) -> float | None:
+    return round(float(num) / float(den), 6) if den else None
+
+
+def money(d: Decimal) -> str:
+    text = format(d, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass
+class Group:
+    key: str
+    calls: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    cost: Decimal = Decimal(0)
+    unpriced_calls: int = 0
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    ok_calls: int = 0
+    p95_latency_ms: float | None = None
+    streamed_ok: int = 0
+    p95_ttft_ms: float | None = None
+    saved: Decimal = Decimal(0)
+    unpriced_cache_tokens: int = 0
+    safety: dict[str, int] = field(default_factory=dict)
+    outcomes: int = 0
+    successes: int = 0
+    forecast: Decimal | None = None
+    slo: list[dict[str, Any]] = field(default_factory=list)
+    incidents: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        per_outcome = (self.cost / self.successes).quantize(PER_OUTCOME, ROUND_HALF_EVEN) if self.successes else None
+        variance = self.cost - self.forecast if self.forecast is not None else None
+        failed = sum(self.failures.values())
+        return {
+            "key": self.key, "calls": self.calls,
+            "error_rate": ratio(failed, self.calls),
+            "errors": {c: {"calls": n, "rate": ratio(n, self.calls)} for c, n in sorted(self.failures.items()) if n},
+            "p95_latency_ms": self.p95_latency_ms, "p95_ttft_ms": self.p95_ttft_ms,
+            "cost_usd": money(self.cost), "unpriced_calls": self.unpriced_calls,
+            "outcomes": self.outcomes, "successful_outcomes": self.successes,
+            "cost_per_successful_outcome_usd": money(per_outcome) if per_outcome is not None else None,
+            "forecast_usd": money(self.forecast) if self.forecast is not None else None,
+            "spend_variance_usd": money(variance) if variance is not None else None,
+            "spend_variance_ratio": ratio(variance, self.forecast) if variance is not None and self.forecast else None,
+            "cache": {"input_tokens": self.input_tokens, "cache_read_tokens": self.cache_read_tokens,
+                      "hit_rate": ratio(self.cache_read_tokens, self.input_tokens),
+                      "saved_usd": money(self.saved), "unpriced_cache_read_tokens": self.unpriced_cache_tokens},
+            "safety": {c: {"triggers": n, "per_1000_calls": ratio(n * 1000, self.calls)}
+                       for c, n in sorted(self.safety.items())},
+            "slo": self.slo,
+            "incidents": self.incidents,
+        }
+
+
+def cache_saving(book: PriceBook, provider: str, model: str, tokens: int, at: datetime) -> Decimal | None:
+    """Dollars a cached read saved against fresh input at the list price in force at ``at``
+    (standard tier, base rates); None when the model has no price."""
+    entry = book.lookup(provider, model, at)
+    if entry is None:
+        return None
+    rates = entry.rates
+    read = rates.cache_read if rates.cache_read is not None else rates.input
+    return tokens * (rates.input - read)
+
+
+def slo_rows(slos: Sequence[SLO], rows: Iterable[Sequence[Any]], *, group_by: str | None,
+             tenant_id: str | None) -> dict[str, list[dict[str, Any]]]:
+    """Attainment per SLO and objective, keyed by report group. Per feature: each objective of
+    that feature; per tenant: each SLO over that tenant's calls (its features pooled)."""
+    acc: dict[tuple[str, str, str, str], list[int]] = {}
+    for row in rows:
+        feature, tenant = row[0], row[1]
+        for i, slo in enumerate(slos):
+            eligible, bad = int(row[2 + 2 * i]), int(row[3 + 2 * i])
+            if not eligible or not slo.applies(feature, tenant):
+                continue
+            if group_by == "tenant_id":
+                group, subject_feature, subject_tenant = tenant, slo.feature, tenant
+            else:
+                subject_feature = feature
+                subject_tenant = tenant if slo.tenant_id is not None else (tenant_id or "")
+                group = feature if group_by == "feature" else ALL
+            key = (group, slo.slo_id, subject_feature, subject_tenant)
+            c = acc.setdefault(key, [0, 0])
+            c[0] += eligible
+            c[1] += bad
+    by_id = {s.slo_id: s for s in slos}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (group, slo_id, feature, tenant), (eligible, bad) in sorted(acc.items()):
+        slo = by_id[slo_id]
+        attained = Decimal(eligible - bad) / Decimal(eligible)
+        consumed = budget_consumed(_Counts(eligible, bad), slo.budget)
+        out.setdefault(group, []).append({
+            "slo_id": slo_id, "slo_version": slo.version, "kind": str(slo.kind), "feature": feature,
+            "tenant_id": tenant or None, "target": slo.target, "eligible_calls": eligible, "bad_calls": bad,
+            "attainment": round(float(attained), 6), "met": attained >= Decimal(repr(slo.target)),
+            "error_budget_remaining": round(float(1 - consumed), 6),
+        })
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Counts:
+    total: int
+    bad: int
+
+
+def incidents(alerts: Iterable[dict[str, Any]], mitigated: Mapping[str, datetime], *, start: datetime,
+              end: datetime, group_by: str | None) -> tuple[dict[str, dict[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """MTTD (incident start = the alert's ``first_seen``, the start of its evidence window, to its
+    ``opened_at``), time to mitigation (open to the first directive applied or approved for it)
+    and MTTR (open to the ``last_seen`` of its resolved version), per group and alert kind; and
+    the alerts opened in the period, for the report's timelines."""
+    acc: dict[str, dict[str, dict[str, list[float]]]] = {}
+    listed = []
+    for a in alerts:
+        first = _utc(a["first_seen"])
+        opened = _utc(a["opened_at"]) if a.get("opened_at") else first
+        if not start <= opened < end:
+            continue
+        scope = a.get("scope") or {}
+        group = ALL if not group_by else (scope.get(group_by) or "")
+        kind = a["kind"]
+        slot = acc.setdefault(group, {}).setdefault(kind, {"detect": [], "mitigate": [], "resolve": [], "n": []})
+        slot["n"].append(1)
+        slot["detect"].append(max(0.0, (opened - first).total_seconds()))
+        mit = mitigated.get(a["alert_id"])
+        if mit is not None:
+            slot["mitigate"].append(max(0.0, (_utc(mit) - opened).total_seconds()))
+        resolved = _utc(a["last_seen"]) if a.get("status") == "resolved" else None
+        if resolved is not None:
+            slot["resolve"].append(max(0.0, (resolved - opened).total_seconds()))
+        listed.append({**a, "_opened": opened, "_mitigated": _utc(mit) if mit else None, "_resolved": resolved})
+
+    def mean(xs: list[float]) -> float | None:
+        return round(sum(xs) / len(xs), 3) if xs else None
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for group, kinds in acc.items():
+        for kind, s in sorted(kinds.items()):
+            out.setdefault(group, {})[kind] = {
+                "alerts": len(s["n"]), "mttd_s": mean(s["detect"]), "mitigated": len(s["mitigate"]),
+                "time_to_mitigation_s": mean(s["mitigate"]), "resolved": len(s["resolve"]), "mttr_s": mean(s["resolve"]),
+            }
+    return out, listed
+
+
+def forecast_start(p: Span) -> datetime:
+    """The history the forecast made at the period's start reads: the month containing the instant
+    before the start, up to the start (the previous month, for a report on a whole month)."""
+    before = p.start - timedelta(microseconds=1)
+    return datetime(before.year, before.month, 1, tzinfo=UTC)
+
+
+def forecast_for(daily: Mapping[date, Decimal], p: Span) -> Decimal | None:
+    """The spend expected over the period, as forecast at its start: the forecast core's fitted
+    daily rate (median / Theil-Sen over the complete days before the start) times the period's
+    days; None without any spend history to forecast from."""
+    if not daily:
+        return None
+    f = forecast(daily, period=Period.MONTHLY, now=p.start - timedelta(microseconds=1))
+    days = Decimal((p.end - p.start).total_seconds()) / Decimal(86400)
+    return (f.daily_rate * days).quantize(MICRO)
+
+
+def kpis(query: Query, p: Span, *, slos: SLOs, book: PriceBook) -> dict[str, Any]:
+    """Run every KPI query for the period and assemble the answer (see docs/KPIS.md)."""
+    groups: dict[str, Group] = {}
+
+    def group(key: Any) -> Group:
+        k = str(key)
+        if k not in groups:
+            groups[k] = Group(k)
+        return groups[k]
+
+    n = len(FAILURE_CLASSES)
+    for row in query(*calls_sql(p)):
+        g = group(row[0])
+        g.calls = int(row[1])
+        g.failures = {c: int(v) for c, v in zip(FAILURE_CLASSES, row[2:2 + n], strict=True)}
+        rest = row[2 + n:]
+        g.cost, g.unpriced_calls = Decimal(rest[0]), int(rest[1])
+        g.input_tokens, g.cache_read_tokens, g.ok_calls = int(rest[2]), int(rest[3]), int(rest[4])
+        g.p95_latency_ms = round(float(rest[5]), 3) if g.ok_calls else None
+        g.streamed_ok = int(rest[6])
+        g.p95_ttft_ms = round(float(rest[7]), 3) if g.streamed_ok else None
+    price_at = p.end - timedelta(milliseconds=1)
+    for key, provider, model, tokens in query(*cache_sql(p)):
+        g = group(key)
+        saved = cache_saving(book, provider, model, int(tokens), price_at)
+        if saved is None:
+            g.unpriced_cache_tokens += int(tokens)
+        else:
+            g.saved += saved
+    for key, category, count in query(*safety_sql(p)):
+        group(key).safety[category] = int(count)
+    for key, outcomes, successes in query(*outcomes_sql(p)):
+        g = group(key)
+        g.outcomes, g.successes = int(outcomes), int(successes)
+    daily: dict[str, dict[date, Decimal]] = {}
+    for key, day, cost in query(*daily_spend_sql(p, forecast_start(p))):
+        daily.setdefault(str(key), {})[day if isinstance(day, date) else date.fromisoformat(str(day))] = Decimal(cost)
+    for key, g in groups.items():
+        g.forecast = forecast_for(daily.get(key, {}), p)
+    slo_list = [s for s in slos.slos if p.tenant_id is None or s.tenant_id in (None, "*", p.tenant_id)]
+    if slo_list:
+        for key, items in slo_rows(slo_list, query(*slo_sql(p, slo_list)), group_by=p.group_by,
+                                   tenant_id=p.tenant_id).items():
+            group(key).slo = items
+    alerts = [orjson.loads(body) for (body,) in query(*alerts_sql(p))]
+    mitigated: dict[str, datetime] = {}
+    if alerts:
+        mitigated = {a: _utc(at) for a, at in query(*mitigations_sql([a["alert_id"] for a in alerts]))}
+    by_group, listed = incidents(alerts, mitigated, start=p.start, end=p.end, group_by=p.group_by)
+    for key, kinds in by_group.items():
+        group(key).incidents = kinds
+    return {
+        "from": p.start.isoformat(), "to": p.end.isoformat(), "group_by": p.group_by, "tenant_id": p.tenant_id,
+        "currency": "USD", "slos_version": slos.version,
+        "groups": [groups[k].as_json() for k in sorted(groups)],
+        "_incidents": listed,
+    }
+
+
+CSV_HEADER = ["group", "kpi", "dimension", "value"]
+
+
+def csv_rows(answer: Mapping[str, Any]) -> list[list[Any]]:
+    """The answer in long form: one (group, kpi, dimension, value) row per figure."""
+    out: list[list[Any]] = []
+    for g in answer["groups"]:
+        key = g["key"]
+        for name in ("calls", "error_rate", "p95_latency_ms", "p95_ttft_ms", "cost_usd", "unpriced_calls", "outcomes",
+                     "successful_outcomes", "cost_per_successful_outcome_usd", "forecast_usd", "spend_variance_usd",
+                     "spend_variance_ratio"):
+            out.append([key, name, "", g[name]])
+        for cls, v in g["errors"].items():
+            out.append([key, "error_rate_by_class", cls, v["rate"]])
+        for name, v in g["cache"].items():
+            out.append([key, f"cache_{name}", "", v])
+        for cat, v in g["safety"].items():
+            out.append([key, "safety_per_1000_calls", cat, v["per_1000_calls"]])
+        for s in g["slo"]:
+            dim = f"{s['slo_id']}|feature={s['feature']}" + (f"|tenant_id={s['tenant_id']}" if s["tenant_id"] else "")
+            out.append([key, "slo_attainment", dim, s["attainment"]])
+            out.append([key, "slo_error_budget_remaining", dim, s["error_budget_remaining"]])
+        for kind, v in g["incidents"].items():
+            for name in ("alerts", "mttd_s", "time_to_mitigation_s", "mttr_s"):
+                out.append([key, name, kind, v[name]])
+    return out

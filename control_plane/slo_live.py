@@ -1,0 +1,276 @@
+"""SLOs live: the versioned, audited SLO set, the ``slo_minute`` rollup, and the monitor that
+evaluates burn rates every minute and publishes ``slo_burn`` alerts. Wiring around ``slo.py``.
+
+Where it runs: in the control plane, not in the worker. An objective such as "every feature,
+all tenants" spans every Kafka partition (events are keyed by tenant), so no single worker
+replica sees all of its calls, while ClickHouse does; and the control plane already owns the
+other versioned, audited settings. The monitor writes its alerts to the ``alerts`` table and to
+``flyball.alerts.v1`` exactly as the worker's detectors do, so they go through the policies,
+notifications and audit like every other alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from flyball.schemas import Alert, AlertKind
+
+from .slo import (
+    LONGEST,
+    SLO,
+    SLOs,
+    Burn,
+    Counts,
+    Subject,
+    by_scope,
+    dump_slos,
+    evaluate,
+    floor_minute,
+    incident_start,
+    load_slos,
+    parse_slos,
+    revise,
+    transition,
+    window_counts,
+)
+from .slo_sql import sli_conditions
+from .state import ControlState, sha256, utc
+
+log = structlog.get_logger(__name__)
+VERSION_COLUMNS = ["version", "at", "actor", "source", "sha256", "body"]
+
+
+@dataclass(frozen=True, slots=True)
+class SLOVersion:
+    version: int
+    at: datetime
+    actor: str
+    source: str
+    sha256: str
+    body: str
+
+
+class SLORegistry:
+    """The SLOs in force, versioned in ``slo_versions`` and audited in ``actions`` (decision
+    ``slos_updated``). Like the policies: the file (or the shipped defaults) is in force at start
+    unless it is unchanged since it was last loaded, in which case the latest stored version
+    (perhaps a ``PUT /v1/slos``) stays in force."""
+
+    def __init__(self, state: ControlState, current: SLOs) -> None:
+        self.state = state
+        self.current = current
+
+    async def versions(self, limit: int = 100) -> list[SLOVersion]:
+        rows = await self.state.store.run(self.state.store.query,
+                                          "SELECT version, at, actor, source, sha256, body FROM slo_versions "
+                                          "ORDER BY version DESC, at DESC LIMIT {limit:UInt32}", {"limit": limit})
+        return [SLOVersion(int(v), utc(at) or at, actor, source, digest, body) for v, at, actor, source, digest, body in rows]
+
+    async def bootstrap(self, text: str, *, source: str, now: datetime) -> SLOs:
+        versions = await self.versions(limit=500)
+        digest = sha256(text)
+        last_file = next((v for v in versions if v.actor.startswith("file:")), None)
+        if versions and last_file is not None and last_file.sha256 == digest:
+            self.current = parse_slos(json.loads(versions[0].body))
+        else:
+            loaded = load_slos(text)
+            if versions:
+                loaded = revise(parse_slos(json.loads(versions[0].body)), loaded)
+            await self._save(loaded, actor=f"file:{source}", source=source, digest=digest, now=now, before=None,
+                             reason=f"loaded from {source}")
+        return self.current
+
+    async def put(self, new: SLOs, *, actor: str, text: str, now: datetime) -> SLOs:
+        await self._save(revise(self.current, new), actor=actor, source="api", digest=sha256(text), now=now,
+                         before=self.current, reason="SLOs replaced through the API")
+        return self.current
+
+    async def _save(self, slos: SLOs, *, actor: str, source: str, digest: str, now: datetime, before: SLOs | None,
+                    reason: str) -> None:
+        body = json.dumps(dump_slos(slos))
+        store = self.state.store
+        await store.run(store.insert, "slo_versions", [[slos.version, now, actor, source, digest, body]],
+                        VERSION_COLUMNS)
+        row = (str(uuid.uuid4()), now, "slos_updated", "", "", "", "", f"slos@v{slos.version}", actor, reason,
+               json.dumps(dump_slos(before)) if before else "", body, "")
+        await store.run(store.write_actions, [row])  # the change is in force once stored, then audited
+        self.current = slos
+
+
+# ------------------------------------------------------------------ the rollup
+def refresh_sql(slo: SLO) -> tuple[str, dict[str, Any]]:
+    """Recompute ``slo_minute`` rows of one SLO for the minutes in ``[lo, hi)`` that got rows
+    ingested since ``since`` (every minute of the range when ``since`` is the epoch)."""
+    eligible, bad, params = sli_conditions(slo)
+    tenant = "''" if slo.tenant_id is None else "tenant_id"
+    sql = (
+        "INSERT INTO slo_minute SELECT {slo_id:String}, {slo_version:UInt32}, feature, "
+        f"{tenant} AS subject_tenant, toStartOfMinute(ts) AS minute, countIf({eligible}) AS total, "
+        f"countIf(({eligible}) AND ({bad})), now64(3) FROM events FINAL "
+        "WHERE event_type = 'llm_call' AND ts >= {lo:DateTime64(3, 'UTC')} AND ts < {hi:DateTime64(3, 'UTC')} "
+        "AND toStartOfMinute(ts) IN (SELECT DISTINCT toStartOfMinute(ts) FROM events "
+        "    WHERE ingested_at >= {since:DateTime64(3, 'UTC')} AND event_type = 'llm_call' "
+        "    AND ts >= {lo:DateTime64(3, 'UTC')}) "
+        "GROUP BY feature, subject_tenant, minute HAVING total > 0")
+    return sql, params | {"slo_id": slo.slo_id, "slo_version": slo.version}
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class SLORollup:
+    """Keeps ``slo_minute`` current for the SLOs in force: a full backfill of an SLO's window the
+    first time a version is seen, then only the minutes that received rows since the last pass
+    (recomputed from ``events FINAL``, so duplicates and re-inserts count once)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._since: dict[str, datetime] = {}
+
+    def refresh(self, slos: SLOs, *, now: datetime) -> None:
+        """Synchronous: call on a worker thread (it uses ``store.call``)."""
+        for slo in slos.slos:
+            started = datetime.now(UTC)
+            since = self._since.get(slo.ref)
+            if since is None:
+                rows = self.store.call(self.store.query,
+                                       "SELECT count(), max(computed_at) FROM slo_minute WHERE slo_id = {i:String} "
+                                       "AND slo_version = {v:UInt32}", {"i": slo.slo_id, "v": slo.version})
+                since = utc(rows[0][1]) - timedelta(seconds=10) if rows and rows[0][0] else EPOCH
+            sql, params = refresh_sql(slo)
+            params |= {"lo": floor_minute(now) - max(slo.window, LONGEST), "hi": now + timedelta(days=1),
+                       "since": since}
+            self.store.call(self.store.command, sql, params)
+            self._since[slo.ref] = started - timedelta(seconds=10)
+
+    def minutes(self, slo: SLO, *, now: datetime) -> dict[Subject, dict[datetime, Counts]]:
+        rows = self.store.call(self.store.query,
+                               "SELECT feature, tenant_id, minute, total, bad FROM slo_minute FINAL "
+                               "WHERE slo_id = {i:String} AND slo_version = {v:UInt32} "
+                               "AND minute >= {lo:DateTime('UTC')} AND minute < {hi:DateTime('UTC')}",
+                               {"i": slo.slo_id, "v": slo.version, "lo": now - LONGEST, "hi": now})
+        out: dict[Subject, dict[datetime, Counts]] = {}
+        for feature, tenant, minute, total, bad in rows:
+            out.setdefault(Subject(slo.slo_id, feature, tenant or None), {})[utc(minute) or minute] = \
+                Counts(int(total), int(bad))
+        return out
+
+    def budgets(self, slo: SLO, *, now: datetime) -> dict[Subject, Counts]:
+        rows = self.store.call(self.store.query,
+                               "SELECT feature, tenant_id, sum(total), sum(bad) FROM slo_minute FINAL "
+                               "WHERE slo_id = {i:String} AND slo_version = {v:UInt32} "
+                               "AND minute >= {lo:DateTime('UTC')} AND minute < {hi:DateTime('UTC')} "
+                               "GROUP BY feature, tenant_id",
+                               {"i": slo.slo_id, "v": slo.version, "lo": now - slo.window, "hi": now})
+        return {Subject(slo.slo_id, f, t or None): Counts(int(n), int(b)) for f, t, n, b in rows}
+
+
+def assess(slos: SLOs, minutes: Mapping[Subject, Mapping[datetime, Counts]], budgets: Mapping[Subject, Counts],
+           open_alerts: Mapping[str, Alert], *, now: datetime) -> list[Alert]:
+    """Pure: the alerts to publish at ``now`` (minute-aligned) from per-minute counts over the
+    longest alert window and the counts over each SLO's window, per subject."""
+    burns: list[Burn] = []
+    for subject in sorted(set(minutes) | set(budgets)):
+        slo = slos.by_id(subject.slo_id)
+        if slo is None:
+            continue
+        burns.append(evaluate(slo, subject, window_counts(minutes.get(subject, {}), now),
+                              budgets.get(subject, Counts())))
+    grouped = by_scope(burns)
+    out = []
+    for key in sorted(set(grouped) | set(open_alerts)):
+        alert = transition(grouped.get(key, []), open_alerts.get(key), now=now,
+                           started=lambda b: incident_start(minutes.get(b.subject, {}), b, now=now))
+        if alert is not None:
+            out.append(alert)
+    return out
+
+
+class SLOMonitor:
+    """Every ``interval_s``: refresh the rollup, evaluate at the current minute, publish."""
+
+    def __init__(self, store: Any, *, slos: Callable[[], SLOs], publish: Callable[[list[Alert]], Awaitable[None]],
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC), interval_s: float = 60.0) -> None:
+        self.store = store
+        self.slos = slos
+        self.publish = publish
+        self.clock = clock
+        self.interval_s = interval_s
+        self.rollup = SLORollup(store)
+        self.open: dict[str, Alert] = {}  # scope key -> open slo_burn alert
+        self._loaded = False
+
+    def _load_open(self) -> None:
+        rows = self.store.call(self.store.query, "SELECT body FROM alerts FINAL WHERE kind = {k:String} "
+                                                 "AND status = 'open'", {"k": str(AlertKind.SLO_BURN)})
+        for (body,) in rows:
+            alert = Alert.model_validate_json(body)
+            self.open[alert.scope.key()] = alert
+        self._loaded = True
+
+    def step(self, now: datetime) -> list[Alert]:
+        """Synchronous (a worker thread): refresh, read, decide; returns the alerts to publish."""
+        if not self._loaded:
+            self._load_open()
+        at = floor_minute(now)
+        slos = self.slos()
+        self.rollup.refresh(slos, now=now)
+        minutes: dict[Subject, dict[datetime, Counts]] = {}
+        budgets: dict[Subject, Counts] = {}
+        for slo in slos.slos:
+            minutes |= self.rollup.minutes(slo, now=at)
+            budgets |= self.rollup.budgets(slo, now=at)
+        alerts = assess(slos, minutes, budgets, self.open, now=at)
+        for a in alerts:
+            if a.status == "open":
+                self.open[a.scope.key()] = a
+            else:
+                self.open.pop(a.scope.key(), None)
+        return alerts
+
+    async def run(self) -> None:
+        while True:
+            try:
+                alerts = await asyncio.to_thread(self.step, self.clock())
+                if alerts:
+                    await self.publish(alerts)
+                    for a in alerts:
+                        log.info("alert_raised" if a.status == "open" else "alert_resolved", alert_id=a.alert_id,
+                                 kind=str(a.kind), scope=a.scope.key(), severity=a.severity)
+            except Exception as exc:  # noqa: BLE001 - a failed pass is retried at the next interval
+                log.warning("slo_evaluation_failed", error=str(exc)[:300])
+            await asyncio.sleep(self.interval_s)
+
+
+class AlertPublisher:
+    """The ``alerts`` table, then ``flyball.alerts.v1`` (as the worker's detectors publish)."""
+
+    def __init__(self, store: Any, bootstrap: str) -> None:
+        self.store = store
+        self.bootstrap = bootstrap
+        self._producer: Any = None
+
+    async def __call__(self, alerts: list[Alert]) -> None:
+        from flyball.producers.transports.kafka import start_producer
+        from flyball.schemas import ALERTS
+        from flyball.stream_processors.ingest import alert_row
+
+        now = datetime.now(UTC)
+        await self.store.run(self.store.write_alerts, [alert_row(a, now) for a in alerts])
+        if self._producer is None:
+            self._producer = await start_producer(self.bootstrap)
+        for alert in alerts:
+            await self._producer.send_and_wait(ALERTS, key=alert.key().encode(), value=alert.model_dump_json().encode())
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
