@@ -8,6 +8,7 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from .settings import Settings
 
@@ -100,14 +101,18 @@ def cmd_topics_ensure(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import load_policies, replay
     from .runtime import load_prices
+    from .slo import load_slos
 
     try:
         book = load_prices(args.prices)
         policies = load_policies(args.policies.read_text()) if args.policies else None
+        slos = load_slos(args.slos.read_text()) if args.slos else None
     except (OSError, ValueError) as exc:
         print(f"flyball replay: {exc}", file=sys.stderr)
         return 2
-    kwargs = {"policies": policies} if policies is not None else {}
+    kwargs: dict[str, Any] = {"policies": policies} if policies is not None else {}
+    if slos is not None:
+        kwargs["slos"] = slos
     summary = replay(args.events, args.out, book=book, **kwargs)
     print(f"replayed {summary.events} events: {summary.stored} stored, {summary.duplicates} duplicates, "
           f"{summary.dead_lettered} dead-lettered, {summary.alerts} alerts, {summary.actions} actions -> {args.out}")
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--out", type=Path, required=True)
     rp.add_argument("--prices", type=Path)
     rp.add_argument("--policies", type=Path)
+    rp.add_argument("--slos", type=Path, help="SLO file (default: the shipped SLOs) for slo_burn alerts")
     rp.set_defaults(fn=cmd_replay)
     sp = sub.add_parser("simulate", help="synthetic multi-tenant traffic with labelled incidents (JSONL)")
     sp.add_argument("--out", type=Path, required=True, help="events file; labels go to FILE.labels.json beside it")
@@ -180,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     from .sre_cli import add_commands as add_sre_commands
 
     add_sre_commands(sub)  # alerts, directives, actions, revert, pin, extend, approve, reject, ack, silence, policies
+    from .kpi_cli import add_commands as add_kpi_commands
+
+    add_kpi_commands(sub)  # kpis, report, slos (through the HTTP API)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         return int(args.fn(args))

@@ -18,6 +18,8 @@ from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.pricing import PriceBook
 
 from .policy import DEFAULT_POLICIES, Action, History, Policies, decide, expire, load_policies, observe
+from .slo import DEFAULT_SLOS, SLOs
+from .slo_replay import EventTimeSLOs
 
 __all__ = ["ReplaySummary", "load_policies", "replay"]
 
@@ -54,9 +56,10 @@ def _batches(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
 
 
 def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEFAULT_POLICIES,
-           batch_size: int = 5_000) -> ReplaySummary:
+           batch_size: int = 5_000, slos: SLOs = DEFAULT_SLOS) -> ReplaySummary:
     out.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(lambda: book)
+    objectives = EventTimeSLOs(slos)  # slo_burn alerts, evaluated at each minute of event time
     summary = ReplaySummary()
     spend: dict[tuple[str, str, str, str, str], list[Any]] = {}
     alerts: dict[str, Any] = {}
@@ -99,7 +102,9 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
                     agg[2] += 1
                 else:
                     agg[1] += cost
-            for alert in result.alerts:
+            objectives.add(result.rows)
+            burn = objectives.advance(pipeline.watermark) if pipeline.watermark is not None else []
+            for alert in [*result.alerts, *burn]:
                 alerts[alert.alert_id] = alert
                 now = alert.last_seen
                 history = observe(history, alert)

@@ -369,6 +369,28 @@ def by_scope(burns: Iterable[Burn]) -> dict[str, list[Burn]]:
     return out
 
 
+def assess(slos: SLOs, windows: Mapping[Subject, Mapping[timedelta, Counts]], budgets: Mapping[Subject, Counts],
+           open_alerts: Mapping[str, Alert], *, now: datetime,
+           minutes: Callable[[Subject], Mapping[datetime, Counts]]) -> list[Alert]:
+    """The ``slo_burn`` alerts to publish at ``now`` (on a minute): ``windows`` holds each
+    subject's counts over ``WINDOWS`` ending at ``now``, ``budgets`` its counts over its SLO's
+    window, ``open_alerts`` the open alerts by scope key, ``minutes(subject)`` its per-minute counts
+    over the longest alert window (read only when an alert opens, for ``incident_start``)."""
+    burns = []
+    for subject in sorted(set(windows) | set(budgets)):
+        slo = slos.by_id(subject.slo_id)
+        if slo is not None:
+            burns.append(evaluate(slo, subject, windows.get(subject, {}), budgets.get(subject, Counts())))
+    grouped = by_scope(burns)
+    out = []
+    for key in sorted(set(grouped) | set(open_alerts)):
+        alert = transition(grouped.get(key, []), open_alerts.get(key), now=now,
+                           started=lambda b: incident_start(minutes(b.subject), b, now=now))
+        if alert is not None:
+            out.append(alert)
+    return out
+
+
 def floor_minute(ts: datetime) -> datetime:
     return ts.replace(second=0, microsecond=0)
 
@@ -378,7 +400,7 @@ SHIPPED_SLOS_TEXT = resources.files("flyball.control_plane").joinpath("slos.yaml
 DEFAULT_SLOS = load_slos(SHIPPED_SLOS_TEXT)
 
 __all__ = [
-    "DEFAULT_SLOS", "LONGEST", "RULES", "SHIPPED_SLOS_TEXT", "SLO", "SLOKind", "SLOs", "WINDOWS", "Burn",
+    "DEFAULT_SLOS", "LONGEST", "assess", "RULES", "SHIPPED_SLOS_TEXT", "SLO", "SLOKind", "SLOs", "WINDOWS", "Burn",
     "BurnRule", "Counts", "Subject", "budget_consumed", "burn_rate", "by_scope", "dump_slos", "evaluate",
     "floor_minute", "incident_start", "load_slos", "parse_slos", "revise", "transition", "window_counts",
 ]

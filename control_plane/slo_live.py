@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,24 +23,7 @@ import structlog
 
 from flyball.schemas import Alert, AlertKind
 
-from .slo import (
-    LONGEST,
-    SLO,
-    SLOs,
-    Burn,
-    Counts,
-    Subject,
-    by_scope,
-    dump_slos,
-    evaluate,
-    floor_minute,
-    incident_start,
-    load_slos,
-    parse_slos,
-    revise,
-    transition,
-    window_counts,
-)
+from .slo import LONGEST, SLO, Counts, SLOs, Subject, assess, dump_slos, floor_minute, load_slos, parse_slos, revise, window_counts
 from .slo_sql import sli_conditions
 from .state import ControlState, sha256, utc
 
@@ -173,27 +156,6 @@ class SLORollup:
         return {Subject(slo.slo_id, f, t or None): Counts(int(n), int(b)) for f, t, n, b in rows}
 
 
-def assess(slos: SLOs, minutes: Mapping[Subject, Mapping[datetime, Counts]], budgets: Mapping[Subject, Counts],
-           open_alerts: Mapping[str, Alert], *, now: datetime) -> list[Alert]:
-    """Pure: the alerts to publish at ``now`` (minute-aligned) from per-minute counts over the
-    longest alert window and the counts over each SLO's window, per subject."""
-    burns: list[Burn] = []
-    for subject in sorted(set(minutes) | set(budgets)):
-        slo = slos.by_id(subject.slo_id)
-        if slo is None:
-            continue
-        burns.append(evaluate(slo, subject, window_counts(minutes.get(subject, {}), now),
-                              budgets.get(subject, Counts())))
-    grouped = by_scope(burns)
-    out = []
-    for key in sorted(set(grouped) | set(open_alerts)):
-        alert = transition(grouped.get(key, []), open_alerts.get(key), now=now,
-                           started=lambda b: incident_start(minutes.get(b.subject, {}), b, now=now))
-        if alert is not None:
-            out.append(alert)
-    return out
-
-
 class SLOMonitor:
     """Every ``interval_s``: refresh the rollup, evaluate at the current minute, publish."""
 
@@ -228,7 +190,8 @@ class SLOMonitor:
         for slo in slos.slos:
             minutes |= self.rollup.minutes(slo, now=at)
             budgets |= self.rollup.budgets(slo, now=at)
-        alerts = assess(slos, minutes, budgets, self.open, now=at)
+        windows = {subject: window_counts(m, at) for subject, m in minutes.items()}
+        alerts = assess(slos, windows, budgets, self.open, now=at, minutes=lambda s: minutes.get(s, {}))
         for a in alerts:
             if a.status == "open":
                 self.open[a.scope.key()] = a
