@@ -29,6 +29,7 @@ class EventTimeSLOs:
         self.sums: dict[Subject, dict[timedelta, Counts]] = {}
         self.open: dict[str, Alert] = {}
         self.at: datetime | None = None
+        self.first: datetime | None = None  # the earliest minute counted: evaluation starts there
         self.keep = max([LONGEST, *(s.window for s in slos.slos)])
 
     def add(self, rows: Iterable[Sequence[Any]]) -> None:
@@ -45,7 +46,10 @@ class EventTimeSLOs:
                                    stream=bool(row[c_stream]))
                 if bad is None:
                     continue
-                self._count(slo.subject(feature, tenant), slo.window, floor_minute(row[c_ts]), Counts(1, int(bad)))
+                minute = floor_minute(row[c_ts])
+                if self.first is None or minute < self.first:
+                    self.first = minute
+                self._count(slo.subject(feature, tenant), slo.window, minute, Counts(1, int(bad)))
 
     def _count(self, subject: Subject, window: timedelta, minute: datetime, c: Counts) -> None:
         if subject not in self.minutes:
@@ -61,17 +65,13 @@ class EventTimeSLOs:
                     sums[w] = sums[w] + c
 
     def advance(self, watermark: datetime) -> list[Alert]:
-        """Evaluate at every minute boundary up to the watermark's minute; the alerts to publish."""
+        """Evaluate at every minute boundary from the first counted minute up to the watermark's
+        minute (as the live monitor evaluates every minute); the alerts to publish."""
         target = floor_minute(watermark)
         if self.at is None:
-            self.at = target
-            for subject in self.minutes:  # rows before the first boundary
-                sums = self.sums[subject]
-                for minute, c in self.minutes[subject].items():
-                    for w in self.windows[subject]:
-                        if target - w <= minute < target:
-                            sums[w] = sums[w] + c
-            return []
+            if self.first is None:
+                return []
+            self.at = self.first  # nothing counted lies before it: every sum starts at zero
         out: list[Alert] = []
         while self.at < target:
             leaving_at = self.at
