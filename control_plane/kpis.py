@@ -17,17 +17,15 @@ from typing import Any
 
 import orjson
 
-from flyball.schemas.events import CallStatus
 from flyball.stream_processors.budgets import Period
 from flyball.stream_processors.forecast import MICRO, forecast
 from flyball.stream_processors.pricing import PriceBook
 
+from .kpi_rollup import FAILURE_CLASSES, HOUR_GROUP, HOUR_SELECT, KPI_COLUMNS, slo_select
 from .slo import SLO, SLOs, budget_consumed
-from .slo_sql import sli_conditions
 
 Query = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
 GROUP_BY = ("feature", "tenant_id")
-FAILURE_CLASSES = tuple(s.value for s in CallStatus if s != CallStatus.OK)
 MITIGATIONS = ("applied", "approved")  # decisions that put a directive in force
 PER_OUTCOME = Decimal("0.000000000001")
 FINAL = " SETTINGS do_not_merge_across_partitions_select_final = 1"
@@ -55,75 +53,134 @@ class Span:
 
 
 # ------------------------------------------------------------------ queries
+def _day_down(t: datetime) -> datetime:
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _day_up(t: datetime) -> datetime:
+    floor = _day_down(t)
+    return floor if floor == t else floor + timedelta(days=1)
+
+
+def llm_source(p: Span) -> tuple[str, dict[str, Any]]:
+    """``kpi_day`` rows for the period: the rollup for its whole UTC days, and the same rows
+    computed from ``events FINAL`` for the partial days at its edges (if any)."""
+    lo, hi = _day_up(p.start), _day_down(p.end)
+    params: dict[str, Any] = {"start": p.start, "end": p.end, "lo": lo, "hi": hi}
+    tenant = ""
+    if p.tenant_id is not None:
+        tenant = " AND tenant_id = {tenant:String}"
+        params["tenant"] = p.tenant_id
+    if lo >= hi:  # no whole day inside: events only
+        return (f"(SELECT {HOUR_SELECT} FROM events FINAL WHERE event_type = 'llm_call' AND "
+                f"ts >= {{start:DateTime64(3, 'UTC')}} AND ts < {{end:DateTime64(3, 'UTC')}}{tenant} {HOUR_GROUP})",
+                params)
+    arms = [f"SELECT {KPI_COLUMNS} FROM kpi_day FINAL WHERE day >= toDate({{lo:DateTime('UTC')}}) "
+            f"AND day < toDate({{hi:DateTime('UTC')}}){tenant}"]
+    edges = []
+    if p.start < lo:
+        edges.append("(ts >= {start:DateTime64(3, 'UTC')} AND ts < {lo:DateTime64(3, 'UTC')})")
+    if hi < p.end:
+        edges.append("(ts >= {hi:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')})")
+    if edges:
+        arms.append(f"SELECT {HOUR_SELECT} FROM events FINAL WHERE event_type = 'llm_call' "
+                    f"AND ({' OR '.join(edges)}){tenant} {HOUR_GROUP}")
+    return "(" + " UNION ALL ".join(arms) + ")", params
+
+
 def calls_sql(p: Span) -> tuple[str, dict[str, Any]]:
     """Calls, failures by class, spend, cache tokens, p95 latency (successful calls) and p95 TTFT
-    (successful streamed calls that reported one), per group."""
-    where, params = p.where("event_type = 'llm_call'")
-    classes = ", ".join(f"countIf(status = '{c}')" for c in FAILURE_CLASSES)
-    sql = (f"SELECT {p.g} AS g, count(), {classes}, toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))), "
-           "countIf(unpriced = 1), sum(input_tokens), sum(cache_read_tokens), "
-           "countIf(status = 'ok'), quantileExactInclusiveIf(0.95)(latency_ms, status = 'ok'), "
-           "countIf(status = 'ok' AND stream = 1 AND isNotNull(ttft_ms)), "
-           "quantileExactInclusiveIf(0.95)(ifNull(ttft_ms, 0), status = 'ok' AND stream = 1 AND isNotNull(ttft_ms)) "
-           f"FROM events FINAL WHERE {where} GROUP BY g ORDER BY g{FINAL}")
+    (successful streamed calls that reported one), per group, from the daily rollup."""
+    source, params = llm_source(p)
+    classes = ", ".join(f"sum({c})" for c in FAILURE_CLASSES)
+    sql = (f"SELECT {p.g} AS g, sum(calls), {classes}, toString(sum(cost_usd)), sum(unpriced), sum(input_tokens), "
+           "sum(cache_read_tokens), sum(ok), quantileBFloat16Merge(0.95)(latency_ok), sum(streamed_ok), "
+           f"quantileBFloat16Merge(0.95)(ttft_ok) FROM {source} GROUP BY g ORDER BY g")
     return sql, params
 
 
 def cache_sql(p: Span) -> tuple[str, dict[str, Any]]:
     """Tokens read from a provider's prompt cache per model (for the dollars saved)."""
-    where, params = p.where("event_type = 'llm_call'", "cache_read_tokens > 0")
-    return (f"SELECT {p.g} AS g, provider, model, sum(cache_read_tokens) FROM events FINAL WHERE {where} "
-            f"GROUP BY g, provider, model ORDER BY g, provider, model{FINAL}", params)
+    source, params = llm_source(p)
+    return (f"SELECT {p.g} AS g, provider, model, sum(cache_read_tokens) AS n FROM {source} "
+            "GROUP BY g, provider, model HAVING n > 0 ORDER BY g, provider, model", params)
 
 
 def safety_sql(p: Span) -> tuple[str, dict[str, Any]]:
+    """Safety triggers per category (each event id once: they are few, so no FINAL)."""
     where, params = p.where("event_type = 'safety_trigger'")
-    return (f"SELECT {p.g} AS g, category, count() FROM events FINAL WHERE {where} "
-            f"GROUP BY g, category ORDER BY g, category{FINAL}", params)
+    return (f"SELECT {p.g} AS g, category, uniqExact(event_id) FROM events WHERE {where} "
+            "GROUP BY g, category ORDER BY g, category", params)
+
+
+REQUEST = "(tenant_id, if(request_id != '', request_id, toString(event_id)))"
+
+
+def flagged_sql(p: Span) -> tuple[str, str, dict[str, Any]]:
+    """(negative, explicit, params): subqueries of the requests (tenant, request key) that got
+    negative feedback (score < 0, on the request or on one of its calls), and of the latest
+    explicit outcome per request with the group of the event that carried it."""
+    calls, params = p.where("event_type = 'llm_call'")
+    fb, _ = p.where("event_type = 'feedback'", "score < 0")
+    ex, _ = p.where("outcome IN ('success', 'failure')")
+    negative = (f"SELECT (tenant_id, request_id) FROM events WHERE {fb} AND request_id != '' "
+                f"UNION ALL SELECT {REQUEST} FROM events WHERE {calls} AND event_id IN ("
+                f"SELECT toUUID(target_event_id) FROM events WHERE {fb} AND target_event_id != '')")
+    explicit = (f"SELECT {REQUEST} AS r, argMax(outcome, (ts, event_id)) AS last_outcome, "
+                f"argMax({p.g}, (ts, event_id)) AS g FROM events WHERE {ex} GROUP BY r")
+    return negative, explicit, params
 
 
 def outcomes_sql(p: Span) -> tuple[str, dict[str, Any]]:
-    """Requests (``request_id``; a call without one is its own request) and the successful ones:
-    an explicit ``outcome`` (latest of success/failure) decides; otherwise at least one call
-    with status ok and no negative feedback (score < 0) on the request or on one of its calls."""
-    where, params = p.where("event_type = 'llm_call'")
-    key = "cityHash64(if(request_id != '', request_id, toString(event_id)))"
-    fb, _ = p.where("event_type = 'feedback'", "score < 0")
-    ex, _ = p.where("outcome IN ('success', 'failure')")
-    group = "r.feature" if p.group_by == "feature" else ("r.tenant_id" if p.group_by == "tenant_id" else f"'{ALL}'")
-    sql = (
-        f"SELECT {group} AS g, count(), countIf(if(x.last_outcome != '', x.last_outcome = 'success', r.any_ok AND n.neg = 0)) "
-        f"FROM (SELECT tenant_id, {key} AS k, argMin(feature, ts) AS feature, max(status = 'ok') AS any_ok "
-        f"      FROM events FINAL WHERE {where} GROUP BY tenant_id, k) AS r "
-        "LEFT JOIN (SELECT DISTINCT tenant_id, k, 1 AS neg FROM ("
-        f"      SELECT tenant_id, cityHash64(request_id) AS k FROM events FINAL WHERE {fb} AND request_id != '' "
-        f"      UNION ALL SELECT tenant_id, {key} AS k FROM events FINAL WHERE {where} AND event_id IN ("
-        f"          SELECT toUUID(target_event_id) FROM events FINAL WHERE {fb} AND target_event_id != ''))) AS n "
-        "  ON r.tenant_id = n.tenant_id AND r.k = n.k "
-        f"LEFT JOIN (SELECT tenant_id, {key} AS k, argMax(outcome, ts) AS last_outcome FROM events FINAL WHERE {ex} "
-        "      GROUP BY tenant_id, k) AS x ON r.tenant_id = x.tenant_id AND r.k = x.k "
-        "GROUP BY g ORDER BY g SETTINGS join_use_nulls = 0")
+    """Per group: ok calls whose request has an explicit outcome or negative feedback (they are
+    not counted as successes by themselves), and requests whose explicit outcome is success.
+    Successful outcomes = ok calls (``calls_sql``) - the first + the second."""
+    negative, explicit, params = flagged_sql(p)
+    ok, _ = p.where("event_type = 'llm_call'", "status = 'ok'")
+    sql = (f"SELECT g, sum(flagged_ok), sum(explicit_ok) FROM ("
+           f"SELECT {p.g} AS g, uniqExact(event_id) AS flagged_ok, 0 AS explicit_ok FROM events WHERE {ok} "
+           f"AND {REQUEST} IN ({negative} UNION ALL SELECT r FROM ({explicit})) GROUP BY g "
+           f"UNION ALL SELECT g, 0, countIf(last_outcome = 'success') FROM ({explicit}) GROUP BY g"
+           ") GROUP BY g ORDER BY g")
     return sql, params
 
 
-def slo_sql(p: Span, slos: Sequence[SLO]) -> tuple[str, dict[str, Any]]:
-    """Eligible and bad calls of every SLO per (feature, tenant), in one scan."""
-    where, params = p.where("event_type = 'llm_call'")
-    cols = []
-    for i, slo in enumerate(slos):
-        eligible, bad, extra = sli_conditions(slo, prefix=f"s{i}_")
+def slo_sql(p: Span, slos: SLOs) -> tuple[str, dict[str, Any]]:
+    """Eligible and bad calls of every SLO in force per (feature, tenant): ``slo_day`` for the
+    whole days, the same rows from events for the partial days at the edges."""
+    lo, hi = _day_up(p.start), _day_down(p.end)
+    params: dict[str, Any] = {"start": p.start, "end": p.end, "lo": lo, "hi": hi,
+                              "pairs": [(s.slo_id, s.version) for s in slos.slos]}
+    tenant = ""
+    if p.tenant_id is not None:
+        tenant = " AND tenant_id = {tenant:String}"
+        params["tenant"] = p.tenant_id
+    arms = []
+    edges = []
+    if lo < hi:
+        arms.append("SELECT slo_id, feature, tenant_id, total, bad FROM slo_day FINAL WHERE "
+                    "(slo_id, slo_version) IN {pairs:Array(Tuple(String, UInt32))} "
+                    f"AND day >= toDate({{lo:DateTime('UTC')}}) AND day < toDate({{hi:DateTime('UTC')}}){tenant}")
+        if p.start < lo:
+            edges.append("(ts >= {start:DateTime64(3, 'UTC')} AND ts < {lo:DateTime64(3, 'UTC')})")
+        if hi < p.end:
+            edges.append("(ts >= {hi:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')})")
+    else:
+        edges.append("(ts >= {start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')})")
+    if edges:
+        select, extra = slo_select(slos, " OR ".join(edges) + tenant)
         params |= extra
-        cols += [f"countIf({eligible})", f"countIf(({eligible}) AND ({bad}))"]
-    sql = (f"SELECT feature, tenant_id, {', '.join(cols) or '0'} FROM events FINAL WHERE {where} "
-           f"GROUP BY feature, tenant_id ORDER BY feature, tenant_id{FINAL}")
+        arms.append(f"SELECT slo_id, feature, tenant_id, total, bad FROM ({select})")
+    sql = (f"SELECT slo_id, feature, tenant_id, sum(total), sum(bad) FROM ({' UNION ALL '.join(arms)}) "
+           "GROUP BY slo_id, feature, tenant_id ORDER BY slo_id, feature, tenant_id")
     return sql, params
 
 
 def daily_spend_sql(p: Span, since: datetime) -> tuple[str, dict[str, Any]]:
     """Spend per group and UTC day in [since, start): the history the forecast is made from."""
-    where, params = Span(since, p.start, p.group_by, p.tenant_id).where("event_type = 'llm_call'")
-    return (f"SELECT {p.g} AS g, toDate(ts) AS day, toString(sum(ifNull(cost_usd, toDecimal128(0, 12)))) "
-            f"FROM events FINAL WHERE {where} GROUP BY g, day ORDER BY g, day{FINAL}", params)
+    source, params = llm_source(Span(since, p.start, p.group_by, p.tenant_id))
+    return (f"SELECT {p.g} AS g, day, toString(sum(cost_usd)) FROM {source} "
+            "GROUP BY g, day ORDER BY g, day", params)
 
 
 def alerts_sql(p: Span) -> tuple[str, dict[str, Any]]:
@@ -177,7 +234,6 @@ class Group:
     saved: Decimal = Decimal(0)
     unpriced_cache_tokens: int = 0
     safety: dict[str, int] = field(default_factory=dict)
-    outcomes: int = 0
     successes: int = 0
     forecast: Decimal | None = None
     slo: list[dict[str, Any]] = field(default_factory=list)
@@ -193,7 +249,7 @@ class Group:
             "errors": {c: {"calls": n, "rate": ratio(n, self.calls)} for c, n in sorted(self.failures.items()) if n},
             "p95_latency_ms": self.p95_latency_ms, "p95_ttft_ms": self.p95_ttft_ms,
             "cost_usd": money(self.cost), "unpriced_calls": self.unpriced_calls,
-            "outcomes": self.outcomes, "successful_outcomes": self.successes,
+            "successful_outcomes": self.successes,
             "cost_per_successful_outcome_usd": money(per_outcome) if per_outcome is not None else None,
             "forecast_usd": money(self.forecast) if self.forecast is not None else None,
             "spend_variance_usd": money(variance) if variance is not None else None,
@@ -221,28 +277,29 @@ def cache_saving(book: PriceBook, provider: str, model: str, tokens: int, at: da
 
 def slo_rows(slos: Sequence[SLO], rows: Iterable[Sequence[Any]], *, group_by: str | None,
              tenant_id: str | None) -> dict[str, list[dict[str, Any]]]:
-    """Attainment per SLO and objective, keyed by report group. Per feature: each objective of
-    that feature; per tenant: each SLO over that tenant's calls (its features pooled)."""
-    acc: dict[tuple[str, str, str, str], list[int]] = {}
-    for row in rows:
-        feature, tenant = row[0], row[1]
-        for i, slo in enumerate(slos):
-            eligible, bad = int(row[2 + 2 * i]), int(row[3 + 2 * i])
-            if not eligible or not slo.applies(feature, tenant):
-                continue
-            if group_by == "tenant_id":
-                group, subject_feature, subject_tenant = tenant, slo.feature, tenant
-            else:
-                subject_feature = feature
-                subject_tenant = tenant if slo.tenant_id is not None else (tenant_id or "")
-                group = feature if group_by == "feature" else ALL
-            key = (group, slo.slo_id, subject_feature, subject_tenant)
-            c = acc.setdefault(key, [0, 0])
-            c[0] += eligible
-            c[1] += bad
+    """Attainment per SLO and objective, keyed by report group, from (slo_id, feature, tenant,
+    eligible, bad) rows. Per feature (or overall): each objective (an SLO on one feature, and one
+    tenant if the SLO is per tenant or the key is bound to one); per tenant: each SLO over that
+    tenant's calls, its features pooled."""
     by_id = {s.slo_id: s for s in slos}
+    acc: dict[tuple[str, str, str, str], list[int]] = {}
+    for slo_id, feature, tenant, eligible, bad in rows:
+        slo = by_id.get(slo_id)
+        if slo is None or not slo.applies(feature, tenant):
+            continue
+        if group_by == "tenant_id":
+            group, subject_feature, subject_tenant = tenant, slo.feature, tenant
+        else:
+            subject_feature = feature
+            subject_tenant = tenant if slo.tenant_id is not None else (tenant_id or "")
+            group = feature if group_by == "feature" else ALL
+        c = acc.setdefault((group, slo_id, subject_feature, subject_tenant), [0, 0])
+        c[0] += int(eligible)
+        c[1] += int(bad)
     out: dict[str, list[dict[str, Any]]] = {}
     for (group, slo_id, feature, tenant), (eligible, bad) in sorted(acc.items()):
+        if not eligible:
+            continue
         slo = by_id[slo_id]
         attained = Decimal(eligible - bad) / Decimal(eligible)
         consumed = budget_consumed(_Counts(eligible, bad), slo.budget)
@@ -350,9 +407,10 @@ def kpis(query: Query, p: Span, *, slos: SLOs, book: PriceBook) -> dict[str, Any
             g.saved += saved
     for key, category, count in query(*safety_sql(p)):
         group(key).safety[category] = int(count)
-    for key, outcomes, successes in query(*outcomes_sql(p)):
-        g = group(key)
-        g.outcomes, g.successes = int(outcomes), int(successes)
+    flagged: dict[str, tuple[int, int]] = {str(k): (int(f), int(x)) for k, f, x in query(*outcomes_sql(p))}
+    for key, g in groups.items():
+        f, x = flagged.get(key, (0, 0))
+        g.successes = g.ok_calls - f + x
     daily: dict[str, dict[date, Decimal]] = {}
     for key, day, cost in query(*daily_spend_sql(p, forecast_start(p))):
         daily.setdefault(str(key), {})[day if isinstance(day, date) else date.fromisoformat(str(day))] = Decimal(cost)
@@ -360,7 +418,7 @@ def kpis(query: Query, p: Span, *, slos: SLOs, book: PriceBook) -> dict[str, Any
         g.forecast = forecast_for(daily.get(key, {}), p)
     slo_list = [s for s in slos.slos if p.tenant_id is None or s.tenant_id in (None, "*", p.tenant_id)]
     if slo_list:
-        for key, items in slo_rows(slo_list, query(*slo_sql(p, slo_list)), group_by=p.group_by,
+        for key, items in slo_rows(slo_list, query(*slo_sql(p, SLOs(tuple(slo_list), slos.version))), group_by=p.group_by,
                                    tenant_id=p.tenant_id).items():
             group(key).slo = items
     alerts = [orjson.loads(body) for (body,) in query(*alerts_sql(p))]
@@ -386,7 +444,7 @@ def csv_rows(answer: Mapping[str, Any]) -> list[list[Any]]:
     out: list[list[Any]] = []
     for g in answer["groups"]:
         key = g["key"]
-        for name in ("calls", "error_rate", "p95_latency_ms", "p95_ttft_ms", "cost_usd", "unpriced_calls", "outcomes",
+        for name in ("calls", "error_rate", "p95_latency_ms", "p95_ttft_ms", "cost_usd", "unpriced_calls",
                      "successful_outcomes", "cost_per_successful_outcome_usd", "forecast_usd", "spend_variance_usd",
                      "spend_variance_ratio"):
             out.append([key, name, "", g[name]])

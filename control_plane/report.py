@@ -16,7 +16,7 @@ import orjson
 
 from flyball.stream_processors.pricing import PriceBook
 
-from .kpis import FINAL, Query, Span, kpis, money
+from .kpis import Query, Span, kpis, llm_source, money
 from .slo import SLOs
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -36,16 +36,12 @@ def month_bounds(month: str) -> tuple[datetime, datetime, datetime]:
 
 
 def movers_sql(prev: datetime, start: datetime, end: datetime, tenant_id: str | None) -> tuple[str, dict[str, Any]]:
-    """Spend per (tenant, feature) in this month and the previous one."""
-    params: dict[str, Any] = {"prev": prev, "start": start, "end": end}
-    where = "event_type = 'llm_call' AND ts >= {prev:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}"
-    if tenant_id is not None:
-        where += " AND tenant_id = {tenant:String}"
-        params["tenant"] = tenant_id
-    cost = "ifNull(cost_usd, toDecimal128(0, 12))"
-    return (f"SELECT tenant_id, feature, toString(sumIf({cost}, ts >= {{start:DateTime64(3, 'UTC')}})), "
-            f"toString(sumIf({cost}, ts < {{start:DateTime64(3, 'UTC')}})) FROM events FINAL WHERE {where} "
-            f"GROUP BY tenant_id, feature{FINAL}", params)
+    """Spend per (tenant, feature) in this month and the previous one (from ``kpi_day``)."""
+    source, params = llm_source(Span(prev, end, None, tenant_id))
+    params["split"] = start
+    return (f"SELECT tenant_id, feature, toString(sumIf(cost_usd, day >= toDate({{split:DateTime('UTC')}}))), "
+            f"toString(sumIf(cost_usd, day < toDate({{split:DateTime('UTC')}}))) FROM {source} "
+            "GROUP BY tenant_id, feature", params)
 
 
 def timeline_sql(alert_ids: Sequence[str]) -> tuple[str, dict[str, Any]]:
@@ -122,7 +118,7 @@ def _sections(r: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[str]
             ["p95 TTFT (successful streamed calls)", f"{_num(o['p95_ttft_ms'])} ms"],
             ["spend", f"${o['cost_usd']}"], ["forecast at month start", f"${_num(o['forecast_usd'])}"],
             ["spend variance vs forecast", f"${_num(o['spend_variance_usd'])} ({_pct(o['spend_variance_ratio'])})"],
-            ["successful outcomes", f"{o['successful_outcomes']} of {o['outcomes']}"],
+            ["successful outcomes", str(o["successful_outcomes"])],
             ["cost per successful outcome", f"${_num(o['cost_per_successful_outcome_usd'])}"],
             ["cache hit rate (input tokens)", _pct(o["cache"]["hit_rate"])],
             ["saved by prompt caching (list price)", f"${o['cache']['saved_usd']}"],

@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from ..auth import Principal, Role
+from ..kpi_rollup import KPIRollup
 from ..kpis import CSV_HEADER, Span, csv_rows, kpis
 from ..report import build, month_bounds
 from .deps import Auth, Deps, tenant_scope
@@ -30,6 +31,13 @@ def _aware(value: datetime, name: str) -> datetime:
 
 def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
     reader = auth.require(Role.FINANCE, Role.SRE)
+    rollups: list[KPIRollup] = []
+
+    def fresh(slos: Any) -> None:
+        """Bring the hourly rollups up to date (the hours that got rows since the last call)."""
+        if not rollups:
+            rollups.append(KPIRollup(deps.store))
+        rollups[0].refresh(slos)
 
     def holder() -> RegistryHolder:
         return app.state.slo_registry  # type: ignore[no-any-return]
@@ -59,8 +67,14 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         if end - start > (datetime(2000, 12, 31, tzinfo=UTC) - datetime(2000, 1, 1, tzinfo=UTC)):
             raise HTTPException(422, "to: a KPI period spans at most 366 days")
         slos = (await holder().get()).current
-        answer = await asyncio.to_thread(kpis, query, Span(start, end, group_by, tenant), slos=slos,
-                                         book=deps.prices())
+        span = Span(start, end, group_by, tenant)
+        book = deps.prices()
+
+        def run() -> dict[str, Any]:
+            fresh(slos)
+            return kpis(query, span, slos=slos, book=book)
+
+        answer = await asyncio.to_thread(run)
         answer.pop("_incidents")
         if "text/csv" in request.headers.get("accept", ""):
             buf = io.StringIO()
@@ -82,5 +96,11 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         slos = (await holder().get()).current
-        body = await asyncio.to_thread(build, query, month, slos=slos, book=deps.prices(), tenant_id=tenant)
+        book = deps.prices()
+
+        def run() -> dict[str, Any]:
+            fresh(slos)
+            return build(query, month, slos=slos, book=book, tenant_id=tenant)
+
+        body = await asyncio.to_thread(run)
         return Response(orjson.dumps(body, default=str), media_type="application/json")

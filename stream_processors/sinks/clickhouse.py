@@ -300,6 +300,48 @@ MIGRATIONS: list[tuple[int, str]] = [
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMM(minute)
     ORDER BY (slo_id, feature, tenant_id, minute)
+    """),    # the KPI report's daily rollups, recomputed from events FINAL for the days that received
+    # rows (control_plane/kpi_rollup.py): llm calls per (tenant, feature, model, UTC day) with p95
+    # states, and each SLO's eligible/bad calls per (tenant, feature, day)
+    (43, """
+    CREATE TABLE IF NOT EXISTS kpi_day (
+        tenant_id LowCardinality(String),
+        feature LowCardinality(String),
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        day Date,
+        calls UInt64,
+        ok UInt64,
+        error UInt64,
+        timeout UInt64,
+        rate_limited UInt64,
+        filtered UInt64,
+        cancelled UInt64,
+        cost_usd Decimal(38, 12),
+        unpriced UInt64,
+        input_tokens UInt64,
+        cache_read_tokens UInt64,
+        streamed_ok UInt64,
+        latency_ok AggregateFunction(quantileBFloat16(0.95), Float64),
+        ttft_ok AggregateFunction(quantileBFloat16(0.95), Float64),
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (day, tenant_id, feature, provider, model)
+    """),
+    (44, """
+    CREATE TABLE IF NOT EXISTS slo_day (
+        slo_id LowCardinality(String),
+        slo_version UInt32,
+        tenant_id LowCardinality(String),
+        feature LowCardinality(String),
+        day Date,
+        total UInt64,
+        bad UInt64,
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (slo_id, slo_version, day, tenant_id, feature)
     """),
     # finance: OpenAI's 12-hour cache writes have their own rate (the 1-hour ones are column 10's)
     (26, "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_write_12h_tokens UInt64 DEFAULT 0"),

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import random
+import struct
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -151,29 +153,27 @@ def expected(events: list[dict[str, Any]], book: PriceBook, *, group_by: str | N
     for e in inside:
         if e["event_type"] == "safety_trigger":
             out[key(e)]["safety"][e["category"]] += 1
-    # outcomes: per request (tenant, request_id or the call's own id)
+    # successful outcomes: ok calls, except those of requests with negative feedback or an explicit
+    # outcome; plus one per request whose latest explicit outcome is success (grouped by the
+    # event that carried it)
     negative = {rkey(e) for e in inside if e["event_type"] == "feedback" and e["score"] < 0 and e.get("request_id")}
     by_id = {e["event_id"]: e for e in calls}
     negative |= {rkey(by_id[e["target_event_id"]]) for e in inside if e["event_type"] == "feedback"
                  and e["score"] < 0 and e.get("target_event_id") in by_id}
-    explicit: dict[tuple[str, str], tuple[datetime, str]] = {}
+    explicit: dict[tuple[str, str], tuple[datetime, str, str]] = {}
     for e in inside:
         o = (e.get("attributes") or {}).get("outcome")
         if o in ("success", "failure"):
             k = rkey(e)
             if k not in explicit or _utc(e["ts"]) >= explicit[k][0]:
-                explicit[k] = (_utc(e["ts"]), o)
-    requests: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for e in calls:
-        requests[rkey(e)].append(e)
+                explicit[k] = (_utc(e["ts"]), o, key(e))
     successes: dict[str, int] = defaultdict(int)
-    counts: dict[str, int] = defaultdict(int)
-    for k, cs in requests.items():
-        first = min(cs, key=lambda c: _utc(c["ts"]))
-        g = first[group_by] if group_by else "all"
-        counts[g] += 1
-        ok = explicit[k][1] == "success" if k in explicit else (any(c["status"] == "ok" for c in cs) and k not in negative)
-        successes[g] += int(ok)
+    for e in calls:
+        if e["status"] == "ok" and rkey(e) not in negative and rkey(e) not in explicit:
+            successes[key(e)] += 1
+    for _, o, g in explicit.values():
+        if o == "success":
+            successes[g] += 1
     # forecast: October's spend per day and group
     daily: dict[str, dict[date, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
     for e in events:
@@ -186,7 +186,7 @@ def expected(events: list[dict[str, Any]], book: PriceBook, *, group_by: str | N
         if daily.get(g):
             f = forecast(daily[g], period=Period.MONTHLY, now=START - timedelta(microseconds=1))
             fc = (f.daily_rate * 30).quantize(MICRO)
-        result[g] = {**v, "outcomes": counts[g], "successes": successes[g], "forecast": fc}
+        result[g] = {**v, "successes": successes[g], "forecast": fc}
     return result
 
 
@@ -270,6 +270,14 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     store.close()
 
 
+def bf16_p95(xs: list[float]) -> float:
+    """The value at rank ceil(0.95 n) of the values truncated to bfloat16 (the top 16 bits of their
+    float32 form)."""
+    ys = sorted(struct.unpack(">f", struct.pack(">I", struct.unpack(">I", struct.pack(">f", x))[0] & 0xFFFF0000))[0]
+                for x in xs)
+    return ys[math.ceil(0.95 * len(ys)) - 1]
+
+
 def _check_group(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert got["calls"] == want["calls"]
     failed = sum(want["failed"].values())
@@ -277,13 +285,16 @@ def _check_group(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert {c: v["calls"] for c, v in got["errors"].items()} == dict(want["failed"])
     for c, v in got["errors"].items():
         assert v["rate"] == pytest.approx(want["failed"][c] / want["calls"], abs=1e-6)
-    assert got["p95_latency_ms"] == pytest.approx(float(np.percentile(want["ok_lat"], 95)), abs=1e-3)
+    # p95 as documented: nearest rank over values truncated to bfloat16 (ClickHouse's
+    # quantileBFloat16); and within a few percent of numpy's interpolated percentile
+    assert got["p95_latency_ms"] == bf16_p95(want["ok_lat"])
+    assert got["p95_latency_ms"] == pytest.approx(float(np.percentile(want["ok_lat"], 95)), rel=0.05)
     if want["ttft"]:
-        assert got["p95_ttft_ms"] == pytest.approx(float(np.percentile(want["ttft"], 95)), abs=1e-3)
+        assert got["p95_ttft_ms"] == bf16_p95(want["ttft"])
     else:
         assert got["p95_ttft_ms"] is None
     assert Decimal(got["cost_usd"]) == want["cost"]
-    assert got["outcomes"] == want["outcomes"] and got["successful_outcomes"] == want["successes"]
+    assert got["successful_outcomes"] == want["successes"]
     if want["successes"]:
         per = (want["cost"] / want["successes"]).quantize(Decimal("1e-12"), ROUND_HALF_EVEN)
         assert Decimal(got["cost_per_successful_outcome_usd"]) == per

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""KPI report benchmark: the monthly report (``flyball report --month``'s data, every KPI query
+twice over: overall and per feature, plus incidents and spend movers) over 10 million events.
+
+    python bench/kpis.py                   # 10,000,000 events, 5 timed runs per figure
+    python bench/kpis.py --events 1000000  # smaller (smoke)
+
+Data: flyball's own ``events`` table (the real migrations) filled in chDB by ``INSERT ... SELECT
+FROM numbers(N)``: 85 % of the events in the reported month (2026-11), 15 % in the month before
+(forecast history and spend movers); 94 % llm calls (20 tenants, 4 features, 3 models, statuses
+with 6 % failures, a third streamed with a TTFT, a quarter with cached input, about 3 calls per
+request), 3 % safety triggers, 3 % feedback (a third negative); then 1 % of the rows inserted a
+second time (a replayed batch) so ``FINAL`` has duplicates to remove; plus 300 alerts with
+resolutions and 150 directive actions.
+
+Figures (medians of ``--runs`` after one warm-up; the machine is shared, say so when quoting):
+  report       the rollups' incremental refresh (nothing new) + ``report.build`` for the month: all
+               queries through clickhouse-connect, and the assembly;
+  render       Markdown + HTML from that data;
+  count_final  baseline: ``SELECT count() FROM events FINAL`` over the month (one FINAL scan);
+  count        baseline: the same without FINAL.
+Target: report + render <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MONTH, END, PREV = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def fill(store: Any, n: int) -> float:
+    t0 = time.perf_counter()
+    cur, prev = int(n * 0.85), n - int(n * 0.85)
+    for start, days, count, offset in ((MONTH, 30, cur, 0), (PREV, 31, prev, cur)):
+        span_ms = days * 86_400_000
+        store.call(store.command, f"""
+            INSERT INTO events (event_id, ts, event_type, tenant_id, feature, service, environment, request_id,
+                                provider, model, input_tokens, output_tokens, cache_read_tokens, latency_ms, status,
+                                category, cost_usd, price_version, unpriced, ttft_ms, stream, score, outcome)
+            SELECT generateUUIDv4(number) AS id,
+                   fromUnixTimestamp64Milli(toInt64({int(start.timestamp() * 1000)} + intDiv((k - {offset}) * {span_ms}, {count}))),
+                   multiIf(k % 100 < 94, 'llm_call', k % 100 < 97, 'safety_trigger', 'feedback') AS kind,
+                   concat('tenant-', toString(intDiv(k, 3) % 20)),
+                   ['chat', 'search', 'summarize', 'agent'][intDiv(k, 3) % 4 + 1], 'bench', 'production',
+                   concat('r', toString({offset} + intDiv(k, 3))), 'openai',
+                   ['gpt-4o-mini', 'gpt-4o', 'gpt-4.1'][k % 3 + 1],
+                   1000 + k % 5000, 100 + k % 700, if(k % 4 = 0, 500, 0), 200 + (k * 7919) % 8000,
+                   if(kind = 'llm_call', multiIf(k % 97 < 91, 'ok', k % 97 < 94, 'error', k % 97 < 96, 'timeout',
+                                                 'rate_limited'), if(kind = 'safety_trigger', 'flagged', '')),
+                   if(kind = 'safety_trigger', ['pii', 'toxicity', 'jailbreak'][k % 3 + 1], ''),
+                   if(kind = 'llm_call', toDecimal128(k % 9973, 12) / 1000000, toDecimal128(0, 12)),
+                   'openai/bench@2024-01-01T00:00:00Z', 0,
+                   if(k % 3 = 0, toNullable(50.0 + (k * 31) % 3000), NULL), if(k % 3 = 0, 1, 0),
+                   if(kind = 'feedback', toNullable(if(k % 3 = 0, -1.0, 1.0)), NULL),
+                   if(k % 1000 = 7, 'success', '')
+            FROM (SELECT number, number AS k FROM numbers({offset}, {count}))
+        """)
+    store.call(store.command, "INSERT INTO events SELECT * FROM events WHERE cityHash64(event_id) % 100 = 0")
+    # alerts with resolutions, and the directives applied for half of them
+    store.call(store.command, f"""
+        INSERT INTO alerts SELECT concat('a', toString(number % 300)), ['error_rate', 'cost_spike', 'slo_burn'][number % 3 + 1],
+            '', concat('{{"tenant_id":"tenant-', toString(number % 20), '","feature":"chat"}}'), 'critical',
+            if(number < 300, 'open', 'resolved'), t - INTERVAL 5 MINUTE, t + INTERVAL (number >= 300) * 40 MINUTE,
+            concat('{{"alert_id":"a', toString(number % 300), '","kind":"', ['error_rate', 'cost_spike', 'slo_burn'][number % 3 + 1],
+                   '","scope":{{"tenant_id":"tenant-', toString(number % 20), '","feature":"chat"}},"severity":"critical",',
+                   '"status":"', if(number < 300, 'open', 'resolved'), '","metric":"m","observed":"1","baseline":"0",',
+                   '"threshold":"0","window_s":60,"first_seen":"', replaceOne(toString(t - INTERVAL 5 MINUTE), ' ', 'T'),
+                   'Z","last_seen":"', replaceOne(toString(t + INTERVAL (number >= 300) * 40 MINUTE), ' ', 'T'),
+                   'Z","opened_at":"', replaceOne(toString(t), ' ', 'T'), 'Z","summary":"bench"}}'),
+            t + INTERVAL number SECOND
+        FROM (SELECT number, toDateTime64('{MONTH:%Y-%m-%d %H:%M:%S}', 3, 'UTC') + INTERVAL (number % 300) * 2 HOUR AS t
+              FROM numbers(500))
+    """)
+    store.call(store.command, f"""
+        INSERT INTO actions SELECT concat('x', toString(number)),
+            toDateTime64('{MONTH:%Y-%m-%d %H:%M:%S}', 3, 'UTC') + INTERVAL (number * 2 % 300) * 2 HOUR + INTERVAL 90 SECOND,
+            'applied', concat('d', toString(number)), '', '', concat('a', toString(number * 2 % 300)), 'p@v1',
+            'flyball', 'bench', '', '', '' FROM numbers(150)
+    """)
+    return time.perf_counter() - t0
+
+
+def median_ms(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
+    result = fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=10_000_000)
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per figure (median)")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT))
+    from flyball.control_plane.kpi_rollup import KPIRollup
+    from flyball.control_plane.report import build, html_page, markdown
+    from flyball.control_plane.runtime import load_prices
+    from flyball.control_plane.slo import DEFAULT_SLOS
+    from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ClickHouseStore(f"chdb://{tmp}/ch")
+        store.migrate()
+        filled = fill(store, args.events)
+        t_roll = time.perf_counter()
+        KPIRollup(store).refresh(DEFAULT_SLOS)  # what the API does before a report (here: from scratch)
+        t_roll = time.perf_counter() - t_roll
+        rows = store.call(store.query, "SELECT count(), countIf(ts >= {s:DateTime64(3, 'UTC')}) FROM events FINAL",
+                          {"s": MONTH})[0]
+        print(f"filled {rows[0]:,} distinct events ({rows[1]:,} in 2026-11) in {filled:.1f} s; "
+              f"daily rollups built from scratch in {t_roll:.1f} s")
+        rollup = KPIRollup(store)
+
+        def report() -> Any:
+            rollup.refresh(DEFAULT_SLOS)  # incremental: nothing was ingested since
+            return build(query, "2026-11", slos=DEFAULT_SLOS, book=book)
+        book = load_prices(None)
+
+        def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+            return store.call(store.query, sql, params)
+
+        month = {"s": MONTH, "e": END}
+        where = "ts >= {s:DateTime64(3, 'UTC')} AND ts < {e:DateTime64(3, 'UTC')}"
+        count, _ = median_ms(lambda: query(f"SELECT count() FROM events WHERE {where}", month), args.runs)
+        count_final, _ = median_ms(lambda: query(
+            f"SELECT count() FROM events FINAL WHERE {where} SETTINGS do_not_merge_across_partitions_select_final = 1",
+            month), args.runs)
+        report_ms, data = median_ms(report, args.runs)
+        render_ms, _ = median_ms(lambda: (markdown(data), html_page(data)), args.runs)
+        store.close()
+    total = report_ms + render_ms
+    o = data["overall"]
+    print(f"report: {o['calls']:,} calls, spend ${o['cost_usd']}, {len(data['incidents'])} incidents, "
+          f"{len(data['features'])} features, {len(data['movers'])} movers")
+    print(f"{'figure':<12} {'median ms':>10}")
+    for name, ms in (("report", report_ms), ("render", render_ms), ("count_final", count_final), ("count", count)):
+        print(f"{name:<12} {ms:>10.1f}")
+    print(f"report+render / count_final = {total / count_final:.1f}x; / count = {total / count:.1f}x")
+    print(f"target report+render <= 2000 ms: {'met' if total <= 2000 else 'NOT met'} ({total:.0f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
