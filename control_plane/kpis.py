@@ -376,8 +376,10 @@ def forecast_for(daily: Mapping[date, Decimal], p: Span) -> Decimal | None:
     return (f.daily_rate * days).quantize(MICRO)
 
 
-def kpis(query: Query, p: Span, *, slos: SLOs, book: PriceBook) -> dict[str, Any]:
-    """Run every KPI query for the period and assemble the answer (see docs/KPIS.md)."""
+def kpis(query: Query, p: Span, *, slos: SLOs, book: PriceBook, with_total: bool = False) -> dict[str, Any]:
+    """Run every KPI query for the period and assemble the answer (see docs/KPIS.md).
+    ``with_total`` (grouped by feature): also the whole period's figures as ``total``, added up
+    from the groups (the p95s, which do not add up, from one more rollup query)."""
     groups: dict[str, Group] = {}
 
     def group(key: Any) -> Group:
@@ -428,12 +430,50 @@ def kpis(query: Query, p: Span, *, slos: SLOs, book: PriceBook) -> dict[str, Any
     by_group, listed = incidents(alerts, mitigated, start=p.start, end=p.end, group_by=p.group_by)
     for key, kinds in by_group.items():
         group(key).incidents = kinds
-    return {
+    answer = {
         "from": p.start.isoformat(), "to": p.end.isoformat(), "group_by": p.group_by, "tenant_id": p.tenant_id,
         "currency": "USD", "slos_version": slos.version,
         "groups": [groups[k].as_json() for k in sorted(groups)],
         "_incidents": listed,
     }
+    if with_total:
+        if p.group_by != "feature":
+            raise ValueError("group_by: with_total adds up per-feature groups")
+        answer["total"] = _total(query, p, groups, daily, alerts, mitigated).as_json()
+    return answer
+
+
+def _total(query: Query, p: Span, groups: Mapping[str, Group], daily: Mapping[str, Mapping[date, Decimal]],
+           alerts: list[dict[str, Any]], mitigated: Mapping[str, datetime]) -> Group:
+    t = Group(ALL)
+    for g in groups.values():
+        t.calls += g.calls
+        for c, n in g.failures.items():
+            t.failures[c] = t.failures.get(c, 0) + n
+        t.cost += g.cost
+        t.unpriced_calls += g.unpriced_calls
+        t.input_tokens += g.input_tokens
+        t.cache_read_tokens += g.cache_read_tokens
+        t.ok_calls += g.ok_calls
+        t.streamed_ok += g.streamed_ok
+        t.saved += g.saved
+        t.unpriced_cache_tokens += g.unpriced_cache_tokens
+        for c, n in g.safety.items():
+            t.safety[c] = t.safety.get(c, 0) + n
+        t.successes += g.successes
+        t.slo += g.slo  # per feature, the objectives are the same as overall
+    for row in query(*calls_sql(Span(p.start, p.end, None, p.tenant_id))):
+        n = len(FAILURE_CLASSES)
+        rest = row[2 + n:]
+        t.p95_latency_ms = round(float(rest[5]), 3) if t.ok_calls else None
+        t.p95_ttft_ms = round(float(rest[7]), 3) if t.streamed_ok else None
+    summed: dict[date, Decimal] = {}
+    for per in daily.values():
+        for d, v in per.items():
+            summed[d] = summed.get(d, Decimal(0)) + v
+    t.forecast = forecast_for(summed, p)
+    t.incidents = incidents(alerts, mitigated, start=p.start, end=p.end, group_by=None)[0].get(ALL, {})
+    return t
 
 
 CSV_HEADER = ["group", "kpi", "dimension", "value"]

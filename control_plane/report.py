@@ -57,10 +57,8 @@ def _iso(value: Any) -> str:
 
 def build(query: Query, month: str, *, slos: SLOs, book: PriceBook, tenant_id: str | None = None) -> dict[str, Any]:
     prev, start, end = month_bounds(month)
-    overall = kpis(query, Span(start, end, None, tenant_id), slos=slos, book=book)
-    per_feature = kpis(query, Span(start, end, "feature", tenant_id), slos=slos, book=book)
-    listed = overall.pop("_incidents")
-    per_feature.pop("_incidents")
+    per_feature = kpis(query, Span(start, end, "feature", tenant_id), slos=slos, book=book, with_total=True)
+    listed = per_feature.pop("_incidents")
     steps: dict[str, list[dict[str, Any]]] = {}
     if listed:
         for alert_id, at, decision, actor, reason, directive_id in query(*timeline_sql([a["alert_id"] for a in listed])):
@@ -85,7 +83,7 @@ def build(query: Query, month: str, *, slos: SLOs, book: PriceBook, tenant_id: s
     movers.sort(key=lambda m: (-abs(m["change_usd"]), m["tenant_id"], m["feature"]))
     return {
         "month": month, "from": start.isoformat(), "to": end.isoformat(), "tenant_id": tenant_id,
-        "overall": overall["groups"][0] if overall["groups"] else None, "features": per_feature["groups"],
+        "overall": per_feature["total"] if per_feature["groups"] else None, "features": per_feature["groups"],
         "incidents": incidents,
         "movers": [{**m, "spend_usd": money(m["spend_usd"]), "previous_usd": money(m["previous_usd"]),
                     "change_usd": money(m["change_usd"])} for m in movers[:TOP_MOVERS]],

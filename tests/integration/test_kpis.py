@@ -451,3 +451,18 @@ def test_slos_are_versioned_and_audited(env: Env) -> None:
     kp = env.get("/v1/kpis", params={"from": START.isoformat(), "to": END.isoformat()}).json()
     assert {s["target"] for s in kp["groups"][0]["slo"] if s["slo_id"] == "availability"} == {0.999}
     env.send("PUT", "/v1/slos", "admin", orjson.dumps(shipped).decode())
+
+
+def test_report_overall_equals_the_ungrouped_kpis(env: Env) -> None:
+    """The report adds up its per-feature groups into the overall figures: they equal /v1/kpis
+    without group_by."""
+    body = env.get("/v1/kpis/report", params={"month": "2026-11"}).json()
+    plain = env.get("/v1/kpis", params={"from": START.isoformat(), "to": END.isoformat()}).json()["groups"][0]
+    overall = body["overall"]
+    for name in ("calls", "error_rate", "errors", "p95_latency_ms", "p95_ttft_ms", "cost_usd", "unpriced_calls",
+                 "successful_outcomes", "cost_per_successful_outcome_usd", "cache", "safety", "incidents"):
+        assert overall[name] == plain[name], name
+    assert {(s["slo_id"], s["feature"]) for s in overall["slo"]} == {(s["slo_id"], s["feature"]) for s in plain["slo"]}
+    if plain["forecast_usd"] is not None:
+        # the forecast of the summed daily spend (the core is not additive over groups)
+        assert Decimal(overall["forecast_usd"]) == Decimal(plain["forecast_usd"])
