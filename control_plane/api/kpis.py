@@ -52,16 +52,19 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
     @app.get("/v1/kpis", tags=["finance", "sre"])
     async def get_kpis(
         request: Request, p: Annotated[Principal, Depends(reader)],
-        from_: Annotated[datetime, Query(alias="from")], to: datetime,
+        from_: Annotated[datetime | None, Query(alias="from")] = None, to: datetime | None = None,
         group_by: Literal["feature", "tenant_id"] | None = None, tenant_id: str | None = None,
     ) -> Response:
         """SLO attainment and error budget left, MTTD / time to mitigation / MTTR per alert kind,
         cost per successful outcome, spend against the forecast made at ``from``, cache hit rate and
         dollars saved, safety violations per 1,000 calls, p95 latency and TTFT, error rate by class;
-        per group. Definitions and the query behind each figure: docs/KPIS.md."""
+        per group. ``from`` defaults to the start of the current month, ``to`` to now. Definitions
+        and the query behind each figure: docs/KPIS.md."""
         store()
         tenant = tenant_scope(p, tenant_id)
-        start, end = _aware(from_, "from"), _aware(to, "to")
+        now = datetime.now(UTC)
+        start = _aware(from_, "from") if from_ is not None else datetime(now.year, now.month, 1, tzinfo=UTC)
+        end = _aware(to, "to") if to is not None else now
         if end <= start:
             raise HTTPException(422, "to: must be after from")
         if end - start > (datetime(2000, 12, 31, tzinfo=UTC) - datetime(2000, 1, 1, tzinfo=UTC)):
@@ -85,12 +88,14 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         return Response(orjson.dumps(answer), media_type="application/json")
 
     @app.get("/v1/kpis/report", tags=["finance", "sre"])
-    async def get_report(p: Annotated[Principal, Depends(reader)], month: str,
+    async def get_report(p: Annotated[Principal, Depends(reader)], month: str | None = None,
                          tenant_id: str | None = None) -> Response:
-        """Everything the monthly report shows for ``month`` (YYYY-MM): KPIs overall and per
-        feature, incidents with their timelines, the top spend movers against the previous month."""
+        """Everything the monthly report shows for ``month`` (YYYY-MM, default: the current month):
+        KPIs overall and per feature, incidents with their timelines, the top spend movers
+        against the previous month."""
         store()
         tenant = tenant_scope(p, tenant_id)
+        month = month if month is not None else datetime.now(UTC).strftime("%Y-%m")
         try:
             month_bounds(month)
         except ValueError as exc:
