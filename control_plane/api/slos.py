@@ -13,10 +13,6 @@ from ..slo_live import SLORegistry
 from .deps import Auth, Deps, actor
 
 
-def registry_of(deps: Deps) -> "RegistryHolder":
-    return RegistryHolder(deps)
-
-
 class RegistryHolder:
     """The process's SLO registry (the control plane's), or one built on the store and bootstrapped
     with the shipped SLOs the first time a route needs it (an API without a control loop)."""
@@ -37,7 +33,7 @@ class RegistryHolder:
 
 
 def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
-    holder = registry_of(deps)
+    holder = RegistryHolder(deps)
     app.state.slo_registry = holder  # the KPI routes read the same SLOs
 
     @app.get("/v1/slos", tags=["sre"])
