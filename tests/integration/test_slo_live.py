@@ -131,4 +131,8 @@ def test_live_monitor_and_replay_raise_the_same_alerts(data: tuple[ClickHouseSto
         assert (a["status"], a["first_seen"], a["opened_at"], a["details"]["rule"]) == \
             (want["status"], want["first_seen"], want["opened_at"], want["details"]["rule"])
     actions = [orjson.loads(x) for x in (out / "actions.jsonl").read_bytes().splitlines()]
-    assert any(x["decision"] == "dry_run" and x["alert_id"] in replayed for x in actions)
+    acme = {i for i, a in replayed.items() if a["scope"].get("tenant_id") == "acme" and a["severity"] == "critical"}
+    assert acme, "the per-tenant latency objective of acme did not page"
+    # through the shipped policies: a throttle of acme's chat proposed once, waiting for approval
+    pending = [x for x in actions if x["decision"] == "pending" and x["alert_id"] in acme]
+    assert len(pending) == 1 and pending[0]["directive"]["scope"] == {"tenant_id": "acme", "feature": "chat"}

@@ -119,13 +119,25 @@ def test_alert_lifecycle_open_refresh_resolve() -> None:
     assert transition([calm], resolved, now=NOW + 3 * M) is None
 
 
-def test_page_level_burn_goes_through_the_shipped_policy_in_dry_run() -> None:
-    firing = evaluate(AVAIL, SUBJECT, windows(h1=(1000, 20), m5=(100, 3)), Counts(100_000, 40))
+def test_page_level_burn_of_a_tenant_proposes_a_throttle_for_approval() -> None:
+    per_tenant = Subject("avail", "chat", "acme")
+    firing = evaluate(AVAIL, per_tenant, windows(h1=(1000, 20), m5=(100, 3)), Counts(100_000, 40))
     alert = transition([firing], None, now=NOW)
     assert alert is not None
     actions = decide(alert, [], DEFAULT_POLICIES, now=NOW)
-    assert [a.decision for a in actions] == [Decision.DRY_RUN]
+    assert [a.decision for a in actions] == [Decision.PENDING]
     assert actions[0].policy is not None and actions[0].policy.policy_id == "slo-fast-burn-throttle"
+    assert actions[0].directive is not None and actions[0].directive.scope.compact() == {"tenant_id": "acme",
+                                                                                        "feature": "chat"}
+    # re-published a minute later: already waiting for an SRE, nothing new
+    again = transition([firing], alert, now=NOW + M)
+    assert again is not None
+    assert decide(again, [actions[0].directive], DEFAULT_POLICIES, now=NOW + M) == []
+    # a feature-wide burn is notified, not acted on (the shim enforces tenant-scoped throttles)
+    wide = transition([evaluate(AVAIL, SUBJECT, windows(h1=(1000, 20), m5=(100, 3)), Counts(100_000, 40))], None,
+                      now=NOW)
+    assert wide is not None
+    assert [a.decision for a in decide(wide, [], DEFAULT_POLICIES, now=NOW)] == [Decision.NOTED]
 
 
 def test_incident_start_is_first_minute_of_the_burning_run() -> None:
