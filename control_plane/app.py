@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 
-from .api import admin, finance, kpis, otlp, slos, sre
+from .api import admin, finance, kpis, otlp, requests, slos, sre
 from .api.deps import Auth, Deps
 from .auth import Principal
 from .metrics import registry_of
@@ -20,7 +20,7 @@ from .metrics import registry_of
 __all__ = ["Deps", "create_app"]
 
 
-def create_app(deps: Deps) -> FastAPI:
+def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
     app = FastAPI(title="flyball", version="0.1.0",
                   description="Telemetry and control plane for LLM calls: spend, alerts, directives, audit.")
     auth = Auth(deps.keys, deps.limiter)
@@ -41,6 +41,10 @@ def create_app(deps: Deps) -> FastAPI:
     async def metrics(_: Annotated[Principal, Depends(auth.any_key())]) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
-    for module in (finance, sre, admin, otlp, slos, kpis):
+    for module in (finance, sre, admin, otlp, slos, kpis, requests):
         module.register(app, deps, auth)
+    if console:
+        from .ui.console import register as register_console
+
+        register_console(app, deps, auth)
     return app

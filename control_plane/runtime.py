@@ -45,6 +45,7 @@ from .metrics import serve_metrics
 from .otlp import OtlpOptions
 from .receiver import OtlpReceiver
 from .settings import Settings
+from .ui.queries import rollup_loop as console_rollup_loop
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +118,9 @@ class System:
         self.book = await asyncio.to_thread(self.finance.restore_prices, self.book)  # + changes made via the API
         await asyncio.to_thread(self.finance.load_budgets)
         self._tasks.append(asyncio.create_task(self.finance.rollup_loop(s.rollup_interval_s), name="rollups"))
+        if self.api:  # the console's charts read this rollup; a few seconds behind the events
+            self._tasks.append(asyncio.create_task(console_rollup_loop(self.store, min(5.0, s.rollup_interval_s)),
+                                                   name="console-rollup"))
         waits: list[asyncio.Event] = []
         if self.worker:
             tune_gc_for_batches()

@@ -345,6 +345,35 @@ MIGRATIONS: list[tuple[int, str]] = [
     """),
     # finance: OpenAI's 12-hour cache writes have their own rate (the 1-hour ones are column 10's)
     (26, "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_write_12h_tokens UInt64 DEFAULT 0"),
+    # 40-49: the console (control_plane/ui/queries.py): a per-minute rollup of every event kind,
+    # recomputed from events FINAL for the minutes that received rows, so each event counts once
+    (40, """
+    CREATE TABLE IF NOT EXISTS console_minute (
+        tenant_id LowCardinality(String),
+        minute DateTime('UTC'),
+        event_type LowCardinality(String),
+        feature LowCardinality(String),
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        prompt_version LowCardinality(String),
+        status LowCardinality(String),
+        category LowCardinality(String),
+        events UInt64,
+        unpriced_events UInt64,
+        input_tokens UInt64,
+        output_tokens UInt64,
+        cache_read_tokens UInt64,
+        cache_write_tokens UInt64,
+        cost_usd Decimal(38, 12),
+        latency_p95 AggregateFunction(quantileTDigest(0.95), Float64),
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(minute)
+    ORDER BY (tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category)
+    """),
+    # the request page looks events up by request_id or trace_id across all days
+    (41, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4"),
+    (42, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 4"),
 ]
 
 

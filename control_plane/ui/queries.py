@@ -1,0 +1,376 @@
+"""The data behind the console's pages: SQL over ClickHouse, tenant scope always applied.
+
+Health and the spend-over-time chart read ``console_minute``, a per-minute rollup recomputed
+from ``events FINAL`` (each event once, like ``spend_minute``) for the minutes that received
+rows since the last refresh; money on the console's tables and its CSV comes from
+``GET /v1/spend`` itself, so the two cannot disagree. ``bench/console.py`` times every query
+here over 10M events.
+
+Every function takes the tenant a principal may see (``None`` = all) and answers only about
+it: a tenant-bound key never gets another tenant's rows, names or counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Query = Callable[[str, dict[str, Any]], Sequence[Sequence[Any]]]
+
+FILTERS = ("tenant_id", "feature", "provider", "model", "prompt_version")
+RANGES: dict[str, int] = {"15m": 900, "1h": 3600, "6h": 21_600, "24h": 86_400, "7d": 604_800, "30d": 2_592_000}
+TOP_N = 8  # series on a stacked chart; the rest is "other"
+
+_ROLLUP_SELECT = (
+    "SELECT tenant_id, toStartOfMinute(ts) AS minute, event_type, feature, provider, model, prompt_version, status, "
+    "category, count(), countIf(unpriced = 1), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
+    "sum(cache_write_tokens), sum(ifNull(cost_usd, toDecimal128(0, 12))), quantileTDigestState(0.95)(latency_ms), "
+    "now64(3) FROM events FINAL WHERE {where} "
+    "GROUP BY tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category")
+
+
+def refresh_rollup(store: Any, since: datetime) -> int:
+    """Recompute ``console_minute`` for every (tenant, minute) that received rows since
+    ``since``; run on the store's ClickHouse thread. Returns the (tenant, minute) pairs."""
+    dirty = ("SELECT DISTINCT tenant_id, toStartOfMinute(ts) AS m FROM events "
+             "WHERE ingested_at >= {since:DateTime64(3, 'UTC')}")
+    lo = store.query(f"SELECT min(m), count() FROM ({dirty})", {"since": since})
+    if not lo or not lo[0][1]:
+        return 0
+    where = (f"ts >= {{lo:DateTime('UTC')}} AND (tenant_id, toStartOfMinute(ts)) IN "
+             f"(SELECT tenant_id, m FROM ({dirty}))")
+    store.command("INSERT INTO console_minute " + _ROLLUP_SELECT.format(where=where),
+                  {"since": since, "lo": _utc(lo[0][0])})
+    return int(lo[0][1])
+
+
+async def rollup_loop(store: Any, interval_s: float) -> None:
+    """Keep ``console_minute`` fresh: every ``interval_s``, the minutes that received rows since
+    the previous round (with a 10 s overlap for rows inserted while it ran)."""
+    since = datetime(1970, 1, 1, tzinfo=UTC)
+    while True:
+        started = datetime.now(UTC)
+        try:
+            await store.run(refresh_rollup, store, since)
+            since = started - timedelta(seconds=10)
+        except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next round from the same point
+            log.warning("console_rollup_failed", error=str(exc)[:300])
+        await asyncio.sleep(interval_s)
+
+
+def _utc(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What a page is filtered on. ``tenant_id`` is already the scope the principal may see."""
+
+    tenant_id: str | None = None
+    feature: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    prompt_version: str | None = None
+    range: str = "1h"
+    end: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def seconds(self) -> int:
+        return RANGES[self.range]
+
+    @property
+    def start(self) -> datetime:
+        return self.end - timedelta(seconds=self.seconds)
+
+    @property
+    def step_s(self) -> int:
+        """Bucket width: about 60-360 points per chart."""
+        s = self.seconds
+        return 60 if s <= 21_600 else 300 if s <= 86_400 else 3600 if s <= 604_800 else 3 * 3600
+
+    def where(self, time_col: str = "minute") -> tuple[str, dict[str, Any]]:
+        parts = [f"{time_col} >= {{start:DateTime('UTC')}}", f"{time_col} < {{end:DateTime('UTC')}}"]
+        params: dict[str, Any] = {"start": self.start, "end": self.end}
+        for name in FILTERS:
+            value = getattr(self, name)
+            if value:
+                parts.append(f"{name} = {{f_{name}:String}}")
+                params[f"f_{name}"] = value
+        return " AND ".join(parts), params
+
+    def as_params(self) -> dict[str, str]:
+        """The same filters for ``GET /v1/spend``."""
+        out = {name: getattr(self, name) for name in FILTERS if getattr(self, name)}
+        return {**out, "from": self.start.isoformat(), "to": self.end.isoformat()}
+
+
+def _bucket(f: Filters) -> str:
+    return f"toUInt32(toStartOfInterval(minute, INTERVAL {f.step_s} SECOND))"
+
+
+def _axis(f: Filters) -> list[int]:
+    step = f.step_s
+    first = int(f.start.timestamp()) // step * step
+    return list(range(first, int(f.end.timestamp()), step))
+
+
+def _series(axis: list[int], values: dict[int, float]) -> list[float | None]:
+    return [values.get(t) for t in axis]
+
+
+def health(q: Query, f: Filters) -> dict[str, Any]:
+    """Charts for the Health page: each a shared time axis (unix seconds) plus named series."""
+    where, params = f.where()
+    b = _bucket(f)
+    rows = q(f"SELECT {b} AS t, event_type, status, category, sum(events), sum(input_tokens + output_tokens), "
+             f"toFloat64(sum(cost_usd)) FROM console_minute FINAL WHERE {where} "
+             "GROUP BY t, event_type, status, category ORDER BY t", params)
+    lat = q(f"SELECT {b} AS t, quantileTDigestMerge(0.95)(latency_p95) FROM console_minute FINAL "
+            f"WHERE {where} AND event_type = 'llm_call' GROUP BY t ORDER BY t", params)
+    axis = _axis(f)
+    per_min = f.step_s / 60
+    calls: dict[int, float] = {}
+    tools: dict[int, float] = {}
+    retrievals: dict[int, float] = {}
+    classes: dict[str, dict[int, float]] = {k: {} for k in ERROR_CLASSES}
+    tokens: dict[int, float] = {}
+    cost: dict[int, float] = {}
+    safety: dict[str, dict[int, float]] = {}
+    retrieval_failed: dict[int, float] = {}
+    for t, etype, status, category, n, toks, usd in rows:
+        t, n = int(t), float(n)
+        if etype == "llm_call":
+            calls[t] = calls.get(t, 0) + n
+            tokens[t] = tokens.get(t, 0) + float(toks) / per_min
+            cost[t] = cost.get(t, 0) + float(usd) / per_min
+            klass = {"error": "provider_error", "timeout": "timeout", "rate_limited": "rate_limited"}.get(status)
+            if klass:
+                classes[klass][t] = classes[klass].get(t, 0) + n
+        elif etype == "tool_call":
+            tools[t] = tools.get(t, 0) + n
+            if status != "ok":
+                classes["tool_error"][t] = classes["tool_error"].get(t, 0) + n
+        elif etype == "retrieval":
+            retrievals[t] = retrievals.get(t, 0) + n
+            if status != "ok":  # results_count is not stored: an empty result with status ok is not seen here
+                classes["retrieval_error"][t] = classes["retrieval_error"].get(t, 0) + n
+                retrieval_failed[t] = retrieval_failed.get(t, 0) + n
+        elif etype == "safety_trigger":
+            cat = category or "other"
+            safety.setdefault(cat, {})[t] = safety.setdefault(cat, {}).get(t, 0) + n / per_min
+            if status == "blocked":
+                classes["safety_block"][t] = classes["safety_block"].get(t, 0) + n
+
+    def rate(num: dict[int, float], den: dict[int, float]) -> dict[int, float]:
+        return {t: 100.0 * num.get(t, 0) / d for t, d in den.items() if d}
+
+    denominators = {"provider_error": calls, "timeout": calls, "rate_limited": calls, "tool_error": tools,
+                    "retrieval_error": retrievals, "safety_block": calls}
+    latency = {int(t): float(v) for t, v in lat if v == v}  # NaN when a bucket has no calls
+    return {
+        "axis": axis, "step_s": f.step_s,
+        "charts": {
+            "latency": {"unit": "ms", "title": "p95 latency of LLM calls",
+                        "series": {"p95 latency": _series(axis, latency)}},
+            "errors": {"unit": "%", "title": "error rate by class",
+                       "series": {ERROR_CLASSES[k]: _series(axis, rate(v, denominators[k])) for k, v in classes.items()}},
+            "tokens": {"unit": "tokens/min", "title": "tokens per minute", "series": {"tokens": _series(axis, tokens)}},
+            "cost": {"unit": "USD/min", "title": "cost per minute", "series": {"cost": _series(axis, cost)}},
+            "safety": {"unit": "triggers/min", "title": "safety triggers by category",
+                       "series": {c: _series(axis, v) for c, v in sorted(safety.items())}},
+            "retrieval": {"unit": "%", "title": "retrieval failure rate",
+                          "series": {"failed": _series(axis, rate(retrieval_failed, retrievals))}},
+        },
+        "totals": {"llm_calls": int(sum(calls.values())), "tool_calls": int(sum(tools.values())),
+                   "retrievals": int(sum(retrievals.values()))},
+    }
+
+
+ERROR_CLASSES = {"provider_error": "provider errors", "timeout": "timeouts", "rate_limited": "rate limits",
+                 "tool_error": "tool errors", "retrieval_error": "retrieval errors", "safety_block": "safety blocks"}
+
+
+def markers(q: Query, f: Filters) -> list[dict[str, Any]]:
+    """Alerts (first seen) and directive decisions in the range, for drawing on charts."""
+    params: dict[str, Any] = {"start": f.start, "end": f.end}
+    tenant_a = tenant_b = ""
+    if f.tenant_id:
+        tenant_a = " AND JSONExtractString(scope, 'tenant_id') = {t:String}"
+        tenant_b = " AND tenant_id = {t:String}"
+        params["t"] = f.tenant_id
+    alerts = q("SELECT toUInt32(first_seen), kind, scope_key, alert_id FROM alerts FINAL "
+               "WHERE last_seen >= {start:DateTime64(3, 'UTC')} AND first_seen < {end:DateTime64(3, 'UTC')}"
+               f"{tenant_a} ORDER BY first_seen LIMIT 200", params)
+    acts = q("SELECT toUInt32(at), decision, scope_key, directive_id FROM actions "
+             "WHERE at >= {start:DateTime64(3, 'UTC')} AND at < {end:DateTime64(3, 'UTC')} AND directive_id != '' "
+             f"AND decision IN ('applied', 'reverted', 'expired', 'approved'){tenant_b} ORDER BY at LIMIT 200", params)
+    return ([{"t": int(t), "type": "alert", "label": f"{k} {s}", "id": i} for t, k, s, i in alerts]
+            + [{"t": int(t), "type": "directive", "label": f"directive {d} {s}", "id": i} for t, d, s, i in acts])
+
+
+def spend_series(q: Query, f: Filters, by: str) -> dict[str, Any]:
+    """Spend per bucket stacked by ``model`` or ``feature``: the top ``TOP_N`` and "other"."""
+    if by not in ("model", "feature", "provider"):
+        raise ValueError("by: one of model, feature, provider")
+    where, params = f.where()
+    b = _bucket(f)
+    rows = q(f"SELECT {b} AS t, {by}, sum(cost_usd) FROM console_minute FINAL "
+             f"WHERE {where} AND event_type = 'llm_call' GROUP BY t, {by} ORDER BY t", params)
+    totals: dict[str, Decimal] = {}
+    for _, name, usd in rows:
+        totals[name] = totals.get(name, Decimal(0)) + Decimal(usd)
+    top = [n for n, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_N]]
+    series: dict[str, dict[int, float]] = {n or "(none)": {} for n in top}
+    for t, name, usd in rows:
+        label = (name or "(none)") if name in top else "other"
+        s = series.setdefault(label, {})
+        s[int(t)] = s.get(int(t), 0.0) + float(usd)
+    axis = _axis(f)
+    return {"axis": axis, "step_s": f.step_s, "unit": "USD per bucket", "by": by,
+            "series": {n: [v.get(t, 0.0) for t in axis] for n, v in series.items()}}
+
+
+def tokens_split(q: Query, f: Filters, cache_saving: Callable[[str, str, int], Decimal]) -> dict[str, Any]:
+    """Tokens split into input (uncached), output, cache read and cache write, per model, with
+    what the cache reads saved at each model's prices (``cache_saving(provider, model, tokens)``)."""
+    where, params = f.where()
+    rows = q("SELECT provider, model, sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
+             "sum(cache_write_tokens), sum(events), sum(unpriced_events) FROM console_minute FINAL "
+             f"WHERE {where} AND event_type = 'llm_call' GROUP BY provider, model ORDER BY provider, model", params)
+    out = []
+    saving = Decimal(0)
+    for provider, model, inp, outp, cr, cw, n, unpriced in rows:
+        s = cache_saving(provider, model, int(cr))
+        saving += s
+        out.append({"provider": provider, "model": model, "input_uncached": int(inp) - int(cr) - int(cw),
+                    "output": int(outp), "cache_read": int(cr), "cache_write": int(cw), "calls": int(n),
+                    "unpriced_calls": int(unpriced), "cache_saving_usd": s})
+    return {"models": out, "cache_saving_usd": saving}
+
+
+def top_movers(rows_now: Sequence[dict[str, Any]], rows_before: Sequence[dict[str, Any]], key: str,
+               n: int = 5) -> list[dict[str, Any]]:
+    """The groups whose spend changed most against the previous period (pure)."""
+    now = {str(r[key]): Decimal(r["cost_usd"]) for r in rows_now}
+    before = {str(r[key]): Decimal(r["cost_usd"]) for r in rows_before}
+    moves = []
+    for name in set(now) | set(before):
+        a, b = before.get(name, Decimal(0)), now.get(name, Decimal(0))
+        pct = None if a == 0 else ((b - a) * 100 / a).quantize(Decimal("0.1"))
+        moves.append({"name": name, "before_usd": a, "now_usd": b, "delta_usd": b - a, "pct": pct})
+    moves.sort(key=lambda m: (-abs(m["delta_usd"]), m["name"]))
+    return moves[:n]
+
+
+def request_chain(q: Query, ident: str, tenant_id: str | None, limit: int = 500) -> list[dict[str, Any]]:
+    """Every event of one request or trace (by ``request_id`` or ``trace_id``), oldest first;
+    ids, fields, tokens, cost, latency and status, never text."""
+    params: dict[str, Any] = {"id": ident, "limit": limit}
+    tenant = ""
+    if tenant_id is not None:
+        tenant = " AND tenant_id = {t:String}"
+        params["t"] = tenant_id
+    cols = ["event_id", "ts", "event_type", "tenant_id", "feature", "service", "request_id", "trace_id", "provider",
+            "model", "tool_name", "category", "index_name", "status", "input_tokens", "output_tokens",
+            "cache_read_tokens", "cache_write_tokens", "latency_ms", "cost_usd", "unpriced"]
+    rows = q(f"SELECT {', '.join(cols)} FROM events FINAL WHERE (request_id = {{id:String}} OR trace_id = {{id:String}})"
+             f"{tenant} ORDER BY ts, event_id LIMIT {{limit:UInt32}}", params)
+    out = []
+    for row in rows:
+        item = dict(zip(cols, row, strict=True))
+        item["event_id"] = str(item["event_id"])
+        item["ts"] = (_utc(item["ts"])).isoformat()
+        item["cost_usd"] = None if item["cost_usd"] is None else format(Decimal(item["cost_usd"]).normalize(), "f")
+        item["latency_ms"] = float(item["latency_ms"])
+        out.append(item)
+    return out
+
+
+def sample_events(q: Query, ids: Sequence[str], tenant_id: str | None) -> list[dict[str, Any]]:
+    """An alert's sample events: ids and fields, never text."""
+    if not ids:
+        return []
+    params: dict[str, Any] = {"ids": list(ids)}
+    tenant = ""
+    if tenant_id is not None:
+        tenant = " AND tenant_id = {t:String}"
+        params["t"] = tenant_id
+    cols = ["event_id", "ts", "event_type", "tenant_id", "feature", "request_id", "provider", "model", "tool_name",
+            "status", "input_tokens", "output_tokens", "latency_ms", "cost_usd"]
+    rows = q(f"SELECT {', '.join(cols)} FROM events FINAL WHERE event_id IN {{ids:Array(UUID)}}{tenant} ORDER BY ts",
+             params)
+    out = []
+    for row in rows:
+        item = dict(zip(cols, row, strict=True))
+        item["event_id"] = str(item["event_id"])
+        item["ts"] = _utc(item["ts"]).isoformat()
+        out.append(item)
+    return out
+
+
+def alert_series(q: Query, scope: dict[str, Any], metric: str, first_seen: datetime, last_seen: datetime,
+                 window_s: int) -> dict[str, Any]:
+    """The series an alert's detector watched, per minute, from 30 minutes before the alert to
+    10 after: cost, tokens, calls or error share of its scope (rollup dimensions only)."""
+    start = first_seen - timedelta(minutes=30)
+    end = last_seen + timedelta(minutes=10)
+    parts = ["minute >= {start:DateTime('UTC')}", "minute < {end:DateTime('UTC')}"]
+    params: dict[str, Any] = {"start": start, "end": end}
+    for name in FILTERS:
+        if scope.get(name):
+            parts.append(f"{name} = {{s_{name}:String}}")
+            params[f"s_{name}"] = scope[name]
+    m = metric.lower()
+    if "cost" in m or "usd" in m:
+        expr, unit, etype = "toFloat64(sum(cost_usd))", "USD/min", "llm_call"
+    elif "token" in m:
+        expr, unit, etype = "toFloat64(sum(input_tokens + output_tokens))", "tokens/min", "llm_call"
+    elif scope.get("category"):
+        parts.append("category = {s_category:String}")
+        params["s_category"] = scope["category"]
+        expr, unit, etype = "toFloat64(sum(events))", "triggers/min", "safety_trigger"
+    elif "latency" in m:
+        expr, unit, etype = "quantileTDigestMerge(0.95)(latency_p95)", "ms (p95)", "llm_call"
+    elif "error" in m or "fail" in m:
+        expr, unit, etype = "100 * sumIf(events, status != 'ok') / sum(events)", "% failed", ""
+    else:
+        expr, unit, etype = "toFloat64(sum(events))", "events/min", ""
+    if etype:
+        parts.append(f"event_type = '{etype}'")
+    rows = q(f"SELECT toUInt32(minute) AS t, {expr} FROM console_minute FINAL WHERE {' AND '.join(parts)} "
+             "GROUP BY t ORDER BY t", params)
+    first = int(start.timestamp()) // 60 * 60
+    axis = list(range(first, int(end.timestamp()), 60))
+    values = {int(t): float(v) for t, v in rows if v == v}
+    return {"axis": axis, "unit": unit, "series": {metric: [values.get(t) for t in axis]},
+            "window": [int(first_seen.timestamp()), int(last_seen.timestamp())], "window_s": window_s}
+
+
+def suggestions(q: Query, column: str, tenant_id: str | None, prefix: str, limit: int = 20) -> list[str]:
+    """Values for a filter box from the last 30 days of the rollup, within the tenant scope."""
+    if column not in FILTERS:
+        raise ValueError("column: one of " + ", ".join(FILTERS))
+    params: dict[str, Any] = {"p": prefix, "limit": limit, "since": datetime.now(UTC) - timedelta(days=30)}
+    tenant = ""
+    if tenant_id is not None:
+        tenant = " AND tenant_id = {t:String}"
+        params["t"] = tenant_id
+    rows = q(f"SELECT DISTINCT {column} FROM console_minute WHERE minute >= {{since:DateTime('UTC')}} "
+             f"AND startsWith({column}, {{p:String}}) AND {column} != ''{tenant} ORDER BY {column} "
+             "LIMIT {limit:UInt32}", params)
+    return [str(r[0]) for r in rows]
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=lambda v: format(v, "f") if isinstance(v, Decimal) else str(v))
