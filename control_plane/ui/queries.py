@@ -291,7 +291,7 @@ def request_chain(q: Query, ident: str, tenant_id: str | None, limit: int = 500)
         item = dict(zip(cols, row, strict=True))
         item["event_id"] = str(item["event_id"])
         item["ts"] = (_utc(item["ts"])).isoformat()
-        item["cost_usd"] = None if item["cost_usd"] is None else format(Decimal(item["cost_usd"]).normalize(), "f")
+        item["cost_usd"] = None if item["cost_usd"] is None else _dec_text(item["cost_usd"])
         item["latency_ms"] = float(item["latency_ms"])
         out.append(item)
     return out
@@ -315,8 +315,14 @@ def sample_events(q: Query, ids: Sequence[str], tenant_id: str | None) -> list[d
         item = dict(zip(cols, row, strict=True))
         item["event_id"] = str(item["event_id"])
         item["ts"] = _utc(item["ts"]).isoformat()
+        item["cost_usd"] = None if item["cost_usd"] is None else _dec_text(item["cost_usd"])
         out.append(item)
     return out
+
+
+def _dec_text(value: Any) -> str:
+    text = format(Decimal(str(value)), "f")
+    return (text.rstrip("0").rstrip(".") if "." in text else text) or "0"
 
 
 def alert_series(q: Query, scope: dict[str, Any], metric: str, first_seen: datetime, last_seen: datetime,

@@ -54,7 +54,7 @@
              { label: unit, labelSize: 18, size: 62, values: function (u, vals) { return vals.map(function (v) { return fmtNum(v, unit); }); } }],
       series: [{ label: "time" }].concat(names.map(function (n, i) {
         var c = (opts.colors && opts.colors[n]) || COLORS[i % COLORS.length];
-        var s = { label: n, stroke: c, width: 2, spanGaps: false, value: function (u, v) { return fmtNum(v, unit); } };
+        var s = { label: n, stroke: c, width: 2, spanGaps: false, points: { show: false }, value: function (u, v) { return fmtNum(v, unit); } };
         if (opts.fill) s.fill = c + "cc";
         if (opts.dash && opts.dash[n]) s.dash = opts.dash[n];
         return s;
