@@ -39,7 +39,12 @@ test: install-test
 	  echo "FAILED: a test broker did not start (exit $$rc)"; exit 1; fi; \
 	trap '$(BIN)/python scripts/testbrokers.py stop --state $(STATE) >/dev/null 2>&1' EXIT INT TERM; \
 	set -a; . $(STATE)/env; set +a; \
+	sh scripts/ensure-chromium.sh || { if [ -n "$$CI" ]; then echo "FAILED: chromium is missing (the console's browser suite needs it)"; exit 1; fi; browser_missing=1; }; \
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS); trc=$$?; \
+	if [ -n "$$browser_missing" ]; then \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
+	  echo "!!! The console's browser suite did NOT run: /usr/bin/chromium is missing. !!!"; \
+	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; fi; \
 	if [ -n "$$kafka_missing" ]; then \
 	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; \
 	  echo "!!! The Apache Kafka suite did NOT run: java or mvn is missing here. !!!"; \

@@ -36,6 +36,7 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> int:
         print(f"flyball is up\n  Kafka bootstrap: {system.bootstrap}", flush=True)
         if api:
             print(f"  API:             {system.api_url}  (OpenAPI at {system.api_url}/docs)", flush=True)
+            print(f"  console:         {system.api_url}/ui  (log in with an API key)", flush=True)
             if not settings.admin_api_key:
                 print(f"  admin API key:   {system.admin_key}  (set FLYBALL_ADMIN_API_KEY to choose one)", flush=True)
         print("Press Ctrl-C to stop.", flush=True)

@@ -59,6 +59,7 @@ async def run_demo(settings: Settings, *, spike_at: float = 6.0, spike_for: floa
     say("start", "starting flyball (embedded broker + chDB + worker + control plane + API) ...")
     await system.start()
     say("ready", f"Kafka bootstrap {system.bootstrap}   API {system.api_url}   admin key {system.admin_key}")
+    say("console", f"open {system.api_url}/ui and log in with the admin key above to watch the loop close live")
     tel = Telemetry(service="demo-shop", bootstrap=system.bootstrap)
     headers = {"Authorization": f"Bearer {system.admin_key}"}
     try:

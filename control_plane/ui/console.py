@@ -13,11 +13,12 @@ origin check on every POST; a Content-Security-Policy with no inline script and
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from importlib import resources
 from typing import Any
@@ -32,7 +33,10 @@ from fastapi.templating import Jinja2Templates
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from flyball.schemas import Alert
+from flyball.stream_processors.budgets import Period, period_bounds
+from flyball.stream_processors.forecast import forecast as forecast_spend
 
+from ..api.deps import dec_text
 from ..auth import Principal, Role
 from ..state import utc
 from . import queries
@@ -222,21 +226,19 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         for n, v in values.items():
             if v is not None and len(v) > 200:
                 raise ValueError(f"{n}: at most 200 characters")
-        end = now_dt()
-        if qp.get("end"):  # a pinned window: the CSV of exactly what a page showed
-            try:
-                end = datetime.fromisoformat(qp["end"][:40])
-            except ValueError:
-                raise ValueError("end: an ISO 8601 time with a UTC offset") from None
-            if end.tzinfo is None:
-                raise ValueError("end: needs a UTC offset (e.g. 2026-03-01T00:00:00Z)")
-        return queries.Filters(tenant_id=tenant, range=rng, end=end.astimezone(UTC), **values)
+        end = _when(qp.get("end"), "end") or now_dt()  # a pinned window: the CSV of exactly what a page showed
+        begin = _when(qp.get("start"), "start")
+        if begin is not None and not timedelta(0) < end - begin <= timedelta(days=31):
+            raise ValueError("start: before end, at most 31 days earlier")
+        return queries.Filters(tenant_id=tenant, range=rng, end=end, begin=begin, **values)
 
     def filter_args(request: Request, s: Session) -> dict[str, str]:
         f = filters(request, s)
         out = {n: getattr(f, n) for n in queries.FILTERS if getattr(f, n)}
         if s.principal.tenant_id is not None:
             out.pop("tenant_id", None)
+        if f.begin is not None:
+            out["start"] = f.begin.isoformat()
         return {**out, "range": f.range}
 
     # ------------------------------------------------------------------ login
@@ -384,8 +386,8 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         return [{"at": (utc(at) or at).isoformat(), "decision": d, "directive_id": did, "policy_id": pid, "actor": a,
                  "reason": r} for at, d, did, pid, a, r in rows]
 
-    async def q_sync(fn: Callable[..., Any], *args: Any) -> Any:
-        return await on_store(fn, sync_q, *args)
+    async def q_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await on_store(functools.partial(fn, sync_q, *args, **kwargs))
 
     @app.get("/ui/control", include_in_schema=False)
     @page("control")
@@ -411,14 +413,16 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         by = request.query_params.get("by", "model")
         if by not in ("model", "feature"):
             raise ValueError("by: one of model, feature")
-        params = {**f.as_params(), "group_by": group}
-        before = {**params, "from": (f.start - timedelta(seconds=f.seconds)).isoformat(), "to": f.start.isoformat()}
-        body, prev, budgets, forecast = await asyncio.gather(
-            api.get("/v1/spend", params), api.get("/v1/spend", before),
-            api.get("/v1/budgets", {"tenant_id": f.tenant_id} if f.tenant_id else None),
-            api.get("/v1/spend/forecast", {"tenant_id": f.tenant_id} if f.tenant_id else None))
-        rows = sorted(body["rows"], key=lambda r: (-Decimal(r["cost_usd"]), str(r[group])))
-        movers = queries.top_movers(body["rows"], prev["rows"], group) if group != "day" else []
+        prev_start = f.start - timedelta(seconds=f.seconds)
+        rows_now = await q_sync(queries.spend_rows, f, [group])
+        rows_before = await q_sync(queries.spend_rows, f, [group], start=prev_start, end=f.start)
+        tenant_args = {"tenant_id": f.tenant_id} if f.tenant_id else None
+        budgets = await api.get("/v1/budgets", tenant_args)
+        forecast = await month_forecast(f)
+        total = sum((Decimal(r["cost_usd"]) for r in rows_now), Decimal(0))
+        body = {"total_usd": dec_text(total), "events": sum(int(r["events"]) for r in rows_now), "rows": rows_now}
+        rows = sorted(rows_now, key=lambda r: (-Decimal(r["cost_usd"]), str(r[group])))
+        movers = queries.top_movers(rows_now, rows_before, group) if group != "day" else []
         split = await q_sync(queries.tokens_split, f, cache_saving(f.end))
         unpriced = [m for m in split["models"] if m["unpriced_calls"]]
         args = filter_args(request, s)
@@ -430,6 +434,21 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
                       ranges=list(queries.RANGES), f=f,
                       avg_cost=(Decimal(body["total_usd"]) / calls) if calls else None,
                       dims=[d for d in queries.FILTERS if not (d == "tenant_id" and s.principal.tenant_id)])
+
+    async def month_forecast(f: queries.Filters) -> dict[str, Any]:
+        """``GET /v1/spend/forecast``'s answer for the month of ``f.end``, from the same exact
+        daily spend the page shows (the forecast itself is the pure ``forecast`` core)."""
+        start, _ = period_bounds(Period.MONTHLY, f.end)
+        daily: dict[str, dict[date, Decimal]] = {}
+        scope = queries.Filters(tenant_id=f.tenant_id, range=f.range, end=f.end)
+        for r in await q_sync(queries.spend_rows, scope, ["tenant_id", "day"], start=start, end=f.end):
+            daily.setdefault(r["tenant_id"], {})[date.fromisoformat(r["day"])] = Decimal(r["cost_usd"])
+        out = []
+        for name in sorted(daily):
+            fc = forecast_spend(daily[name], period=Period.MONTHLY, now=f.end, confidence=0.9)
+            out.append({"tenant_id": name, "spent_usd": fc.spent_to_date, "forecast_usd": fc.forecast,
+                        "low_usd": fc.low, "high_usd": fc.high, "days_observed": fc.days_observed, "method": fc.method})
+        return {"confidence": 0.9, "forecasts": out}
 
     def cache_saving(at: datetime) -> Callable[[str, str, int], Decimal]:
         book = deps.prices()
@@ -446,9 +465,8 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
     async def spend_csv(request: Request, s: Session, api: Api) -> Response:
         f = filters(request, s)
         group = request.query_params.get("group_by", "tenant_id")
-        if group not in SPEND_GROUPS:
-            raise ValueError(f"group_by: one of {', '.join(SPEND_GROUPS)}")
-        text = await api.get("/v1/spend", {**f.as_params(), "group_by": group}, accept="text/csv")
+        groups = [g for g in group.split(",") if g]
+        text = queries.spend_csv(await q_sync(queries.spend_rows, f, groups), groups)
         name = f"flyball-spend-{group}-{f.start:%Y%m%dT%H%M}-{f.end:%Y%m%dT%H%M}.csv"
         return Response(text, media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
@@ -548,6 +566,18 @@ def _safe_next(target: str | None) -> str:
 def _with(path: str, **params: str) -> str:
     base = path.split("?", 1)[0]
     return f"{base}?{urlencode(params)}"
+
+
+def _when(text: str | None, name: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text[:40])
+    except ValueError:
+        raise ValueError(f"{name}: an ISO 8601 time with a UTC offset") from None
+    if value.tzinfo is None:
+        raise ValueError(f"{name}: needs a UTC offset (e.g. 2026-03-01T00:00:00+00:00)")
+    return value.astimezone(UTC)
 
 
 def _int(value: Any, default: int) -> int:

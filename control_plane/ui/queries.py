@@ -13,6 +13,8 @@ it: a tenant-bound key never gets another tenant's rows, names or counts.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,33 +36,69 @@ _ROLLUP_SELECT = (
     "SELECT tenant_id, toStartOfMinute(ts) AS minute, event_type, feature, provider, model, prompt_version, status, "
     "category, count(), countIf(unpriced = 1), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
     "sum(cache_write_tokens), sum(ifNull(cost_usd, toDecimal128(0, 12))), quantileTDigestState(0.95)(latency_ms), "
-    "now64(3) FROM events FINAL WHERE {where} "
-    "GROUP BY tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category")
+    "now64(3), service_tier, countIf(late = 1) FROM events FINAL WHERE {where} "
+    "GROUP BY tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier")
+
+
+_TIER_SELECT = (
+    "SELECT tenant_id, {bucket}(minute) AS b, event_type, feature, provider, model, prompt_version, status, category, "
+    "sum(events), sum(unpriced_events), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
+    "sum(cache_write_tokens), sum(cost_usd), quantileTDigestMergeState(0.95)(latency_p95), now64(3), service_tier, "
+    "sum(late_events) FROM {source} FINAL WHERE minute >= {{lo:DateTime('UTC')}} AND (tenant_id, {bucket}(minute)) IN "
+    "(SELECT DISTINCT tenant_id, {bucket}(m) FROM ({dirty})) "
+    "GROUP BY tenant_id, b, event_type, feature, provider, model, prompt_version, status, category, service_tier")
 
 
 def refresh_rollup(store: Any, since: datetime) -> int:
-    """Recompute ``console_minute`` for every (tenant, minute) that received rows since
-    ``since``; run on the store's ClickHouse thread. Returns the (tenant, minute) pairs."""
+    """Recompute the console's rollups for every (tenant, minute) that received rows since
+    ``since``: ``console_minute`` from ``events FINAL``, then the hours and days around those
+    minutes from the tier below (``console_hour``, ``console_day``: exact sums, merged latency
+    digests). Run on the store's ClickHouse thread. Returns the (tenant, minute) pairs."""
     dirty = ("SELECT DISTINCT tenant_id, toStartOfMinute(ts) AS m FROM events "
              "WHERE ingested_at >= {since:DateTime64(3, 'UTC')}")
     lo = store.query(f"SELECT min(m), count() FROM ({dirty})", {"since": since})
     if not lo or not lo[0][1]:
         return 0
+    low = _utc(lo[0][0])
     where = (f"ts >= {{lo:DateTime('UTC')}} AND (tenant_id, toStartOfMinute(ts)) IN "
              f"(SELECT tenant_id, m FROM ({dirty}))")
-    store.command("INSERT INTO console_minute " + _ROLLUP_SELECT.format(where=where),
-                  {"since": since, "lo": _utc(lo[0][0])})
+    store.command("INSERT INTO console_minute " + _ROLLUP_SELECT.format(where=where), {"since": since, "lo": low})
+    for table, source, bucket, start in (("console_hour", "console_minute", "toStartOfHour", _hour(low)),
+                                         ("console_day", "console_hour", "toStartOfDay", _day(low))):
+        store.command(f"INSERT INTO {table} " + _TIER_SELECT.format(bucket=bucket, source=source, dirty=dirty),
+                      {"since": since, "lo": start})
     return int(lo[0][1])
+
+
+def mark_complete(store: Any, since: datetime) -> None:
+    """Every row ingested before ``since`` is in the rollups (the refresh that started then has
+    finished): exact spend may read them for (tenant, day) pairs with no row ingested since."""
+    store.insert("console_rollup_state", [[since]], ["complete_since"])
+
+
+def _hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def _day(t: datetime) -> datetime:
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 async def rollup_loop(store: Any, interval_s: float) -> None:
     """Keep ``console_minute`` fresh: every ``interval_s``, the minutes that received rows since
     the previous round (with a 10 s overlap for rows inserted while it ran)."""
     since = datetime(1970, 1, 1, tzinfo=UTC)
+    try:  # after a restart, go on from where the rollups were complete
+        found = await store.run(store.query, "SELECT max(complete_since), count() FROM console_rollup_state", {})
+        if found and found[0][1]:
+            since = _utc(found[0][0])
+    except Exception as exc:  # noqa: BLE001 - without the mark, rebuild from the start
+        log.warning("console_rollup_state_unreadable", error=str(exc)[:300])
     while True:
         started = datetime.now(UTC)
         try:
             await store.run(refresh_rollup, store, since)
+            await store.run(mark_complete, store, since)
             since = started - timedelta(seconds=10)
         except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next round from the same point
             log.warning("console_rollup_failed", error=str(exc)[:300])
@@ -84,20 +122,27 @@ class Filters:
     prompt_version: str | None = None
     range: str = "1h"
     end: datetime = field(default_factory=lambda: datetime.now(UTC))
+    begin: datetime | None = None  # an explicit start (e.g. a calendar month) instead of the range
 
     @property
     def seconds(self) -> int:
-        return RANGES[self.range]
+        return int((self.end - self.begin).total_seconds()) if self.begin is not None else RANGES[self.range]
 
     @property
     def start(self) -> datetime:
-        return self.end - timedelta(seconds=self.seconds)
+        return self.begin if self.begin is not None else self.end - timedelta(seconds=self.seconds)
 
     @property
     def step_s(self) -> int:
-        """Bucket width: about 60-360 points per chart."""
+        """Bucket width: 15-360 points per chart."""
         s = self.seconds
-        return 60 if s <= 21_600 else 300 if s <= 86_400 else 3600 if s <= 604_800 else 3 * 3600
+        return 60 if s <= 21_600 else 300 if s <= 86_400 else 3600 if s <= 604_800 else 86_400
+
+    @property
+    def table(self) -> str:
+        """The rollup tier whose rows are no finer than a bucket (fewest rows to read)."""
+        step = self.step_s
+        return "console_minute" if step < 3600 else "console_hour" if step < 86_400 else "console_day"
 
     def where(self, time_col: str = "minute") -> tuple[str, dict[str, Any]]:
         parts = [f"{time_col} >= {{start:DateTime('UTC')}}", f"{time_col} < {{end:DateTime('UTC')}}"]
@@ -134,9 +179,9 @@ def health(q: Query, f: Filters) -> dict[str, Any]:
     where, params = f.where()
     b = _bucket(f)
     rows = q(f"SELECT {b} AS t, event_type, status, category, sum(events), sum(input_tokens + output_tokens), "
-             f"toFloat64(sum(cost_usd)) FROM console_minute FINAL WHERE {where} "
+             f"toFloat64(sum(cost_usd)) FROM {f.table} FINAL WHERE {where} "
              "GROUP BY t, event_type, status, category ORDER BY t", params)
-    lat = q(f"SELECT {b} AS t, quantileTDigestMerge(0.95)(latency_p95) FROM console_minute FINAL "
+    lat = q(f"SELECT {b} AS t, quantileTDigestMerge(0.95)(latency_p95) FROM {f.table} FINAL "
             f"WHERE {where} AND event_type = 'llm_call' GROUP BY t ORDER BY t", params)
     axis = _axis(f)
     per_min = f.step_s / 60
@@ -225,7 +270,7 @@ def spend_series(q: Query, f: Filters, by: str) -> dict[str, Any]:
         raise ValueError("by: one of model, feature, provider")
     where, params = f.where()
     b = _bucket(f)
-    rows = q(f"SELECT {b} AS t, {by}, sum(cost_usd) FROM console_minute FINAL "
+    rows = q(f"SELECT {b} AS t, {by}, sum(cost_usd) FROM {f.table} FINAL "
              f"WHERE {where} AND event_type = 'llm_call' GROUP BY t, {by} ORDER BY t", params)
     totals: dict[str, Decimal] = {}
     for _, name, usd in rows:
@@ -246,7 +291,7 @@ def tokens_split(q: Query, f: Filters, cache_saving: Callable[[str, str, int], D
     what the cache reads saved at each model's prices (``cache_saving(provider, model, tokens)``)."""
     where, params = f.where()
     rows = q("SELECT provider, model, sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
-             "sum(cache_write_tokens), sum(events), sum(unpriced_events) FROM console_minute FINAL "
+             f"sum(cache_write_tokens), sum(events), sum(unpriced_events) FROM {f.table} FINAL "
              f"WHERE {where} AND event_type = 'llm_call' GROUP BY provider, model ORDER BY provider, model", params)
     out = []
     saving = Decimal(0)
@@ -257,6 +302,98 @@ def tokens_split(q: Query, f: Filters, cache_saving: Callable[[str, str, int], D
                     "output": int(outp), "cache_read": int(cr), "cache_write": int(cw), "calls": int(n),
                     "unpriced_calls": int(unpriced), "cache_saving_usd": s})
     return {"models": out, "cache_saving_usd": saving}
+
+
+SPEND_GROUPS = ("tenant_id", "feature", "provider", "model", "prompt_version", "service_tier", "day", "month")
+_SPEND_BUCKETS = {"day": "toDate({t})", "month": "toStartOfMonth({t})"}
+
+
+def spend_rows(q: Query, f: Filters, groups: Sequence[str], *, start: datetime | None = None,
+               end: datetime | None = None) -> list[dict[str, Any]]:
+    """Spend as ``GET /v1/spend`` computes it (llm_call, each event once, exact decimals, rows
+    ordered by the groups), fast: whole UTC days are read from ``console_day`` for the
+    (tenant, day) pairs with no row ingested since the rollups were last complete; the rest
+    (partial days at the edges, days still receiving rows) from ``events FINAL``. Sums are
+    added as Decimals, so the answer equals the raw query's to the last digit."""
+    for g in groups:
+        if g not in SPEND_GROUPS:
+            raise ValueError(f"group_by: one of {', '.join(SPEND_GROUPS)}")
+    lo, hi = start or f.start, end or f.end
+    first_day = _day(lo) if _day(lo) == lo else _day(lo) + timedelta(days=1)
+    last_day = _day(hi)  # exclusive: [first_day, last_day) are whole days inside [lo, hi)
+    wm = q("SELECT max(complete_since), count() FROM console_rollup_state", {})
+    params: dict[str, Any] = {"lo": lo, "hi": hi, "d0": first_day, "d1": last_day}
+    filt = []
+    for name in FILTERS:
+        value = getattr(f, name)
+        if value:
+            filt.append(f"{name} = {{f_{name}:String}}")
+            params[f"f_{name}"] = value
+    extra = "".join(f" AND {c}" for c in filt)
+    use_rollup = bool(wm and wm[0][1]) and first_day < last_day
+    out: dict[tuple[str, ...], list[Any]] = {}
+
+    def add(rows: Sequence[Sequence[Any]]) -> None:
+        for row in rows:
+            key = tuple(str(v) for v in row[:len(groups)])
+            acc = out.setdefault(key, [0, Decimal(0), 0, 0])
+            acc[0] += int(row[-4])
+            if row[-3] is not None:  # sumOrNull: NULL when every event of the group is unpriced
+                acc[1] += Decimal(str(row[-3]))
+            acc[2] += int(row[-2])
+            acc[3] += int(row[-1])
+
+    def cols(t: str) -> str:
+        return ", ".join(f"toString({_SPEND_BUCKETS[g].format(t=t)})" if g in _SPEND_BUCKETS else g for g in groups)
+
+    sel = cols("ts")
+    raw_where = "1"
+    if use_rollup:
+        # (tenant, day) pairs inside the whole days that received rows since the rollups were complete
+        dirty = [(str(t), d) for t, d in q(
+            "SELECT DISTINCT tenant_id, toDate(ts) FROM events WHERE ingested_at >= {wm:DateTime64(3, 'UTC')} "
+            "AND ts >= {d0:DateTime64(3, 'UTC')} AND ts < {d1:DateTime64(3, 'UTC')}",
+            {"wm": _utc(wm[0][0]), "d0": first_day, "d1": last_day})]
+        params["dirty"] = dirty
+        rsel = cols("minute")
+        add(q(f"SELECT {rsel + ', ' if groups else ''}sum(events), sum(cost_usd), sum(unpriced_events), "
+              "sum(late_events) FROM console_day FINAL WHERE event_type = 'llm_call' "
+              "AND minute >= {d0:DateTime('UTC')} AND minute < {d1:DateTime('UTC')} "
+              "AND (tenant_id, toDate(minute)) NOT IN {dirty:Array(Tuple(String, Date))}"
+              f"{extra}{' GROUP BY ' + rsel if groups else ''}", params))
+        parts = []
+        if lo < first_day:
+            parts.append("ts < {d0:DateTime64(3, 'UTC')}")
+        if last_day < hi:
+            parts.append("ts >= {d1:DateTime64(3, 'UTC')}")
+        if dirty:
+            parts.append("(tenant_id, toDate(ts)) IN {dirty:Array(Tuple(String, Date))}")
+        raw_where = f"({' OR '.join(parts)})" if parts else ""
+    if raw_where:
+        group_sql = f" GROUP BY {sel}" if groups else ""
+        add(q(f"SELECT {sel + ', ' if groups else ''}count(), sumOrNull(cost_usd), countIf(unpriced = 1), "
+              "countIf(late = 1) FROM events FINAL WHERE event_type = 'llm_call' AND ts >= {lo:DateTime64(3, 'UTC')} "
+              f"AND ts < {{hi:DateTime64(3, 'UTC')}} AND {raw_where}{extra}{group_sql} "
+              "SETTINGS do_not_merge_across_partitions_select_final = 1", params))
+    rows = []
+    for key in sorted(out):
+        events, cost, unpriced, late = out[key]
+        if not groups and events == 0:
+            continue
+        rows.append({**dict(zip(groups, key, strict=True)), "events": events, "cost_usd": _dec_text(cost),
+                     "unpriced_events": unpriced, "late_events": late})
+    return rows
+
+
+def spend_csv(rows: Sequence[dict[str, Any]], groups: Sequence[str]) -> str:
+    """The CSV ``GET /v1/spend`` answers with ``Accept: text/csv`` (same header, order, format)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    names = [*groups, "events", "cost_usd", "unpriced_events", "late_events"]
+    writer.writerow(names)
+    for row in rows:
+        writer.writerow([row[n] for n in names])
+    return buf.getvalue()
 
 
 def top_movers(rows_now: Sequence[dict[str, Any]], rows_before: Sequence[dict[str, Any]], key: str,
@@ -284,8 +421,11 @@ def request_chain(q: Query, ident: str, tenant_id: str | None, limit: int = 500)
     cols = ["event_id", "ts", "event_type", "tenant_id", "feature", "service", "request_id", "trace_id", "provider",
             "model", "tool_name", "category", "index_name", "status", "input_tokens", "output_tokens",
             "cache_read_tokens", "cache_write_tokens", "latency_ms", "cost_usd", "unpriced"]
-    rows = q(f"SELECT {', '.join(cols)} FROM events FINAL WHERE (request_id = {{id:String}} OR trace_id = {{id:String}})"
-             f"{tenant} ORDER BY ts, event_id LIMIT {{limit:UInt32}}", params)
+    # one branch per column, so each can use its bloom-filter index (an OR across two indexes prunes nothing)
+    one = f"SELECT {', '.join(cols)} FROM events FINAL WHERE @COND@{tenant}"
+    rows = q(f"SELECT * FROM ({one.replace('@COND@', 'request_id = {id:String}')} UNION ALL "
+             f"{one.replace('@COND@', 'trace_id = {id:String} AND request_id != {id:String}')}) "
+             "ORDER BY ts, event_id LIMIT {limit:UInt32} SETTINGS use_skip_indexes_if_final = 1", params)
     out = []
     for row in rows:
         item = dict(zip(cols, row, strict=True))
@@ -360,7 +500,8 @@ def alert_series(q: Query, scope: dict[str, Any], metric: str, first_seen: datet
     axis = list(range(first, int(end.timestamp()), 60))
     values = {int(t): float(v) for t, v in rows if v == v}
     return {"axis": axis, "unit": unit, "series": {metric: [values.get(t) for t in axis]},
-            "window": [int(first_seen.timestamp()), int(last_seen.timestamp())], "window_s": window_s}
+            "window": [int((first_seen - timedelta(seconds=window_s)).timestamp()) // 60 * 60, int(last_seen.timestamp())],
+            "window_s": window_s}
 
 
 def suggestions(q: Query, column: str, tenant_id: str | None, prefix: str, limit: int = 20) -> list[str]:
@@ -372,7 +513,7 @@ def suggestions(q: Query, column: str, tenant_id: str | None, prefix: str, limit
     if tenant_id is not None:
         tenant = " AND tenant_id = {t:String}"
         params["t"] = tenant_id
-    rows = q(f"SELECT DISTINCT {column} FROM console_minute WHERE minute >= {{since:DateTime('UTC')}} "
+    rows = q(f"SELECT DISTINCT {column} FROM console_day WHERE minute >= {{since:DateTime('UTC')}} "
              f"AND startsWith({column}, {{p:String}}) AND {column} != ''{tenant} ORDER BY {column} "
              "LIMIT {limit:UInt32}", params)
     return [str(r[0]) for r in rows]

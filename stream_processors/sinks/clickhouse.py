@@ -366,14 +366,22 @@ MIGRATIONS: list[tuple[int, str]] = [
         cache_write_tokens UInt64,
         cost_usd Decimal(38, 12),
         latency_p95 AggregateFunction(quantileTDigest(0.95), Float64),
-        computed_at DateTime64(3, 'UTC')
+        computed_at DateTime64(3, 'UTC'),
+        service_tier LowCardinality(String),
+        late_events UInt64
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMM(minute)
-    ORDER BY (tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category)
+    ORDER BY (tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier)
     """),
     # the request page looks events up by request_id or trace_id across all days
     (41, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4"),
     (42, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 4"),
+    # coarser tiers for long ranges, recomputed from the tier below (``minute`` holds the bucket start)
+    (43, "CREATE TABLE IF NOT EXISTS console_hour AS console_minute"),
+    (44, "CREATE TABLE IF NOT EXISTS console_day AS console_minute"),
+    # when the rollups were last complete: rows ingested since then are read from events
+    (45, "CREATE TABLE IF NOT EXISTS console_rollup_state (complete_since DateTime64(3, 'UTC')) "
+         "ENGINE = ReplacingMergeTree(complete_since) ORDER BY tuple()"),
 ]
 
 

@@ -35,7 +35,7 @@
   function bandPlugin(win) {
     return { hooks: { drawClear: [function (u) {
       if (!win) return;
-      var x0 = u.valToPos(win[0], "x", true), x1 = u.valToPos(win[1] + 60, "x", true);
+      var x0 = u.valToPos(win[0], "x", true), x1 = u.valToPos(win[1], "x", true);
       u.ctx.save(); u.ctx.fillStyle = "rgba(180,35,24,.10)";
       u.ctx.fillRect(x0, u.bbox.top, Math.max(x1 - x0, 2), u.bbox.height); u.ctx.restore();
     }] } };
