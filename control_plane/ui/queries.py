@@ -421,11 +421,12 @@ def request_chain(q: Query, ident: str, tenant_id: str | None, limit: int = 500)
     cols = ["event_id", "ts", "event_type", "tenant_id", "feature", "service", "request_id", "trace_id", "provider",
             "model", "tool_name", "category", "index_name", "status", "input_tokens", "output_tokens",
             "cache_read_tokens", "cache_write_tokens", "latency_ms", "cost_usd", "unpriced"]
-    # one branch per column, so each can use its bloom-filter index (an OR across two indexes prunes nothing)
-    one = f"SELECT {', '.join(cols)} FROM events FINAL WHERE @COND@{tenant}"
-    rows = q(f"SELECT * FROM ({one.replace('@COND@', 'request_id = {id:String}')} UNION ALL "
-             f"{one.replace('@COND@', 'trace_id = {id:String} AND request_id != {id:String}')}) "
-             "ORDER BY ts, event_id LIMIT {limit:UInt32} SETTINGS use_skip_indexes_if_final = 1", params)
+    # One branch per column, so each uses its bloom-filter index (an OR across two indexes prunes
+    # nothing, and FINAL reads every granule); each event once: its newest insert, as FINAL keeps.
+    one = f"SELECT {', '.join(cols)}, ingested_at FROM events WHERE @COND@{tenant}"
+    rows = q(f"SELECT {', '.join(cols)} FROM (SELECT * FROM ({one.replace('@COND@', 'request_id = {id:String}')} "
+             f"UNION ALL {one.replace('@COND@', 'trace_id = {id:String} AND request_id != {id:String}')}) "
+             "ORDER BY ingested_at DESC LIMIT 1 BY event_id) ORDER BY ts, event_id LIMIT {limit:UInt32}", params)
     out = []
     for row in rows:
         item = dict(zip(cols, row, strict=True))

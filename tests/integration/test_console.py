@@ -167,10 +167,11 @@ def test_request_chain_route_and_tenant_binding(served: tuple[str, dict[str, str
     url, keys, store = served
     t = DAY0 + timedelta(days=2)
     rid = f"req-{uuid.uuid4().hex[:8]}"
-    store.call(store.write_events, [event("acme", t, request_id=rid, event_type="retrieval", cost=None),
-                                    event("acme", t + timedelta(seconds=1), request_id=rid),
-                                    event("acme", t + timedelta(seconds=2), request_id=rid, event_type="tool_call",
-                                          cost=None)])
+    chain = [event("acme", t, request_id=rid, event_type="retrieval", cost=None),
+             event("acme", t + timedelta(seconds=1), request_id=rid),
+             event("acme", t + timedelta(seconds=2), request_id=rid, event_type="tool_call", cost=None)]
+    store.call(store.write_events, chain)
+    store.call(store.write_events, chain[1:2])  # a redelivered event: shown once
     sre = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {keys['sre']}"})
     body = sre.get(f"/v1/requests/{rid}").json()
     assert [e["event_type"] for e in body["events"]] == ["retrieval", "llm_call", "tool_call"]
