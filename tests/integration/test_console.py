@@ -30,7 +30,7 @@ DAY0 = datetime(2026, 3, 1, tzinfo=UTC)
 def event(tenant: str, ts: datetime, *, model: str = "gpt-4o-mini", cost: str | None = "0.000123456789",
           late: int = 0, event_id: str | None = None, request_id: str = "", event_type: str = "llm_call",
           feature: str = "chat") -> list[Any]:
-    row = dict.fromkeys(EVENT_COLUMNS, "")
+    row: dict[str, Any] = {c: 0 if c.endswith("_tokens") else "" for c in EVENT_COLUMNS}
     row.update(event_id=event_id or str(uuid.uuid4()), ts=ts, event_type=event_type, tenant_id=tenant,
                feature=feature, request_id=request_id, trace_id="", provider="openai" if event_type == "llm_call" else "",
                model=model if event_type == "llm_call" else "", input_tokens=1000, output_tokens=200,
