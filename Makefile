@@ -11,11 +11,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed-server: pyproject.toml setup.py stream_processors/detectors/_windows.c | $(BIN)/python
+$(VENV)/.installed-server: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[server]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml setup.py stream_processors/detectors/_windows.c | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed-server
 
