@@ -4,12 +4,12 @@ A tenant's spend per 10 s window is a sum over a random number of calls of rando
 Poisson process. Its baseline per key is learned from the key's own history:
 
 baseline  m = EWMA of the amount per 10 s window (empty windows count 0) and v = EWMA of its
-          square, half-life ``half_life_windows`` (1 hour: follows the daily cycle, not a
-          spike), bias-corrected while the history is short; learned only from windows that have
+          square, half-life ``half_life_windows`` (30 minutes: follows the daily cycle, whose
+          ramps would otherwise look like spikes, while a spike is kept out, see below), bias-corrected while the history is short; learned only from windows that have
           left the longest span while no alert of the kind is open for the key (an incident does
           not teach the detector that it is normal; ``AlertBook.learns``: one open for an hour
           does, a lasting change is the new normal). A key needs ``min_history`` windows
-          (30 minutes) of history before it can alert (cold start).
+          (1 hour) of history before it can alert (cold start).
 test      for each span (the last 1, 5 and 15 minutes, so a busy key is judged fast and a quiet one
           gets enough calls), the span's sum S without its single largest call (leave-one-out: one
           big request is not a rate spike) against ``null_ratio`` x mu, mu = span x m (the null
@@ -45,8 +45,8 @@ KEY_SEP = "\x1f"
 @dataclass(frozen=True, slots=True)
 class AmountParams:
     spans: tuple[int, ...] = (6, 30, 90)  # 10 s windows: 1, 5 and 15 minutes
-    half_life_windows: float = 360.0
-    min_history: int = 180
+    half_life_windows: float = 180.0
+    min_history: int = 360
     leave_one_out: bool = True
 
 

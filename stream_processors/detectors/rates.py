@@ -93,8 +93,9 @@ class BinomialParams:
     baseline  p0 = (decayed failures + prior_rate * prior_n) / (decayed calls + prior_n): an
               EWMA of the proportion over past windows, half-life ``half_life_windows`` windows
               with traffic (360 x 10 s = 1 hour), shrunk towards ``prior_rate`` while there is
-              little data (a new model starts at 2 %, worth 20 calls); a scope is judged once
-              ``min_history_n`` calls (decayed) have left the spans into its baseline (cold start);
+              little data (a new model starts at 2 %, worth 20 calls); a scope is judged once it
+              is ``min_history`` windows old (1 hour) and ``min_history_n`` calls (decayed) have
+              left the spans into its baseline (cold start);
     test      one-sided exact binomial test of k failures in the n calls of each span (the last
               1, 5 and 15 minutes: fast on a busy scope, enough calls on a quiet one), the smallest
               p-value wins: P(X >= k | n, p0) < the kind's ``p_value`` (``Sensitivity``);
@@ -110,6 +111,7 @@ class BinomialParams:
     prior_n: float = 20.0
     min_delta: float = 0.02
     min_history_n: float = 30.0
+    min_history: int = 360
 
 
 @dataclass(slots=True)
@@ -118,6 +120,7 @@ class _RateState:
     windows: dict[int, list[int]] = field(default_factory=dict)
     base_n: float = 0.0
     base_k: list[float] = field(default_factory=list)
+    since: int = 0  # the scope's first window
     # derived, not in a snapshot: the counts summed over the windows of the longest span (kept as
     # windows come and go, integers so exact; None until first needed, e.g. after a restore) and
     # the scope's text key
@@ -142,7 +145,7 @@ class BinomialRateDetector(_ScopedDetector):
         p = self.params
         s = self.state.get(key)
         if s is None:
-            s = self.state[key] = _RateState(newest=window, base_k=[0.0] * len(self.classes))
+            s = self.state[key] = _RateState(newest=window, base_k=[0.0] * len(self.classes), since=window)
         longest = p.spans[-1]
         if window <= s.newest - longest:
             return None  # late: outside the spans, no longer evidence of anything current
@@ -166,7 +169,7 @@ class BinomialRateDetector(_ScopedDetector):
         width = len(self.classes) + 1
         sens = self.sensitivity.of(self.kind)
         least = sens.min_events
-        if s.base_n < p.min_history_n:
+        if s.base_n < p.min_history_n or newest - s.since < p.min_history:
             return None
         best: tuple[float, int, float, float, int, int, int] | None = None
         for span in dict.fromkeys(p.spans):  # each span once, in order (as the dict of sums was)
@@ -229,12 +232,12 @@ class BinomialRateDetector(_ScopedDetector):
                     s.base_k[i] = s.base_k[i] * decay + counts[i + 1]
 
     def snapshot(self) -> list[Any]:
-        return [[list(k), s.newest, _windows_out(s.windows), s.base_n, s.base_k]
+        return [[list(k), s.newest, _windows_out(s.windows), s.base_n, s.base_k, s.since]
                 for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
-        self.state = {tuple(k): _RateState(newest, _windows_in(windows), base_n, list(base_k))
-                      for k, newest, windows, base_n, base_k in data}
+        self.state = {tuple(k): _RateState(newest, _windows_in(windows), base_n, list(base_k), since)
+                      for k, newest, windows, base_n, base_k, since in data}
 
 
 # ---------------------------------------------------------------------------------- poisson
@@ -250,7 +253,7 @@ class PoissonParams:
               the Gamma-Poisson posterior mean rate. A new scope starts at ``prior_rate`` (one
               trigger an hour) worth ``prior_windows`` (5 minutes) of evidence, and its own history
               takes over as it grows; a quiet scope's rate is its own, not a fixed floor; a scope
-              is judged ``min_history`` windows (30 minutes) after its first trigger (cold start);
+              is judged ``min_history`` windows (1 hour) after its first trigger (cold start);
     test      exact one-sided Poisson test of each span's count k (the last 1, 5 and 15 minutes)
               against mu = span x lambda: P(X >= k | mu) < the kind's ``p_value``;
     floors    k >= the kind's ``min_events`` and k >= ``min_ratio`` x mu (``Sensitivity``);
@@ -262,7 +265,7 @@ class PoissonParams:
     half_life_windows: float = 360.0
     prior_rate: float = 1 / 360
     prior_windows: float = 30.0
-    min_history: int = 180
+    min_history: int = 360
     ceiling: int | None = 120
 
 
