@@ -58,7 +58,7 @@ class _Series:
     mean: float = 0.0            # EWMA of the amount per window (not bias-corrected)
     sq: float = 0.0              # EWMA of its square
     weight: float = 0.0          # 1 - decay**n: the bias correction
-    history: int = 0             # windows absorbed (capped)
+    history: int = 0             # windows absorbed
     scope_key: str | None = None  # derived
 
 
@@ -171,7 +171,7 @@ class AmountSpikeDetector:
             summary=f"{scope.key()} used {observed} {self.unit} in the last {span * BASE_WINDOW_S}s, "
                     f"{ratio:.1f}x its usual {mu:.6g} (without its largest call; p={pval:.2g})",
         )
-        return self.book.fire(self.kind, scope, ev, confirm=sens.confirm, confirm_s=sens.confirm_s)
+        return self.book.fire(self.kind, scope, ev, confirm=sens.confirmations(pval), confirm_s=sens.confirm_s)
 
     def _absorb(self, s: _Series, key: str) -> None:
         """Fold the windows that left the longest span into the baseline (zeros for empty ones)."""
@@ -181,8 +181,13 @@ class AmountSpikeDetector:
             return
         learn = self.book.learns(self.kind, self._text(s, key), s.newest * BASE_WINDOW_S)
         decay = 0.5 ** (1.0 / p.half_life_windows)
-        done = sorted(w for w in s.windows if w <= upto)
         last = s.absorbed
+        windows = s.windows
+        # every window is > absorbed (later ones are refused): look the few leaving up, or sort
+        if upto - last <= len(windows):
+            done = [w for w in range(last + 1, upto + 1) if w in windows]
+        else:
+            done = sorted(w for w in windows if w <= upto)
         for w in done:
             a = float(s.windows.pop(w)[0])
             if learn:
@@ -191,7 +196,7 @@ class AmountSpikeDetector:
                 s.mean = s.mean * d + (1 - decay) * a
                 s.sq = s.sq * d + (1 - decay) * a * a
                 s.weight = 1.0 - (1.0 - s.weight) * d  # every window, empty or not, weighs 1 - decay
-                s.history = min(s.history + gap, 1 << 20)
+                s.history += gap
             last = w
         if upto > last:
             if learn:
@@ -200,7 +205,7 @@ class AmountSpikeDetector:
                 s.mean *= d
                 s.sq *= d
                 s.weight = 1.0 - (1.0 - s.weight) * d
-                s.history = min(s.history + gap, 1 << 20)
+                s.history += gap
             last = upto
         s.absorbed = last
 

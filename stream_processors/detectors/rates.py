@@ -210,7 +210,7 @@ class BinomialRateDetector(_ScopedDetector):
             summary=f"{scope.key()}: {k} of {n} {cls} in the last {span * BASE_WINDOW_S}s "
                     f"({rate:.1%}, baseline {p0:.2%}, p={pval:.2g})",
         )
-        return self.book.fire(self.kind, scope, ev, confirm=sens.confirm, confirm_s=sens.confirm_s)
+        return self.book.fire(self.kind, scope, ev, confirm=sens.confirmations(pval), confirm_s=sens.confirm_s)
 
     def _absorb(self, s: _RateState, key: tuple[str, ...], old_newest: int) -> None:
         p = self.params
@@ -340,7 +340,8 @@ class PoissonBurstDetector(_ScopedDetector):
             summary=f"{scope.key()}: {k} in the last {span * BASE_WINDOW_S}s, "
                     f"usually {mu:.2f} ({mu / span * 360:.2g} an hour; p={pval:.2g})",
         )
-        return self.book.fire(self.kind, scope, ev, confirm=1 if ceiling else sens.confirm, confirm_s=sens.confirm_s)
+        return self.book.fire(self.kind, scope, ev, confirm=1 if ceiling else sens.confirmations(pval),
+                              confirm_s=sens.confirm_s)
 
     def _absorb(self, s: _CountState, key: tuple[str, ...]) -> None:
         p = self.params
@@ -503,7 +504,7 @@ class LatencyDetector(_ScopedDetector):
             summary=f"{scope.key()}: {self.metric} {q:.0f} ms over {n} calls in the last "
                     f"{span * BASE_WINDOW_S}s, baseline {q0:.0f} ms ({k} above it, p={pval:.2g})",
         )
-        return self.book.fire(self.kind, scope, ev, confirm=sens.confirm, confirm_s=sens.confirm_s)
+        return self.book.fire(self.kind, scope, ev, confirm=sens.confirmations(pval), confirm_s=sens.confirm_s)
 
     def _two_span_counts(self, s: _LatState, window: int, q0: float) -> list[int]:
         """[n, k] of the shorter span and of the longer one (which holds every window), kept in

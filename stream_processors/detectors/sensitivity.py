@@ -19,7 +19,8 @@ Three knobs per kind, the same for every detector (see docs/DETECTION.md):
   1.5x its usual, not merely above it (for amounts, whose normal bursts reach 2x and more).
 
 ``confirm`` (how many distinct 10 s windows must be abnormal, each evaluation within
-``confirm_s`` of the previous, before an alert opens) is the persistence requirement.
+``confirm_s`` of the previous, before an alert opens) is the persistence requirement; evidence
+with p below ``p_value`` squared opens at once.
 
 A file (YAML or JSON; ``FLYBALL_DETECTION_FILE``, ``flyball replay --detection FILE``) sets them::
 
@@ -64,6 +65,12 @@ class Sensitivity:
         if out.min_ratio < 1 or out.null_ratio < 1 or out.min_events < 1 or out.confirm < 1 or out.confirm_s <= 0:
             raise ValueError("detection settings: min_ratio >= 1, min_events >= 1, confirm >= 1, confirm_s > 0")
         return out
+
+    def confirmations(self, p_value: float | None) -> int:
+        """Abnormal windows needed before an alert opens: ``confirm``, or one when the evidence is
+        overwhelming (p below ``p_value`` squared: a runaway job, an outage), so that persistence
+        costs no delay where there is no doubt."""
+        return 1 if p_value is not None and p_value < self.p_value ** 2 else self.confirm
 
 
 # Per-kind defaults. Ratios are the business-size floor of each signal: a cost or token rate of at
