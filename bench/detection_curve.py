@@ -47,7 +47,7 @@ from flyball.stream_processors.pricing import PriceBook, load_catalog  # noqa: E
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNE_SEEDS = tuple(range(1, 7))
-HELDOUT_SEEDS = tuple(range(9001, 9007))
+HELDOUT_SEEDS = tuple(range(9001, 9005))
 NOT_ANOMALIES = {"unpriced_model", "budget_threshold"}
 BEFORE_S, GRACE_S = 60.0, 120.0
 BATCH = 5_000  # flyball replay's batch size

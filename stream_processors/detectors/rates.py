@@ -93,9 +93,10 @@ class BinomialParams:
     baseline  p0 = (decayed failures + prior_rate * prior_n) / (decayed calls + prior_n): an
               EWMA of the proportion over past windows, half-life ``half_life_windows`` windows
               with traffic (360 x 10 s = 1 hour), shrunk towards ``prior_rate`` while there is
-              little data (a new model starts at 2 %, worth 20 calls); a scope is judged once it
-              is ``min_history`` windows old (1 hour) and ``min_history_n`` calls (decayed) have
-              left the spans into its baseline (cold start);
+              little data (a new model starts at 2 %, worth 20 calls); a scope is judged at the
+              kind's ``p_value`` once it is ``min_history`` windows old (1 hour) and
+              ``min_history_n`` calls (decayed) have left the spans into its baseline; before (cold
+              start), only on overwhelming evidence (p < ``p_value`` squared);
     test      one-sided exact binomial test of k failures in the n calls of each span (the last
               1, 5 and 15 minutes: fast on a busy scope, enough calls on a quiet one), the smallest
               p-value wins: P(X >= k | n, p0) < the kind's ``p_value`` (``Sensitivity``);
@@ -169,8 +170,8 @@ class BinomialRateDetector(_ScopedDetector):
         width = len(self.classes) + 1
         sens = self.sensitivity.of(self.kind)
         least = sens.min_events
-        if s.base_n < p.min_history_n or newest - s.since < p.min_history:
-            return None
+        young = s.base_n < p.min_history_n or newest - s.since < p.min_history
+        bar = sens.p_value ** 2 if young else sens.p_value  # cold start: overwhelming evidence only
         best: tuple[float, int, float, float, int, int, int] | None = None
         for span in dict.fromkeys(p.spans):  # each span once, in order (as the dict of sums was)
             if span == longest:
@@ -195,7 +196,7 @@ class BinomialRateDetector(_ScopedDetector):
                 if k / n < limit:
                     continue
                 pval = float(binom.sf(k - 1, n, min(0.5, sens.null_ratio * p0)))
-                if pval < sens.p_value and (best is None or pval < best[0]):
+                if pval < bar and (best is None or pval < best[0]):
                     best = (pval, i, p0, limit, k, n, span)
         if best is None:
             return None
@@ -253,7 +254,9 @@ class PoissonParams:
               the Gamma-Poisson posterior mean rate. A new scope starts at ``prior_rate`` (one
               trigger an hour) worth ``prior_windows`` (5 minutes) of evidence, and its own history
               takes over as it grows; a quiet scope's rate is its own, not a fixed floor; a scope
-              is judged ``min_history`` windows (1 hour) after its first trigger (cold start);
+              is judged at the kind's ``p_value`` ``min_history`` windows (1 hour) after its first
+              trigger; before (cold start), only on overwhelming evidence (p < ``p_value`` squared:
+              a never-seen feature that suddenly fires a dozen triggers a minute);
     test      exact one-sided Poisson test of each span's count k (the last 1, 5 and 15 minutes)
               against mu = span x lambda: P(X >= k | mu) < the kind's ``p_value``;
     floors    k >= the kind's ``min_events`` and k >= ``min_ratio`` x mu (``Sensitivity``);
@@ -309,9 +312,8 @@ class PoissonBurstDetector(_ScopedDetector):
             s.history = min(s.history + window - s.newest, 1 << 20)
             s.newest = window
             self._absorb(s, key)
-        if s.history < p.min_history:
-            return None
         sens = self.sensitivity.of(self.kind, key[0])
+        bar = sens.p_value if s.history >= p.min_history else sens.p_value ** 2  # cold start: overwhelming only
         lam = self.rate(s)
         newest = s.newest
         best: tuple[float, int, float, int] | None = None
@@ -326,7 +328,7 @@ class PoissonBurstDetector(_ScopedDetector):
             if k < sens.min_events or k < sens.min_ratio * mu:
                 continue
             pval = float(poisson.sf(k - 1, sens.null_ratio * mu))
-            if pval < sens.p_value and (best is None or pval < best[0]):
+            if pval < bar and (best is None or pval < best[0]):
                 best = (pval, k, mu, span)
         if best is None:
             return None
