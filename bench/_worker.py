@@ -28,9 +28,6 @@ class NoWindows:
     def add(self, event: Any, cost: Any) -> None:
         return None
 
-    def adder(self) -> Any:
-        return self.add
-
 
 @contextlib.contextmanager
 def without_detectors() -> Iterator[NoDetectors]:

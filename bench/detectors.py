@@ -120,7 +120,7 @@ def overhead(n: int, reps: int, *, default_gc: bool = False) -> dict[str, Any]:
         filled = []
         for i in range(0, len(events), BATCH):
             windows = BatchWindows()
-            add = windows.adder()  # as Pipeline.process adds: the compiled add where it applies
+            add = windows.add  # as Pipeline.process adds
             for e, c in zip(events[i:i + BATCH], costs[i:i + BATCH], strict=True):
                 add(e, c)
             filled.append((windows, events[min(i + BATCH, len(events)) - 1].ts))

@@ -1,7 +1,7 @@
 """Loop latency: spike start (first spiking event emitted) -> the shim's guard() refuses.
 
 Runs the whole system in-process (worker + control loop + API) on each real broker, backfills
-three minutes of baseline for a fresh tenant, emits a spike, and polls guard() every 5 ms.
+80 minutes of baseline (the detectors' cold start is an hour) for a fresh tenant, emits a spike, and polls guard() every 5 ms.
 Prints each run and the median per broker. Starts its own brokers with
 scripts/testbrokers.py unless FLYBALL_TEST_TANSU_BOOTSTRAP / FLYBALL_TEST_KAFKA_BOOTSTRAP are set.
 
@@ -48,7 +48,7 @@ async def measure(bootstrap: str, runs: int, data_dir: Path) -> list[float]:
         for _ in range(runs):
             tenant = f"loop-{uuid.uuid4().hex[:8]}"
             now = datetime.now(UTC)
-            for back in range(180, 0, -3):
+            for back in range(4800, 0, -3):
                 tel.emit_llm_call(tenant_id=tenant, provider="openai", model="gpt-4o-mini", input_tokens=1000,
                                   output_tokens=200, ts=now - timedelta(seconds=back))
             await asyncio.to_thread(tel.flush, 30)

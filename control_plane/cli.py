@@ -101,20 +101,21 @@ def cmd_topics_ensure(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import load_policies, replay
-    from .runtime import load_prices
+    from .runtime import load_prices, load_sensitivity
     from .slo import load_slos
 
     try:
         book = load_prices(args.prices)
         policies = load_policies(args.policies.read_text()) if args.policies else None
         slos = load_slos(args.slos.read_text()) if args.slos else None
+        sensitivity = load_sensitivity(args.detection or Settings().detection_file)
     except (OSError, ValueError) as exc:
         print(f"flyball replay: {exc}", file=sys.stderr)
         return 2
     kwargs: dict[str, Any] = {"policies": policies} if policies is not None else {}
     if slos is not None:
         kwargs["slos"] = slos
-    summary = replay(args.events, args.out, book=book, **kwargs)
+    summary = replay(args.events, args.out, book=book, sensitivity=sensitivity, **kwargs)
     print(f"replayed {summary.events} events: {summary.stored} stored, {summary.duplicates} duplicates, "
           f"{summary.dead_lettered} dead-lettered, {summary.alerts} alerts, {summary.actions} actions -> {args.out}")
     return 0
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--prices", type=Path)
     rp.add_argument("--policies", type=Path)
     rp.add_argument("--slos", type=Path, help="SLO file (default: the shipped SLOs) for slo_burn alerts")
+    rp.add_argument("--detection", type=Path,
+                    help="detector sensitivity per kind and tenant, YAML/JSON (FLYBALL_DETECTION_FILE; docs/DETECTION.md)")
     rp.set_defaults(fn=cmd_replay)
     sp = sub.add_parser("simulate", help="synthetic multi-tenant traffic with labelled incidents (JSONL)")
     sp.add_argument("--out", type=Path, required=True, help="events file; labels go to FILE.labels.json beside it")

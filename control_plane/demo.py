@@ -63,13 +63,14 @@ async def run_demo(settings: Settings, *, spike_at: float = 6.0, spike_for: floa
     tel = Telemetry(service="demo-shop", bootstrap=system.bootstrap)
     headers = {"Authorization": f"Bearer {system.admin_key}"}
     try:
-        # Three minutes of event-time history, so the detector has a baseline to compare with.
+        # 80 minutes of event-time history, so the detectors have a baseline to compare with (their
+        # cold start is an hour of a scope's own history).
         now = datetime.now(UTC)
-        for step in range(360, 0, -1):  # the same pace as the live traffic below: 2 calls/s per tenant
+        for step in range(int(80 * 60 * NORMAL_RATE), 0, -1):  # the pace of the live traffic below
             for tenant in TENANTS:
                 _normal_call(tel, tenant, rng, ts=now - timedelta(seconds=step / NORMAL_RATE))
         tel.flush()
-        say("traffic", f"backfilled 3 minutes of baseline traffic for {', '.join(TENANTS)}; live traffic now")
+        say("traffic", f"backfilled 80 minutes of baseline traffic for {', '.join(TENANTS)}; live traffic now")
         seen_alerts: set[tuple[str, str]] = set()
         seen_directives: dict[str, str] = {}
         refused_shown = allowed_again_shown = False

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from flyball.schemas import Directive
+from flyball.stream_processors.detectors import Detectors, SensitivityTable
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.pricing import PriceBook
 
@@ -56,9 +57,10 @@ def _batches(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
 
 
 def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEFAULT_POLICIES,
-           batch_size: int = 5_000, slos: SLOs = DEFAULT_SLOS) -> ReplaySummary:
+           batch_size: int = 5_000, slos: SLOs = DEFAULT_SLOS,
+           sensitivity: SensitivityTable | None = None) -> ReplaySummary:
     out.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(lambda: book)
+    pipeline = Pipeline(lambda: book, detectors=Detectors(sensitivity=sensitivity or SensitivityTable()))
     objectives = EventTimeSLOs(slos)  # slo_burn alerts, evaluated at each minute of event time
     summary = ReplaySummary()
     spend: dict[tuple[str, str, str, str, str], list[Any]] = {}

@@ -25,6 +25,7 @@ import uvicorn
 
 from flyball.stream_processors.app import create_app as create_worker_app
 from flyball.stream_processors.ingest import IngestService, tune_gc_for_batches
+from flyball.stream_processors.detectors import Detectors, SensitivityTable
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.budgets import BudgetTracker
 from flyball.stream_processors.pricing import PriceBook, load_catalog
@@ -70,6 +71,11 @@ def load_prices(path: Path | None) -> PriceBook:
         return load_catalog(path.read_bytes(), source=str(path))
     text = resources.files("flyball.stream_processors").joinpath("data/prices.json").read_bytes()
     return load_catalog(text, source="flyball built-in catalog")
+
+
+def load_sensitivity(path: Path | None) -> SensitivityTable:
+    """The detectors' sensitivity: the file's (``FLYBALL_DETECTION_FILE``) or the defaults."""
+    return SensitivityTable.load(path) if path is not None else SensitivityTable()
 
 
 class _Server(uvicorn.Server):
@@ -126,7 +132,8 @@ class System:
             tune_gc_for_batches()
             lateness = timedelta(seconds=s.allowed_lateness_s)
             budgets = BudgetTracker(self.finance.budget_list, seed=self.finance.seed, lateness=lateness)
-            pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness)
+            detectors = Detectors(sensitivity=load_sensitivity(s.detection_file))
+            pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness, detectors=detectors)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
                                         checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id)

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     allowed_lateness_s: int = 86_400  # later events are stored with late=1 and raise no budget alerts
     rollup_interval_s: float = 30.0  # spend_minute refresh (recomputed from events FINAL)
     finance_reload_s: float = 30.0  # a `flyball worker` without the API re-reads prices and budgets this often
+    detection_file: Path | None = None  # detector sensitivity per kind and tenant (docs/DETECTION.md)
     detector_checkpoint_s: float = 30.0  # how often the worker saves detector baselines (after a commit)
     worker_id: str = ""  # a stable id per worker replica (e.g. the StatefulSet ordinal): its own checkpoint row
     # OTLP/HTTP ingest (POST /v1/traces): where a span names its tenant and feature (span

@@ -85,6 +85,8 @@ class Alert(BaseModel):
     # kind-specific evidence as exact text (slo_burn: burn rates per window, error budget consumed
     # and remaining); None for kinds that carry everything in the fields above
     details: dict[str, str] | None = None
+    # related alerts (one tenant, or one model/tool/index, at one time) share it: one incident, one page
+    incident_id: str | None = None
 
     def key(self) -> str:
         return f"{self.kind}|{self.scope.key()}"

@@ -88,7 +88,7 @@ class Pipeline:
         windows = BatchWindows()  # per (scope, 10 s window) sums for the detectors
         late_before = now - self.lateness if now is not None and self.lateness is not None else None
         # the hot loop: ~20k events per call, so bound methods are looked up once
-        seen, add_window, rows, dead = self._seen.add, windows.adder(), out.rows, out.dead
+        seen, add_window, rows, dead = self._seen.add, windows.add, out.rows, out.dead
         watermark = self.watermark
         for raw in raws:
             try:

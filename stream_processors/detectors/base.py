@@ -79,18 +79,50 @@ class AlertBook:
     control plane's keep-alive); smaller changes are kept in the state and not re-sent.
     """
 
-    def __init__(self, *, resolve_s: float = 120.0, republish_s: float = 60.0) -> None:
+    def __init__(self, *, resolve_s: float = 120.0, republish_s: float = 60.0, relearn_s: float = 3600.0) -> None:
         self.resolve_s = resolve_s
+        self.relearn_s = relearn_s
         self.republish_s = republish_s
         self.open: dict[str, _Open] = {}
+        # persistence: (kind|scope) -> (abnormal 10 s windows so far, the latest, its event time, first_ts)
+        # for an alert not yet open; not in a snapshot (a restart only restarts a confirmation)
+        self.pending: dict[str, tuple[int, int, float, float]] = {}
 
     def is_open(self, kind: str, scope_key: str) -> bool:
         return f"{kind}|{scope_key}" in self.open
 
-    def fire(self, kind: AlertKind, scope: Scope, ev: Evidence) -> Alert | None:
+    def learns(self, kind: str, scope_key: str, t: float) -> bool:
+        """Whether a scope's baseline may learn from evidence at event time ``t``: not while an alert
+        of ``kind`` is open for it (an incident must not teach that it is normal), unless that
+        alert has been open for ``relearn_s``: a change that lasts is the new normal (else a
+        lasting step would keep its alert open for ever and hide the next incident)."""
+        o = self.open.get(f"{kind}|{scope_key}")
+        if o is None:
+            return True
+        opened = o.alert.opened_at or o.alert.first_seen
+        return t - opened.timestamp() >= self.relearn_s
+
+    def fire(self, kind: AlertKind, scope: Scope, ev: Evidence, *, confirm: int = 1,
+             confirm_s: float = 300.0) -> Alert | None:
+        """An abnormal evaluation of (kind, scope). A new alert opens only once ``confirm``
+        distinct 10 s windows were abnormal, each within ``confirm_s`` of the previous one
+        (persistence: one odd window is not an incident); ``first_seen`` is then the first
+        abnormal evidence's."""
         key = f"{kind}|{scope.key()}"
         score = ev.score or 0.0
         current = self.open.get(key)
+        if current is None and confirm > 1:
+            w = int(ev.last_ts // BASE_WINDOW_S)
+            seen = self.pending.get(key)
+            if seen is None or ev.last_ts - seen[2] > confirm_s:
+                seen = (1, w, ev.last_ts, ev.first_ts)
+            elif w > seen[1]:
+                seen = (seen[0] + 1, w, ev.last_ts, min(seen[3], ev.first_ts))
+            if seen[0] < confirm:
+                self.pending[key] = seen
+                return None
+            self.pending.pop(key, None)
+            ev.first_ts = min(ev.first_ts, seen[3])
         if current is None:
             opened = int(ev.last_ts // ev.window_s) * ev.window_s
             alert = Alert(
@@ -125,6 +157,8 @@ class AlertBook:
 
     def sweep(self, watermark: float) -> list[Alert]:
         """Resolve the alerts that have been normal for ``resolve_s`` up to ``watermark``."""
+        if self.pending:
+            self.pending = {k: v for k, v in self.pending.items() if watermark - v[2] < 3600}
         done = [k for k, o in self.open.items() if watermark - o.last_fired >= self.resolve_s]
         resolved = []
         for key in done:

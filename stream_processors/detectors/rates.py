@@ -22,6 +22,7 @@ from flyball.schemas import Alert, AlertKind, Scope
 from scipy.stats import binom, poisson  # type: ignore[import-untyped]
 
 from .base import BASE_WINDOW_S, AlertBook, Evidence, fmt
+from .sensitivity import SensitivityTable
 
 
 def _scope(fields: tuple[str, ...], key: tuple[str, ...]) -> Scope:
@@ -69,12 +70,12 @@ class _ScopedDetector:
     state: dict[tuple[str, ...], Any]
 
     def _learns(self, s: Any, key: tuple[str, ...]) -> bool:
-        """Whether windows leaving the spans may teach the scope's baseline: not while it alerts.
+        """Whether windows leaving the spans may teach the scope's baseline (``AlertBook.learns``).
         The scope's text key is made once per state (a Scope is only built for an alert)."""
         text = s.scope_key
         if text is None:
             text = s.scope_key = _scope(self.scope_fields, key).key()
-        return not self.book.is_open(self.kind, text)
+        return self.book.learns(self.kind, text, s.newest * BASE_WINDOW_S)
 
     def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
         for key in [k for k, s in self.state.items() if s.newest < newest_window - idle_windows]:
@@ -91,26 +92,27 @@ class BinomialParams:
 
     baseline  p0 = (decayed failures + prior_rate * prior_n) / (decayed calls + prior_n): an
               EWMA of the proportion over past windows, half-life ``half_life_windows`` windows
-              with traffic (180 x 10 s = 30 min), shrunk towards ``prior_rate`` while there is
-              little data (a new model starts at 2 %, worth 200 calls);
-    test      one-sided binomial test of k failures in the n calls of each span (the last 60 s,
-              which reacts fast on a busy scope, and the last 5 min, which gives a quiet scope
-              enough calls to judge), the smallest p-value wins:
-              P(X >= k | n, p0) < ``alpha`` (1e-6: the span is re-tested on every batch, and a
-              scope sees 1,440 spans a day, so the false-alert rate stays well under one a day);
-    floors    k >= ``min_failures`` and the observed proportion at least ``min_delta`` above p0
-              and ``factor`` times p0, so that a high-volume scope does not alert on a 0.3-point
-              wobble that is significant but not actionable.
+              with traffic (360 x 10 s = 1 hour), shrunk towards ``prior_rate`` while there is
+              little data (a new model starts at 2 %, worth 20 calls); a scope is judged at the
+              kind's ``p_value`` once it is ``min_history`` windows old (1 hour) and
+              ``min_history_n`` calls (decayed) have left the spans into its baseline; before (cold
+              start), only on overwhelming evidence (p < ``p_value`` squared);
+    test      one-sided exact binomial test of k failures in the n calls of each span (the last
+              1, 5 and 15 minutes: fast on a busy scope, enough calls on a quiet one), the smallest
+              p-value wins: P(X >= k | n, p0) < the kind's ``p_value`` (``Sensitivity``);
+    floors    k >= the kind's ``min_events`` (minimum evidence), the observed proportion at least
+              ``min_ratio`` times p0 (business size relative to the scope's own history) and at
+              least ``min_delta`` (2 points) above it, so that a busy scope does not page for a
+              0.3-point wobble that is significant but not actionable; ``confirm`` abnormal windows.
     """
 
-    spans: tuple[int, ...] = (6, 30)
-    half_life_windows: float = 180.0
+    spans: tuple[int, ...] = (6, 30, 90)
+    half_life_windows: float = 360.0
     prior_rate: float = 0.02
-    prior_n: float = 200.0
-    alpha: float = 1e-6
-    min_failures: int = 5
-    min_delta: float = 0.05
-    factor: float = 3.0
+    prior_n: float = 20.0
+    min_delta: float = 0.02
+    min_history_n: float = 30.0
+    min_history: int = 360
 
 
 @dataclass(slots=True)
@@ -119,6 +121,7 @@ class _RateState:
     windows: dict[int, list[int]] = field(default_factory=dict)
     base_n: float = 0.0
     base_k: list[float] = field(default_factory=list)
+    since: int = 0  # the scope's first window
     # derived, not in a snapshot: the counts summed over the windows of the longest span (kept as
     # windows come and go, integers so exact; None until first needed, e.g. after a restore) and
     # the scope's text key
@@ -135,6 +138,7 @@ class BinomialRateDetector(_ScopedDetector):
     classes: tuple[str, ...]
     book: AlertBook
     params: BinomialParams = field(default_factory=BinomialParams)
+    sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _RateState] = field(default_factory=dict)
 
     def observe(self, key: tuple[str, ...], window: int, counts: list[int], first_ts: float, last_ts: float,
@@ -142,7 +146,7 @@ class BinomialRateDetector(_ScopedDetector):
         p = self.params
         s = self.state.get(key)
         if s is None:
-            s = self.state[key] = _RateState(newest=window, base_k=[0.0] * len(self.classes))
+            s = self.state[key] = _RateState(newest=window, base_k=[0.0] * len(self.classes), since=window)
         longest = p.spans[-1]
         if window <= s.newest - longest:
             return None  # late: outside the spans, no longer evidence of anything current
@@ -164,6 +168,10 @@ class BinomialRateDetector(_ScopedDetector):
             self._absorb(s, key, old_newest)
         newest = s.newest
         width = len(self.classes) + 1
+        sens = self.sensitivity.of(self.kind)
+        least = sens.min_events
+        young = s.base_n < p.min_history_n or newest - s.since < p.min_history
+        bar = sens.p_value ** 2 if young else sens.p_value  # cold start: overwhelming evidence only
         best: tuple[float, int, float, float, int, int, int] | None = None
         for span in dict.fromkeys(p.spans):  # each span once, in order (as the dict of sums was)
             if span == longest:
@@ -178,17 +186,17 @@ class BinomialRateDetector(_ScopedDetector):
             else:
                 sums = _sum_above(windows, width, newest - span)
             n, *ks = sums
-            if max(ks) < p.min_failures:
+            if max(ks) < least:
                 continue
             for i, k in enumerate(ks):
-                if k < p.min_failures:
+                if k < least:
                     continue
                 p0 = (s.base_k[i] + p.prior_rate * p.prior_n) / (s.base_n + p.prior_n)
-                limit = max(p0 + p.min_delta, p.factor * p0)
+                limit = max(p0 + p.min_delta, sens.min_ratio * p0)
                 if k / n < limit:
                     continue
-                pval = float(binom.sf(k - 1, n, p0))
-                if pval < p.alpha and (best is None or pval < best[0]):
+                pval = float(binom.sf(k - 1, n, min(0.5, sens.null_ratio * p0)))
+                if pval < bar and (best is None or pval < best[0]):
                     best = (pval, i, p0, limit, k, n, span)
         if best is None:
             return None
@@ -203,7 +211,7 @@ class BinomialRateDetector(_ScopedDetector):
             summary=f"{scope.key()}: {k} of {n} {cls} in the last {span * BASE_WINDOW_S}s "
                     f"({rate:.1%}, baseline {p0:.2%}, p={pval:.2g})",
         )
-        return self.book.fire(self.kind, scope, ev)
+        return self.book.fire(self.kind, scope, ev, confirm=sens.confirmations(pval), confirm_s=sens.confirm_s)
 
     def _absorb(self, s: _RateState, key: tuple[str, ...], old_newest: int) -> None:
         p = self.params
@@ -225,12 +233,12 @@ class BinomialRateDetector(_ScopedDetector):
                     s.base_k[i] = s.base_k[i] * decay + counts[i + 1]
 
     def snapshot(self) -> list[Any]:
-        return [[list(k), s.newest, _windows_out(s.windows), s.base_n, s.base_k]
+        return [[list(k), s.newest, _windows_out(s.windows), s.base_n, s.base_k, s.since]
                 for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
-        self.state = {tuple(k): _RateState(newest, _windows_in(windows), base_n, list(base_k))
-                      for k, newest, windows, base_n, base_k in data}
+        self.state = {tuple(k): _RateState(newest, _windows_in(windows), base_n, list(base_k), since)
+                      for k, newest, windows, base_n, base_k, since in data}
 
 
 # ---------------------------------------------------------------------------------- poisson
@@ -238,25 +246,29 @@ class BinomialRateDetector(_ScopedDetector):
 
 @dataclass(frozen=True, slots=True)
 class PoissonParams:
-    """Count-burst test (safety triggers per tenant + feature + category).
+    """Count-burst test (safety triggers per tenant + feature, all categories).
 
-    baseline  lambda = EWMA of the count per 10 s window, empty windows included, half-life
-              ``half_life_windows`` (360 x 10 s = 1 hour: follows the daily cycle, not a burst),
-              never below ``lambda_floor`` (0.05 per window = 0.3 a minute) so that a scope with
-              no history is judged against a small but non-zero rate;
-    test      one-sided Poisson test of the span's count k against mu = 6 * lambda:
-              P(X >= k | mu) < ``alpha``;
-    floors    k >= ``min_count`` and k >= ``factor`` * mu (relative burst, absolute floor);
+    baseline  lambda = (C + prior_rate * prior_windows) / (E + prior_windows), where C is the count
+              and E the number of 10 s windows seen, both decayed with half-life
+              ``half_life_windows`` (360 x 10 s = 1 hour: follows the daily cycle, not a burst):
+              the Gamma-Poisson posterior mean rate. A new scope starts at ``prior_rate`` (one
+              trigger an hour) worth ``prior_windows`` (5 minutes) of evidence, and its own history
+              takes over as it grows; a quiet scope's rate is its own, not a fixed floor; a scope
+              is judged at the kind's ``p_value`` ``min_history`` windows (1 hour) after its first
+              trigger; before (cold start), only on overwhelming evidence (p < ``p_value`` squared:
+              a never-seen feature that suddenly fires a dozen triggers a minute);
+    test      exact one-sided Poisson test of each span's count k (the last 1, 5 and 15 minutes)
+              against mu = span x lambda: P(X >= k | mu) < the kind's ``p_value``;
+    floors    k >= the kind's ``min_events`` and k >= ``min_ratio`` x mu (``Sensitivity``);
               ``ceiling`` (per 60 s) alerts whatever the baseline, for a scope whose baseline has
               itself grown unacceptable.
     """
 
-    span_windows: int = 6
+    spans: tuple[int, ...] = (6, 30, 90)
     half_life_windows: float = 360.0
-    lambda_floor: float = 0.05
-    alpha: float = 1e-6
-    min_count: int = 6
-    factor: float = 4.0
+    prior_rate: float = 1 / 360
+    prior_windows: float = 30.0
+    min_history: int = 360
     ceiling: int | None = 120
 
 
@@ -265,7 +277,9 @@ class _CountState:
     newest: int
     last_absorbed: int
     windows: dict[int, int] = field(default_factory=dict)
-    lam: float = 0.0
+    count: float = 0.0     # decayed count absorbed
+    exposure: float = 0.0  # decayed number of windows absorbed
+    history: int = 0       # windows seen since the scope's first trigger (capped)
     scope_key: str | None = None  # derived, not in a snapshot
 
 
@@ -274,58 +288,84 @@ class PoissonBurstDetector(_ScopedDetector):
     kind: AlertKind
     scope_fields: tuple[str, ...]
     book: AlertBook
-    metric: str = "triggers_per_60s"
+    metric: str = "triggers_per_window"
     params: PoissonParams = field(default_factory=PoissonParams)
+    sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _CountState] = field(default_factory=dict)
+
+    def rate(self, s: _CountState) -> float:
+        """The scope's baseline triggers per 10 s window (Gamma-Poisson posterior mean)."""
+        p = self.params
+        return (s.count + p.prior_rate * p.prior_windows) / (s.exposure + p.prior_windows)
 
     def observe(self, key: tuple[str, ...], window: int, count: int, first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
         p = self.params
+        longest = p.spans[-1]
         s = self.state.get(key)
         if s is None:
-            s = self.state[key] = _CountState(newest=window, last_absorbed=window - p.span_windows)
-        if window <= s.newest - p.span_windows:
+            s = self.state[key] = _CountState(newest=window, last_absorbed=window - longest)
+        if window <= s.newest - longest:
             return None
         s.windows[window] = s.windows.get(window, 0) + count
         if window > s.newest:
+            s.history = min(s.history + window - s.newest, 1 << 20)
             s.newest = window
             self._absorb(s, key)
-        k = sum(s.windows.values())
-        mu = p.span_windows * max(s.lam, p.lambda_floor)
-        ceiling = p.ceiling is not None and k >= p.ceiling
-        if not ceiling and (k < p.min_count or k < p.factor * mu):
+        sens = self.sensitivity.of(self.kind, key[0])
+        bar = sens.p_value if s.history >= p.min_history else sens.p_value ** 2  # cold start: overwhelming only
+        lam = self.rate(s)
+        newest = s.newest
+        best: tuple[float, int, float, int] | None = None
+        ceiling = False
+        for span in p.spans:
+            k = sum(x for w, x in s.windows.items() if w > newest - span)
+            mu = span * lam
+            if span == p.spans[0] and p.ceiling is not None and k >= p.ceiling:
+                ceiling = True
+                best = (float(poisson.sf(k - 1, mu)), k, mu, span)
+                break
+            if k < sens.min_events or k < sens.min_ratio * mu:
+                continue
+            pval = float(poisson.sf(k - 1, sens.null_ratio * mu))
+            if pval < bar and (best is None or pval < best[0]):
+                best = (pval, k, mu, span)
+        if best is None:
             return None
-        pval = float(poisson.sf(k - 1, mu))
-        if not ceiling and pval >= p.alpha:
-            return None
-        limit = max(float(p.min_count), p.factor * mu)
+        pval, k, mu, span = best
+        limit = max(float(sens.min_events), sens.min_ratio * mu)
         scope = _scope(self.scope_fields, key)
         ev = Evidence(
             severity="critical" if ceiling or k >= 3 * limit else "warning", metric=self.metric,
             observed=str(k), baseline=fmt(mu), threshold=fmt(limit), score=k / limit, p_value=pval,
-            window_s=p.span_windows * BASE_WINDOW_S, first_ts=first_ts, last_ts=last_ts, event_ids=event_ids,
-            summary=f"{scope.key()}: {k} in the last {p.span_windows * BASE_WINDOW_S}s, "
-                    f"baseline {mu:.2f} (p={pval:.2g})",
+            window_s=span * BASE_WINDOW_S, first_ts=first_ts, last_ts=last_ts, event_ids=event_ids,
+            summary=f"{scope.key()}: {k} in the last {span * BASE_WINDOW_S}s, "
+                    f"usually {mu:.2f} ({mu / span * 360:.2g} an hour; p={pval:.2g})",
         )
-        return self.book.fire(self.kind, scope, ev)
+        return self.book.fire(self.kind, scope, ev, confirm=1 if ceiling else sens.confirmations(pval),
+                              confirm_s=sens.confirm_s)
 
     def _absorb(self, s: _CountState, key: tuple[str, ...]) -> None:
         p = self.params
         learn = self._learns(s, key)
         decay = 0.5 ** (1.0 / p.half_life_windows)
-        upto = s.newest - p.span_windows
+        upto = s.newest - p.spans[-1]
         for w in sorted(w for w in s.windows if w <= upto):
             x = s.windows.pop(w)
-            if learn:
-                s.lam = s.lam * decay ** (w - s.last_absorbed) + (1 - decay) * x
+            if learn:  # the empty windows since the last one count as zeros
+                d = decay ** (w - s.last_absorbed)
+                s.count = s.count * d + x
+                s.exposure = s.exposure * d + (w - s.last_absorbed)
             s.last_absorbed = w
-        if upto > s.last_absorbed:  # the empty windows since the last one count as zeros
+        if upto > s.last_absorbed:
             if learn:
-                s.lam *= decay ** (upto - s.last_absorbed)
+                d = decay ** (upto - s.last_absorbed)
+                s.count *= d
+                s.exposure = s.exposure * d + (upto - s.last_absorbed)
             s.last_absorbed = upto
 
     def snapshot(self) -> list[Any]:
-        return [[list(k), s.newest, s.last_absorbed, _windows_out(s.windows), s.lam]
+        return [[list(k), s.newest, s.last_absorbed, _windows_out(s.windows), s.count, s.exposure, s.history]
                 for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
@@ -337,10 +377,10 @@ class PoissonBurstDetector(_ScopedDetector):
         (the first scope field) ``owns`` says this replica now consumes and that it has no state
         for yet (see ``RateSpikeDetector.adopt``). The number of scopes taken."""
         taken = 0
-        for k, newest, last, windows, lam in data:
+        for k, newest, last, windows, count, exposure, history in data:
             key = tuple(k)
             if key not in self.state and owns(key[0]):
-                self.state[key] = _CountState(newest, last, _windows_in(windows), lam)
+                self.state[key] = _CountState(newest, last, _windows_in(windows), count, exposure, history)
                 taken += 1
         return taken
 
@@ -357,10 +397,10 @@ class LatencyParams:
               evenly strided, so a busy scope's ring still spans several minutes); needs
               ``min_baseline`` values (cold start);
     test      exceedance test: under no change, each value exceeds q0 with probability 5 %; a
-              one-sided binomial test of the k of n values above q0, P(X >= k) < ``alpha``, in
-              each span (the last 60 s and the last 5 min, for a model with few calls);
-    floors    n >= ``min_n``, the span's own p95 >= ``factor`` x q0 and >= q0 + ``min_delta_ms``
-              (a significant 20 ms drift is not an incident).
+              one-sided exact binomial test of the k of n values above q0, P(X >= k) < the kind's
+              ``p_value``, in each span (the last 60 s and the last 5 min, for a model with few calls);
+    floors    n >= the kind's ``min_events``, the span's own p95 >= ``min_ratio`` x q0 and >= q0 +
+              ``min_delta_ms`` (a significant 20 ms drift is not an incident); ``confirm`` windows.
     """
 
     spans: tuple[int, ...] = (6, 30)
@@ -368,9 +408,6 @@ class LatencyParams:
     per_window: int = 64
     min_baseline: int = 200
     quantile: float = 0.95
-    alpha: float = 1e-6
-    min_n: int = 12
-    factor: float = 1.5
     min_delta_ms: float = 250.0
 
 
@@ -400,6 +437,7 @@ class LatencyDetector(_ScopedDetector):
     book: AlertBook
     metric: str = "latency_ms_p95"
     params: LatencyParams = field(default_factory=LatencyParams)
+    sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _LatState] = field(default_factory=dict)
 
     def observe(self, key: tuple[str, ...], window: int, values: list[float], first_ts: float, last_ts: float,
@@ -427,7 +465,8 @@ class LatencyDetector(_ScopedDetector):
             s.fresh = 0
         q0 = s.q0
         tail = 1.0 - p.quantile
-        limit = max(p.factor * q0, q0 + p.min_delta_ms)
+        sens = self.sensitivity.of(self.kind)
+        limit = max(sens.min_ratio * q0, q0 + p.min_delta_ms)
         # n and k (values above q0) of every span; per window they are kept while q0 and the
         # window's length are unchanged
         newest = s.newest
@@ -444,7 +483,7 @@ class LatencyDetector(_ScopedDetector):
         found: tuple[float, float, int, int, int] | None = None
         for j, span in enumerate(spans):
             n, k = ns[j], ks[j]
-            if n < p.min_n or k < 3 * tail * n or k < 3:
+            if n < sens.min_events or k < 3 * tail * n or k < 3:
                 continue
             inside: list[float] = []
             for w, vals in s.windows.items():  # the span's values in the same order as before
@@ -454,7 +493,7 @@ class LatencyDetector(_ScopedDetector):
             if q < limit:
                 continue
             pval = float(binom.sf(k - 1, n, tail))
-            if pval < p.alpha and (found is None or pval < found[1]):
+            if pval < sens.p_value and (found is None or pval < found[1]):
                 found = (q, pval, n, k, span)
         if found is None:
             return None
@@ -467,7 +506,7 @@ class LatencyDetector(_ScopedDetector):
             summary=f"{scope.key()}: {self.metric} {q:.0f} ms over {n} calls in the last "
                     f"{span * BASE_WINDOW_S}s, baseline {q0:.0f} ms ({k} above it, p={pval:.2g})",
         )
-        return self.book.fire(self.kind, scope, ev)
+        return self.book.fire(self.kind, scope, ev, confirm=sens.confirmations(pval), confirm_s=sens.confirm_s)
 
     def _two_span_counts(self, s: _LatState, window: int, q0: float) -> list[int]:
         """[n, k] of the shorter span and of the longer one (which holds every window), kept in

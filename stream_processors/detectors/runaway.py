@@ -8,7 +8,7 @@ baseline   EWMA of calls per request and tokens per request for the tenant+featu
            ``ewma_weight`` (0.02: about the last 50 requests), starting from a prior of 3 calls
            and 6,000 tokens; requests that alerted are not learned from;
 threshold  calls >= max(``min_calls``, ``factor`` x baseline calls) or
-           tokens >= max(``min_tokens``, ``factor`` x baseline tokens). The floors (25 calls,
+           tokens >= max(``min_tokens``, ``factor`` x baseline tokens). The floors (12 calls,
            400,000 tokens) keep a feature whose requests are all tiny from flagging a normal
            long conversation; the factor (8x) keeps a feature whose agents always take 10 steps
            from alerting on a 12-step one. A request is a single trajectory, not a rate, so no
@@ -33,7 +33,7 @@ class RunawayParams:
     ewma_weight: float = 0.02
     prior_calls: float = 3.0
     prior_tokens: float = 6_000.0
-    min_calls: int = 25
+    min_calls: int = 12
     min_tokens: int = 400_000
     factor: float = 8.0
 

@@ -6,6 +6,7 @@ see one aggregate per (scope, window) per batch (:meth:`Detectors.observe`).
 
 Suppression: a tenant+feature spike is not reported while the tenant-level spike of the same
 kind is open (the tenant alert already says it, and its directive already covers the feature).
+Grouping: every alert leaves with the ``incident_id`` of its incident (``incidents.py``).
 """
 
 from __future__ import annotations
@@ -18,19 +19,14 @@ from operator import itemgetter
 from typing import Any
 
 from flyball.schemas import Alert, AlertKind, LLMCall
-from flyball.schemas.events import CallStatus, Envelope, Retrieval, SafetyTrigger, ToolCall
+from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
 
+from .amounts import KEY_SEP, AmountSpikeDetector
 from .base import BASE_WINDOW_S, AlertBook
+from .incidents import IncidentGrouper
 from .rates import BinomialRateDetector, LatencyDetector, PoissonBurstDetector
 from .runaway import RunawayDetector
-from .spike import (
-    COST_PARAMS,
-    KEY_SEP,
-    TOKEN_PARAMS,
-    CostSpikeDetector,
-    RateSpikeDetector,
-    SpikeParams,
-)
+from .sensitivity import SensitivityTable
 
 MAX_IDS = 10
 _ZERO = Decimal(0)
@@ -47,17 +43,6 @@ _at = datetime.fromtimestamp
 _NEVER_LO = datetime.max.replace(tzinfo=UTC)  # an empty [lo, hi): no datetime is in it
 _NEVER_HI = datetime.min.replace(tzinfo=UTC)
 _CACHE_LIMIT_S = 2**33
-
-try:  # the compiled per-event add (_windows.c, built by setup.py); optional: add is the definition
-    from . import _windows as _native
-except ImportError:  # pragma: no cover - a build without a C compiler
-    _native = None
-else:
-    from ..decode import FastLLMCall
-
-    _native.bind(FastLLMCall, CallStatus("ok"), tuple(CallStatus(s) for s in LLM_FAILURES), _ZERO, BASE_WINDOW_S,
-                 _USAGE_IDS_END, _MODEL_IDS_END)
-
 
 class BatchWindows:
     """One batch's events summed per (scope, 10 s window). Flat lists, not objects, for speed:
@@ -119,16 +104,6 @@ class BatchWindows:
             self._hi = _at((w + 1) * BASE_WINDOW_S, _UTC)
             self._w = w
         return w
-
-    def adder(self) -> Callable[[Any, Decimal | None], None]:
-        """This batch's per-event ``add``: the compiled one when it was built (it does the same
-        for a fast-path ``llm_call`` in UTC with a ``CallStatus`` and calls :meth:`add` for every
-        other event), else
-        :meth:`add` itself."""
-        if _native is None:
-            return self.add
-        return _native.Adder(self.usage, self.models, self.requests, self.r_calls, self.r_tokens, self.r_first,
-                             self.r_last, self.r_owner, self.r_ids, self.add)
 
     def request_ids(self, i: int) -> list[str]:
         """The first ``MAX_IDS`` event ids of request ``i``, in arrival order (wanted only for a
@@ -282,14 +257,16 @@ class BatchWindows:
 
 @dataclass(slots=True)
 class Detectors:
-    """Every detector of the worker; ``observe`` one batch, ``advance`` the watermark."""
+    """Every detector of the worker; ``observe`` one batch, ``advance`` the watermark.
+    ``sensitivity`` sets their knobs per kind and tenant (``sensitivity.py``)."""
 
-    cost: RateSpikeDetector = field(default_factory=lambda: CostSpikeDetector(COST_PARAMS))
-    cost_params_feature: SpikeParams | None = None
+    sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     book: AlertBook = field(default_factory=AlertBook)
-    cost_feature: RateSpikeDetector = field(init=False)
-    tokens: RateSpikeDetector = field(init=False)
-    tokens_feature: RateSpikeDetector = field(init=False)
+    incidents: IncidentGrouper = field(default_factory=IncidentGrouper)
+    cost: AmountSpikeDetector = field(init=False)
+    cost_feature: AmountSpikeDetector = field(init=False)
+    tokens: AmountSpikeDetector = field(init=False)
+    tokens_feature: AmountSpikeDetector = field(init=False)
     runaway: RunawayDetector = field(init=False)
     errors: BinomialRateDetector = field(init=False)
     latency: LatencyDetector = field(init=False)
@@ -302,21 +279,29 @@ class Detectors:
 
     def __post_init__(self) -> None:
         tf = ("tenant_id", "feature")
-        self.cost_feature = RateSpikeDetector(params=self.cost_params_feature or self.cost.params,
-                                              scope_fields=tf)
-        self.tokens = RateSpikeDetector(params=TOKEN_PARAMS, kind=AlertKind.TOKEN_SPIKE,
-                                        metric="tokens_per_window", unit="tokens")
-        self.tokens_feature = RateSpikeDetector(params=TOKEN_PARAMS, kind=AlertKind.TOKEN_SPIKE,
-                                                metric="tokens_per_window", unit="tokens", scope_fields=tf)
-        self.runaway = RunawayDetector(self.book)
-        self.errors = BinomialRateDetector(AlertKind.ERROR_RATE, ("provider", "model"), LLM_FAILURES, self.book)
-        self.latency = LatencyDetector(AlertKind.LATENCY, ("provider", "model"), self.book)
-        self.ttft = LatencyDetector(AlertKind.LATENCY, ("provider", "model"), self.book, metric="ttft_ms_p95")
-        self.tool_failures = BinomialRateDetector(AlertKind.TOOL_FAILURE, ("tool_name",), ("failure",), self.book)
-        self.tool_latency = LatencyDetector(AlertKind.LATENCY, ("tool_name",), self.book)
-        self.safety = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature", "category"), self.book)
-        self.retrieval = BinomialRateDetector(AlertKind.RETRIEVAL_FAILURE, ("index_name",), ("error", "empty"),
-                                              self.book)
+        book, sens = self.book, self.sensitivity
+
+        def amounts(kind: AlertKind, fields: tuple[str, ...]) -> AmountSpikeDetector:
+            if kind == AlertKind.COST_SPIKE:
+                return AmountSpikeDetector(kind, book, sens, scope_fields=fields)
+            return AmountSpikeDetector(kind, book, sens, metric="tokens_per_window", unit="tokens", scope_fields=fields)
+
+        self.cost = amounts(AlertKind.COST_SPIKE, ("tenant_id",))
+        self.cost_feature = amounts(AlertKind.COST_SPIKE, tf)
+        self.tokens = amounts(AlertKind.TOKEN_SPIKE, ("tenant_id",))
+        self.tokens_feature = amounts(AlertKind.TOKEN_SPIKE, tf)
+        self.runaway = RunawayDetector(book)
+        self.errors = BinomialRateDetector(AlertKind.ERROR_RATE, ("provider", "model"), LLM_FAILURES, book,
+                                           sensitivity=sens)
+        self.latency = LatencyDetector(AlertKind.LATENCY, ("provider", "model"), book, sensitivity=sens)
+        self.ttft = LatencyDetector(AlertKind.LATENCY, ("provider", "model"), book, metric="ttft_ms_p95",
+                                    sensitivity=sens)
+        self.tool_failures = BinomialRateDetector(AlertKind.TOOL_FAILURE, ("tool_name",), ("failure",), book,
+                                                  sensitivity=sens)
+        self.tool_latency = LatencyDetector(AlertKind.LATENCY, ("tool_name",), book, sensitivity=sens)
+        self.safety = PoissonBurstDetector(AlertKind.SAFETY_BURST, tf, book, sensitivity=sens)
+        self.retrieval = BinomialRateDetector(AlertKind.RETRIEVAL_FAILURE, ("index_name",), ("error", "empty"), book,
+                                              sensitivity=sens)
 
     def observe(self, b: BatchWindows) -> list[Alert]:
         out: list[Alert] = []
@@ -327,6 +312,20 @@ class Detectors:
                 alert = self.runaway.fire(key, b.request_ids(i))
                 if alert is not None:
                     out.append(alert)
+        # safety triggers are judged per tenant+feature, all categories together (a quiet feature's
+        # categories are too rare apart to have a baseline each); the sample ids say which
+        safety: dict[tuple[str, str, int], list[Any]] = {}
+        for (tenant, feature, _, w), x in b.safety.items():
+            acc = safety.get((tenant, feature, w))
+            if acc is None:
+                safety[(tenant, feature, w)] = list(x)
+            else:
+                acc[0] += x[0]
+                if x[1] < acc[1]:
+                    acc[1] = x[1]
+                if x[2] > acc[2]:
+                    acc[2] = x[2]
+                acc.extend(x[3:3 + MAX_IDS - (len(acc) - 3)])
         # first/last come as event datetimes; the detectors take epoch seconds (one conversion per
         # group: the same value as the events' own ts.timestamp(), which the minimum/maximum keep).
         # Groups are judged in the order of their 10 s window (a stable sort of the keys).
@@ -339,7 +338,7 @@ class Detectors:
                               (self.ttft.observe, 5, None, False))),
             (b.tools, 1, 3, ((self.tool_failures.observe, _COUNTS2, _IDS5, True),
                              (self.tool_latency.observe, 2, None, True))),
-            (b.safety, 3, 1, ((self.safety.observe, 0, _IDS3, True),)),
+            (safety, 2, 1, ((self.safety.observe, 0, _IDS3, True),)),
             (b.retrieval, 1, 3, ((self.retrieval.observe, _COUNTS3, _IDS5, True),)),
         )
         for groups, n, at, checks in kinds:
@@ -354,78 +353,70 @@ class Detectors:
                         alert = observe(scope, w, x[value], ft, lt, [] if ids is None else x[ids])
                         if alert is not None:
                             out.append(alert)
-        return out
+        return [self.incidents.assign(a) for a in out]
 
     def _spikes(self, b: BatchWindows, out: list[Alert]) -> None:
-        cw, tw = self.cost.params.window_s, self.tokens.params.window_s
-        # samples per (key, spike window, 10 s sub-window), so each detector also judges its trailing
-        # span: [amount, first, last, ids, peak], times as event datetimes (made alert datetimes only
-        # when an alert needs them), token amounts as ints (exact: the series add them to Decimal sums).
-        # The (scope, 10 s window) sums are taken in the order of their window (a stable sort), so
-        # each dict of samples is built in the order the detectors judge it (as sorting it was).
-        cost_t: dict[tuple[str, int, int], list[Any]] = {}
-        cost_f: dict[tuple[str, int, int], list[Any]] = {}
-        tok_t: dict[tuple[str, int, int], list[Any]] = {}
-        tok_f: dict[tuple[str, int, int], list[Any]] = {}
+        # per (scope, 10 s window): the tenant's sums and each tenant+feature's, in window order
+        # (a stable sort), tenant samples first; a feature spike opening while its tenant's spike
+        # of the same kind is open is suppressed
+        tenants: dict[tuple[str, int], list[Any]] = {}
         usage = b.usage
-        for k in sorted(usage, key=_THIRD):
+        keys = sorted(usage, key=_THIRD)
+        for k in keys:
             u = usage[k]
+            tenant, _, w = k
+            x = tenants.get((tenant, w))
+            if x is None:
+                tenants[(tenant, w)] = [u[0], u[1], u[2], u[3], u[4], u[5], u[6:]]
+            else:
+                x[0] += u[0]
+                x[1] += u[1]
+                if u[2] < x[2]:
+                    x[2] = u[2]
+                if u[3] > x[3]:
+                    x[3] = u[3]
+                if u[4] > x[4]:
+                    x[4] = u[4]
+                if u[5] > x[5]:
+                    x[5] = u[5]
+                if len(x[6]) < MAX_IDS:
+                    x[6] = x[6] + u[6:6 + MAX_IDS - len(x[6])]
+        for (tenant, w), x in tenants.items():
+            for det, amount, peak in ((self.cost, x[0], x[4]), (self.tokens, x[1], x[5])):
+                alert = det.observe_at(tenant, w, amount, peak, x[2], x[3], x[6])
+                if alert is not None:
+                    out.append(alert)
+        for k in keys:
             tenant, feature, w = k
-            cost, tokens, first, last, top_cost, top_tokens = u[0], u[1], u[2], u[3], u[4], u[5]
-            ids = u[6:]  # shared by the new samples below: a merge makes a new list (_merge)
-            t = w * BASE_WINDOW_S
-            scopes = ((tenant, cost_t, tok_t), (tenant + KEY_SEP + feature, cost_f, tok_f)) if feature else \
-                ((tenant, cost_t, tok_t),)
-            for scope, by_cost, by_tokens in scopes:
-                ck = (scope, t // cw, w)
-                tk = ck if tw == cw else (scope, t // tw, w)
-                x = by_cost.get(ck)
-                if x is None:
-                    by_cost[ck] = [cost, first, last, ids, top_cost]
-                    by_tokens[tk] = [tokens, first, last, ids, top_tokens]
-                    continue
-                _merge(x, cost, first, last, ids, top_cost)
-                _merge(by_tokens[tk], tokens, first, last, ids, top_tokens)
-        # tenant samples first; a feature spike opening while its tenant's spike is open is suppressed
-        for det, parent, samples in ((self.cost, None, cost_t), (self.tokens, None, tok_t),
-                                     (self.cost_feature, self.cost, cost_f), (self.tokens_feature, self.tokens, tok_f)):
-            judge_sub = det.params.window_s > BASE_WINDOW_S
-            observe, state = det.observe_at, det.state
-            for (key, w, sub), x in samples.items():
-                if parent is None:
-                    was_open = True
-                else:
-                    series = state.get(key)
-                    was_open = series is not None and series.open is not None
-                alert = observe(key, w, x[0], x[4], x[1], x[2], x[3], sub if judge_sub else None)
-                if alert is None:
-                    continue
-                if parent is not None and not was_open and parent.is_open(key.split(KEY_SEP, 1)[0]):
-                    det.state[key].open = None  # suppressed: never published, so never resolved
-                    continue
-                out.append(alert)
+            if not feature:
+                continue
+            u = usage[k]
+            key = tenant + KEY_SEP + feature
+            for det, parent, amount, peak in ((self.cost_feature, self.cost, u[0], u[4]),
+                                              (self.tokens_feature, self.tokens, u[1], u[5])):
+                alert = det.observe_at(key, w, amount, peak, u[2], u[3], u[6:],
+                                       suppressed=lambda parent=parent, tenant=tenant: parent.is_open(tenant))
+                if alert is not None:
+                    out.append(alert)
 
     def advance(self, watermark: datetime) -> list[Alert]:
         t = watermark.timestamp()
-        out: list[Alert] = []
-        for spiky in (self.cost, self.tokens, self.cost_feature, self.tokens_feature):
-            out.extend(spiky.advance(watermark))
-        out.extend(self.book.sweep(t))
+        out = self.book.sweep(t)
         self.runaway.close_idle(t)
         if t - self._evicted_at >= 600:
             self._evicted_at = t
-            for spike in (self.cost, self.tokens, self.cost_feature, self.tokens_feature):
-                spike.evict(watermark)
             newest = int(t) // BASE_WINDOW_S
-            for other in (self.errors, self.latency, self.ttft, self.tool_failures, self.tool_latency,
-                          self.safety, self.retrieval):
+            for other in (self.cost, self.tokens, self.cost_feature, self.tokens_feature, self.errors, self.latency,
+                          self.ttft, self.tool_failures, self.tool_latency, self.safety, self.retrieval):
                 other.evict(newest)
-        return out
+            self.incidents.evict(t)
+        return [self.incidents.assign(a) for a in out]
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON-able state: what a restarted worker needs to keep its baselines."""
         return {
-            "version": 1, "book": self.book.snapshot(), "evicted_at": self._evicted_at,
+            "version": 2, "book": self.book.snapshot(), "evicted_at": self._evicted_at,
+            "incidents": self.incidents.snapshot(),
             **{name: getattr(self, name).snapshot() for name in _PARTS},
         }
 
@@ -436,16 +427,17 @@ class Detectors:
         tenant's partition, the new owner judges its next spike against the old owner's history
         instead of starting cold. Per provider, tool and index the statistics stay each
         replica's own. Returns the number of series taken."""
-        if data.get("version") != 1:
+        if data.get("version") != 2:
             return 0
-        taken = sum(getattr(self, name).adopt(data.get(name) or {}, owns) for name in _SPIKE_PARTS)
+        taken = sum(getattr(self, name).adopt(data.get(name) or [], owns) for name in _SPIKE_PARTS)
         return taken + self.safety.adopt(data.get("safety") or [], owns)
 
     def restore(self, data: dict[str, Any]) -> None:
-        if data.get("version") != 1:
+        if data.get("version") != 2:
             raise ValueError(f"detector state: unsupported version {data.get('version')!r}")
         self.book.restore(data["book"])
         self._evicted_at = data["evicted_at"]
+        self.incidents.restore(data.get("incidents") or {})
         for name in _PARTS:
             getattr(self, name).restore(data[name])
 
@@ -460,17 +452,3 @@ _WINDOW_AT = {n: itemgetter(n) for n in (1, 2, 3)}  # the same for each kind of 
 _COUNTS2, _COUNTS3, _COUNTS4 = slice(2), slice(3), slice(4)  # BatchWindows lists' fixed fields
 _IDS3, _IDS5, _IDS8 = slice(3, None), slice(5, None), slice(8, None)  # ... and their ids
 _Check = tuple[Callable[..., Alert | None], int | slice, slice | None, bool]  # one detector of observe's table
-
-
-def _merge(s: list[Any], amount: Any, first: datetime, last: datetime, ids: list[str], peak: Any) -> None:
-    """Add one (scope, 10 s window) sum to a spike sample."""
-    s[0] += amount
-    if peak > s[4]:  # noqa: PLR1730 - max()/min() cost a call each
-        s[4] = peak
-    if first < s[1]:  # noqa: PLR1730
-        s[1] = first
-    if last > s[2]:  # noqa: PLR1730
-        s[2] = last
-    have = s[3]
-    if len(have) < MAX_IDS:
-        s[3] = have + ids[:MAX_IDS - len(have)]  # a new list: ``have`` may be shared

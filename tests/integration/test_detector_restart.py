@@ -44,8 +44,8 @@ async def test_restarted_worker_keeps_its_baselines_and_catches_a_spike_at_once(
     run = uuid.uuid4().hex[:8]
     tenant, group = f"restart-{run}", f"worker-{run}"
     now = datetime.now(UTC)
-    calm = [call(tenant, now - timedelta(minutes=10) + timedelta(seconds=5 * i)) for i in range(119)]
-    spike = [call(tenant, now + timedelta(seconds=i / 10), model="gpt-4o", inp=40_000, out=3_000) for i in range(30)]
+    calm = [call(tenant, now - timedelta(minutes=80) + timedelta(seconds=5 * i)) for i in range(959)]
+    spike = [call(tenant, now + timedelta(seconds=i / 2), model="gpt-4o", inp=40_000, out=3_000) for i in range(30)]
     # the control: a worker without the saved state is in cold start and says nothing about this spike
     assert [a for a in Pipeline(lambda: book).process(spike, now=None).alerts if a.kind == AlertKind.COST_SPIKE] == []
 

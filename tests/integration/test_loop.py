@@ -58,9 +58,10 @@ async def test_cost_spike_closes_the_loop_only_for_that_tenant(system: System, b
     expected = {calm: Decimal(0), spiky: Decimal(0)}
     counts = {calm: 0, spiky: 0}
     try:
-        # three minutes of baseline history in event time, then a spike now
+        # 80 minutes of baseline history in event time (the detectors' cold start is an hour), then
+        # a spike over the last 15 seconds
         now = datetime.now(UTC)
-        for i, back in enumerate(range(180, 0, -3)):
+        for i, back in enumerate(range(4800, 15, -3)):
             for tenant in (calm, spiky):
                 inp, out, cached = 1000 + i, 200 + i % 7, 100
                 tel.emit_llm_call(tenant_id=tenant, feature="chat", provider="openai", model="gpt-4o-mini",
@@ -68,9 +69,9 @@ async def test_cost_spike_closes_the_loop_only_for_that_tenant(system: System, b
                                   ts=now - timedelta(seconds=back))
                 expected[tenant] += mini_cost(inp, out, cached)
                 counts[tenant] += 1
-        for _ in range(30):
+        for i in range(30):
             tel.emit_llm_call(tenant_id=spiky, feature="batch", provider="openai", model="gpt-4o",
-                              input_tokens=40_000, output_tokens=3_000)
+                              input_tokens=40_000, output_tokens=3_000, ts=now - timedelta(seconds=15 - i / 2))
             expected[spiky] += 40_000 * GPT4O_IN + 3_000 * GPT4O_OUT
             counts[spiky] += 1
         assert await asyncio.to_thread(tel.flush, 30)

@@ -24,13 +24,13 @@ def _call(tenant: str, model: str, inp: int, out: int, ts: datetime, event_id: s
 
 def test_replay_writes_dlq_spend_alerts_and_actions(tmp_path: Path) -> None:
     lines, expected = [], {"calm": Decimal(0), "spiky": Decimal(0)}
-    for s in range(0, 600, 5):  # ten minutes of baseline
+    for s in range(0, 4800, 5):  # 80 minutes of baseline (the detectors' cold start is an hour)
         for tenant in expected:
             lines.append(_call(tenant, "gpt-4o-mini", 1000, 200, T0 + timedelta(seconds=s)))
             expected[tenant] += 1000 * Decimal("0.00000015") + 200 * Decimal("0.0000006")
     dup = str(uuid.uuid4())
     for i in range(20):  # the spike, with one event sent twice
-        line = _call("spiky", "gpt-4o", 40_000, 3_000, T0 + timedelta(seconds=600 + i / 4), event_id=dup if i < 2 else None)
+        line = _call("spiky", "gpt-4o", 40_000, 3_000, T0 + timedelta(seconds=4800 + i), event_id=dup if i < 2 else None)
         lines.append(line)
         if i >= 1:
             expected["spiky"] += 40_000 * Decimal("0.0000025") + 3_000 * Decimal("0.00001")
@@ -57,7 +57,7 @@ def test_replay_writes_dlq_spend_alerts_and_actions(tmp_path: Path) -> None:
     # the 40k-token calls are both a cost and a token spike, for that tenant only
     assert sorted((a["kind"], a["scope"]["tenant_id"]) for a in alerts) == [("cost_spike", "spiky"), ("token_spike", "spiky")]
     cost = next(a for a in alerts if a["kind"] == "cost_spike")
-    assert cost["scope"] == {"tenant_id": "spiky"} and cost["first_seen"].startswith("2026-02-01T09:10")
+    assert cost["scope"] == {"tenant_id": "spiky"} and cost["first_seen"].startswith("2026-02-01T10:20")
 
     actions = [json.loads(line) for line in (out / "actions.jsonl").read_text().splitlines()]
     applied = [a for a in actions if a["decision"] == "applied"]

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""The detection curve on independent traffic: recall by kind x incident size x volume, false alerts
+and pages per tenant-day, delay; on tuning seeds or on held-out seeds.
+
+    python bench/detection_curve.py                    # held-out seeds (what docs and README quote)
+    python bench/detection_curve.py --split tune       # the seeds detector work may look at
+    make quality
+
+Traffic comes from ``bench/evaltraffic.py`` (written independently of the detectors and of
+``flyball simulate``); each seed is one day of 12 tenants. The events go, as JSON lines, through the
+worker's own :class:`Pipeline` in batches of 5,000 lines, exactly as ``flyball replay`` feeds it
+(so the figures are what ``flyball replay --events F --out D`` writes to ``alerts.jsonl``).
+
+Seeds are split once and for all: ``TUNE_SEEDS`` may be looked at while changing the detectors;
+``HELDOUT_SEEDS`` are only run to report (docs/DETECTION.md, README).
+
+Scoring against the labels:
+- an incident is *detected* when an alert of its kind, whose scope agrees with the label on every
+  field both carry (at least one), opened between 60 s before its start and 2 minutes after its end;
+  *delay* = the alert's ``opened_at`` minus the start (0 if earlier);
+- a *false alert* is an alert that no labelled incident explains (any kind, agreeing scope, opened
+  within the incident's span as above); a *page* is a distinct ``incident_id`` among them (what an
+  on-call person is woken for after grouping); both per tenant-day;
+- ``unpriced_model`` and ``budget_threshold`` are not anomaly detectors and are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from evaltraffic import KINDS, VOLUME_BANDS, Day  # noqa: E402 - a sibling script
+from flyball.schemas import Alert  # noqa: E402
+from flyball.stream_processors.pipeline import Pipeline  # noqa: E402
+from flyball.stream_processors.pricing import PriceBook, load_catalog  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TUNE_SEEDS = tuple(range(1, 7))
+HELDOUT_SEEDS = tuple(range(9001, 9005))
+NOT_ANOMALIES = {"unpriced_model", "budget_threshold"}
+BEFORE_S, GRACE_S = 60.0, 120.0
+BATCH = 5_000  # flyball replay's batch size
+SIZE_CLASSES = ("subtle", "medium", "strong")
+
+
+def builtin_book() -> PriceBook:
+    text = resources.files("flyball.stream_processors").joinpath("data/prices.json").read_bytes()
+    return load_catalog(text, source="flyball built-in catalog")
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def agrees(alert_scope: dict[str, str], label_scope: dict[str, str]) -> bool:
+    common = set(alert_scope) & set(label_scope)
+    return bool(common) and all(alert_scope[k] == label_scope[k] for k in common)
+
+
+def run_seed(seed: int) -> dict[str, Any]:
+    day = Day(seed)
+    labels = day.labels()
+    lines = day.lines()
+    book = builtin_book()
+    pipe = Pipeline(lambda: book)
+    alerts: dict[str, Alert] = {}
+    for i in range(0, len(lines), BATCH):
+        for a in pipe.process(lines[i:i + BATCH], now=None).alerts:
+            if a.kind not in NOT_ANOMALIES:
+                alerts.setdefault(a.alert_id, a)
+    found = []
+    explained: set[str] = set()
+    for lb in labels["incidents"]:
+        start, end = _ts(lb["start"]), _ts(lb["end"])
+        delays = []
+        for a in alerts.values():
+            opened = (a.opened_at or a.first_seen).timestamp()
+            if start - BEFORE_S <= opened <= end + GRACE_S and agrees(a.scope.compact(), lb["scope"]):
+                explained.add(a.alert_id)
+                if a.kind == lb["kind"]:
+                    delays.append(max(0.0, opened - start))
+        found.append({**lb, "delay_s": min(delays) if delays else None})
+    false = [a for aid, a in alerts.items() if aid not in explained]
+    return {
+        "seed": seed, "events": len(lines), "tenant_days": labels["tenant_days"], "incidents": found,
+        "false_alerts": [{"kind": str(a.kind), "scope": a.scope.compact(), "opened_at": str(a.opened_at),
+                          "incident_id": getattr(a, "incident_id", None) or a.alert_id, "summary": a.summary}
+                         for a in false],
+    }
+
+
+def _recall(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "-"
+    hit = sum(1 for r in rows if r["delay_s"] is not None)
+    return f"{hit}/{len(rows)}"
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def report(results: list[dict[str, Any]], split: str, elapsed: float) -> dict[str, Any]:
+    incidents = [i for r in results for i in r["incidents"]]
+    false = [f for r in results for f in r["false_alerts"]]
+    tenant_days = sum(r["tenant_days"] for r in results)
+    pages = {(r["seed"], f["incident_id"]) for r in results for f in r["false_alerts"]}
+    delays = [i["delay_s"] for i in incidents if i["delay_s"] is not None]
+    bands = [name for _, name in VOLUME_BANDS]
+    lines = [f"detection curve, {split} seeds {[r['seed'] for r in results]}: {len(results)} days x 12 tenants, "
+             f"{sum(r['events'] for r in results):,} events, {len(incidents)} incidents ({elapsed:.0f} s)", "",
+             "| kind | " + " | ".join(SIZE_CLASSES) + " | all |", "|---|" + "---|" * (len(SIZE_CLASSES) + 1)]
+    for kind in KINDS:
+        rows = [i for i in incidents if i["kind"] == kind]
+        lines.append(f"| {kind} | " + " | ".join(_recall([i for i in rows if i["size_class"] == c])
+                                                  for c in SIZE_CLASSES) + f" | {_recall(rows)} |")
+    lines.append("| **all kinds** | " + " | ".join(_recall([i for i in incidents if i["size_class"] == c])
+                                                  for c in SIZE_CLASSES) + f" | **{_recall(incidents)}** |")
+    lines += ["", "| scope volume | " + " | ".join(SIZE_CLASSES) + " | all |",
+              "|---|" + "---|" * (len(SIZE_CLASSES) + 1)]
+    for band in bands:
+        rows = [i for i in incidents if i["volume_band"] == band]
+        lines.append(f"| {band} | " + " | ".join(_recall([i for i in rows if i["size_class"] == c])
+                                                for c in SIZE_CLASSES) + f" | {_recall(rows)} |")
+    med, p95 = statistics.median(delays) if delays else None, _pct(delays, 0.95)
+    per_td = len(false) / tenant_days if tenant_days else 0.0
+    pages_td = len(pages) / tenant_days if tenant_days else 0.0
+    by_kind: dict[str, int] = defaultdict(int)
+    for f in false:
+        by_kind[f["kind"]] += 1
+    lines += ["", f"false alerts: {len(false)} over {tenant_days} tenant-days = **{per_td:.2f} per tenant-day** "
+                  f"({dict(sorted(by_kind.items()))}); pages after grouping: {len(pages)} = **{pages_td:.2f} per "
+                  f"tenant-day**",
+              f"delay (opened_at - start) of detected incidents: median **{med:.0f} s**, p95 {p95:.0f} s"
+              if med is not None else "delay: no detection"]
+    print("\n".join(lines))
+    return {"split": split, "seeds": [r["seed"] for r in results], "tenant_days": tenant_days,
+            "incidents": incidents, "false_alerts": false, "false_alerts_per_tenant_day": per_td,
+            "pages_per_tenant_day": pages_td, "median_delay_s": med, "p95_delay_s": p95, "table": lines,
+            "when": datetime.now(UTC).isoformat(timespec="seconds"), "elapsed_s": elapsed}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--split", choices=("tune", "heldout"), default="heldout")
+    ap.add_argument("--seeds", type=int, nargs="*", help="explicit seeds (overrides --split; reported as 'custom')")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/out/detection_curve_<split>.json)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every miss and false alert")
+    a = ap.parse_args()
+    seeds = a.seeds or (TUNE_SEEDS if a.split == "tune" else HELDOUT_SEEDS)
+    split = "custom" if a.seeds else a.split
+    t0 = time.monotonic()
+    with ProcessPoolExecutor(max_workers=a.jobs) as pool:
+        results = list(pool.map(run_seed, seeds))
+    out = report(results, split, time.monotonic() - t0)
+    if a.verbose:
+        for r in results:
+            for i in r["incidents"]:
+                if i["delay_s"] is None:
+                    print(f"  miss seed={r['seed']} {i['kind']} {i['scope']} size={i['size']} "
+                          f"{i['size_class']} {i['volume_band']} rate={i['scope_rate_per_s']}", file=sys.stderr)
+            for f in r["false_alerts"]:
+                print(f"  false seed={r['seed']} {f['kind']} {f['scope']} {f['opened_at']} {f['summary']}",
+                      file=sys.stderr)
+    path = a.out or ROOT / "bench" / "out" / f"detection_curve_{split}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Spikes of an additive amount (cost in USD, tokens) per tenant or per tenant+feature.
+
+A tenant's spend per 10 s window is a sum over a random number of calls of random size: a compound
+Poisson process. Its baseline per key is learned from the key's own history:
+
+baseline  m = EWMA of the amount per 10 s window (empty windows count 0) and v = EWMA of its
+          square, half-life ``half_life_windows`` (30 minutes: follows the daily cycle, whose
+          ramps would otherwise look like spikes, while a spike is kept out, see below), bias-corrected while the history is short; learned only from windows that have
+          left the longest span while no alert of the kind is open for the key (an incident does
+          not teach the detector that it is normal; ``AlertBook.learns``: one open for an hour
+          does, a lasting change is the new normal). A key needs ``min_history`` windows
+          (1 hour) of history before it can alert (cold start).
+test      for each span (the last 1, 5 and 15 minutes, so a busy key is judged fast and a quiet one
+          gets enough calls), the span's sum S without its single largest call (leave-one-out: one
+          big request is not a rate spike) against ``null_ratio`` x mu, mu = span x m (the null
+          hypothesis is "at most 1.5x the usual": a normal burst is not an incident). With the per-window variance
+          sigma^2 = v - m^2 (which includes the key's own burstiness), the dispersion
+          phi = sigma^2 / m turns amounts into effective counts (S / phi, mu / phi), and the
+          exact Poisson tail P(X >= S/phi | mu/phi) (regularised incomplete gamma, valid at any
+          count) is the p-value: a small tenant's few calls give a large phi and need a large
+          multiple, a big tenant's thousands of calls a small one.
+floors    (``Sensitivity`` of the kind, per tenant if set) p < ``p_value``; S >= ``min_ratio`` x mu
+          (business size, relative to the key's own history); at least ``min_events`` calls in the
+          span (minimum evidence; counted from the sample ids, at most 10 per 10 s window);
+          ``confirm`` abnormal windows before an alert opens (the alert book).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from flyball.schemas import Alert, AlertKind, Scope
+from scipy.special import gammainc  # type: ignore[import-untyped]
+
+from .base import BASE_WINDOW_S, AlertBook, Evidence, fmt
+from .sensitivity import SensitivityTable
+
+KEY_SEP = "\x1f"
+
+
+@dataclass(frozen=True, slots=True)
+class AmountParams:
+    spans: tuple[int, ...] = (6, 30, 90)  # 10 s windows: 1, 5 and 15 minutes
+    half_life_windows: float = 180.0
+    min_history: int = 360
+    leave_one_out: bool = True
+
+
+@dataclass(slots=True)
+class _Series:
+    newest: int
+    absorbed: int                # the newest window folded into the baseline
+    windows: dict[int, list[Any]] = field(default_factory=dict)  # w -> [amount, peak, calls seen]
+    mean: float = 0.0            # EWMA of the amount per window (not bias-corrected)
+    sq: float = 0.0              # EWMA of its square
+    weight: float = 0.0          # 1 - decay**n: the bias correction
+    history: int = 0             # windows absorbed
+    scope_key: str | None = None  # derived
+
+
+def tail_p(k: float, mu: float) -> float:
+    """P(X >= k) for X ~ Poisson(mu), continued to real k > 0 (regularised lower gamma)."""
+    if k <= 0:
+        return 1.0
+    if mu <= 0:
+        return 0.0
+    return float(gammainc(k, mu))
+
+
+@dataclass(slots=True)
+class AmountSpikeDetector:
+    """``observe_at(key, window, amount, peak, first, last, ids)`` per (key, 10 s window) sum;
+    keys are a tenant or ``tenant + KEY_SEP + feature`` (``scope_fields``)."""
+
+    kind: AlertKind
+    book: AlertBook
+    sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
+    params: AmountParams = field(default_factory=AmountParams)
+    metric: str = "cost_usd_per_window"
+    unit: str = "USD"
+    scope_fields: tuple[str, ...] = ("tenant_id",)
+    state: dict[str, _Series] = field(default_factory=dict)
+
+    def scope_of(self, key: str) -> Scope:
+        return Scope(**dict(zip(self.scope_fields, key.split(KEY_SEP), strict=True)))
+
+    def is_open(self, key: str) -> bool:
+        s = self.state.get(key)
+        return s is not None and self.book.is_open(self.kind, self._text(s, key))
+
+    def _text(self, s: _Series, key: str) -> str:
+        text = s.scope_key
+        if text is None:
+            text = s.scope_key = self.scope_of(key).key()
+        return text
+
+    def observe_at(self, key: str, window: int, amount: Decimal | int, peak: Decimal | int, first_ts: datetime,
+                   last_ts: datetime, event_ids: list[str], suppressed: Callable[[], bool] | None = None
+                   ) -> Alert | None:
+        p = self.params
+        longest = p.spans[-1]
+        s = self.state.get(key)
+        if s is None:
+            s = self.state[key] = _Series(newest=window, absorbed=window - longest)
+        if window <= s.newest - longest:
+            return None  # too late to be evidence of anything current (still counted in spend)
+        acc = s.windows.get(window)
+        if acc is None:
+            s.windows[window] = [amount, peak, len(event_ids)]
+        else:
+            acc[0] += amount
+            if peak > acc[1]:  # noqa: PLR1730
+                acc[1] = peak
+            acc[2] += len(event_ids)
+        if window > s.newest:
+            s.newest = window
+            self._absorb(s, key)
+        if s.history < p.min_history or s.weight <= 0:
+            return None
+        m = s.mean / s.weight
+        if m <= 0:
+            return None
+        var = max(s.sq / s.weight - m * m, 0.0)
+        phi = max(var / m, 1e-12)
+        tenant = key.split(KEY_SEP, 1)[0]
+        sens = self.sensitivity.of(self.kind, tenant)
+        # the spans' sums, peaks and calls in one pass over the (at most ``longest``) windows
+        newest = s.newest
+        spans = p.spans
+        sums: list[Any] = [0] * len(spans)
+        peaks: list[Any] = [0] * len(spans)
+        calls = [0] * len(spans)
+        for w, (a, top, n) in s.windows.items():
+            age = newest - w
+            for j, span in enumerate(spans):
+                if age < span:
+                    sums[j] += a
+                    if top > peaks[j]:
+                        peaks[j] = top
+                    calls[j] += n
+        best: tuple[float, int, float, float] | None = None
+        for j, span in enumerate(spans):
+            if calls[j] < sens.min_events:
+                continue
+            total = float(sums[j])
+            judged = total - float(peaks[j]) if p.leave_one_out else total
+            mu = span * m
+            if judged < sens.min_ratio * mu:
+                continue
+            pval = tail_p(judged / phi, sens.null_ratio * mu / phi)
+            if pval < sens.p_value and (best is None or pval < best[0]):
+                best = (pval, j, judged, mu)
+        if best is None:
+            return None
+        if suppressed is not None and not self.book.is_open(self.kind, self._text(s, key)) and suppressed():
+            return None
+        pval, j, judged, mu = best
+        span = spans[j]
+        ratio = judged / mu
+        scope = self.scope_of(key)
+        observed = sums[j]
+        ev = Evidence(
+            severity="critical" if ratio >= 3 * sens.min_ratio else "warning", metric=self.metric,
+            observed=str(observed), baseline=fmt(mu), threshold=fmt(sens.min_ratio * mu),
+            score=ratio / sens.min_ratio, p_value=pval, window_s=span * BASE_WINDOW_S,
+            first_ts=first_ts.timestamp(), last_ts=last_ts.timestamp(), event_ids=list(event_ids),
+            summary=f"{scope.key()} used {observed} {self.unit} in the last {span * BASE_WINDOW_S}s, "
+                    f"{ratio:.1f}x its usual {mu:.6g} (without its largest call; p={pval:.2g})",
+        )
+        return self.book.fire(self.kind, scope, ev, confirm=sens.confirmations(pval), confirm_s=sens.confirm_s)
+
+    def _absorb(self, s: _Series, key: str) -> None:
+        """Fold the windows that left the longest span into the baseline (zeros for empty ones)."""
+        p = self.params
+        upto = s.newest - p.spans[-1]
+        if upto <= s.absorbed:
+            return
+        learn = self.book.learns(self.kind, self._text(s, key), s.newest * BASE_WINDOW_S)
+        decay = 0.5 ** (1.0 / p.half_life_windows)
+        last = s.absorbed
+        windows = s.windows
+        # every window is > absorbed (later ones are refused): look the few leaving up, or sort
+        if upto - last <= len(windows):
+            done = [w for w in range(last + 1, upto + 1) if w in windows]
+        else:
+            done = sorted(w for w in windows if w <= upto)
+        for w in done:
+            a = float(s.windows.pop(w)[0])
+            if learn:
+                gap = w - last  # the empty windows since the last one, then this one
+                d = decay ** gap
+                s.mean = s.mean * d + (1 - decay) * a
+                s.sq = s.sq * d + (1 - decay) * a * a
+                s.weight = 1.0 - (1.0 - s.weight) * d  # every window, empty or not, weighs 1 - decay
+                s.history += gap
+            last = w
+        if upto > last:
+            if learn:
+                gap = upto - last
+                d = decay ** gap
+                s.mean *= d
+                s.sq *= d
+                s.weight = 1.0 - (1.0 - s.weight) * d
+                s.history += gap
+            last = upto
+        s.absorbed = last
+
+    def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
+        for key in [k for k, s in self.state.items() if s.newest < newest_window - idle_windows]:
+            del self.state[key]
+
+    def snapshot(self) -> list[Any]:
+        return [[k, s.newest, s.absorbed, {str(w): [str(a), str(t), n] for w, (a, t, n) in s.windows.items()},
+                 s.mean, s.sq, s.weight, s.history] for k, s in self.state.items()]
+
+    def restore(self, data: list[Any]) -> None:
+        self.state = {}
+        self.adopt(data, lambda tenant: True)
+
+    def adopt(self, data: list[Any], owns: Callable[[str], bool]) -> int:
+        """Take the baselines of another replica's :meth:`snapshot` for the keys whose tenant ``owns``
+        says this replica now consumes and that it has no series for yet (a rebalance moved the
+        tenant here); their open alerts stay with the replica that opened them. The number taken."""
+        num = Decimal if self.unit == "USD" else int
+        taken = 0
+        for k, newest, absorbed, windows, mean, sq, weight, history in data:
+            if k in self.state or not owns(k.split(KEY_SEP, 1)[0]):
+                continue
+            self.state[k] = _Series(newest, absorbed, {int(w): [num(a), num(t), n] for w, (a, t, n) in windows.items()},
+                                    mean, sq, weight, history)
+            taken += 1
+        return taken
