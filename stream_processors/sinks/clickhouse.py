@@ -263,7 +263,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     SELECT toStartOfMinute(ts) AS minute, tenant_id, feature, category, status AS action, count() AS triggers
     FROM events FINAL WHERE event_type = 'safety_trigger'
     GROUP BY minute, tenant_id, feature, category, action
-    """),    # 40-49: SLOs and KPIs. The event fields the SLIs and KPIs read (streamed calls' time to first
+    """),
+    # 40-49: SLOs and KPIs. The event fields the SLIs and KPIs read (streamed calls' time to first
     # token, error class, feedback score and target, an explicit request outcome).
     (40, """
     ALTER TABLE events
@@ -300,7 +301,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMM(minute)
     ORDER BY (slo_id, feature, tenant_id, minute)
-    """),    # the KPI report's daily rollups, recomputed from events FINAL for the days that received
+    """),
+    # the KPI report's daily rollups, recomputed from events FINAL for the days that received
     # rows (control_plane/kpi_rollup.py): llm calls per (tenant, feature, model, UTC day) with p95
     # states, and each SLO's eligible/bad calls per (tenant, feature, day)
     (43, """
@@ -345,9 +347,9 @@ MIGRATIONS: list[tuple[int, str]] = [
     """),
     # finance: OpenAI's 12-hour cache writes have their own rate (the 1-hour ones are column 10's)
     (26, "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_write_12h_tokens UInt64 DEFAULT 0"),
-    # 40-49: the console (control_plane/ui/queries.py): a per-minute rollup of every event kind,
+    # 50-59: the console (control_plane/ui/queries.py): a per-minute rollup of every event kind,
     # recomputed from events FINAL for the minutes that received rows, so each event counts once
-    (40, """
+    (50, """
     CREATE TABLE IF NOT EXISTS console_minute (
         tenant_id LowCardinality(String),
         minute DateTime('UTC'),
@@ -374,13 +376,13 @@ MIGRATIONS: list[tuple[int, str]] = [
     ORDER BY (tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier)
     """),
     # the request page looks events up by request_id or trace_id across all days
-    (41, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4"),
-    (42, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 4"),
+    (51, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4"),
+    (52, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 4"),
     # coarser tiers for long ranges, recomputed from the tier below (``minute`` holds the bucket start)
-    (43, "CREATE TABLE IF NOT EXISTS console_hour AS console_minute"),
-    (44, "CREATE TABLE IF NOT EXISTS console_day AS console_minute"),
+    (53, "CREATE TABLE IF NOT EXISTS console_hour AS console_minute"),
+    (54, "CREATE TABLE IF NOT EXISTS console_day AS console_minute"),
     # when the rollups were last complete: rows ingested since then are read from events
-    (45, "CREATE TABLE IF NOT EXISTS console_rollup_state (complete_since DateTime64(3, 'UTC')) "
+    (55, "CREATE TABLE IF NOT EXISTS console_rollup_state (complete_since DateTime64(3, 'UTC')) "
          "ENGINE = ReplacingMergeTree(complete_since) ORDER BY tuple()"),
 ]
 
