@@ -18,7 +18,6 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +27,6 @@ import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-
 from flyball.schemas import ALERTS, EVENTS, Scope
 from flyball.schemas.alerts import AlertKind
 from flyball.stream_processors.detectors.base import alert_id_for
@@ -274,7 +272,7 @@ class Lag:
             offsets = await self._admin.list_consumer_group_offsets(self.group)
         except (KafkaError, OSError, TimeoutError):
             return None
-        return sum(max(o.offset, 0) for tp, o in offsets.items() if tp.topic == EVENTS)
+        return int(sum(max(o.offset, 0) for tp, o in offsets.items() if tp.topic == EVENTS))
 
     async def lag(self) -> int | None:
         assert self._consumer is not None
@@ -304,31 +302,26 @@ class Lag:
             return None
         return {tp.partition: o.offset for tp, o in offsets.items() if tp.topic == EVENTS}
 
-    async def recovered(self, since: float, timeout: float = 240.0) -> float:
-        """Seconds from ``since`` (monotonic, the end of a fault) until every partition that had
-        events waiting at that moment has committed progress (or has nothing left to read)."""
+    async def recovered(self, injected_at: float, timeout: float = 240.0) -> float:
+        """Call when a fault ends. Seconds from ``injected_at`` (monotonic) until every event
+        published before now is committed by the worker group: the pipeline has caught up."""
         assert self._consumer is not None
-        before: dict[int, int] | None = None
         deadline = time.monotonic() + timeout
-        while before is None and time.monotonic() < deadline:
-            before = await self.per_partition()
-            if before is None:
+        target: dict[int, int] | None = None
+        while target is None and time.monotonic() < deadline:
+            with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                target = {tp.partition: off for tp, off in (await self._consumer.end_offsets(self.tps)).items()}
+            if target is None:
                 await asyncio.sleep(0.2)
-        waiting: set[int] = set()
-        while time.monotonic() < deadline:
-            try:
-                ends = {tp.partition: off for tp, off in (await self._consumer.end_offsets(self.tps)).items()}
-            except (KafkaError, OSError, TimeoutError):
-                await asyncio.sleep(0.2)
-                continue
+        behind: dict[int, int] = {}
+        while target is not None and time.monotonic() < deadline:
             now = await self.per_partition()
-            if now is not None and before is not None:
-                waiting = {p for p, end in ends.items() if end > before.get(p, 0)
-                           and now.get(p, 0) <= before.get(p, 0) and now.get(p, 0) < end}
-                if not waiting:
-                    return time.monotonic() - since
+            if now is not None:
+                behind = {p: end - now.get(p, 0) for p, end in target.items() if now.get(p, 0) < end}
+                if not behind:
+                    return time.monotonic() - injected_at
             await asyncio.sleep(0.2)
-        raise AssertionError(f"partitions {sorted(waiting)} made no progress within {timeout}s after the fault")
+        raise AssertionError(f"not caught up {timeout}s after the fault ended (behind per partition: {behind})")
 
 
 async def alerts_on_topic(bootstrap: str, wanted: set[str], timeout: float = 60.0) -> Counter[str]:
@@ -394,7 +387,6 @@ class Verdict:
     stored: int
     lost: int
     duplicated: int
-    redelivered: int
     spend_expected: str
     spend_stored: str
     alerts_expected: int
@@ -419,12 +411,10 @@ def verdict(run: Run, n: int, ack: dict[str, Any], workers: list[Worker], cp: Co
     if acknowledged != n or ack["stats"].get("dropped"):
         problems.append(f"the shim acknowledged {acknowledged} of {n} events (dropped {ack['stats'].get('dropped')})")
     stored_costs: dict[str, str] = {}
-    rows = 0
     final_rows = 0
     alerts_stored: set[str] = set()
     for w in workers:
         facts = inspect(w.data_dir, run.tag)
-        rows += facts["rows"]
         final_rows += len(facts["costs"])
         stored_costs.update(facts["costs"])  # an event stored by two workers (own chDB each) counts once
         alerts_stored.update(facts["alerts"])
@@ -454,7 +444,7 @@ def verdict(run: Run, n: int, ack: dict[str, Any], workers: list[Worker], cp: Co
         directives_lost, twice = dl, tw
         problems.extend(more)
     return Verdict(scenario=run.name, events=n, acknowledged=acknowledged, stored=len(stored_costs), lost=lost,
-                   duplicated=duplicated, redelivered=rows - len(stored_costs), spend_expected=str(expected_spend),
+                   duplicated=duplicated, spend_expected=str(expected_spend),
                    spend_stored=str(stored_spend), alerts_expected=len(expected_alerts), alerts_lost=alerts_lost,
                    directives=len(manual) + len(expected_alerts), directives_lost=directives_lost,
                    directives_applied_twice=twice, faults=run.faults, recovery_s=[round(r, 1) for r in run.recovery_s],
@@ -495,13 +485,3 @@ def save(verdict_: Verdict, results: Path) -> None:
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("a") as fh:
         fh.write(json.dumps(verdict_.__dict__) + "\n")
-
-
-@contextlib.contextmanager
-def stopping(*things: Worker | ControlPlane | Proc) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for t in things:
-            with contextlib.suppress(Exception):  # noqa: BLE001 - best-effort cleanup of children
-                t.stop()

@@ -2,8 +2,7 @@
 
     python -m chaos.inspect_store CLICKHOUSE_DIR TAG
 
-Prints one JSON object: ``rows`` (physical rows of the run's tenants, re-deliveries included),
-``costs`` (event_id -> cost as text, "" when unpriced: read with FINAL, one row per event)
+Prints one JSON object: ``costs`` (event_id -> cost as text, "" when unpriced: read with FINAL, one row per event)
 and ``alerts`` (distinct alert ids stored whose scope names the run's tag).
 """
 
@@ -20,14 +19,13 @@ def main(argv: list[str]) -> int:
     store = ClickHouseStore(f"chdb://{path}")
     try:
         prefix = {"p": f"{tag}-"}
-        rows = store.query("SELECT count() FROM events WHERE startsWith(tenant_id, {p:String})", prefix)[0][0]
         costs = store.query("SELECT event_id, ifNull(toString(cost_usd), '') FROM events FINAL "
                             "WHERE startsWith(tenant_id, {p:String})", prefix)
         alerts = store.query("SELECT DISTINCT alert_id FROM alerts WHERE position(scope_key, {t:String}) > 0",
                              {"t": tag})
     finally:
         store.close()
-    print(json.dumps({"rows": int(rows), "costs": {str(e): c for e, c in costs},
+    print(json.dumps({"costs": {str(e): c for e, c in costs},
                       "alerts": sorted(str(a) for (a,) in alerts)}))
     return 0
 

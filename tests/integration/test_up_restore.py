@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
-
+from flyball.control_plane.embedded import free_port
 from flyball.producers import Telemetry
-from tests.conftest import free_port
 
 KEY = "k-up-restore"
 
