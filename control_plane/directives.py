@@ -75,16 +75,19 @@ def audit_row(action: Action, now: datetime) -> tuple[Any, ...]:
     )
 
 
-def restorable(latest: Sequence[tuple[Directive, datetime]], *, known: set[str], now: datetime) -> list[Directive]:
-    """From each directive's latest audited state (and when it was recorded): those still in
-    force (active, pinned or unexpired) on scopes not in ``known``, the most recent per scope."""
-    best: dict[str, tuple[datetime, Directive]] = {}
-    for d, at in latest:
-        if d.state != DirectiveState.ACTIVE or d.key() in known or (not d.pinned and d.expires_at <= now):
+def restorable(published: Sequence[tuple[str, Directive]], *, known: set[str], now: datetime) -> list[Directive]:
+    """Replay the audited decisions that were published, oldest first, as ``_apply`` put them
+    on the compacted topic (an expiry or revert of another directive leaves a scope's current
+    one alone); return those still in force (active; pinned or unexpired) on scopes not in
+    ``known``."""
+    topic: dict[str, Directive] = {}
+    for decision, d in published:
+        if decision in (Decision.EXPIRED, Decision.REVERTED) and d.key() in topic \
+                and topic[d.key()].directive_id != d.directive_id:
             continue
-        if d.key() not in best or at > best[d.key()][0]:
-            best[d.key()] = (at, d)
-    return [d for _, d in best.values()]
+        topic[d.key()] = d
+    return [d for key, d in topic.items() if key not in known and d.state == DirectiveState.ACTIVE
+            and (d.pinned or d.expires_at > now)]
 
 
 def _utc(value: datetime) -> datetime:
@@ -205,13 +208,14 @@ class ControlLoop:
             return
         try:
             rows = await self.audit.run(query, (
-                "SELECT argMax(after, (at, action_id)), max(at) FROM actions "
-                "WHERE directive_id != '' AND after != '' GROUP BY directive_id"), {})
+                "SELECT decision, after FROM actions WHERE directive_id != '' AND after != '' "
+                "AND decision IN {published:Array(String)} ORDER BY at, action_id"),
+                {"published": sorted(PUBLISHED)})
+            published = [(decision, Directive.model_validate_json(after)) for decision, after in rows]
         except Exception as exc:  # noqa: BLE001 - a cold start without history is still a start
             log.warning("directive_restore_failed", error=str(exc)[:300])
             return
-        restored = restorable([(Directive.model_validate_json(after), _utc(at)) for after, at in rows],
-                              known=set(self.directives), now=self.clock())
+        restored = restorable(published, known=set(self.directives), now=self.clock())
         assert self._producer is not None
         for d in restored:
             self.directives[d.key()] = d

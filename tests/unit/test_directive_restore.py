@@ -6,39 +6,46 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from flyball.control_plane.directives import restorable
-from flyball.schemas import Directive, DirectiveState, Scope
-from flyball.schemas.directives import ActionKind
+from flyball.schemas import ActionKind, Directive, DirectiveState, Scope
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+ACTIVE, EXPIRED, REVERTED = DirectiveState.ACTIVE, DirectiveState.EXPIRED, DirectiveState.REVERTED
 
 
-def directive(tenant: str, *, ttl_s: int = 600, state: DirectiveState = DirectiveState.ACTIVE,
-              pinned: bool = False, did: str | None = None, created: datetime = NOW) -> Directive:
-    return Directive(directive_id=did or f"d-{tenant}-{state}-{ttl_s}", action=ActionKind.BLOCK,
-                     scope=Scope(tenant_id=tenant), state=state, created_at=created,
-                     expires_at=created + timedelta(seconds=ttl_s), pinned=pinned)
+def directive(tenant: str, did: str, state: DirectiveState = ACTIVE, *, ttl_s: int = 600,
+              pinned: bool = False) -> Directive:
+    return Directive(directive_id=did, action=ActionKind.BLOCK, scope=Scope(tenant_id=tenant), state=state,
+                     created_at=NOW, expires_at=NOW + timedelta(seconds=ttl_s), pinned=pinned)
 
 
-def test_active_unexpired_and_pinned_come_back_and_nothing_else() -> None:
-    later = NOW + timedelta(hours=1)
+def restored(rows: list[tuple[str, Directive]], known: set[str] | None = None, minutes: int = 5) -> set[str]:
+    return {d.directive_id for d in restorable(rows, known=known or set(), now=NOW + timedelta(minutes=minutes))}
+
+
+def test_active_unexpired_and_pinned_come_back_and_ended_ones_do_not() -> None:
     rows = [
-        (directive("live"), NOW),
-        (directive("lapsed", ttl_s=60, created=NOW - timedelta(hours=2)), NOW),
-        (directive("pinned", ttl_s=60, pinned=True, created=NOW - timedelta(hours=2)), NOW),
-        (directive("reverted", state=DirectiveState.REVERTED), NOW),
-        (directive("waiting", state=DirectiveState.PENDING), NOW),
+        ("applied", directive("live", "live")),
+        ("applied", directive("lapsed", "lapsed", ttl_s=60)),
+        ("applied", directive("pinned", "pinned", ttl_s=60)),
+        ("pinned", directive("pinned", "pinned", ttl_s=60, pinned=True)),
+        ("applied", directive("reverted", "reverted")),
+        ("reverted", directive("reverted", "reverted", REVERTED)),
     ]
-    got = {d.scope.tenant_id for d in restorable(rows, known=set(), now=later - timedelta(minutes=55))}
-    assert got == {"live", "pinned"}
+    assert restored(rows) == {"live", "pinned"}
+
+
+def test_a_replaced_directive_stays_replaced() -> None:
+    rows = [("applied", directive("acme", "old", ttl_s=3600)), ("applied", directive("acme", "new", ttl_s=3600)),
+            ("reverted", directive("acme", "new", REVERTED, ttl_s=3600))]
+    assert restored(rows) == set()
+
+
+def test_a_lapsing_approval_does_not_clear_the_directive_in_force_on_its_scope() -> None:
+    rows = [("applied", directive("acme", "in-force", ttl_s=3600)),
+            ("expired", directive("acme", "never-approved", EXPIRED))]
+    assert restored(rows) == {"in-force"}
 
 
 def test_the_topic_stays_the_authority_for_scopes_it_has() -> None:
-    d = directive("acme")
-    assert restorable([(d, NOW)], known={d.key()}, now=NOW) == []
-
-
-def test_the_latest_decision_on_a_scope_wins() -> None:
-    old = directive("acme", did="old", ttl_s=3600)
-    new = directive("acme", did="new", ttl_s=3600, created=NOW + timedelta(minutes=1))
-    got = restorable([(new, NOW + timedelta(minutes=1)), (old, NOW)], known=set(), now=NOW + timedelta(minutes=2))
-    assert [d.directive_id for d in got] == ["new"]
+    d = directive("acme", "a")
+    assert restored([("applied", d)], known={d.key()}) == set()
