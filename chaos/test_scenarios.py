@@ -137,6 +137,7 @@ async def test_two_workers_in_one_group_one_killed(kafka: str, tmp_path: Path, r
     finally:
         await s.close()
     assert not v.problems, v.problems
+    assert all(v.extra["stored_per_worker"].values()), f"one worker consumed nothing: {v.extra}"
 
 
 def restart_kafka() -> None:

@@ -1,22 +1,27 @@
 """The soak: the worker under a steady rate for a while, its RSS and lag sampled and checked flat.
 
 ``make chaos`` runs it for FLYBALL_SOAK_S=90 s; ``make soak`` for 600 s (10 minutes). The
-rate is FLYBALL_SOAK_RATE events/s (default 1000). After a warm-up (the first third), the
-least-squares slope of the worker's RSS must stay under FLYBALL_SOAK_RSS_MB_PER_MIN (default
-2 MB/min: a leak of about 35 bytes per event at 1000 events/s) and the lag's slope under 1% of
-the rate (a consumer falling behind grows its lag by the difference of the two rates), and the
-lag must never exceed 10 s of traffic. Then the same invariants as every chaos scenario.
+rate is FLYBALL_SOAK_RATE events/s (default 1000; `make soak` uses 2500). After a warm-up (the
+first third), the lag's least-squares slope must stay under 1% of the rate (a consumer falling
+behind grows its lag by the difference of the two rates) and the lag under 10 s of traffic.
+The worker's RSS grows by design until its window of recent event ids (``Pipeline``'s
+``dedupe_capacity``, 1M ids) is full: the RSS slope is judged after that point, when at least a
+quarter of the samples remain (at 2500 events/s over 600 s: the last 160 s), and must stay
+under FLYBALL_SOAK_RSS_MB_PER_MIN (default 2 MB/min); otherwise it is reported, not judged.
+Then the same invariants as every chaos scenario.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from flyball.stream_processors.pipeline import Pipeline
 
 from .harness import Lag, Run, Worker, emitter_result, save, say, verdict
 
@@ -24,6 +29,7 @@ DURATION_S = float(os.environ.get("FLYBALL_SOAK_S", "90"))
 RATE = float(os.environ.get("FLYBALL_SOAK_RATE", "1000"))
 RSS_MB_PER_MIN = float(os.environ.get("FLYBALL_SOAK_RSS_MB_PER_MIN", "2"))
 SAMPLE_S = 5.0
+DEDUPE_IDS = inspect.signature(Pipeline).parameters["dedupe_capacity"].default
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -60,20 +66,26 @@ async def test_soak_rss_and_lag_stay_flat(kafka: str, tmp_path: Path, results: P
             await lag.drained(timeout=300)
         finally:
             await asyncio.to_thread(worker.stop)
+    # The worker keeps a bounded window of recent event ids (the first line of dedupe): RSS
+    # grows until it is full, by design. RSS is judged only once it is, if enough soak is left.
+    fill_s = DEDUPE_IDS / RATE
     warm = DURATION_S / 3
-    rss_tail = [p for p in rss if p[0] >= warm]
+    rss_tail = [p for p in rss if p[0] >= max(warm, fill_s * 1.1)]
+    rss_checked = len(rss_tail) >= max(6, len(rss) // 4)
     lag_tail = [p for p in lags if p[0] >= warm]
-    rss_slope = slope(rss_tail) * 60
+    rss_slope = slope(rss_tail) * 60 if rss_checked else slope([p for p in rss if p[0] >= warm]) * 60
     lag_slope = slope(lag_tail)
     lag_max = int(max(y for _, y in lags))
-    figures: dict[str, Any] = {"rss_mb_first": round(rss_tail[0][1], 1), "rss_mb_last": round(rss_tail[-1][1], 1),
-               "rss_mb_per_min": round(rss_slope, 2), "lag_max": lag_max,
+    figures: dict[str, Any] = {
+        "rss_checked": rss_checked, "dedupe_window_full_at_s": round(fill_s),
+        "rss_mb_first": round((rss_tail or rss)[0][1], 1), "rss_mb_last": round(rss[-1][1], 1),
+        "rss_mb_per_min": round(rss_slope, 2), "lag_max": lag_max,
                "lag_slope_per_s": round(lag_slope, 1), "samples": len(rss), "rate": RATE, "duration_s": DURATION_S,
                "emit_s": ack.get("emit_s"), "rss_mb_series": [round(y) for _, y in rss[::6]]}
     v = await asyncio.to_thread(verdict, run, n, ack, [worker], None, {}, drain_s=0.0, t0=t0, extra=figures)
     v.faults.append("none: steady load")
     problems = list(v.problems)
-    if rss_slope > RSS_MB_PER_MIN:
+    if rss_checked and rss_slope > RSS_MB_PER_MIN:
         problems.append(f"RSS grows {rss_slope:.2f} MB/min after warm-up (bound {RSS_MB_PER_MIN})")
     if lag_slope > RATE * 0.01:
         problems.append(f"lag grows {lag_slope:.1f} events/s after warm-up (bound {RATE * 0.01:.0f})")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the figures of the last chaos run into docs/RELIABILITY.md.
 
-    reliability_report.py RESULTS.jsonl DOC.md --broker "Apache Kafka 4.1.0 (KRaft, one node)"
+    reliability_report.py RESULTS.jsonl DOC.md --section chaos|soak --broker "Apache Kafka 4.1.1"
 
 RESULTS is what the chaos suite appended (one JSON object per scenario, chaos/harness.py
 ``save``). The table replaces whatever lies between the two marker lines of DOC; the rest of
@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BEGIN = "<!-- chaos-results:begin (scripts/reliability_report.py writes this part) -->"
-END = "<!-- chaos-results:end -->"
+BEGIN = "<!-- {}-results:begin (scripts/reliability_report.py writes this part) -->"
+END = "<!-- {}-results:end -->"
 
 
 def table(results: list[dict[str, Any]], broker: str) -> str:
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", type=Path)
     ap.add_argument("doc", type=Path)
     ap.add_argument("--broker", default="Apache Kafka")
+    ap.add_argument("--section", default="chaos", choices=["chaos", "soak"])
     a = ap.parse_args(argv)
     if not a.results.exists():
         print(f"reliability_report: {a.results} does not exist (no chaos run): {a.doc} left as it is",
@@ -69,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results = [json.loads(line) for line in a.results.read_text().splitlines() if line.strip()]
     doc = a.doc.read_text()
-    if BEGIN not in doc or END not in doc:
+    begin, end = BEGIN.format(a.section), END.format(a.section)
+    if begin not in doc or end not in doc:
         print(f"reliability_report: {a.doc} lacks the marker lines", file=sys.stderr)
         return 1
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    a.doc.write_text(f"{head}{BEGIN}\n{table(results, a.broker)}\n{END}{tail}")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    a.doc.write_text(f"{head}{begin}\n{table(results, a.broker)}\n{end}{tail}")
     print(f"reliability_report: {len(results)} scenarios -> {a.doc}", file=sys.stderr)
     return 0
 
