@@ -89,4 +89,4 @@ chaos: install-test
 	$(call chaos_run,chaos,$(SOAK_S),1000,chaos)
 
 soak: install-test
-	$(call chaos_run,chaos/test_soak.py,600,2500,soak)
+	$(call chaos_run,chaos/test_soak.py,600,1000,soak)

@@ -5,11 +5,14 @@
 The store is the real chDB store; while the file named by ``FLYBALL_CHAOS_FAIL_FILE`` exists,
 every event and alert insert raises before reaching ClickHouse (as a server that refuses
 connections would), and ``FLYBALL_CHAOS_SLOW_ROWS_PER_S`` (when set) makes each insert take
-``rows / rate`` seconds longer: a slow consumer. Everything else is the unmodified worker.
+``rows / rate`` seconds longer: a slow consumer. ``FLYBALL_CHAOS_DEDUPE_IDS`` sets the size of
+the worker's window of recent event ids (the soak fills it early, so that RSS can be judged
+flat after). Everything else is the unmodified worker.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flyball.control_plane import cli, runtime
+from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
 
@@ -50,6 +54,8 @@ class FaultyStore(ClickHouseStore):
 
 def main() -> int:
     runtime.ClickHouseStore = FaultyStore  # type: ignore[misc]  # the seam: the store the worker builds
+    if ids := os.environ.get("FLYBALL_CHAOS_DEDUPE_IDS", ""):  # the soak: a window it can fill
+        runtime.Pipeline = functools.partial(Pipeline, dedupe_capacity=int(ids))  # type: ignore[misc]
     return cli.main(["worker", *sys.argv[1:]])
 
 
