@@ -244,8 +244,13 @@ class Lag:
         await self._consumer.start()
         self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
         await self._admin.start()
-        topics = await self._admin.describe_topics([EVENTS])
-        self.tps = [TopicPartition(EVENTS, p["partition"]) for p in topics[0]["partitions"]]
+        deadline = time.monotonic() + 30
+        while not self.tps:  # a topic just created may not list its partitions yet
+            topics = await self._admin.describe_topics([EVENTS])
+            self.tps = [TopicPartition(EVENTS, p["partition"]) for p in topics[0]["partitions"]]
+            if not self.tps:
+                assert time.monotonic() < deadline, f"{EVENTS} lists no partitions"
+                await asyncio.sleep(0.5)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -458,7 +463,8 @@ def verdict(run: Run, n: int, ack: dict[str, Any], workers: list[Worker], cp: Co
     return Verdict(scenario=run.name, events=n, acknowledged=acknowledged, stored=len(stored_costs), lost=lost,
                    duplicated=duplicated, spend_expected=str(expected_spend),
                    spend_stored=str(stored_spend), alerts_expected=len(expected_alerts), alerts_lost=alerts_lost,
-                   directives=len(manual) + len(expected_alerts), directives_lost=directives_lost,
+                   directives=(len(manual) + len(expected_alerts)) if cp is not None else 0,
+                   directives_lost=directives_lost,
                    directives_applied_twice=twice, faults=run.faults, recovery_s=[round(r, 1) for r in run.recovery_s],
                    drain_s=round(drain_s, 1), seconds=round(time.monotonic() - t0, 1), problems=problems,
                    extra=extra)

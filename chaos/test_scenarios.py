@@ -204,9 +204,13 @@ async def test_control_plane_restart_keeps_directives_pins_and_approvals(kafka: 
             assert time.monotonic() < deadline, "the shim never saw the seeded directives"
             await asyncio.sleep(0.2)
         emitter = s.emit(events(30_000), rate=3000)
-        await asyncio.sleep(4)
-        pending_before = {d["directive_id"] for d in await asyncio.to_thread(s.cp.directives)
-                          if d.get("state") == "pending"}
+        pending_before: set[str] = set()
+        deadline = time.monotonic() + 60
+        while len(pending_before) < 2:  # approvals waiting (from the unpriced-model alerts)
+            assert time.monotonic() < deadline, "no pending approval appeared before the kill"
+            await asyncio.sleep(0.5)
+            pending_before = {d["directive_id"] for d in await asyncio.to_thread(s.cp.directives)
+                              if d.get("state") == "pending"}
         await asyncio.to_thread(s.cp.proc.kill9)  # type: ignore[union-attr]  # started in begin()
         s.run.faults.append("kill -9 control plane, restart after 5 s")
         down, leaks = time.monotonic(), 0
