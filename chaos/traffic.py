@@ -54,19 +54,24 @@ def call(tag: str, i: int) -> Call:
                 cache_read_tokens=(i * 31) % (inp // 2))
 
 
-def rates() -> dict[str, dict[str, Decimal]]:
+Rates = dict[tuple[str, str], dict[str, Decimal]]
+
+
+def rates() -> Rates:
     data = json.loads(CATALOG.read_text())
-    return {e["model"]: {k: Decimal(e[k]) for k in ("input", "output", "cache_read") if k in e}
+    return {(e["provider"], e["model"]): {k: Decimal(e[k]) for k in ("input", "output", "cache_read", "per_request")
+                                          if e.get(k) is not None}
             for e in data["prices"]}
 
 
-def cost(c: Call, table: dict[str, dict[str, Decimal]]) -> Decimal:
-    """Fresh input at the input rate, cached input at the cache-read rate, output at its rate."""
-    m = table.get(c.model)
+def cost(c: Call, table: Rates) -> Decimal:
+    """Fresh input at the input rate, cached input at the cache-read rate, output at its rate,
+    plus the per-request price if any."""
+    m = table.get((c.provider, c.model))
     if m is None:
         return Decimal(0)
     return ((c.input_tokens - c.cache_read_tokens) * m["input"] + c.cache_read_tokens * m.get("cache_read", m["input"])
-            + c.output_tokens * m["output"])
+            + c.output_tokens * m["output"] + m.get("per_request", Decimal(0)))
 
 
 def expected(tag: str, n: int) -> tuple[dict[str, Decimal], set[str]]:
@@ -77,7 +82,7 @@ def expected(tag: str, n: int) -> tuple[dict[str, Decimal], set[str]]:
     for i in range(n):
         c = call(tag, i)
         out[c.event_id] = cost(c, table)
-        if c.model not in table:
+        if (c.provider, c.model) not in table:
             unpriced.add(c.model)
     return out, unpriced
 
