@@ -30,8 +30,8 @@ class InjectedFault(ConnectionError):
 
 
 class FaultyStore(ClickHouseStore):
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
         fail = os.environ.get("FLYBALL_CHAOS_FAIL_FILE", "")
         self.fail_file = Path(fail) if fail else None
         slow = os.environ.get("FLYBALL_CHAOS_SLOW_ROWS_PER_S", "")
