@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STATE  := .state/brokers
 PYTEST_ARGS ?=
 
-.PHONY: demo up test test-unit bench bench-shim quality quality-tune quality-sim install install-test clean brokers-start brokers-stop
+.PHONY: demo up test test-unit bench bench-shim quality quality-tune quality-sim chaos soak install install-test clean brokers-start brokers-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,3 +77,29 @@ quality-tune: install-test
 
 quality-sim: install-test
 	$(BIN)/python bench/quality.py
+
+# Break it on purpose (chaos/, docs/RELIABILITY.md): fault scenarios over real processes on a
+# fresh Apache Kafka of their own, then a soak of SOAK_S seconds (90 here; `make soak`: 600).
+# The last run's figures are written into docs/RELIABILITY.md. About 10 minutes in all.
+CHAOS_STATE   := .state/chaos-brokers
+SOAK_S ?= 90
+KAFKA_VERSION := $(shell grep -A1 '<artifactId>kafka_2.13</artifactId>' brokers/pom.xml | sed -n 's:.*<version>\(.*\)</version>.*:\1:p')
+define chaos_run
+	@mkdir -p .state/chaos; rm -f .state/chaos/$(4).jsonl; \
+	$(BIN)/python scripts/testbrokers.py start --kafka --state $(CHAOS_STATE) || { \
+	  $(BIN)/python scripts/testbrokers.py stop --kafka --state $(CHAOS_STATE); \
+	  echo "FAILED: the chaos suite needs Apache Kafka (java + mvn)"; exit 1; }; \
+	trap '$(BIN)/python scripts/testbrokers.py stop --kafka --state $(CHAOS_STATE) >/dev/null 2>&1' EXIT INT TERM; \
+	set -a; . $(CHAOS_STATE)/env; set +a; \
+	FLYBALL_CHAOS_RESULTS=$(abspath .state/chaos/$(4).jsonl) FLYBALL_SOAK_S=$(2) FLYBALL_SOAK_RATE=$(3) \
+	  $(BIN)/python -m pytest -p no:cacheprovider $(1) $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python scripts/reliability_report.py .state/chaos/$(4).jsonl docs/RELIABILITY.md --section $(4) \
+	  --broker "Apache Kafka $(KAFKA_VERSION) (KRaft, one node, scripts/testbrokers.py)"; \
+	exit $$rc
+endef
+
+chaos: install-test
+	$(call chaos_run,chaos,$(SOAK_S),1000,chaos)
+
+soak: install-test
+	$(call chaos_run,chaos/test_soak.py,600,1000,soak)

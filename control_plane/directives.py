@@ -4,8 +4,9 @@ A reconcile loop in the kopf style: the decision is ``policy.decide`` (pure); th
 reads alerts from Kafka, keeps the directives in force (and those waiting for approval),
 publishes them on the compacted directive topic, appends one audit row per decision, and hands
 alert transitions and automatic actions to the notifier. On start it rebuilds the directives in
-force from the compacted topic itself, and the pending ones and the cooldown clocks from the
-audit log, so a restarted control plane forgets nothing that matters.
+force from the compacted topic itself (and, for scopes the topic lacks, from the audit log,
+publishing them again: an embedded broker forgets its topics), and the pending ones and the
+cooldown clocks from the audit log, so a restarted control plane forgets nothing that matters.
 """
 
 from __future__ import annotations
@@ -74,6 +75,21 @@ def audit_row(action: Action, now: datetime) -> tuple[Any, ...]:
     )
 
 
+def restorable(published: Sequence[tuple[str, Directive]], *, known: set[str], now: datetime) -> list[Directive]:
+    """Replay the audited decisions that were published, oldest first, as ``_apply`` put them
+    on the compacted topic (an expiry or revert of another directive leaves a scope's current
+    one alone); return those still in force (active; pinned or unexpired) on scopes not in
+    ``known``."""
+    topic: dict[str, Directive] = {}
+    for decision, d in published:
+        if decision in (Decision.EXPIRED, Decision.REVERTED) and d.key() in topic \
+                and topic[d.key()].directive_id != d.directive_id:
+            continue
+        topic[d.key()] = d
+    return [d for key, d in topic.items() if key not in known and d.state == DirectiveState.ACTIVE
+            and (d.pinned or d.expires_at > now)]
+
+
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
@@ -117,6 +133,7 @@ class ControlLoop:
         self._producer = await start_producer(self.bootstrap)
         await self._load_directives()
         await self._load_audit()
+        await self._restore_from_audit()
         # A new control-plane group starts at the end of the alert topic, not its beginning: old
         # alerts would only be ignored (older than every TTL) after a replay that delays the first
         # real decision; incidents still open are re-published as their evidence grows. A group
@@ -181,6 +198,30 @@ class ControlLoop:
         except Exception as exc:  # noqa: BLE001 - a cold start without history is still a start
             log.warning("audit_load_failed", error=str(exc)[:300])
         log.info("audit_loaded", pending=len(self.pending), cooldowns=len(self.last_fired))
+
+    async def _restore_from_audit(self) -> None:
+        """Directives the audit log says are in force but the directive topic lacks (the embedded
+        broker of `flyball up` keeps topics in memory): back in force and published again, so
+        that shims see them. The topic, when it has a scope, stays the authority for it."""
+        query = getattr(self.audit, "query", None)
+        if query is None:
+            return
+        try:
+            rows = await self.audit.run(query, (
+                "SELECT decision, after FROM actions WHERE directive_id != '' AND after != '' "
+                "AND decision IN {published:Array(String)} ORDER BY at, action_id"),
+                {"published": sorted(PUBLISHED)})
+            published = [(decision, Directive.model_validate_json(after)) for decision, after in rows]
+        except Exception as exc:  # noqa: BLE001 - a cold start without history is still a start
+            log.warning("directive_restore_failed", error=str(exc)[:300])
+            return
+        restored = restorable(published, known=set(self.directives), now=self.clock())
+        assert self._producer is not None
+        for d in restored:
+            self.directives[d.key()] = d
+            await self._producer.send_and_wait(DIRECTIVES, key=d.key().encode(), value=d.model_dump_json().encode())
+        if restored:
+            log.info("directives_restored", count=len(restored), directive_ids=[d.directive_id for d in restored])
 
     async def run(self) -> None:
         assert self._consumer is not None
