@@ -383,13 +383,25 @@ def _iso(t: float) -> str:
 
 
 class _Group:
-    """One feature's (or tenant+feature's) versions: per dimension, value -> per-minute stats."""
+    """One feature's (or tenant+feature's) traffic: calls per value of each dimension, and
+    per-minute stats per version tuple (prompt_version, model, config_version) for baselines."""
 
     __slots__ = ("minutes", "totals")
 
     def __init__(self) -> None:
         self.totals: dict[str, dict[str, int]] = {d: {} for d in DIMENSIONS}
-        self.minutes: dict[str, dict[str, dict[int, Stats]]] = {d: {} for d in DIMENSIONS}
+        self.minutes: dict[tuple[str, str, str], dict[int, Stats]] = {}
+
+    def since(self, dim: str, value: str, lo: int) -> Stats:
+        """The traffic of one value of one dimension from minute ``lo`` on."""
+        i = DIMENSIONS.index(dim)
+        out = Stats()
+        for versions, minutes in self.minutes.items():
+            if versions[i] == value:
+                for m, s in minutes.items():
+                    if m >= lo:
+                        out.merge(s)
+        return out
 
 
 class ReleaseComparator:
@@ -431,17 +443,15 @@ class ReleaseComparator:
         group = self.groups.get(group_key)
         if group is None:
             group = self.groups[group_key] = _Group()
-        minute = int(t // 60)
         for dim, value in zip(DIMENSIONS, versions, strict=True):
-            if not value:
-                continue
-            totals = group.totals[dim]
-            if value not in totals:
-                self._maybe_open(group_key, group, dim, value, t)
-            totals[value] = totals.get(value, 0) + 1
-            bucket = group.minutes[dim].setdefault(value, {}).setdefault(minute, Stats())
-            bucket.add(event, cost, t)
-            self._feed(group_key, dim, value, event, cost, t, touched)
+            if value:
+                totals = group.totals[dim]
+                n = totals.get(value)
+                if n is None:
+                    n = 0
+                    self._maybe_open(group_key, group, dim, value, t)
+                totals[value] = n + 1
+        self._apply_at(event, cost, t, group_key, group, versions, touched)
         self._remember(self._by_event, event.event_id, (group_key, versions))
         if event.request_id:
             rkey = (event.tenant_id, event.request_id)
@@ -469,29 +479,30 @@ class ReleaseComparator:
 
     def _apply(self, event: Any, group_key: tuple[str, str], versions: tuple[str, str, str], touched: set[Any]) -> None:
         group = self.groups.get(group_key)
-        if group is None:
-            return
-        t = event.ts.timestamp()
+        if group is not None:
+            self._apply_at(event, None, event.ts.timestamp(), group_key, group, versions, touched)
+
+    def _apply_at(self, event: Any, cost: float | None, t: float, group_key: tuple[str, str], group: _Group,
+                  versions: tuple[str, str, str], touched: set[Any]) -> None:
+        minutes = group.minutes.get(versions)
+        if minutes is None:
+            minutes = group.minutes[versions] = {}
         minute = int(t // 60)
-        for dim, value in zip(DIMENSIONS, versions, strict=True):
-            if value:
-                group.minutes[dim].setdefault(value, {}).setdefault(minute, Stats()).add(event, None, t)
-                self._feed(group_key, dim, value, event, None, t, touched)
-
-    def _feed(self, group_key: tuple[str, str], dim: str, value: str, event: Any, cost: float | None, t: float,
-              touched: set[Any]) -> None:
-        for key, comp in self._comparisons_of(group_key, dim):
-            if value == comp.new:
-                comp.new_stats.add(event, cost, t)
-                touched.add(key)
-            elif value == comp.old and t >= comp.started:
-                comp.old_live.add(event, cost, t)
-                touched.add(key)
-
-    def _comparisons_of(self, group_key: tuple[str, str], dim: str) -> list[tuple[Any, Comparison]]:
-        if not self.comparisons:
-            return []
-        return [(k, c) for k, c in self.comparisons.items() if k[0] == group_key and k[1] == dim]
+        bucket = minutes.get(minute)
+        if bucket is None:
+            bucket = minutes[minute] = Stats()
+        bucket.add(event, cost, t)
+        if self.comparisons:
+            for key, comp in self.comparisons.items():
+                if key[0] != group_key:
+                    continue
+                value = versions[DIMENSIONS.index(comp.dimension)]
+                if value == comp.new:
+                    comp.new_stats.add(event, cost, t)
+                    touched.add(key)
+                elif value == comp.old and t >= comp.started:
+                    comp.old_live.add(event, cost, t)
+                    touched.add(key)
 
     def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         table[key] = value
@@ -501,19 +512,15 @@ class ReleaseComparator:
     def _maybe_open(self, group_key: tuple[str, str], group: _Group, dim: str, value: str, t: float) -> None:
         """A value seen for the first time: a candidate if another value is established."""
         totals = group.totals[dim]
-        established = {v: n for v, n in totals.items() if n >= self.params.incumbent_min_calls}
+        established = [v for v, n in totals.items() if n >= self.params.incumbent_min_calls]
         if not established:
             return
         lo = int((t - self.params.baseline_s) // 60)
-        recent = {v: sum(s.calls for m, s in group.minutes[dim].get(v, {}).items() if m >= lo) for v in established}
-        old = max(recent, key=lambda v: (recent[v], totals[v]))
-        if recent[old] == 0:
+        recent = {v: group.since(dim, v, lo) for v in established}
+        old = max(recent, key=lambda v: (recent[v].calls, totals[v]))
+        if recent[old].calls == 0:
             return
-        comp = Comparison(group_key, dim, old, value, t)
-        for m, s in group.minutes[dim].get(old, {}).items():
-            if m >= lo:
-                comp.old_before.merge(s)
-        self.comparisons[(group_key, dim, value)] = comp
+        self.comparisons[(group_key, dim, value)] = Comparison(group_key, dim, old, value, t, old_before=recent[old])
 
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate(self, touched: set[tuple[tuple[str, str], str, str]]) -> list[Alert]:
@@ -568,10 +575,9 @@ class ReleaseComparator:
         self.finished = self.finished[-1000:]
         keep_from = int((w - self.params.baseline_s) // 60) - 1
         for group in self.groups.values():
-            for per_value in group.minutes.values():
-                for minutes in per_value.values():
-                    for m in [m for m in minutes if m < keep_from]:
-                        del minutes[m]
+            for minutes in group.minutes.values():
+                for m in [m for m in minutes if m < keep_from]:
+                    del minutes[m]
         return out
 
     def report(self) -> list[dict[str, Any]]:
