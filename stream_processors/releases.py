@@ -35,7 +35,10 @@ so a zero-failure incumbent does not make ``V`` zero.
 
 **Verdict.** ``rollback`` once any metric rejects its null (latched: always-valid tests may stop
 at the first rejection); ``promote`` once the candidate has ``promote_min_calls`` calls and every
-metric with data has its interval's harmful end below ``delta``; ``hold`` otherwise. A rollback
+metric with data has its estimated harm at or below ``delta``; ``hold`` otherwise. Promotion is the practical call a canary analysis makes (no rejection, and no
+metric's estimate beyond its minimum effect after enough traffic), not a proof of non-inferiority,
+which at a 1% minimum effect would take tens of thousands of calls; the evidence carries the
+intervals for whoever needs that. A rollback
 raises a ``version_regression`` alert (critical for failures and safety, warning otherwise),
 re-published while the candidate keeps taking traffic and resolved ``resolve_s`` after it stops:
 once the shim pins the old version, the alert resolves.
@@ -77,21 +80,21 @@ class MetricSpec:
 
 
 METRICS: tuple[MetricSpec, ...] = (
-    MetricSpec("failure_rate", +1, 0.01, 0.5, True, 20),
-    MetricSpec("latency_p95_share", +1, 0.05, 0.0, False, 20),  # share above the incumbent's p95 (5% baseline)
-    MetricSpec("ttft_p95_share", +1, 0.05, 0.0, False, 20),
-    MetricSpec("tokens_per_call", +1, 1.0, 0.2, False, 20),
+    MetricSpec("failure_rate", +1, 0.005, 0.2, True, 20),
+    MetricSpec("latency_p95_share", +1, 0.03, 0.0, False, 20),  # share above the incumbent's p95 (5% baseline)
+    MetricSpec("ttft_p95_share", +1, 0.03, 0.0, False, 20),
+    MetricSpec("tokens_per_call", +1, 1.0, 0.1, False, 20),
     MetricSpec("cost_per_call", +1, 1e-9, 0.1, False, 20),
-    MetricSpec("tool_failure_rate", +1, 0.02, 0.5, False, 20),
-    MetricSpec("empty_retrieval_rate", +1, 0.02, 0.5, False, 20),
-    MetricSpec("safety_per_call", +1, 0.01, 1.0, True, 20),
+    MetricSpec("tool_failure_rate", +1, 0.01, 0.25, False, 20),
+    MetricSpec("empty_retrieval_rate", +1, 0.01, 0.25, False, 20),
+    MetricSpec("safety_per_call", +1, 0.005, 0.5, True, 20),
     MetricSpec("feedback_mean", -1, 0.05, 0.0, False, 15),
 )
 
 
 @dataclass(frozen=True, slots=True)
 class ReleaseParams:
-    alpha: float = 0.001             # per metric and comparison; the null is shifted by the minimum effect
+    alpha: float = 0.01              # per metric and comparison; the null is shifted by the minimum effect
     tau_scale: float = 2.0           # mixing sd = tau_scale * the minimum effect
     incumbent_min_calls: int = 50    # a value is an incumbent once it served this many calls
     promote_min_calls: int = 300
@@ -338,7 +341,7 @@ def _observed(name: str, new: Stats, old: Stats) -> tuple[float, float, float, i
 def verdict_of(results: list[MetricResult], new_calls: int, params: ReleaseParams) -> str:
     if any(r.regression for r in results):
         return "rollback"
-    if new_calls >= params.promote_min_calls and results and all(r.upper < r.min_effect for r in results):
+    if new_calls >= params.promote_min_calls and results and all(r.effect <= r.min_effect for r in results):
         return "promote"
     return "hold"
 
@@ -421,7 +424,7 @@ class ReleaseComparator:
     def observe(self, events: Iterable[tuple[Any, float | None]]) -> list[Alert]:
         """``events``: (decoded event, its cost as float or None) in arrival order."""
         others = []
-        touched: set[tuple[tuple[str, str], str, str]] = set()
+        touched: dict[tuple[tuple[str, str], str, str], bool] = {}  # comparison -> did the candidate take traffic
         for event, cost in events:
             if event.event_type == "llm_call":
                 self._call(event, cost, touched)
@@ -434,7 +437,7 @@ class ReleaseComparator:
     def _group_of(self, event: Any) -> tuple[str, str]:
         return (event.tenant_id if self.params.per_tenant else "", event.feature)
 
-    def _call(self, event: Any, cost: float | None, touched: set[Any]) -> None:
+    def _call(self, event: Any, cost: float | None, touched: dict[Any, bool]) -> None:
         if not event.feature:
             return
         group_key = self._group_of(event)
@@ -461,7 +464,7 @@ class ReleaseComparator:
                 for other, _ in waiting:
                     self._apply(other, group_key, versions, touched)
 
-    def _joined(self, event: Any, touched: set[Any]) -> None:
+    def _joined(self, event: Any, touched: dict[Any, bool]) -> None:
         link = None
         if event.event_type == "feedback" and getattr(event, "target_event_id", ""):
             link = self._by_event.get(event.target_event_id)
@@ -477,13 +480,13 @@ class ReleaseComparator:
         if link is not None:
             self._apply(event, link[0], link[1], touched)
 
-    def _apply(self, event: Any, group_key: tuple[str, str], versions: tuple[str, str, str], touched: set[Any]) -> None:
+    def _apply(self, event: Any, group_key: tuple[str, str], versions: tuple[str, str, str], touched: dict[Any, bool]) -> None:
         group = self.groups.get(group_key)
         if group is not None:
             self._apply_at(event, None, event.ts.timestamp(), group_key, group, versions, touched)
 
     def _apply_at(self, event: Any, cost: float | None, t: float, group_key: tuple[str, str], group: _Group,
-                  versions: tuple[str, str, str], touched: set[Any]) -> None:
+                  versions: tuple[str, str, str], touched: dict[Any, bool]) -> None:
         minutes = group.minutes.get(versions)
         if minutes is None:
             minutes = group.minutes[versions] = {}
@@ -499,10 +502,10 @@ class ReleaseComparator:
                 value = versions[DIMENSIONS.index(comp.dimension)]
                 if value == comp.new:
                     comp.new_stats.add(event, cost, t)
-                    touched.add(key)
+                    touched[key] = True
                 elif value == comp.old and t >= comp.started:
                     comp.old_live.add(event, cost, t)
-                    touched.add(key)
+                    touched.setdefault(key, False)
 
     def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         table[key] = value
@@ -523,7 +526,7 @@ class ReleaseComparator:
         self.comparisons[(group_key, dim, value)] = Comparison(group_key, dim, old, value, t, old_before=recent[old])
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _evaluate(self, touched: set[tuple[tuple[str, str], str, str]]) -> list[Alert]:
+    def _evaluate(self, touched: dict[tuple[tuple[str, str], str, str], bool]) -> list[Alert]:
         alerts = []
         for key in sorted(touched):
             comp = self.comparisons.get(key)
@@ -535,7 +538,7 @@ class ReleaseComparator:
                 if verdict != "hold":
                     comp.verdict, comp.decided_at = verdict, comp.new_stats.last
                     comp.rolled_back = verdict == "rollback"
-            if comp.rolled_back:
+            if comp.rolled_back and touched[key]:  # kept open while the candidate takes traffic
                 alert = self._fire(comp)
                 if alert is not None:
                     alerts.append(alert)
