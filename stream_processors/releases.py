@@ -83,8 +83,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("failure_rate", +1, 0.005, 0.2, True, 20),
     MetricSpec("latency_p95_share", +1, 0.03, 0.0, False, 20),  # share above the incumbent's p95 (5% baseline)
     MetricSpec("ttft_p95_share", +1, 0.03, 0.0, False, 20),
-    MetricSpec("tokens_per_call", +1, 1.0, 0.1, False, 20),
-    MetricSpec("cost_per_call", +1, 1e-9, 0.1, False, 20),
+    MetricSpec("tokens_per_call", +1, 1.0, 0.05, False, 20),
+    MetricSpec("cost_per_call", +1, 1e-9, 0.05, False, 20),
     MetricSpec("tool_failure_rate", +1, 0.01, 0.25, False, 20),
     MetricSpec("empty_retrieval_rate", +1, 0.01, 0.25, False, 20),
     MetricSpec("safety_per_call", +1, 0.005, 0.5, True, 20),
@@ -94,7 +94,7 @@ METRICS: tuple[MetricSpec, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class ReleaseParams:
-    alpha: float = 0.01              # per metric and comparison; the null is shifted by the minimum effect
+    alpha: float = 0.05              # per metric and comparison; the null is shifted by the minimum effect
     tau_scale: float = 2.0           # mixing sd = tau_scale * the minimum effect
     incumbent_min_calls: int = 50    # a value is an incumbent once it served this many calls
     promote_min_calls: int = 300
