@@ -27,9 +27,11 @@ class AlertKind(StrEnum):
     BUDGET_THRESHOLD = "budget_threshold"
     UNPRICED_MODEL = "unpriced_model"
     SLO_BURN = "slo_burn"
+    VERSION_REGRESSION = "version_regression"
 
 
-SCOPE_FIELDS = ("tenant_id", "feature", "provider", "model", "tool_name", "category", "index_name", "request_id")
+SCOPE_FIELDS = ("tenant_id", "feature", "provider", "model", "tool_name", "category", "index_name", "request_id",
+                "version_field", "old_version", "new_version")
 
 
 class Scope(BaseModel):
@@ -45,6 +47,11 @@ class Scope(BaseModel):
     category: str | None = None
     index_name: str | None = None
     request_id: str | None = None
+    # a release comparison (``version_regression``): which dimension (prompt_version, model,
+    # config_version) and the incumbent and candidate values
+    version_field: str | None = None
+    old_version: str | None = None
+    new_version: str | None = None
 
     @model_serializer(mode="wrap")
     def _drop_empty(self, handler: Any) -> dict[str, Any]:
@@ -87,6 +94,19 @@ class Alert(BaseModel):
     details: dict[str, str] | None = None
     # related alerts (one tenant, or one model/tool/index, at one time) share it: one incident, one page
     incident_id: str | None = None
+    # release comparisons: rollback | hold | promote, and the per-metric evidence (new vs
+    # incumbent, effect, always-valid interval, calls on each side)
+    verdict: Literal["rollback", "hold", "promote"] | None = None
+    evidence: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_release(self, handler: Any) -> dict[str, Any]:
+        """Alerts of the other kinds serialize exactly as before the release fields existed."""
+        data: dict[str, Any] = handler(self)
+        for name in ("verdict", "evidence"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     def key(self) -> str:
         return f"{self.kind}|{self.scope.key()}"

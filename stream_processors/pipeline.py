@@ -24,6 +24,7 @@ from .detectors import BatchWindows, Detectors, alert_id_for
 from .budgets import BudgetTracker
 from .decode import decode_event
 from .pricing import PriceBook, price_event, unpriced_reason, usage_of
+from .releases import ReleaseComparator
 
 EVENT_COLUMNS = (
     "event_id", "ts", "event_type", "tenant_id", "feature", "service", "environment",
@@ -72,11 +73,13 @@ class RecentIds:
 
 class Pipeline:
     def __init__(self, book: Callable[[], PriceBook], *, dedupe_capacity: int = 1_000_000, budgets: BudgetTracker | None = None,
-                 lateness: timedelta | None = None, detectors: Detectors | None = None) -> None:
+                 lateness: timedelta | None = None, detectors: Detectors | None = None,
+                 releases: ReleaseComparator | None = None) -> None:
         self._book = book
         self.budgets = budgets  # budget accounting after pricing (see budgets.py)
         self.lateness = lateness  # events older than now - lateness are stored with late=1
         self.detectors = detectors or Detectors()
+        self.releases = releases or ReleaseComparator()  # new prompt/model/config versions vs incumbents
         self._seen = RecentIds(dedupe_capacity)
         self._unpriced_alerted: set[tuple[str, str, str]] = set()
         self.watermark: datetime | None = None
@@ -89,6 +92,8 @@ class Pipeline:
         late_before = now - self.lateness if now is not None and self.lateness is not None else None
         # the hot loop: ~20k events per call, so bound methods are looked up once
         seen, add_window, rows, dead = self._seen.add, windows.add, out.rows, out.dead
+        versioned: list[tuple[Envelope, float | None]] = []  # the events the release comparison reads
+        keep = versioned.append
         watermark = self.watermark
         for raw in raws:
             try:
@@ -113,11 +118,15 @@ class Pipeline:
             else:
                 cost, version, tier, one_hour = _ZERO, "", "", 0
             add_window(event, cost)
+            if event.feature:
+                keep((event, None if cost is None else float(cost)))
             rows.append(to_row(event, cost, version, late_before is not None and ts < late_before, tier, one_hour))
         self.watermark = watermark
         out.alerts.extend(self.detectors.observe(windows))
+        out.alerts.extend(self.releases.observe(versioned))
         if self.watermark is not None:
             out.alerts.extend(self.detectors.advance(self.watermark))
+            out.alerts.extend(self.releases.advance(self.watermark))
         if self.budgets is not None:
             out.alerts.extend(self.budgets.observe(out.rows, EVENT_COLUMNS, now=now))
         return out

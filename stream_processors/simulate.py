@@ -29,7 +29,7 @@ import orjson
 
 KINDS = ("cost_spike", "token_spike", "runaway_loop", "error_rate", "latency", "tool_failure",
          "safety_burst", "retrieval_failure")
-SCENARIOS = ("clean", "incidents", *KINDS)
+SCENARIOS = ("clean", "incidents", *KINDS, "release")
 DAY0 = datetime(2026, 3, 2, tzinfo=UTC)
 
 
@@ -348,6 +348,7 @@ class Simulation:
     tenants: list[str]
     incidents: list[Incident]
     events: list[tuple[float, dict[str, Any]]]
+    extra_labels: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> Iterator[bytes]:
         for _, body in self.events:
@@ -356,11 +357,23 @@ class Simulation:
     def labels(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "seed": self.seed, "start": _iso(self.start), "end": _iso(self.end),
                 "tenants": self.tenants, "tenant_days": len(self.tenants) * (self.end - self.start) / 86400,
-                "events": len(self.events), "incidents": [i.label() for i in self.incidents]}
+                "events": len(self.events), "incidents": [i.label() for i in self.incidents], **self.extra_labels}
 
 
 def simulate(scenario: str, seed: int, *, hours: float | None = None) -> Simulation:
-    """``hours`` shortens the clean scenario (default one day); incident scenarios have a fixed length."""
+    """``hours`` shortens the clean scenario (default one day); incident scenarios have a fixed length.
+    ``release``: canaries with and without regressions (``release_sim.py``)."""
+    if scenario == "release":
+        from .release_sim import ReleaseSimulator
+
+        rs = ReleaseSimulator(seed, hours=hours or 2.0)
+        events = rs.run()
+        incidents = [Incident("version_regression", r.scope(), r.start, rs.end,
+                              {"regression": r.regression, "size": r.size, "canary_share": r.share})
+                     for r in rs.releases if r.regression is not None]
+        tenants = sorted({body["tenant_id"] for _, body in events})
+        return Simulation(scenario, seed, rs.start, rs.end, tenants, incidents, events,
+                          {"clean_releases": rs.labels()["clean_releases"]})
     sim = Simulator(scenario, seed, hours=hours)
     events = sim.run()
     return Simulation(scenario, seed, sim.start, sim.end, [t.name for t in TENANTS], sim.incidents, events)

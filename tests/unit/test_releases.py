@@ -1,0 +1,178 @@
+"""Release comparison (pure): the always-valid test, the verdicts, the joins, the alert."""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flyball.schemas import AlertKind
+from flyball.schemas.events import Feedback, LLMCall, ToolCall
+from flyball.stream_processors.releases import ReleaseComparator, ReleaseParams, msprt
+
+T0 = datetime(2026, 6, 1, 12, tzinfo=UTC)
+
+
+def _id(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def call(rng: random.Random, t: float, version: str, *, status: str = "ok", tokens: int = 1000,
+         feature: str = "bot", request_id: str = "", latency: float = 800.0) -> LLMCall:
+    return LLMCall(event_id=_id(rng), ts=T0 + timedelta(seconds=t), tenant_id="acme", feature=feature,
+                   provider="openai", model="gpt-4o-mini", prompt_version=version, input_tokens=tokens,
+                   output_tokens=100, latency_ms=latency, status=status, request_id=request_id)
+
+
+def traffic(rng: random.Random, seconds: int, *, share: float, start: int, fail_old: float, fail_new: float,
+            cost_new: float = 1.0, rate: float = 2.0, after: int = 0) -> list[tuple[Any, float | None]]:
+    """``rate`` calls/s on v1; from ``start`` a share goes to v2 (the candidate)."""
+    out: list[tuple[Any, float | None]] = []
+    t = float(after)
+    while t < after + seconds:
+        t += rng.expovariate(rate)
+        new = t >= start and rng.random() < share
+        fail = fail_new if new else fail_old
+        status = "error" if rng.random() < fail else "ok"
+        cost = 0.001 * rng.lognormvariate(0, 0.4) * (cost_new if new else 1.0)
+        out.append((call(rng, t, "v2" if new else "v1", status=status), cost))
+    return out
+
+
+def run(comparator: ReleaseComparator, events: list[tuple[Any, float | None]], batch_s: float = 5.0) -> list[Any]:
+    alerts: list[Any] = []
+    batch: list[tuple[Any, float | None]] = []
+    edge = None
+    for event, cost in events:
+        t = event.ts
+        if edge is not None and t >= edge and batch:
+            alerts += comparator.observe(batch)
+            alerts += comparator.advance(batch[-1][0].ts)
+            batch = []
+        if not batch:
+            edge = t + timedelta(seconds=batch_s)
+        batch.append((event, cost))
+    if batch:
+        alerts += comparator.observe(batch)
+        alerts += comparator.advance(batch[-1][0].ts)
+    return alerts
+
+
+def test_msprt_false_alarm_rate_stays_bounded_under_continuous_looks() -> None:
+    """Under H0 (the difference equals delta), looking after every observation must not
+    reject more often than alpha; a fixed-horizon test looked at as often does."""
+    rng = random.Random(7)
+    alpha, delta, tau2 = 0.05, 0.0, 1.0
+    rejected = naive = 0
+    runs = 400
+    for _ in range(runs):
+        total = 0.0
+        hit = hit_naive = False
+        for n in range(1, 301):
+            total += rng.gauss(0.0, 1.0)
+            mean, var = total / n, 1.0 / n
+            p, _, _ = msprt(mean, var, delta, tau2, alpha)
+            hit = hit or p <= alpha
+            hit_naive = hit_naive or mean / math.sqrt(var) > 1.645
+        rejected += hit
+        naive += hit_naive
+    assert rejected / runs <= alpha + 0.02
+    assert naive / runs > 3 * alpha  # why the sequential test is needed at all
+
+
+def test_msprt_interval_covers_and_p_value_is_one_at_or_below_the_null() -> None:
+    p, lo, hi = msprt(0.5, 0.01, 0.1, 0.04, 0.01)
+    assert lo < 0.5 < hi
+    assert msprt(0.05, 0.01, 0.1, 0.04, 0.01)[0] == 1.0
+
+
+def test_clean_canary_raises_nothing_and_is_promoted() -> None:
+    rng = random.Random(1)
+    comp = ReleaseComparator(ReleaseParams(promote_min_calls=300))
+    alerts = run(comp, traffic(rng, 3600, share=0.3, start=600, fail_old=0.02, fail_new=0.02))
+    assert not [a for a in alerts if a.kind == AlertKind.VERSION_REGRESSION]
+    reports = comp.report()
+    assert [r["verdict"] for r in reports] == ["promote"]
+    assert reports[0]["old_version"] == "v1" and reports[0]["new_version"] == "v2"
+
+
+def test_error_regression_rolls_back_critical_with_evidence_and_resolves_after_the_pin() -> None:
+    rng = random.Random(2)
+    comp = ReleaseComparator()
+    events = traffic(rng, 1800, share=0.2, start=600, fail_old=0.02, fail_new=0.15)
+    # the pin: from 1800 s on, every call is v1 again
+    events += traffic(rng, 900, share=0.0, start=10**9, fail_old=0.02, fail_new=0.0, after=1800)
+    alerts = [a for a in run(comp, events) if a.kind == AlertKind.VERSION_REGRESSION]
+    assert alerts, "a 7.5x failure rate on 20% of 2 calls/s must be caught"
+    first = alerts[0]
+    assert first.status == "open" and first.severity == "critical" and first.verdict == "rollback"
+    assert first.scope.compact() == {"feature": "bot", "version_field": "prompt_version", "old_version": "v1",
+                                     "new_version": "v2"}
+    assert first.opened_at is not None and first.opened_at < T0 + timedelta(seconds=1800)
+    metrics = {m["metric"]: m for m in first.evidence["comparison"]["metrics"]}
+    failure = metrics["failure_rate"]
+    assert failure["regression"] and failure["new"] > failure["old"] and failure["n_new"] > 20
+    assert failure["interval"][0] > failure["min_effect"]
+    assert alerts[-1].status == "resolved" and alerts[-1].alert_id == first.alert_id
+
+
+def test_cost_regression_is_a_warning() -> None:
+    rng = random.Random(3)
+    comp = ReleaseComparator()
+    alerts = [a for a in run(comp, traffic(rng, 2400, share=0.3, start=600, fail_old=0.0, fail_new=0.0,
+                                           cost_new=1.6)) if a.kind == AlertKind.VERSION_REGRESSION]
+    assert alerts and alerts[0].severity == "warning" and alerts[0].metric == "cost_per_call"
+
+
+def test_a_tiny_difference_on_huge_traffic_is_not_a_regression() -> None:
+    rng = random.Random(4)
+    comp = ReleaseComparator()
+    alerts = run(comp, traffic(rng, 3000, share=0.5, start=300, fail_old=0.02, fail_new=0.021, cost_new=1.03,
+                               rate=40.0), batch_s=30.0)
+    assert not [a for a in alerts if a.kind == AlertKind.VERSION_REGRESSION]
+
+
+def test_rollout_compares_against_the_incumbents_last_hour() -> None:
+    """The incumbent stops taking traffic (a full rollout): the baseline is its history."""
+    rng = random.Random(5)
+    comp = ReleaseComparator()
+    alerts = run(comp, traffic(rng, 2400, share=1.0, start=1200, fail_old=0.01, fail_new=0.2))
+    regression = [a for a in alerts if a.kind == AlertKind.VERSION_REGRESSION]
+    assert regression and regression[0].severity == "critical"
+    comparison = regression[0].evidence["comparison"]
+    assert comparison["calls_old"] == 0  # nothing live to compare with: the incumbent's history was
+
+
+def test_tool_failures_and_feedback_join_their_calls_whatever_the_order() -> None:
+    rng = random.Random(6)
+    comp = ReleaseComparator()
+    events: list[tuple[Any, float | None]] = []
+    t = 0.0
+    while t < 3000:
+        t += rng.expovariate(2.0)
+        new = t >= 600 and rng.random() < 0.3
+        rid = _id(rng)
+        fail = rng.random() < (0.4 if new else 0.02)
+        tool = ToolCall(event_id=_id(rng), ts=T0 + timedelta(seconds=t), tenant_id="acme", feature="bot",
+                        request_id=rid, tool_name="sql", status="error" if fail else "ok")
+        c = call(rng, t + 0.1, "v2" if new else "v1", request_id=rid)
+        fb = Feedback(event_id=_id(rng), ts=T0 + timedelta(seconds=t + 1), tenant_id="acme", feature="bot",
+                      score=rng.gauss(0.5, 0.2), target_event_id=c.event_id)
+        events += [(tool, None), (c, 0.001), (fb, None)]  # the tool call arrives before its model call
+    alerts = [a for a in run(comp, events) if a.kind == AlertKind.VERSION_REGRESSION]
+    assert alerts
+    metrics = {m["metric"]: m for m in alerts[0].evidence["comparison"]["metrics"]}
+    assert metrics["tool_failure_rate"]["regression"]
+    assert metrics["feedback_mean"]["n_new"] > 15 and not metrics["feedback_mean"]["regression"]
+
+
+def test_batching_moves_the_verdict_by_at_most_a_batch() -> None:
+    """Replay and live cut batches differently; the verdict may only move by a batch or so."""
+    events = traffic(random.Random(8), 2400, share=0.3, start=600, fail_old=0.02, fail_new=0.2)
+    a = [x for x in run(ReleaseComparator(), events, batch_s=5.0) if x.kind == AlertKind.VERSION_REGRESSION]
+    b = [x for x in run(ReleaseComparator(), events, batch_s=30.0) if x.kind == AlertKind.VERSION_REGRESSION]
+    assert a and b and a[0].scope == b[0].scope
+    assert a[0].opened_at is not None and b[0].opened_at is not None
+    assert abs((a[0].opened_at - b[0].opened_at).total_seconds()) <= 35
