@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from flyball.producers import Telemetry
+from flyball.producers.client import ShimSettings
 from flyball.schemas import ActionKind, AlertKind
 
 from .policy import Policies, Policy
@@ -59,7 +61,9 @@ async def run_demo(settings: Settings, *, spike_at: float = 6.0, spike_for: floa
     say("start", "starting flyball (embedded broker + chDB + worker + control plane + API) ...")
     await system.start()
     say("ready", f"Kafka bootstrap {system.bootstrap}   API {system.api_url}   admin key {system.admin_key}")
-    tel = Telemetry(service="demo-shop", bootstrap=system.bootstrap)
+    keys = ",".join(f"{kid}:{secret.decode()}" for kid, secret in system.signing.keys.items())
+    tel = Telemetry(service="demo-shop", bootstrap=system.bootstrap,
+                    settings=ShimSettings(signing_keys=SecretStr(keys) if keys else None))
     headers = {"Authorization": f"Bearer {system.admin_key}"}
     try:
         # Three minutes of event-time history, so the detector has a baseline to compare with.

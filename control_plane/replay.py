@@ -17,6 +17,7 @@ from flyball.schemas import Directive
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.pricing import PriceBook
 
+from .escaping import csv_text
 from .policy import DEFAULT_POLICIES, Action, History, Policies, decide, expire, load_policies, observe
 from .slo import DEFAULT_SLOS, SLOs
 from .slo_replay import EventTimeSLOs
@@ -123,5 +124,5 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
         w.writerow(["tenant_id", "feature", "provider", "model", "day", "events", "cost_usd", "unpriced_events"])
         for key in sorted(spend):
             events_n, cost, unpriced = spend[key]
-            w.writerow([*key, events_n, format(cost, "f"), unpriced])
+            w.writerow([*map(csv_text, key), events_n, format(cost, "f"), unpriced])
     return summary

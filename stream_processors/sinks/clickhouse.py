@@ -345,6 +345,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     """),
     # finance: OpenAI's 12-hour cache writes have their own rate (the 1-hour ones are column 10's)
     (26, "ALTER TABLE events ADD COLUMN IF NOT EXISTS cache_write_12h_tokens UInt64 DEFAULT 0"),
+    (27, "ALTER TABLE events ADD COLUMN IF NOT EXISTS shim_instance LowCardinality(String) DEFAULT ''"),
 ]
 
 

@@ -17,7 +17,7 @@ T0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
 
 
 def _call(tenant: str, model: str, inp: int, out: int, ts: datetime, event_id: str | None = None) -> bytes:
-    return orjson.dumps({"event_type": "llm_call", "event_id": event_id or str(uuid.uuid4()), "ts": ts.isoformat(),
+    return orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": event_id or str(uuid.uuid4()), "ts": ts.isoformat(),
                          "tenant_id": tenant, "feature": "chat", "provider": "openai", "model": model,
                          "input_tokens": inp, "output_tokens": out})
 

@@ -68,25 +68,27 @@ def _event(draw: st.DrawFn, n: int) -> Any:
     if kind == "fast":
         # msgspec's constructor does not validate: 2**80 tokens reach the compiled add as given,
         # a plain-str status (which the decoder never makes) must be handed to the Python add
-        return FastLLMCall(
+        return FastLLMCall(schema_version=1,
             event_id=eid, ts=ts, tenant_id=tenant, feature=feature, provider="openai",
             model=draw(st.sampled_from(["gpt-4o", "gpt-4o-mini"])), input_tokens=draw(_tokens),
             output_tokens=draw(_tokens), status=draw(_status), latency_ms=draw(st.floats(0, 60_000)),
             ttft_ms=draw(st.one_of(st.none(), st.floats(0, 60_000))),
             request_id=draw(st.sampled_from(["", "", "r1", "r2"])),
             trace_id=draw(st.sampled_from(["", "ab" * 16, "cd" * 16])))
+    if kind in ("model", "model_tool") and not datetime(2000, 1, 1, tzinfo=UTC) <= ts < datetime(2200, 1, 1, tzinfo=UTC):
+        ts = BASE  # the models refuse implausible times; the fast structs (not validated) keep them
     if kind == "model":
-        return LLMCall(event_id=eid, ts=ts, tenant_id=tenant, feature=feature, provider="openai", model="gpt-4o",
+        return LLMCall(schema_version=1, event_id=eid, ts=ts, tenant_id=tenant, feature=feature, provider="openai", model="gpt-4o",
                        input_tokens=draw(st.integers(0, 10_000)), output_tokens=5,
                        status=draw(st.sampled_from(list(CallStatus))), request_id=draw(st.sampled_from(["", "r1"])))
     if kind == "model_tool":
-        return ToolCall(event_id=eid, ts=ts, tenant_id=tenant, tool_name="search", status="error")
+        return ToolCall(schema_version=1, event_id=eid, ts=ts, tenant_id=tenant, tool_name="search", status="error")
     if kind == "tool":
-        return FastToolCall(event_id=eid, ts=ts, tenant_id=tenant, tool_name=draw(st.sampled_from(["a", "b"])),
+        return FastToolCall(schema_version=1, event_id=eid, ts=ts, tenant_id=tenant, tool_name=draw(st.sampled_from(["a", "b"])),
                             status=draw(st.sampled_from(list(CallStatus))), latency_ms=5.0)
     if kind == "safety":
-        return FastSafetyTrigger(event_id=eid, ts=ts, tenant_id=tenant, feature=feature, category="pii", filter_name="f")
-    return FastRetrieval(event_id=eid, ts=ts, tenant_id=tenant, index_name="docs",
+        return FastSafetyTrigger(schema_version=1, event_id=eid, ts=ts, tenant_id=tenant, feature=feature, category="pii", filter_name="f")
+    return FastRetrieval(schema_version=1, event_id=eid, ts=ts, tenant_id=tenant, index_name="docs",
                          status=draw(st.sampled_from(list(CallStatus))), results_count=draw(st.integers(0, 2)))
 
 
@@ -113,7 +115,7 @@ def test_the_compiled_add_leaves_what_the_python_add_leaves(events: list[tuple[A
 
 
 def test_sample_ids_stop_at_max_ids_and_keep_arrival_order() -> None:
-    events = [FastLLMCall(event_id=str(uuid.UUID(int=i + 1)), ts=BASE + timedelta(seconds=i * 0.1), tenant_id="acme",
+    events = [FastLLMCall(schema_version=1, event_id=str(uuid.UUID(int=i + 1)), ts=BASE + timedelta(seconds=i * 0.1), tenant_id="acme",
                           provider="openai", model="gpt-4o", input_tokens=1, output_tokens=1,
                           status=CallStatus.ERROR if i % 2 else CallStatus.OK, request_id="r")
               for i in range(40)]
@@ -140,7 +142,7 @@ def test_the_compiled_add_holds_no_reference_it_should_not() -> None:
         b = BatchWindows()
         add = b.adder()
         for status in (CallStatus.OK, CallStatus.ERROR, CallStatus.OK):
-            add(FastLLMCall(event_id=eid, ts=ts, tenant_id=tenant, provider="openai", model="gpt-4o", input_tokens=3,
+            add(FastLLMCall(schema_version=1, event_id=eid, ts=ts, tenant_id=tenant, provider="openai", model="gpt-4o", input_tokens=3,
                             output_tokens=4, status=status, request_id="r", ttft_ms=5.0), cost)
         del b, add
     gc.collect()
