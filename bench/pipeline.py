@@ -153,7 +153,7 @@ def make_events(n: int, *, seed: int = 7, end: datetime | None = None) -> list[t
             "cache_read_tokens": rng.randint(0, input_tokens) if rng.random() < 0.4 else 0,
             "latency_ms": round(rng.uniform(80.0, 9_000.0), 1),
             "status": "ok",
-            "event_type": "llm_call",
+            "schema_version": 1, "event_type": "llm_call",
             "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "ts": start + step * i,
             "tenant_id": tenant,

@@ -172,7 +172,7 @@ def guard_figures(n: int) -> dict[str, dict[str, float]]:
 def validate_us(n: int) -> float:
     import orjson
 
-    raw = orjson.dumps({"event_type": "llm_call", "event_id": "0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11",
+    raw = orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": "0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11",
                         "ts": "2026-01-01T12:00:00+00:00", "service": "checkout", "shim_version": "0.1.0",
                         **FIELDS})
     now = datetime(2026, 1, 1, 12, tzinfo=UTC)

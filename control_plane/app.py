@@ -12,8 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 
-from .api import admin, finance, kpis, otlp, requests, slos, sre
+from .api import admin, finance, kpis, openapi, otlp, requests, slos, sre
 from .api.deps import Auth, Deps
+from .api.limits import DEFAULT_MAX_BODY, BodyLimit
 from .auth import Principal
 from .metrics import registry_of
 
@@ -24,6 +25,9 @@ def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
     app = FastAPI(title="flyball", version="0.1.0",
                   description="Telemetry and control plane for LLM calls: spend, alerts, directives, audit.")
     auth = Auth(deps.keys, deps.limiter)
+    # a price catalog upload is the one large document (its entry count is capped by the route)
+    app.add_middleware(BodyLimit, max_bytes=DEFAULT_MAX_BODY,
+                       by_prefix={"/v1/prices": 16 * DEFAULT_MAX_BODY, "/v1/traces": 8 * DEFAULT_MAX_BODY})
     registry = registry_of(deps.stats)
 
     @app.exception_handler(RequestValidationError)
@@ -38,7 +42,8 @@ def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
         return {"status": "ok", **deps.ready()}
 
     @app.get("/metrics")
-    async def metrics(_: Annotated[Principal, Depends(auth.any_key())]) -> Response:
+    async def metrics(_: Annotated[Principal, Depends(auth.any_key(global_only=True))]) -> Response:
+        """Process-wide counters: any role, but not a tenant-bound key (they span tenants)."""
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
     for module in (finance, sre, admin, otlp, slos, kpis, requests):
@@ -47,4 +52,5 @@ def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
         from .ui.console import register as register_console
 
         register_console(app, deps, auth)
+    openapi.install(app)
     return app

@@ -56,6 +56,14 @@ def new_key() -> str:
     return "fb_" + secrets.token_urlsafe(32)
 
 
+class LastAdminKey(Exception):
+    """The last global admin key cannot be revoked: create another admin key first."""
+
+
+def _global_admin(record: KeyRecord) -> bool:
+    return record.principal.role == Role.ADMIN and record.principal.tenant_id is None
+
+
 class KeyRing:
     """Hashed keys in memory; the caller persists ``KeyRecord``s and loads them back."""
 
@@ -87,9 +95,13 @@ class KeyRing:
         return key, record
 
     def revoke(self, key_id: str, *, now: datetime) -> KeyRecord | None:
+        """Revoke a key; :class:`LastAdminKey` if it is the last global admin key (revoking it
+        would lock everyone out of key management until a restart)."""
         found = next((r for r in self._by_hash.values() if r.principal.key_id == key_id), None)
         if found is None:
             return None
+        if _global_admin(found) and not any(_global_admin(r) and r is not found for r in self._by_hash.values()):
+            raise LastAdminKey(key_id)
         revoked = KeyRecord(found.key_hash, found.principal, found.created_at, found.created_by, revoked_at=now)
         self.load(revoked)
         return revoked

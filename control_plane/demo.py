@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from flyball.producers import Telemetry
+from flyball.producers.client import ShimSettings
 from flyball.schemas import ActionKind, AlertKind
 
 from .policy import Policies, Policy
@@ -60,7 +62,9 @@ async def run_demo(settings: Settings, *, spike_at: float = 6.0, spike_for: floa
     await system.start()
     say("ready", f"Kafka bootstrap {system.bootstrap}   API {system.api_url}   admin key {system.admin_key}")
     say("console", f"open {system.api_url}/ui and log in with the admin key above to watch the loop close live")
-    tel = Telemetry(service="demo-shop", bootstrap=system.bootstrap)
+    keys = ",".join(f"{kid}:{secret.decode()}" for kid, secret in system.signing.keys.items())
+    tel = Telemetry(service="demo-shop", bootstrap=system.bootstrap,
+                    settings=ShimSettings(signing_keys=SecretStr(keys) if keys else None))
     headers = {"Authorization": f"Bearer {system.admin_key}"}
     try:
         # 80 minutes of event-time history, so the detectors have a baseline to compare with (their

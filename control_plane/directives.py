@@ -24,7 +24,19 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from flyball.producers.transports.kafka import start_producer
-from flyball.schemas import ALERTS, DIRECTIVES, Alert, Directive, DirectiveState
+from flyball.schemas import (
+    ALERTS,
+    DIRECTIVES,
+    MAX_TTL_S,
+    ActionKind,
+    Alert,
+    Directive,
+    DirectiveState,
+    KeySet,
+    SignatureError,
+    sign,
+    verify,
+)
 
 from .policy import (
     AUTOMATION,
@@ -99,8 +111,18 @@ class ControlLoop:
                  group_id: str = "flyball-control-plane", session_timeout_ms: int = 6_000,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), notifier: Notifier | None = None,
                  traffic: Callable[[], Awaitable[Mapping[str, float]]] | None = None,
-                 traffic_every_s: float = 30.0, max_alert_age_s: float = 900.0) -> None:
+                 traffic_every_s: float = 30.0, max_alert_age_s: float = 900.0,
+                 signing: KeySet | None = None,
+                 instances: Callable[[], Awaitable[Mapping[str, int]]] | None = None,
+                 instances_every_s: float = 10.0) -> None:
         self.bootstrap = bootstrap
+        # signs the directives published, verifies the alerts read (and directives reloaded)
+        self.signing = signing or KeySet()
+        # live shim instances per tenant: a throttle is shared among them (Directive.replicas)
+        self._instances = instances
+        self._instances_every_s = instances_every_s
+        self._instances_at = float("-inf")
+        self.instances: dict[str, int] = {}
         self.audit = audit
         self.policies = policies
         self.group_id = group_id
@@ -171,8 +193,9 @@ class ControlLoop:
                         if rec.value is None:
                             continue
                         try:
-                            directive = Directive.model_validate_json(rec.value)
-                        except ValueError:
+                            directive = Directive.model_validate_json(self._verified(rec.value, DIRECTIVES))
+                        except ValueError as exc:  # SignatureError included: a forged state is not ours
+                            log.warning("directive_ignored", error=str(exc)[:200])
                             continue
                         self.directives[directive.key()] = directive
         finally:
@@ -243,9 +266,10 @@ class ControlLoop:
             for recs in batch.values():
                 for rec in recs:
                     try:
-                        alert = Alert.model_validate_json(rec.value)
-                    except ValueError as exc:
-                        log.warning("alert_invalid", error=str(exc)[:200])
+                        alert = Alert.model_validate_json(self._verified(rec.value, ALERTS))
+                    except ValueError as exc:  # SignatureError included: forged alerts do not act
+                        log.warning("alert_refused" if isinstance(exc, SignatureError) else "alert_invalid",
+                                    error=str(exc)[:200])
                         continue
                     try:
                         await self.on_alert(alert)
@@ -253,6 +277,7 @@ class ControlLoop:
                         log.exception("alert_handling_failed", alert_id=alert.alert_id)
             try:
                 await self._refresh_traffic()
+                await self._refresh_instances()
                 await self.tick()
             except Exception:  # noqa: BLE001
                 log.exception("tick_failed")
@@ -271,6 +296,29 @@ class ControlLoop:
         except Exception as exc:  # noqa: BLE001 - blast-radius share is unknown until the next refresh
             log.warning("traffic_refresh_failed", error=str(exc)[:300])
 
+    async def _refresh_instances(self) -> None:
+        """Re-count live shim instances per tenant; re-publish each active throttle whose share
+        changed, so that together the instances admit the throttle's rate."""
+        if self._instances is None or time.monotonic() - self._instances_at < self._instances_every_s:
+            return
+        self._instances_at = time.monotonic()
+        try:
+            self.instances = dict(await self._instances())
+        except Exception as exc:  # noqa: BLE001 - shares stay as they are until the next count
+            log.warning("instances_refresh_failed", error=str(exc)[:300])
+            return
+        async with self._lock:
+            reshared = [Action(Decision.EXTENDED, d.scope, f"shared among {self._replicas(d)} shim instances",
+                               before=d, actor=d.actor, directive=d)
+                        for d in self.active() if d.action == ActionKind.THROTTLE and self._replicas(d) != d.replicas]
+            if reshared:
+                await self._apply(reshared, self.clock())
+
+    def _replicas(self, d: Directive) -> int:
+        if d.action != ActionKind.THROTTLE or d.scope.tenant_id is None:
+            return 1
+        return max(1, min(self.instances.get(d.scope.tenant_id, 1), 10_000))
+
     def _history(self) -> History:
         return replace(self.history, last_fired=dict(self.last_fired))
 
@@ -284,16 +332,13 @@ class ControlLoop:
                 self.notifier.alert(alert, alert.status)
             self.history = observe(self.history, alert)
             actions = decide(alert, self.live(), self.policies, now=now, history=self._history())
-            await self._apply(actions, now)
-            return actions
+            return await self._apply(actions, now)
 
     async def tick(self) -> list[Action]:
         async with self._lock:
             now = self.clock()
             actions = expire(self.live(), now=now, history=self.history, policies=self.policies)
-            if actions:
-                await self._apply(actions, now)
-            return actions
+            return await self._apply(actions, now) if actions else actions
 
     # ------------------------------------------------------------------ manual overrides
     def find(self, directive_id: str) -> Directive | None:
@@ -307,9 +352,10 @@ class ControlLoop:
                 return None
             now = self.clock()
             action = make(found, now)
-            if action is not None:
-                await self._apply([action], now)
-            return action
+            if action is None:
+                return None
+            (published,) = await self._apply([action], now)
+            return published
 
     async def revert(self, directive_id: str, *, actor: str) -> Action | None:
         return await self._manual(directive_id, lambda d, now: revert(d, actor=actor, now=now)
@@ -321,7 +367,8 @@ class ControlLoop:
 
     async def extend(self, directive_id: str, *, actor: str, seconds: int) -> Action | None:
         return await self._manual(directive_id, lambda d, now: extend(
-            d, actor=actor, until=max(d.expires_at, now) + timedelta(seconds=seconds)))
+            d, actor=actor, until=min(max(d.expires_at, now) + timedelta(seconds=seconds),
+                                      now + timedelta(seconds=MAX_TTL_S))))
 
     async def approve(self, directive_id: str, *, actor: str) -> Action | None:
         return await self._manual(directive_id, lambda d, now: approve(d, actor=actor, now=now)
@@ -334,17 +381,38 @@ class ControlLoop:
     async def create(self, directive: Directive) -> Action:
         async with self._lock:
             replaces = next((d for d in self.active() if d.key() == directive.key()), None)
-            action = create(directive, replaces=replaces)
-            await self._apply([action], self.clock())
+            (action,) = await self._apply([create(directive, replaces=replaces)], self.clock())
             return action
 
     async def record(self, actions: Sequence[Action]) -> None:
         """Audit decisions that publish nothing (e.g. a policy change)."""
         await self._apply(actions, self.clock())
 
+    def _verified(self, message: bytes, topic: str) -> bytes:
+        return verify(message, topic=topic, keys=self.signing) if self.signing.enabled else message
+
+    def _stamped(self, actions: Sequence[Action], now: datetime) -> list[Action]:
+        """Each directive about to be published gets the next version of its scope and, if it
+        is a throttle, the number of shim instances sharing it."""
+        out = []
+        latest: dict[str, int] = {}
+        for action in actions:
+            d = action.directive
+            if d is not None and d.state != DirectiveState.PENDING and action.decision in PUBLISHED:
+                key = d.key()
+                previous = latest.get(key, self.directives[key].version if key in self.directives else 0)
+                version = max(previous + 1, int(now.timestamp() * 1_000_000))
+                latest[key] = version
+                action = replace(action, directive=d.model_copy(update={"version": version,
+                                                                        "replicas": self._replicas(d)}))
+            out.append(action)
+        return out
+
     # ------------------------------------------------------------------ the one way out
-    async def _apply(self, actions: Sequence[Action], now: datetime) -> None:
+    async def _apply(self, actions: Sequence[Action], now: datetime) -> list[Action]:
+        """Audit, notify and publish; returns the actions as published (versions, shares)."""
         assert self._producer is not None
+        actions = self._stamped(actions, now)
         rows = [audit_row(a, now) for a in actions]
         if rows:
             await self.audit.run(self.audit.write_actions, rows)
@@ -368,4 +436,6 @@ class ControlLoop:
             self.directives[d.key()] = d
             if action.decision == Decision.APPLIED and action.actor == AUTOMATION:
                 self.last_fired[d.key()] = now
-            await self._producer.send_and_wait(DIRECTIVES, key=d.key().encode(), value=d.model_dump_json().encode())
+            await self._producer.send_and_wait(DIRECTIVES, key=d.key().encode(),
+                                               value=sign(d.model_dump_json().encode(), topic=DIRECTIVES, keys=self.signing))
+        return actions

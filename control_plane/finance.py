@@ -95,15 +95,10 @@ class Finance:
         """Validate every entry first (all or nothing), then audit each change and swap the
         live book (the worker reads it through ``lambda: system.book`` per batch)."""
         entries = [entry_from_dict(raw, f"prices[{i}]", source=f"api:{actor}") for i, raw in enumerate(raws)]
-        book = self.book()
-        changes = []
+        book, changes = self.book().with_entries(entries)
         now = datetime.now(UTC)
         rows = []
-        for entry in entries:
-            book, old = book.with_entry(entry)
-            stored = next(e for e in book.entries[(entry.provider.lower(), entry.model.lower())]
-                          if e.effective_from == entry.effective_from)
-            changes.append((stored, old))
+        for stored, old in changes:
             rows.append([str(uuid.uuid4()), now, actor, stored.provider, stored.model, stored.effective_from,
                          stored.version, old.version if old else "", orjson.dumps(entry_to_dict(stored)).decode(),
                          orjson.dumps(entry_to_dict(old)).decode() if old else "", reason])
@@ -118,8 +113,7 @@ class Finance:
     def restore_prices(self, book: PriceBook) -> PriceBook:
         """The file catalog plus every change recorded through the API, in order."""
         rows = self._q("SELECT entry FROM price_changes ORDER BY at, change_id")
-        for (text,) in rows:
-            book, _ = book.with_entry(entry_from_dict(orjson.loads(text), "price_changes.entry"))
+        book, _ = book.with_entries(entry_from_dict(orjson.loads(text), "price_changes.entry") for (text,) in rows)
         return book
 
     def price_history(self, *, provider: str | None = None, model: str | None = None) -> list[dict[str, Any]]:

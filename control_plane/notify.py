@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from flyball.schemas import Alert
 
+from .escaping import plain_text, slack_text
 from .policy import Action, Decision
 
 log = structlog.get_logger(__name__)
@@ -114,7 +115,7 @@ def render(notice: Notice, target: WebhookTarget, *, runbook_base: str) -> dict[
             "client": "flyball",
         }
         if not notice.resolves:
-            body["payload"] = {"summary": notice.title[:1024], "source": "flyball", "severity": PD_SEVERITY.get(
+            body["payload"] = {"summary": plain_text(notice.title)[:1024], "source": "flyball", "severity": PD_SEVERITY.get(
                 notice.severity, "info"), "timestamp": notice.at.isoformat(), "component": notice.kind,
                 "class": notice.event, "custom_details": notice.details}
             if runbook:
@@ -123,9 +124,10 @@ def render(notice: Notice, target: WebhookTarget, *, runbook_base: str) -> dict[
     context = f"dedupe key `{notice.dedupe_key}`"
     if runbook:
         context += f" · <{runbook}|Runbook: {notice.kind}>"
-    fields = "\n".join(f"*{k}*: {v}" for k, v in notice.details.items() if v not in (None, [], {}))
-    return {"text": notice.title, "blocks": [
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{notice.title}*"}},
+    fields = "\n".join(f"*{k}*: {slack_text(str(v))}" for k, v in notice.details.items() if v not in (None, [], {}))
+    title = slack_text(notice.title)
+    return {"text": title, "blocks": [
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}*"}},
         {"type": "section", "text": {"type": "mrkdwn", "text": fields[:2900] or "-"}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
     ], "metadata": {"event_type": notice.event, "event_payload": {"dedupe_key": notice.dedupe_key}}}

@@ -309,7 +309,7 @@ def _class_name(error_type: str) -> str:
 
 
 def _tool_call(data: dict[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]:
-    keep = ("event_id", "ts", "tenant_id", "feature", "service", "environment", "trace_id", "span_id",
+    keep = ("schema_version", "event_id", "ts", "tenant_id", "feature", "service", "environment", "trace_id", "span_id",
             "parent_span_id", "latency_ms", "status", "error_type", "attributes")
     out = {k: data[k] for k in keep if k in data}
     out["event_type"] = "tool_call"

@@ -12,7 +12,10 @@ from typing import Any
 
 import structlog
 
+from flyball.schemas import KeySet
+
 from .auth import KeyRing, RateLimiter
+
 from .directives import ControlLoop
 from .notify import WebhookNotifier
 from .policy import SHIPPED_POLICIES_TEXT, Policies
@@ -63,7 +66,7 @@ class ControlPlane:
 
 
 async def build_control_plane(settings: Settings, *, bootstrap: str, store: Any,
-                              policies: Policies | None = None) -> ControlPlane:
+                              policies: Policies | None = None, signing: KeySet | None = None) -> ControlPlane:
     """``policies`` given: they are in force (tests, demo); otherwise the policies file (or the
     shipped defaults), or the latest stored version if the file has not changed since."""
     state = ControlState(store)
@@ -104,8 +107,16 @@ async def build_control_plane(settings: Settings, *, bootstrap: str, store: Any,
     publisher = AlertPublisher(store, bootstrap)
     monitor = SLOMonitor(store, slos=lambda: slos.current, publish=publisher, interval_s=settings.slo_eval_interval_s)
 
+    async def instances() -> Mapping[str, int]:
+        rows = await store.run(store.query, "SELECT tenant_id, uniqExact(shim_instance) FROM events "
+                                            "WHERE ts > now() - INTERVAL 5 MINUTE AND shim_instance != '' "
+                                            "GROUP BY tenant_id", {})
+        return {tenant: int(n) for tenant, n in rows}
+
     loop = ControlLoop(bootstrap=bootstrap, audit=store, policies=registry.current, group_id=settings.control_group,
-                       session_timeout_ms=settings.session_timeout_ms, notifier=notifier, traffic=traffic)
+                       session_timeout_ms=settings.session_timeout_ms, notifier=notifier, traffic=traffic,
+                       signing=signing if signing is not None else settings.keyset(), instances=instances,
+                       instances_every_s=settings.shim_instances_every_s)
     log.info("control_plane_built", policies_version=registry.current.version, keys=len(keys.records()),
              webhooks=len(settings.webhooks))
     return ControlPlane(loop=loop, state=state, keys=keys, marks=marks, registry=registry,

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flyball.schemas import ActionKind, Alert, AlertKind, Directive, DirectiveState, Scope
+from flyball.schemas import MAX_BURST, MAX_MODEL, MAX_RATE, MAX_TTL_S, ActionKind, Alert, AlertKind, Directive, DirectiveState, Scope
 from flyball.schemas.alerts import SCOPE_FIELDS
 
 DIRECTIVE_NAMESPACE = uuid.UUID("5d1b0a52-8a57-4a1e-b0b5-3f0a7f6f2a90")
@@ -271,10 +271,18 @@ def _share_after(scope: Scope, policy: Policy, automatic: Sequence[Directive],
 def expire(active: Sequence[Directive], *, now: datetime, history: History | None = None,
            policies: Policies | None = None) -> list[Action]:
     """Directives whose time is up: TTL elapsed, approval never given, or (automatic ones) their
-    alert resolved for longer than the hysteresis. Pinned directives are never touched."""
+    alert resolved for longer than the hysteresis. Pinned directives never lapse: before half of
+    the longest TTL a shim accepts (``MAX_TTL_S``) is left, they are renewed for that TTL, so
+    the shims' view and the API's agree."""
     resolved = history.resolved if history else {}
     out = []
     for d in active:
+        if d.pinned and d.state == DirectiveState.ACTIVE:
+            if d.expires_at - now < timedelta(seconds=MAX_TTL_S / 2):
+                until = now + timedelta(seconds=MAX_TTL_S)
+                out.append(Action(Decision.EXTENDED, d.scope, f"pinned: renewed until {until.isoformat()}",
+                                  before=d, actor=d.actor, directive=d.model_copy(update={"expires_at": until})))
+            continue
         if d.pinned or d.state not in (DirectiveState.ACTIVE, DirectiveState.PENDING):
             continue
         since = resolved.get(d.alert_key or "") if d.actor == AUTOMATION else None
@@ -350,13 +358,13 @@ class PolicySpec(BaseModel):
     min_severity: Literal["info", "warning", "critical"] = "warning"
     match: dict[str, str | None] = Field(default_factory=dict)
     target: list[str] = Field(default_factory=list)
-    ttl_s: int = Field(default=120, gt=0)
+    ttl_s: int = Field(default=120, gt=0, le=MAX_TTL_S)
     cooldown_s: int = Field(default=60, ge=0)
     hysteresis_s: int = Field(default=60, ge=0)
     auto_revert: bool = True
-    rate_per_s: float | None = Field(default=None, ge=0)
-    burst: int | None = Field(default=None, ge=0)
-    to_model: str | None = None
+    rate_per_s: float | None = Field(default=None, ge=0, le=MAX_RATE, allow_inf_nan=False)
+    burst: int | None = Field(default=None, ge=0, le=MAX_BURST)
+    to_model: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL)
     dry_run: bool = False
     approval: bool = False
     description: str = ""
@@ -435,10 +443,32 @@ def _loc(loc: Iterable[Any]) -> str:
     return out or "policies"
 
 
+MAX_POLICY_DEPTH = 32  # a policies document is 4 levels deep; parsers recurse per level
+
+
+def _check_depth(text: str, limit: int = MAX_POLICY_DEPTH) -> None:
+    """Refuse, before any parser recurses into it, a document nested deeper than ``limit``:
+    flow brackets (JSON, YAML ``[...]``/``{...}``, counted even inside strings, which only errs
+    on the side of refusing) and block indentation (each YAML level indents at least one more
+    column)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif char in "]}":
+            depth -= 1
+    indent = max((len(line) - len(line.lstrip(" -")) for line in text.splitlines()), default=0)
+    if deepest > limit or indent > 4 * limit:
+        raise ValueError(f"policies: nested deeper than {limit} levels")
+
+
 def load_policies(text: str) -> Policies:
-    """Policies from the text of a YAML (or JSON) file."""
+    """Policies from the text of a YAML (or JSON) file, at most ``MAX_POLICY_DEPTH`` deep."""
     import yaml
 
+    _check_depth(text)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:

@@ -18,6 +18,7 @@ from flyball.stream_processors.detectors import Detectors, SensitivityTable
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.pricing import PriceBook
 
+from .escaping import csv_text
 from .policy import DEFAULT_POLICIES, Action, History, Policies, decide, expire, load_policies, observe
 from .slo import DEFAULT_SLOS, SLOs
 from .slo_replay import EventTimeSLOs
@@ -125,5 +126,5 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
         w.writerow(["tenant_id", "feature", "provider", "model", "day", "events", "cost_usd", "unpriced_events"])
         for key in sorted(spend):
             events_n, cost, unpriced = spend[key]
-            w.writerow([*key, events_n, format(cost, "f"), unpriced])
+            w.writerow([*map(csv_text, key), events_n, format(cost, "f"), unpriced])
     return summary

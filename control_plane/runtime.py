@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import uvicorn
 
+from flyball.schemas import KeySet
 from flyball.stream_processors.app import create_app as create_worker_app
 from flyball.stream_processors.ingest import IngestService, tune_gc_for_batches
 from flyball.stream_processors.detectors import Detectors, SensitivityTable
@@ -103,6 +104,7 @@ class System:
     book: PriceBook = field(default_factory=PriceBook)
     finance: Finance | None = None
     otlp: OtlpReceiver | None = None
+    signing: KeySet = field(default_factory=KeySet)  # what directives and alerts are signed with
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     _faust: Any = None
     _server: _Server | None = None
@@ -128,6 +130,11 @@ class System:
             self._tasks.append(asyncio.create_task(console_rollup_loop(self.store, min(5.0, s.rollup_interval_s)),
                                                    name="console-rollup"))
         waits: list[asyncio.Event] = []
+        # one process holding every signer and verifier (`flyball up`) makes its own key
+        self.signing = s.keyset(generate=self.worker and self.api)
+        if not self.signing.enabled:
+            log.warning("signing_disabled", hint="set FLYBALL_SIGNING_KEYS: without it directives and alerts "
+                                                 "are not authenticated and any writer to their topics is obeyed")
         if self.worker:
             tune_gc_for_batches()
             lateness = timedelta(seconds=s.allowed_lateness_s)
@@ -136,7 +143,8 @@ class System:
             pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness, detectors=detectors)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
-                                        checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id)
+                                        checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id,
+                                        signing=self.signing)
             self._faust = create_worker_app(bootstrap=self.bootstrap, ingest=self.ingest, app_id=s.worker_group,
                                             session_timeout_s=s.session_timeout_ms / 1000,
                                             datadir=s.data_dir / "faust")
@@ -149,7 +157,7 @@ class System:
                     self._reload_finance(load_prices(s.prices_file), s.finance_reload_s), name="finance-reload"))
         if self.api:
             self.plane = await build_control_plane(s, bootstrap=self.bootstrap, store=self.store,
-                                                   policies=self.policies)
+                                                   policies=self.policies, signing=self.signing)
             self.control = self.plane.loop
             await self.plane.start()
             self._tasks.append(asyncio.create_task(self.control.run(), name="control"))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flyball.schemas import KeySet
 from flyball.stream_processors.sinks.ddl import DdlOptions
 from flyball.stream_processors.topics import TopicSpec, topic_specs
 
@@ -61,6 +63,25 @@ class Settings(BaseSettings):
     slo_eval_interval_s: float = 60.0
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
+    # "kid:secret,kid2:secret2" shared by the control plane, the workers and the shims: directives
+    # and alerts are signed with signing_key_id (default: the first) and verified with any of them
+    signing_keys: SecretStr | None = None
+    signing_key_id: str = ""
+    shim_instances_every_s: float = 10.0  # how often live shim instances per tenant are re-counted
+
+    def keyset(self, *, generate: bool = False) -> KeySet:
+        """The signing keys; unset and ``generate`` (``flyball up``: every signer and verifier
+        in one process), a key kept in ``data_dir/signing.key`` for the next start."""
+        if self.signing_keys is not None:
+            return KeySet.parse(self.signing_keys.get_secret_value(), current=self.signing_key_id)
+        if not generate:
+            return KeySet()
+        path = self.data_dir / "signing.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text("local:" + secrets.token_urlsafe(32))
+        return KeySet.parse(path.read_text().strip())
 
     def topic_specs(self) -> list[TopicSpec]:
         return topic_specs(partitions=self.topic_partitions, replication_factor=self.topic_replication_factor,

@@ -28,10 +28,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from flyball.schemas import ActionKind, Directive, DirectiveState
+from flyball.schemas import (
+    DIRECTIVES,
+    MAX_TTL_S,
+    ActionKind,
+    Directive,
+    DirectiveState,
+    KeySet,
+    SignatureError,
+    verify,
+)
 
 # the request fields a directive scope can match, in the order of the request tuple
 REQUEST_FIELDS = ("tenant_id", "feature", "provider", "model", "tool_name")
@@ -88,6 +98,16 @@ class _Entry:
     updated: float = 0.0
 
 
+def _share(rate: float, directive: Directive) -> float:
+    """This instance's part of a throttle shared by ``replicas`` shim instances."""
+    return float(rate) / directive.replicas
+
+
+def _burst(directive: Directive) -> float:
+    burst = float(directive.burst if directive.burst is not None else 1)
+    return burst if burst <= 1.0 else max(1.0, burst / directive.replicas)  # 0: nothing admitted at once
+
+
 def _shape_of(values: dict[str, Any]) -> tuple[int, ...] | None:
     """Indices into the request tuple of a scope's fields, or None if guard cannot match it
     (a scope on category, index_name or request_id is not about a guarded call)."""
@@ -132,8 +152,7 @@ class DirectiveView:
             if directive.state == DirectiveState.ACTIVE:
                 self._requests[request_id] = _Entry(
                     directive, directive.directive_id, directive.action, directive.expires_at.timestamp(),
-                    rate=float(directive.rate_per_s or 0.0),
-                    burst=float(directive.burst if directive.burst is not None else 1))
+                    rate=_share(directive.rate_per_s or 0.0, directive), burst=_burst(directive))
             else:
                 self._requests.pop(request_id, None)
         if directive.state != DirectiveState.ACTIVE:
@@ -145,8 +164,7 @@ class DirectiveView:
             self.by_key[key] = directive
             previous = self._entries.get(key)
             entry = _Entry(directive, directive.directive_id, directive.action, directive.expires_at.timestamp(),
-                           rate=float(directive.rate_per_s or 0.0),
-                           burst=float(directive.burst if directive.burst is not None else 1),
+                           rate=_share(directive.rate_per_s or 0.0, directive), burst=_burst(directive),
                            targets=tuple(m for m in (directive.to_model, *directive.chain) if m))
             if previous is not None and previous.directive_id == directive.directive_id:
                 entry.tokens, entry.updated = previous.tokens, previous.updated  # an extension keeps its bucket
@@ -184,6 +202,52 @@ class DirectiveView:
     def age(self, now: float) -> float:
         since = self.updated_at if self.updated_at is not None else self.created_at
         return 0.0 if since is None else now - since
+
+
+class DirectiveRefused(ValueError):
+    """A directive message the shim will not apply; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class DirectiveIntake:
+    """What a message on the directive topic must pass before the view applies it.
+
+    - Authenticity: with a key set, the signature must verify (``schemas/signing.py``); without
+      one (development) every message is taken, and the caller warns once.
+    - Order: per scope, a version not newer than the last one applied is refused, so a replayed
+      or reordered old message cannot resurrect a reverted directive or lift a newer one.
+    - Expiry: clamped to ``max_ttl_s`` from the moment the message is read, whatever it says.
+    """
+
+    keys: KeySet = field(default_factory=KeySet)
+    max_ttl_s: float = MAX_TTL_S
+    versions: dict[str, int] = field(default_factory=dict)
+
+    def admit(self, message: bytes, *, now: float) -> Directive:
+        if self.keys.enabled:
+            try:
+                message = verify(message, topic=DIRECTIVES, keys=self.keys)
+            except SignatureError as exc:
+                raise DirectiveRefused(str(exc)) from None
+        try:
+            directive = Directive.model_validate_json(message)
+        except ValueError as exc:
+            raise DirectiveRefused(f"directive: invalid ({str(exc)[:200]})") from None
+        key = directive.key()
+        last = self.versions.get(key)
+        if last is not None and (directive.version < last or (directive.version == last and last > 0)):
+            raise DirectiveRefused(f"version: {directive.version} is not newer than {last} on {key[:200]}")
+        if self.keys.enabled and directive.version == 0:
+            raise DirectiveRefused("version: missing on a signed directive")
+        self.versions[key] = directive.version
+        latest = datetime.fromtimestamp(now, UTC) + timedelta(seconds=self.max_ttl_s)
+        if directive.expires_at > latest:
+            directive = directive.model_copy(update={"expires_at": latest})
+        return directive
 
 
 def _matches(view: DirectiveView, request: tuple[Any, ...], now: float) -> list[_Entry]:

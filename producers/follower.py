@@ -7,27 +7,33 @@ import asyncio
 import time
 from typing import Any
 
-import structlog
 from flyball.schemas import DIRECTIVES, Directive
 
-from .enforcement import DirectiveView
+from .enforcement import DirectiveIntake, DirectiveRefused, DirectiveView
+from .logs import Outage, get_logger
 from .transports import Transport
 
-log = structlog.get_logger("flyball.producers.client")
+log = get_logger("flyball.producers.client")
 
 
-async def follow_directives(transport: Transport, view: DirectiveView, counters: Any) -> None:
-    """Apply every directive the transport delivers to ``view``; runs until cancelled."""
+async def follow_directives(transport: Transport, view: DirectiveView, counters: Any,
+                            intake: DirectiveIntake | None = None) -> None:
+    """Apply every directive the transport delivers to ``view`` once ``intake`` admits it
+    (signature, version, expiry clamp); runs until cancelled."""
+    intake = intake or DirectiveIntake()
+    outage = Outage(log, "following the directive topic")
     last_prune = 0.0
     while True:
         try:
             async for values in transport.follow(DIRECTIVES):
                 now = time.time()
+                outage.recovered(now=time.monotonic())
                 for value in values:
                     try:
-                        directive = Directive.model_validate_json(value)
-                    except ValueError as exc:
-                        log.warning("directive_invalid", error=str(exc)[:200])
+                        directive = intake.admit(value, now=now)
+                    except DirectiveRefused as exc:
+                        counters.directives_refused += 1
+                        log.warning("directive refused: %s", exc.reason)
                         continue
                     view.apply(directive)
                     counters.directives_seen += 1
@@ -40,7 +46,7 @@ async def follow_directives(transport: Transport, view: DirectiveView, counters:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - keep following; the view keeps its last state
-            log.warning("directive_follow_failed", error=str(exc)[:200])
+            outage.failed(exc, now=time.monotonic())
             await asyncio.sleep(1.0)
 
 
@@ -49,10 +55,11 @@ async def poll_directives(base_url: str, api_key: str | None, view: DirectiveVie
     try:
         import httpx  # optional: only a shim configured with a directives URL needs it
     except ImportError:
-        log.warning("directive_poll_disabled", reason="httpx is not installed")
+        log.warning("directive polling disabled: httpx is not installed")
         return
     url = base_url.rstrip("/") + "/v1/directives"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    outage = Outage(log, "polling the directives URL")
     async with httpx.AsyncClient(timeout=5.0, headers=headers) as client:
         while True:
             await asyncio.sleep(interval)
@@ -63,6 +70,7 @@ async def poll_directives(base_url: str, api_key: str | None, view: DirectiveVie
                 response.raise_for_status()
                 directives = [Directive.model_validate(d) for d in response.json()]
             except Exception as exc:  # noqa: BLE001 - try again next interval
-                log.warning("directive_poll_failed", error=str(exc)[:200])
+                outage.failed(exc, now=time.monotonic())
                 continue
+            outage.recovered(now=time.monotonic())
             view.replace_all(directives, now=time.time())

@@ -28,3 +28,20 @@ def new_event_id() -> str:
 
 _reset_event_ids()
 os.register_at_fork(after_in_child=_reset_event_ids)
+
+
+# This process's shim instance id: the control plane counts live instances per tenant from the
+# events and gives each its share of a throttle (``Directive.replicas``).
+_INSTANCE = [""]
+
+
+def shim_instance() -> str:
+    return _INSTANCE[0]
+
+
+def _reset_instance() -> None:
+    _INSTANCE[0] = secrets.token_hex(8)
+
+
+_reset_instance()
+os.register_at_fork(after_in_child=_reset_instance)

@@ -32,17 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
-from flyball.schemas import DLQ, EVENTS, InvalidEvent, parse_event
+from flyball.schemas import DLQ, EVENTS, SCHEMA_VERSION, InvalidEvent, parse_event
 
 from flyball import __version__
 
 from .buffer import Record, SpillLog
-from .enforcement import DirectiveView
+from .enforcement import DirectiveIntake, DirectiveView
 from .follower import follow_directives, poll_directives
+from .ids import shim_instance
+from .logs import Outage, get_logger
 from .transports import Transport, TransportError
 
-log = structlog.get_logger("flyball.producers.client")
+log = get_logger("flyball.producers.client")
 
 
 @dataclass(slots=True)
@@ -55,6 +56,7 @@ class Counters:
     invalid: int = 0
     send_failures: int = 0
     directives_seen: int = 0
+    directives_refused: int = 0  # unsigned, forged, replayed or invalid directive messages
 
 
 class Sender:
@@ -84,6 +86,8 @@ class Sender:
     _directives_url: str | None
     _api_key: str | None
     _poll_interval: float
+    _admission: DirectiveIntake
+    _send_outage: Outage
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -91,7 +95,7 @@ class Sender:
         try:
             loop.run_until_complete(self._main())
         except Exception as exc:  # noqa: BLE001 - the thread must end quietly
-            log.error("shim_crashed", error=repr(exc)[:300])
+            log.error("shim sender thread crashed: %s", repr(exc)[:300])
         finally:
             loop.close()
 
@@ -133,8 +137,8 @@ class Sender:
             return
         spill.close()
         if spill.pending_records:
-            log.warning("spill_left_on_disk", records=spill.pending_records, directory=str(spill.directory),
-                        hint="a shim started with FLYBALL_SHIM_SPILL_DIR on this directory replays it")
+            log.warning("%d records left in the spill log %s: a shim started with FLYBALL_SHIM_SPILL_DIR on "
+                        "this directory replays them", spill.pending_records, spill.directory)
         elif self._private_spill is not None:
             shutil.rmtree(self._private_spill, ignore_errors=True)
 
@@ -176,7 +180,9 @@ class Sender:
                 body["event_id"] = str(event_id).lower()
             body.setdefault("service", self.service)
             body.setdefault("environment", self.environment)
+            body.setdefault("schema_version", SCHEMA_VERSION)
             body.setdefault("shim_version", __version__)
+            body.setdefault("shim_instance", shim_instance())
             if "user_id" in body:
                 body["user_id_hash"] = self._hash(str(body.pop("user_id")))
             for text, digest, chars in (("prompt_text", "prompt_hash", "prompt_chars"),
@@ -192,7 +198,7 @@ class Sender:
             reason = (exc.reason if isinstance(exc, InvalidEvent)
                       else f"event: could not be validated ({type(exc).__name__})")
             self.counters.invalid += 1
-            log.warning("event_invalid", reason=reason, event_type=str(body.get("event_type"))[:64])
+            log.warning("invalid %s event sent to the DLQ: %s", str(body.get("event_type"))[:64], reason[:300])
             for private in ("user_id", "prompt_text", "completion_text"):  # never into the DLQ either
                 body.pop(private, None)
             return (DLQ, None, orjson.dumps({"reason": reason, "original": _safe(body),
@@ -216,7 +222,7 @@ class Sender:
             reason = f"spill write failed: {exc}"
         self.counters.dropped += len(batch)
         self._done += len(batch)
-        log.error("events_dropped", records=len(batch), reason=reason[:200])
+        log.error("%d events dropped: %s", len(batch), reason[:200])
 
     # delivery: outbox -> transport; on failure spill and replay the log until it is empty
     async def _deliver(self) -> None:
@@ -281,14 +287,16 @@ class Sender:
             except Exception as exc:  # noqa: BLE001 - any transport trouble: keep the records
                 failed_idx.extend(index)
                 self._send_failed(exc, len(index))
+        if not failed_idx:
+            self._send_outage.recovered(now=time.monotonic())
         return [records[i] for i in sorted(failed_idx)]
 
     def _send_failed(self, exc: BaseException, size: int) -> None:
         self.counters.send_failures += 1
-        log.warning("send_failed", error=str(exc)[:200], batch=size)
+        self._send_outage.failed(exc, now=time.monotonic(), records=size)
 
     async def _follower(self) -> None:
-        await follow_directives(self._transport, self.view, self.counters)
+        await follow_directives(self._transport, self.view, self.counters, self._admission)
 
     async def _poller(self) -> None:
         assert self._directives_url is not None  # started only with a URL

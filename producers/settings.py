@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flyball.schemas import MAX_TTL_S
 
 
 class ShimSettings(BaseSettings):
@@ -28,4 +30,7 @@ class ShimSettings(BaseSettings):
     shim_api_key: SecretStr | None = None
     shim_poll_interval_s: float = 5.0
     shim_user_id_salt: SecretStr = SecretStr("")
+    # "kid:secret,kid2:secret2": directives must carry a signature by one of these keys
+    signing_keys: SecretStr | None = None
+    shim_max_directive_ttl_s: float = Field(default=MAX_TTL_S, gt=0, le=MAX_TTL_S)
 

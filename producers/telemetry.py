@@ -25,17 +25,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import structlog
+from flyball.schemas import KeySet
 
 from .buffer import Record, SpillLocked, SpillLog, open_lane
-from .enforcement import Decision, DirectiveView, Staleness, decide
+from .enforcement import Decision, DirectiveIntake, DirectiveView, Staleness, decide
 from .ids import new_event_id
 from .sender import Counters, Sender
 from .settings import ShimSettings
 from .tracker import CallTracker
 from .transports import KafkaTransport, Transport
 
-log = structlog.get_logger("flyball.producers.client")
+from .logs import Outage, get_logger
+
+log = get_logger("flyball.producers.client")
 
 
 class Telemetry(Sender):
@@ -66,6 +68,12 @@ class Telemetry(Sender):
                                                                    tuple(cfg.shim_high_risk_scopes))
                                             if follow_directives else None)
         self.view = DirectiveView(created_at=time.time())
+        keys = KeySet.parse(cfg.signing_keys.get_secret_value()) if cfg.signing_keys else KeySet()
+        if not keys.enabled and follow_directives:
+            log.warning("directives_unauthenticated: FLYBALL_SIGNING_KEYS is not set, so any writer to "
+                        "the directive topic is obeyed (acceptable in development only)")
+        self._admission = DirectiveIntake(keys=keys, max_ttl_s=cfg.shim_max_directive_ttl_s)
+        self._send_outage = Outage(log, "sending to the broker")
         self._follow = follow_directives
         self._directives_url = directives_url or cfg.shim_directives_url
         self._api_key = api_key or (cfg.shim_api_key.get_secret_value() if cfg.shim_api_key else None)
@@ -106,13 +114,14 @@ class Telemetry(Sender):
             else:
                 self._spill = open_lane(self._spill_root, max_bytes=self._spill_max_bytes)
         except (OSError, SpillLocked) as exc:
-            log.warning("spill_unavailable", error=str(exc)[:200])
+            log.warning("spill unavailable, events cannot be kept through an outage: %s", str(exc)[:200])
             self._spill = None
             return
         self._inherited = self._spill.pending_records
         if not self._spill.empty:
             self._degraded = True  # replay what a previous process left before anything new
-            log.info("spill_replay_pending", records=self._inherited, directory=str(self._spill.directory))
+            log.info("spill log holds %d records of a previous process in %s: replaying them first",
+                     self._inherited, self._spill.directory)
 
     # ------------------------------------------------------------------ emit (caller thread)
     def emit_llm_call(self, *, tenant_id: str, provider: str, model: str, feature: str = "",

@@ -144,6 +144,10 @@ class CallTracker:
             elif cancelled:
                 body["status"] = "cancelled"
             body.update(self.fields)
+            if self._kind == "llm_call":
+                # the wire contract requires it; a tracked call whose response reported no usage
+                # (raised, cancelled, a stream without usage: warned about) records what it saw
+                body.setdefault("output_tokens", 0)
             if self._usage_attributes:
                 attributes = dict(body.get("attributes") or {})
                 for key, value in list(self._usage_attributes.items())[:MAX_USAGE_ATTRIBUTES]:

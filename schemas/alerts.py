@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
-
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_serializer
 
@@ -30,6 +28,8 @@ class AlertKind(StrEnum):
     VERSION_REGRESSION = "version_regression"
 
 
+MAX_SCOPE_VALUE = 256  # the events' name limit
+ScopeValue = Annotated[str, Field(max_length=MAX_SCOPE_VALUE)]
 SCOPE_FIELDS = ("tenant_id", "feature", "provider", "model", "tool_name", "category", "index_name", "request_id",
                 "version_field", "old_version", "new_version")
 
@@ -39,19 +39,19 @@ class Scope(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    tenant_id: str | None = None
-    feature: str | None = None
-    provider: str | None = None
-    model: str | None = None
-    tool_name: str | None = None
-    category: str | None = None
-    index_name: str | None = None
-    request_id: str | None = None
+    tenant_id: ScopeValue | None = None
+    feature: ScopeValue | None = None
+    provider: ScopeValue | None = None
+    model: ScopeValue | None = None
+    tool_name: ScopeValue | None = None
+    category: ScopeValue | None = None
+    index_name: ScopeValue | None = None
+    request_id: ScopeValue | None = None
     # a release comparison (``version_regression``): which dimension (prompt_version, model,
     # config_version) and the incumbent and candidate values
-    version_field: str | None = None
-    old_version: str | None = None
-    new_version: str | None = None
+    version_field: ScopeValue | None = None
+    old_version: ScopeValue | None = None
+    new_version: ScopeValue | None = None
 
     @model_serializer(mode="wrap")
     def _drop_empty(self, handler: Any) -> dict[str, Any]:
@@ -66,7 +66,21 @@ class Scope(BaseModel):
 
 
 def scope_key(**fields: str | None) -> str:
-    return "|".join(f"{name}={fields[name]}" for name in SCOPE_FIELDS if fields.get(name) is not None)
+    """``name=value`` pairs joined by ``|``, with ``%``, ``|`` and ``=`` inside a value
+    percent-encoded, so that two different scopes never share a key (a tenant named
+    ``acme|feature=x`` is not tenant ``acme`` with feature ``x``). Ordinary values are unchanged."""
+    return "|".join(f"{name}={escape_key_part(value)}" for name in SCOPE_FIELDS
+                    if (value := fields.get(name)) is not None)
+
+
+def escape_key_part(value: str, specials: str = "|=") -> str:
+    """``value`` with ``%`` and each of ``specials`` percent-encoded (an injective encoding)."""
+    if "%" not in value and not any(c in value for c in specials):
+        return value
+    value = value.replace("%", "%25")
+    for c in specials:
+        value = value.replace(c, f"%{ord(c):02X}")
+    return value
 
 
 class Alert(BaseModel):

@@ -14,6 +14,10 @@ Versioning rules:
   ``attributes`` itself, so nothing a producer sent is lost and an old worker keeps working.
 - A field never changes name, type or meaning within a major version; a new field always has
   a default that means "not reported", so every version-1 event stays valid forever.
+- Where money or identity is concerned nothing is guessed: ``schema_version`` is required on
+  every event and ``output_tokens`` on an ``llm_call`` (a missing one would be priced as zero);
+  the nil UUID is not an ``event_id``; a JSON object with a key twice is refused, since parsers
+  disagree on which value wins. Each goes to the DLQ with a reason naming the field.
 - Removing a field, narrowing a type, or adding a required field is a new major version
   (``flyball.events.v2``), published alongside v1 during a migration.
 
@@ -31,12 +35,14 @@ invariants) and ``_microseconds`` on ``ts``. The worker validates every event, s
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -58,6 +64,22 @@ MAX_ATTRIBUTE_KEY = 128
 MAX_ATTRIBUTE_VALUE = 1024
 MAX_NAME = 256
 EXTRA_PREFIX = "x."
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+# The plausible range of an event time (and of any time the API is asked about): earlier or
+# later is a bug or an attack, and outside what ClickHouse's DateTime64 stores faithfully.
+MIN_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def plausible(value: datetime) -> datetime:
+    """``value`` if within [MIN_TIME, MAX_TIME) (a naive one read as UTC), else ValueError."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not MIN_TIME <= aware < MAX_TIME:
+        raise ValueError(f"outside the plausible range {MIN_TIME.year}-{MAX_TIME.year - 1}")
+    return value
+
+
+PlausibleTime = Annotated[datetime, AfterValidator(plausible)]
 
 _UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
@@ -119,8 +141,8 @@ class Envelope(BaseModel):
     # into ``attributes`` so a dump never carries them at the top level.
     model_config = ConfigDict(frozen=True, extra="allow", str_strip_whitespace=False)
 
-    schema_version: Annotated[int, Field(strict=True, ge=1, le=1, description="major version")] = 1
-    event_id: EventId = Field(description="UUID, lowercase: the idempotency key")
+    schema_version: Annotated[int, Field(strict=True, ge=1, le=1, description="major version (required)")]
+    event_id: EventId = Field(description="UUID, lowercase, not the nil UUID: the idempotency key")
     ts: Annotated[AwareDatetime, WrapValidator(_microseconds)] = Field(
         description="event time, RFC 3339 with offset; stored as UTC, to the microsecond (rounded)")
     tenant_id: Name
@@ -128,6 +150,8 @@ class Envelope(BaseModel):
     service: OptName = ""
     environment: OptName = "production"
     shim_version: ShortName = ""
+    shim_instance: ShortName = Field("", description="random id of the emitting shim process: live instances "
+                                                     "per tenant share a throttle's rate")
     request_id: OptName = ""
     trace_id: TraceId = ""
     span_id: SpanId = ""
@@ -142,6 +166,10 @@ class Envelope(BaseModel):
         except OverflowError:
             raise ValueError("ts: timestamp out of range when converted to UTC") from None
         fields["ts"] = ts
+        if not MIN_TIME <= ts < MAX_TIME:
+            raise ValueError(f"ts: {ts.isoformat()} is outside the plausible range {MIN_TIME.year}-{MAX_TIME.year - 1}")
+        if self.event_id == NIL_UUID:
+            raise ValueError("event_id: the nil UUID is not an id (every such event would dedupe into one)")
         context = info.context
         if context:
             now = context.get("now")
@@ -192,7 +220,7 @@ class LLMCall(Envelope):
     prompt_chars: Count | None = None
     completion_chars: Count | None = None
     input_tokens: Tokens = Field(0, description="includes cache_read_tokens and cache_write_tokens")
-    output_tokens: Tokens = Field(0, description="includes reasoning_tokens")
+    output_tokens: Tokens = Field(description="required; includes reasoning_tokens")
     cache_read_tokens: Tokens = 0
     cache_write_tokens: Tokens = 0
     cache_write_1h_tokens: Tokens = Field(0, description="the part of cache_write_tokens written with a 1-hour TTL")
@@ -350,21 +378,57 @@ def parse_event(raw: bytes | str | dict[str, Any], *, now: datetime | None = Non
     try:
         if isinstance(raw, dict):
             return EVENT_ADAPTER.validate_python(_check_version(raw), context=ctx)
+        _refuse_duplicate_keys(raw)
         return EVENT_ADAPTER.validate_json(raw, context=ctx)
     except ValidationError as exc:
         raise InvalidEvent(_version_reason(exc) or _utf8_reason(exc) or describe(exc)) from None
 
 
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                break
+            seen.add(key)
+        shown = key if len(key) <= 40 and key.isprintable() else repr(key[:40])
+        raise InvalidEvent(f"{shown}: key appears more than once in one JSON object "
+                           "(parsers disagree on which value wins)")
+    return obj
+
+
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+
+
+def _refuse_duplicate_keys(raw: bytes | str) -> None:
+    """Raise :class:`InvalidEvent` if any object of the document repeats a key. Anything else
+    wrong with the text (not JSON, not UTF-8) is left to the models, which name it."""
+    try:
+        _STRICT_JSON.decode(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except InvalidEvent:
+        raise
+    except (ValueError, RecursionError):  # not JSON: the models say so, naming the position
+        return
+
+
 def _check_version(data: dict[str, Any]) -> dict[str, Any]:
-    version = data.get("schema_version", 1)
+    if "schema_version" not in data:
+        raise InvalidEvent(_MISSING_VERSION)
+    version = data["schema_version"]
     if type(version) is not int or version != SCHEMA_VERSION:
         raise InvalidEvent(f"schema_version: unsupported major version {version!r} (this consumer reads 1)")
     return data
 
 
+_MISSING_VERSION = f"schema_version: missing (required; this consumer reads {SCHEMA_VERSION})"
+
+
 def _version_reason(exc: ValidationError) -> str | None:
     for err in exc.errors(include_url=False):
         if err["loc"] and err["loc"][-1] == "schema_version":
+            if err["type"] == "missing":
+                return _MISSING_VERSION
             return f"schema_version: unsupported major version {err.get('input')!r} (this consumer reads 1)"
     return None
 

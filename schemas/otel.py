@@ -44,7 +44,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from .events import MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES, CallStatus, LLMCall
+from .events import MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES, SCHEMA_VERSION, CallStatus, LLMCall
 from .usage import normalize_service_tier
 
 GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
@@ -149,7 +149,7 @@ def from_otel(attributes: Mapping[str, Any], *, start_time_ns: int | None = None
     ``defaults`` fill flyball fields the span does not carry (``tenant_id``, ``event_id``,
     ``service``, ...); ``flyball.*`` attributes win over them. Validate the result with
     ``parse_event`` (or use :func:`event_from_otel`)."""
-    out: dict[str, Any] = {"event_type": "llm_call", **defaults}
+    out: dict[str, Any] = {"event_type": "llm_call", "schema_version": SCHEMA_VERSION, **defaults}
     extra: dict[str, Any] = {}
     for key, value in attributes.items():
         if key in _DIRECT or key in _DEPRECATED or key in _SPECIAL:

@@ -42,6 +42,7 @@ from enum import StrEnum
 from typing import Any
 
 from flyball.schemas import Alert, AlertKind, Scope
+from flyball.schemas.alerts import escape_key_part
 
 from .detectors import alert_id_for
 
@@ -68,7 +69,9 @@ class Budget:
     @property
     def budget_id(self) -> str:
         """Deterministic: one budget per (tenant, feature, period); posting again replaces it."""
-        return f"{self.tenant_id}/{self.feature or '*'}/{self.period}"
+        # "/" (and "*", which stands for no feature) percent-encoded: ids cannot collide
+        feature = escape_key_part(self.feature, "/*") if self.feature else "*"
+        return f"{escape_key_part(self.tenant_id, '/*')}/{feature}/{self.period}"
 
     def covers(self, feature: str) -> bool:
         return self.feature is None or self.feature == feature
@@ -220,8 +223,16 @@ class BudgetTracker:
             del states[key]
 
 
+def crossed_already(budget: Budget, spent: Decimal, start: datetime, end: datetime, *, at: datetime) -> list[Alert]:
+    """The threshold alerts of a budget set when its period's spend ``spent`` had already passed
+    them: nobody watched that spend against this budget, so they are raised now, once (the
+    tracker, seeded later with that spend, counts them as fired)."""
+    return [_alert(budget, pct, start, end, spent, at, None) for pct in budget.thresholds
+            if spent >= budget.limit_usd * pct / 100]
+
+
 def _alert(budget: Budget, pct: int, start: datetime, end: datetime, total: Decimal, ts: datetime,
-           event_id: str) -> Alert:
+           event_id: str | None) -> Alert:
     scope = budget.scope()
     threshold = budget.limit_usd * pct / 100
     severity = "critical" if pct >= 100 else "warning" if pct >= 80 else "info"
@@ -229,7 +240,8 @@ def _alert(budget: Budget, pct: int, start: datetime, end: datetime, total: Deci
         alert_id=alert_id_for(str(AlertKind.BUDGET_THRESHOLD), f"{budget.budget_id}|{pct}", int(start.timestamp())),
         kind=AlertKind.BUDGET_THRESHOLD, scope=scope, severity=severity, metric=f"budget_{budget.period}_pct_{pct}",
         observed=_text(total), baseline=_text(budget.limit_usd), threshold=_text(threshold),
-        window_s=int((end - start).total_seconds()), first_seen=ts, last_seen=ts, sample_event_ids=[event_id],
+        window_s=int((end - start).total_seconds()), first_seen=ts, last_seen=ts,
+        sample_event_ids=[event_id] if event_id else [],
         summary=(f"{budget.budget_id}: spend ${_text(total)} reached {pct}% of the {budget.period} budget "
                  f"${_text(budget.limit_usd)} (period from {start.date().isoformat()})"),
     )

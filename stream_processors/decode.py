@@ -29,6 +29,7 @@ a class attribute), not pydantic instances: the pipeline reads attributes and di
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -41,7 +42,10 @@ from flyball.schemas.events import (
     MAX_FUTURE,
     MAX_LATENCY_MS,
     MAX_NAME,
+    MAX_TIME,
     MAX_TOKENS,
+    MIN_TIME,
+    NIL_UUID,
     CallStatus,
 )
 from msgspec import Meta, Struct
@@ -67,7 +71,7 @@ _Ts = Annotated[datetime, Meta(tz=True)]
 
 class _Envelope(Struct, kw_only=True, forbid_unknown_fields=True, tag_field="event_type", gc=False):
     # gc=False: a batch creates 20k of these; none can be part of a reference cycle
-    schema_version: Annotated[int, Meta(ge=1, le=1)] = 1
+    schema_version: Annotated[int, Meta(ge=1, le=1)]
     event_id: _EventId
     ts: _Ts
     tenant_id: _Name
@@ -75,6 +79,7 @@ class _Envelope(Struct, kw_only=True, forbid_unknown_fields=True, tag_field="eve
     service: _OptName = ""
     environment: _OptName = "production"
     shim_version: _Short = ""
+    shim_instance: _Short = ""
     request_id: _OptName = ""
     trace_id: _TraceId = ""
     span_id: _SpanId = ""
@@ -96,7 +101,7 @@ class FastLLMCall(_Envelope, tag="llm_call", kw_only=True, gc=False):
     prompt_chars: _Count | None = None
     completion_chars: _Count | None = None
     input_tokens: _Tokens = 0
-    output_tokens: _Tokens = 0
+    output_tokens: _Tokens
     cache_read_tokens: _Tokens = 0
     cache_write_tokens: _Tokens = 0
     cache_write_1h_tokens: _Tokens = 0
@@ -164,7 +169,12 @@ def _fast(raw: bytes, now: datetime | None) -> Any:
     """The event, or None when the fast path is not sure (the models then decide)."""
     try:
         event = _DECODER.decode(raw)
+        keys = _KEYS.decode(raw)
     except (msgspec.MsgspecError, ValueError):  # ValueError: invalid UTF-8 inside a string
+        return None
+    if not _keys_unique(raw, keys):
+        return None
+    if event.event_id == NIL_UUID:
         return None
     ts = event.ts
     if ts.tzinfo is not UTC:
@@ -173,7 +183,7 @@ def _fast(raw: bytes, now: datetime | None) -> Any:
         except OverflowError:
             return None
         event.ts = ts
-    if now is not None and ts > now + MAX_FUTURE:
+    if (now is not None and ts > now + MAX_FUTURE) or not MIN_TIME <= ts < MAX_TIME:
         return None
     attributes = event.attributes
     if attributes and not _plain(attributes):
@@ -185,6 +195,27 @@ def _fast(raw: bytes, now: datetime | None) -> Any:
             or (event.ttft_ms is not None and event.latency_ms and event.ttft_ms > event.latency_ms)):
         return None
     return event
+
+
+# A repeated key is refused (the models name it); msgspec, like most parsers, keeps the last
+# value. Decoding the document once more as plain objects gives the number of distinct keys;
+# ``":`` occurs once per key written without space before its colon, and more often only if
+# a string contains ``\":``. So with no space before any colon, that count equals the
+# distinct keys exactly when no key repeats; anything else is left to the models.
+_KEYS = msgspec.json.Decoder(dict[str, Any])
+_SPACED_COLON = re.compile(rb'"[ \t\r\n]+:')
+
+
+def _keys_unique(raw: bytes, keys: dict[str, Any]) -> bool:
+    distinct = len(keys)
+    for value in keys.values():
+        if type(value) is dict:
+            if any(type(v) in (dict, list) for v in value.values()):
+                return False
+            distinct += len(value)
+        elif type(value) is list:
+            return False
+    return raw.count(b'":') == distinct and _SPACED_COLON.search(raw) is None
 
 
 def _plain(attributes: dict[str, Any]) -> bool:

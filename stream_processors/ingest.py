@@ -13,7 +13,6 @@ below what Kafka + chDB sustain. The hot path therefore consumes in batches with
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import time
 from collections.abc import Callable
@@ -28,15 +27,17 @@ from aiokafka import (
     ConsumerRebalanceListener,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 from flyball.producers.transports.kafka import start_producer
-from flyball.schemas import ALERTS, DLQ, EVENTS, Alert
+from flyball.schemas import ALERTS, DLQ, EVENTS, Alert, KeySet, sign
 
 from .pipeline import BatchResult, Pipeline
 from .sinks.clickhouse import ClickHouseStore, write_with_retry
 
 log = structlog.get_logger(__name__)
+# refusals about one record (its size), not about the broker: the record is sent again smaller
+_RECORD_REFUSED = (MessageSizeTooLargeError, RecordTooLargeError)
 
 
 def tune_gc_for_batches() -> None:
@@ -73,8 +74,10 @@ class IngestService:
     def __init__(self, *, bootstrap: str, store: ClickHouseStore, pipeline: Pipeline,
                  group_id: str = "flyball-worker", max_batch: int = 20_000, poll_ms: int = 200,
                  session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 checkpoint_interval_s: float | None = 30.0, worker_id: str = "") -> None:
+                 checkpoint_interval_s: float | None = 30.0, worker_id: str = "",
+                 signing: KeySet | None = None) -> None:
         self.bootstrap = bootstrap
+        self.signing = signing or KeySet()  # signs the alerts published (the control plane verifies)
         self.store = store
         self.pipeline = pipeline
         self.group_id = group_id
@@ -185,16 +188,20 @@ class IngestService:
         return result
 
     async def _dead_letter(self, result: BatchResult, now: datetime) -> None:
+        """Each record is bounded (``DeadLetter.record``); one the broker still refuses for
+        itself (a topic with a smaller ``max.message.bytes``) is sent again without the
+        original and logged with its hash, so one bad input never stops ingest."""
         assert self._producer is not None
         for dead in result.dead:
-            body = orjson.dumps({
-                "reason": dead.reason,
-                "original": dead.raw.decode("utf-8", errors="replace"),
-                "original_b64": None if _is_utf8(dead.raw) else base64.b64encode(dead.raw).decode(),
-                "dead_lettered_at": now.isoformat(),
-            })
-            await self._producer.send(DLQ, value=body, headers=[("reason", dead.reason[:512].encode())])
-            log.info("event_dead_lettered", reason=dead.reason)
+            body = dead.record(now)
+            headers = [("reason", dead.reason[:512].encode())]
+            try:
+                await self._producer.send(DLQ, value=body, headers=headers)
+            except _RECORD_REFUSED as exc:
+                log.warning("dead_letter_refused", error=type(exc).__name__, original_len=len(dead.raw),
+                            record_len=len(body))
+                await self._producer.send(DLQ, value=dead.record(now, keep=0), headers=headers)
+            log.info("event_dead_lettered", reason=dead.reason[:512])
         await self._producer.flush()
 
     async def _publish_alerts(self, alerts: list[Alert], now: datetime) -> None:
@@ -202,7 +209,8 @@ class IngestService:
         rows = [alert_row(a, now) for a in alerts]
         await self.store.run(write_with_retry, lambda: self.store.write_alerts(rows))
         for alert in alerts:
-            await self._producer.send(ALERTS, key=alert.key().encode(), value=alert.model_dump_json().encode())
+            await self._producer.send(ALERTS, key=alert.key().encode(),
+                                      value=sign(alert.model_dump_json().encode(), topic=ALERTS, keys=self.signing))
             log.info("alert_raised" if alert.status == "open" else "alert_resolved",
                      alert_id=alert.alert_id, kind=str(alert.kind), scope=alert.scope.key(), severity=alert.severity)
         await self._producer.flush()
@@ -334,10 +342,3 @@ def partition_of(tenant: str, partitions: int) -> int:
     every = list(range(partitions))
     return DefaultPartitioner()(tenant.encode(), every, every)
 
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True

@@ -10,6 +10,8 @@ cannot disagree. Work is done per batch, and the detectors see one aggregated sa
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from flyball.schemas import Alert, AlertKind, InvalidEvent, LLMCall, Scope
 from flyball.schemas.events import Envelope
 
@@ -32,17 +35,50 @@ EVENT_COLUMNS = (
     "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "latency_ms", "status",
     "tool_name", "category", "index_name", "cost_usd", "price_version", "unpriced",
     "service_tier", "cache_write_1h_tokens", "prompt_version", "late", "cache_write_12h_tokens",
-    "ttft_ms", "stream", "error_type", "score", "target_event_id", "outcome",
+    "ttft_ms", "stream", "error_type", "score", "target_event_id", "outcome", "shim_instance",
 )
 
 
 _ZERO = Decimal(0)
 
 
+# What of a rejected input goes into its dead-letter record: the first DLQ_ORIGINAL_BYTES bytes
+# (with its SHA-256 and length, so the whole can be matched against the producer's copy) and
+# the first DLQ_REASON_CHARS of the reason. JSON escaping can grow a byte to six (``\u0000``)
+# and base64 adds a third: a record stays under 400 KB, well inside the producer's 1 MB limit.
+DLQ_ORIGINAL_BYTES = 32 * 1024
+DLQ_REASON_CHARS = 2048
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     raw: bytes
     reason: str
+
+    def record(self, now: datetime, *, keep: int = DLQ_ORIGINAL_BYTES) -> bytes:
+        """The bounded dead-letter record (JSON) of this input, whatever its size: at most
+        ``keep`` bytes of the original, with the whole's SHA-256 and length."""
+        raw = self.raw
+        head = raw[:keep]
+        text = head.decode("utf-8", errors="replace")
+        b64 = None if _utf8(raw) else base64.b64encode(head).decode()
+        return orjson.dumps({
+            "reason": self.reason[:DLQ_REASON_CHARS],
+            "original": text,
+            "original_b64": b64,
+            "original_len": len(raw),
+            "original_sha256": hashlib.sha256(raw).hexdigest(),
+            "truncated": len(raw) > len(head),
+            "dead_lettered_at": now.isoformat(),
+        })
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @dataclass(slots=True)
@@ -109,18 +145,23 @@ class Pipeline:
                 out.duplicates += 1
                 continue
             ts = event.ts
+            try:
+                if event.event_type == "llm_call":
+                    cost, version, tier, one_hour = price_event(event, book)
+                else:
+                    cost, version, tier, one_hour = _ZERO, "", "", 0
+                row = to_row(event, cost, version, late_before is not None and ts < late_before, tier, one_hour)
+            except Exception as exc:  # noqa: BLE001 - a pricing bug must dead-letter one event, not stop ingest
+                dead.append(DeadLetter(raw=bytes(raw), reason=f"event: could not be priced ({type(exc).__name__})"))
+                continue
             if watermark is None or ts > watermark:
                 watermark = ts
-            if event.event_type == "llm_call":
-                cost, version, tier, one_hour = price_event(event, book)
-                if cost is None:
-                    self._unpriced(event, out, book)
-            else:
-                cost, version, tier, one_hour = _ZERO, "", "", 0
+            if cost is None:
+                self._unpriced(event, out, book)
             add_window(event, cost)
             if event.feature:
                 keep((event, None if cost is None else float(cost)))
-            rows.append(to_row(event, cost, version, late_before is not None and ts < late_before, tier, one_hour))
+            rows.append(row)
         self.watermark = watermark
         out.alerts.extend(self.detectors.observe(windows))
         out.alerts.extend(self.releases.observe(versioned))
@@ -189,5 +230,5 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
         event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
         status, tool, category, index, cost, version, 1 if cost is None else 0,
         tier, one_hour, prompt_version, 1 if late else 0, twelve_hours,
-        ttft, stream, error_type, score, target, outcome if isinstance(outcome, str) else str(outcome),
+        ttft, stream, error_type, score, target, outcome if isinstance(outcome, str) else str(outcome), event.shim_instance,
     )

@@ -244,9 +244,20 @@ class PriceBook:
 
     @classmethod
     def of(cls, entries: Iterable[PriceEntry]) -> PriceBook:
+        """What ``add`` of each entry in turn gives, in linear time plus one sort per model."""
+        by_key: dict[tuple[str, str], dict[datetime, PriceEntry]] = {}
+        by_model: dict[str, dict[tuple[str, datetime], PriceEntry]] = {}
         book = cls()
         for entry in entries:
-            book.add(entry)
+            model = entry.model.lower()
+            provider = canonical_provider(entry.provider)
+            book.providers.add(provider)
+            by_key.setdefault((provider, model), {})[entry.effective_from] = entry
+            by_model.setdefault(model, {})[(provider, entry.effective_from)] = entry
+        for key, versions in by_key.items():
+            book.entries[key] = sorted(versions.values(), key=lambda e: e.effective_from)
+        for model, same in by_model.items():
+            book.by_model[model] = sorted(same.values(), key=lambda e: (e.effective_from, e.provider))
         return book
 
     def add(self, entry: PriceEntry) -> None:
@@ -297,14 +308,24 @@ class PriceBook:
         mid-batch never sees a half-applied change). An entry with the same provider, model and
         ``effective_from`` is a correction: it replaces the old one with the next revision.
         Returns the new book and the replaced entry, if any."""
-        key = (canonical_provider(entry.provider), entry.model.lower())
-        old = next((e for e in self.entries.get(key, []) if e.effective_from == entry.effective_from), None)
-        if old is not None:
-            entry = PriceEntry(entry.provider, entry.model, entry.effective_from, entry.rates,
-                               entry.tier_threshold_tokens, entry.above, entry.source, entry.service_tiers,
-                               max(entry.revision, old.revision + 1), entry.as_of)
-        book = PriceBook.of([*self.all(), entry])
+        book, ((_, old),) = self.with_entries([entry])
         return book, old
+
+    def with_entries(self, entries: Iterable[PriceEntry]) -> tuple[PriceBook, list[tuple[PriceEntry, PriceEntry | None]]]:
+        """``with_entry`` of each entry in turn, building the new book once: (the new book,
+        [(the entry as stored, the one it replaced or None)] in order)."""
+        current = {((canonical_provider(e.provider), e.model.lower()), e.effective_from): e for e in self.all()}
+        changes: list[tuple[PriceEntry, PriceEntry | None]] = []
+        for entry in entries:
+            slot = ((canonical_provider(entry.provider), entry.model.lower()), entry.effective_from)
+            old = current.get(slot)
+            if old is not None:
+                entry = PriceEntry(entry.provider, entry.model, entry.effective_from, entry.rates,
+                                   entry.tier_threshold_tokens, entry.above, entry.source, entry.service_tiers,
+                                   max(entry.revision, old.revision + 1), entry.as_of)
+            current[slot] = entry
+            changes.append((entry, old))
+        return PriceBook.of(current.values()), changes
 
 
 def cost_of(usage: Usage, entry: PriceEntry) -> Decimal | None:

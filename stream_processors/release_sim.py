@@ -74,6 +74,7 @@ class ReleaseSimulator:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def _emit(self, t: float, body: dict[str, Any]) -> str:
+        body["schema_version"] = 1
         body["event_id"] = self._id()
         body["ts"] = _iso(t)
         self.events.append((t, body))

@@ -1,13 +1,14 @@
 """Admin routes: API keys (stored hashed; the plaintext is returned once), policy changes
 (versioned and audited), and the webhook delivery log."""
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from ..auth import Principal, Role
+from ..auth import LastAdminKey, Principal, Role
 from ..policy import dump_policies, load_policies
 from .deps import Auth, Deps, actor
 
@@ -46,7 +47,11 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
 
     @app.delete("/v1/keys/{key_id}", tags=["admin"])
     async def revoke_key(key_id: str, _: Annotated[Principal, Depends(admin)]) -> dict[str, Any]:
-        record = deps.keys.revoke(key_id, now=now())
+        try:
+            record = deps.keys.revoke(key_id, now=now())
+        except LastAdminKey:
+            raise HTTPException(409, "key_id: the last admin key cannot be revoked; create another admin key first") \
+                from None
         if record is None:
             raise HTTPException(404, "no key with this id")
         if deps.store is not None:
@@ -58,8 +63,8 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         """Replace the policies in force with a YAML or JSON document (the policies file
         format). Changed policies get a new version; the change is audited."""
         text = (await request.body()).decode("utf-8", errors="replace")
-        try:
-            new = load_policies(text)
+        try:  # parsed in a thread: a large document must not stall the event loop
+            new = await asyncio.to_thread(load_policies, text)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         if deps.set_policies is None:

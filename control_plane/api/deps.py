@@ -8,10 +8,12 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 
 from ..auth import KeyRing, Principal, RateLimiter, Role
 from ..directives import ControlLoop
@@ -84,12 +86,14 @@ class Auth:
             raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
         return found
 
-    def any_key(self) -> Callable[..., Principal]:
+    def any_key(self, *, global_only: bool = False) -> Callable[..., Principal]:
         def check(p: Annotated[Principal, Depends(self.principal)]) -> Principal:
+            if global_only and p.tenant_id is not None:
+                raise HTTPException(403, "a tenant-bound key may not read global data")
             return p
 
         check.roles = tuple(Role)  # type: ignore[attr-defined]
-        check.global_only = False  # type: ignore[attr-defined]
+        check.global_only = global_only  # type: ignore[attr-defined]
         return check
 
     def require(self, *roles: Role, global_only: bool = False, rate_limited: bool = True) -> Callable[..., Principal]:
@@ -115,6 +119,17 @@ def tenant_scope(p: Principal, tenant_id: str | None) -> str | None:
     if tenant_id is not None and tenant_id != p.tenant_id:
         raise HTTPException(403, "this key is bound to a different tenant")
     return p.tenant_id
+
+
+def as_utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def ordered(start: datetime | None, end: datetime | None) -> None:
+    """An inverted time range is a mistake to report (422 naming ``to``), not an empty answer."""
+    if start is not None and end is not None and as_utc(end) <= as_utc(start):
+        raise RequestValidationError([{"type": "value_error", "loc": ("query", "to"),
+                                       "msg": "must be after from", "input": end.isoformat()}])
 
 
 def actor(p: Principal) -> str:

@@ -15,36 +15,51 @@ from typing import Annotated, Any
 import orjson
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from flyball.stream_processors.budgets import BudgetError, Period, make_budget, period_bounds
+from flyball.schemas.events import MAX_NAME, PlausibleTime
+
+from flyball.stream_processors.budgets import BudgetError, Period, crossed_already, make_budget, period_bounds
 from flyball.stream_processors.forecast import forecast as forecast_spend
+from flyball.stream_processors.ingest import alert_row
 from flyball.stream_processors.pricing import CatalogError, entry_to_dict
 
 from ..auth import Principal, Role
+from ..escaping import csv_text
 from ..finance import Finance, budget_status
-from .deps import Auth, Deps, actor, dec_text, tenant_scope
+from .deps import Auth, Deps, actor, as_utc, dec_text, ordered, tenant_scope
 
 DIMENSIONS = ("tenant_id", "feature", "provider", "model", "prompt_version", "service_tier")
 TIME_BUCKETS = {"hour": "toStartOfHour(ts)", "day": "toDate(ts)", "month": "toStartOfMonth(ts)"}
 GROUPABLE = (*DIMENSIONS, *TIME_BUCKETS)
 
 
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+MAX_PRICES_PER_REQUEST = 5_000  # a whole provider catalog; more goes in several requests
+MAX_LIMIT_USD = Decimal(10) ** 15  # ClickHouse Decimal(38, 12) holds 26 integer digits
+
+
 class BudgetBody(BaseModel):
-    tenant_id: str | None = None  # a tenant-bound key may omit it
-    feature: str | None = None
+    tenant_id: Name | None = None  # a tenant-bound key may omit it
+    feature: Name | None = None
     period: Period = Period.MONTHLY
-    limit_usd: Decimal = Field(gt=0, allow_inf_nan=False)
-    thresholds: list[int] | None = None
+    limit_usd: Decimal = Field(gt=0, le=MAX_LIMIT_USD, decimal_places=12, allow_inf_nan=False)
+    thresholds: list[Annotated[int, Field(gt=0, le=1000)]] | None = Field(default=None, max_length=20)
 
 
 class RepriceBody(BaseModel):
-    from_: datetime = Field(alias="from")
-    to: datetime
-    provider: str | None = None
-    model: str | None = None
-    tenant_id: str | None = None
+    from_: PlausibleTime = Field(alias="from")
+    to: PlausibleTime
+    provider: Name | None = None
+    model: Name | None = None
+    tenant_id: Name | None = None
     dry_run: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RepriceBody":
+        if as_utc(self.to) <= as_utc(self.from_):
+            raise ValueError("to: must be after from")
+        return self
 
 
 def _aware(value: datetime, name: str) -> datetime:
@@ -71,12 +86,13 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         p: Annotated[Principal, Depends(auth.require(Role.FINANCE, Role.SRE))],
         tenant_id: str | None = None, feature: str | None = None, provider: str | None = None,
         model: str | None = None, prompt_version: str | None = None, service_tier: str | None = None,
-        from_: Annotated[datetime | None, Query(alias="from")] = None,
-        to: datetime | None = None,
+        from_: Annotated[PlausibleTime | None, Query(alias="from")] = None,
+        to: PlausibleTime | None = None,
         group_by: Annotated[list[str] | None, Query()] = None,
     ) -> Response:
         """Spend in USD as exact decimal strings; ``total_usd`` is the sum of the rows. Each
         event counts once (``FINAL`` over the ReplacingMergeTree keyed by event id)."""
+        ordered(from_, to)
         tenant = tenant_scope(p, tenant_id)
         groups = [g.strip() for item in (group_by or []) for g in item.split(",") if g.strip()]
         for g in groups:
@@ -119,8 +135,9 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
             buf = io.StringIO()
             writer = csv.writer(buf)
             writer.writerow(names)
+            text = set(groups) - set(TIME_BUCKETS)
             for item in items:
-                writer.writerow([item[n] for n in names])
+                writer.writerow([csv_text(item[n]) if n in text else item[n] for n in names])
             return Response(buf.getvalue(), media_type="text/csv")
         body = {"currency": "USD", "total_usd": dec_text(total), "events": events, "group_by": groups, "rows": items}
         return Response(orjson.dumps(body), media_type="application/json")
@@ -129,7 +146,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
     async def spend_forecast(
         p: Annotated[Principal, Depends(auth.require(Role.FINANCE, Role.SRE))],
         tenant_id: str | None = None, period: Period = Period.MONTHLY,
-        at: datetime | None = None,
+        at: PlausibleTime | None = None,
         confidence: Annotated[float, Query(gt=0, lt=1)] = 0.9,
     ) -> dict[str, Any]:
         """End-of-period spend per tenant with a confidence interval (median/Theil-Sen daily
@@ -178,9 +195,17 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
             raise HTTPException(422, str(exc)) from None
         f = fin()
         await asyncio.to_thread(f.put_budget, budget, actor=actor(p))
-        start, end = period_bounds(budget.period, datetime.now(UTC))
+        now = datetime.now(UTC)
+        start, end = period_bounds(budget.period, now)
         spent = await deps.store.run(f.period_spend, budget, start, end)
-        return budget_status(budget, spent, datetime.now(UTC))
+        alerts = crossed_already(budget, spent, start, end, at=now)
+        if alerts:  # a budget set below the spend so far alerts now, like one crossed later
+            rows = [alert_row(a, now) for a in alerts]
+            await deps.store.run(deps.store.write_alerts, rows)
+            for alert in alerts:
+                if deps.control is not None:
+                    await deps.control.on_alert(alert)
+        return budget_status(budget, spent, now)
 
     @app.delete("/v1/budgets/{budget_id:path}", tags=["finance"])
     async def delete_budget(budget_id: str, p: Annotated[Principal, Depends(auth.require(Role.FINANCE))]) -> dict[str, Any]:
@@ -210,6 +235,8 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         raws = body.get("prices") if isinstance(body, dict) and "prices" in body else [body]
         if not isinstance(raws, list) or not raws:
             raise HTTPException(422, "prices: expected a non-empty list of entries")
+        if len(raws) > MAX_PRICES_PER_REQUEST:
+            raise HTTPException(422, f"prices: at most {MAX_PRICES_PER_REQUEST} entries per request")
         try:
             changes = await asyncio.to_thread(fin().set_prices, raws, actor=actor(p), reason=reason)
         except CatalogError as exc:

@@ -9,12 +9,13 @@ import orjson
 from fastapi import Body, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from flyball.schemas import ActionKind, Alert, Directive, DirectiveState, Scope
+from flyball.schemas.events import PlausibleTime
+from flyball.schemas import MAX_BURST, MAX_CHAIN, MAX_MODEL, MAX_RATE, MAX_TTL_S, ActionKind, Alert, Directive, DirectiveState, Scope
 
 from ..auth import Principal, Role
 from ..policy import Action, dump_policies
 from ..state import Mark, utc
-from .deps import Auth, Deps, actor, tenant_scope
+from .deps import Auth, Deps, actor, ordered, tenant_scope
 
 ACTION_COLUMNS = ["action_id", "at", "decision", "directive_id", "scope_key", "tenant_id", "alert_id",
                   "policy_id", "actor", "reason", "before", "after", "evidence"]
@@ -37,13 +38,20 @@ class ExtendRequest(BaseModel):
 class CreateDirective(BaseModel):
     action: ActionKind
     scope: Scope
-    ttl_s: int = Field(default=3600, gt=0, le=WEEK_S)
-    rate_per_s: float | None = Field(default=None, ge=0)
-    burst: int | None = Field(default=None, ge=0)
-    to_model: str | None = None
-    chain: list[str] = Field(default_factory=list)
+    ttl_s: int = Field(default=3600, gt=0, le=min(WEEK_S, MAX_TTL_S))
+    rate_per_s: float | None = Field(default=None, ge=0, le=MAX_RATE, allow_inf_nan=False)
+    burst: int | None = Field(default=None, ge=0, le=MAX_BURST)
+    to_model: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL)
+    chain: list[Annotated[str, Field(min_length=1, max_length=MAX_MODEL)]] = Field(default_factory=list,
+                                                                                max_length=MAX_CHAIN)
     reason: str = Field(default="", max_length=1000)
     pinned: bool = False
+
+
+def known_models(deps: Deps) -> frozenset[str]:
+    """Models a reroute may send traffic to: the catalog's and the policies' fallback chains'."""
+    chains = {m.lower() for chain in deps.policies().fallback_chains for m in chain}
+    return frozenset(deps.prices().by_model) | chains
 
 
 def _iso(value: datetime) -> str:
@@ -168,6 +176,13 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
             raise HTTPException(422, "to_model: a reroute needs a target model")
         if body.action == ActionKind.DISABLE_TOOL and not body.scope.tool_name:
             raise HTTPException(422, "scope.tool_name: disable_tool needs a tool")
+        if body.scope.tenant_id is None and body.scope.request_id is None and p.role != Role.ADMIN:
+            raise HTTPException(403, "scope.tenant_id: a directive on every tenant needs an admin key")
+        if body.action == ActionKind.REROUTE:
+            known = known_models(deps)
+            for name, model in (("to_model", body.to_model), *((f"chain.{i}", m) for i, m in enumerate(body.chain))):
+                if model is not None and model.lower() not in known:
+                    raise HTTPException(422, f"{name}: not a model of the price catalog or of a fallback chain")
         at = now()
         directive = Directive(
             directive_id=str(uuid.uuid4()), action=body.action, scope=body.scope, rate_per_s=body.rate_per_s,
@@ -212,10 +227,11 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         p: Annotated[Principal, Depends(sre)], tenant_id: str | None = None,
         decision: str | None = None, directive_id: str | None = None, alert_id: str | None = None,
         actor_: Annotated[str | None, Query(alias="actor")] = None, policy_id: str | None = None,
-        from_: Annotated[datetime | None, Query(alias="from")] = None, to: datetime | None = None,
+        from_: Annotated[PlausibleTime | None, Query(alias="from")] = None, to: PlausibleTime | None = None,
         limit: Annotated[int, Query(ge=1, le=5000)] = 200,
     ) -> list[dict[str, Any]]:
         """The audit log, newest first: one row per decision, with evidence and before/after."""
+        ordered(from_, to)
         tenant = tenant_scope(p, tenant_id)
         where: list[str] = ["1"]
         params: dict[str, Any] = {"limit": limit}

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
 from typing import Any
 
-import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError
 
 from . import TransportError
 
-log = structlog.get_logger(__name__)
+log = logging.getLogger(__name__)
 _NO_IDEMPOTENCE: set[str] = set()  # brokers seen refusing InitProducerId, per process
 
 
@@ -32,7 +32,7 @@ async def start_producer(bootstrap: str, **options: Any) -> AIOKafkaProducer:
         except (UnknownError, UnsupportedVersionError) as exc:
             await producer.stop()
             _NO_IDEMPOTENCE.add(bootstrap)
-            log.warning("idempotence_unsupported", bootstrap=bootstrap, error=repr(exc))
+            log.warning("broker %s does not support idempotent producers (%r): plain acks=all", bootstrap, exc)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, **options)
     try:
         await producer.start()
@@ -106,7 +106,7 @@ class KafkaTransport:
             producer._closed = True  # noqa: SLF001 - aiokafka has no public abort
             await asyncio.wait_for(producer.client.close(), 2)
         except Exception as exc:  # noqa: BLE001 - it is being thrown away
-            log.warning("producer_abort_failed", error=repr(exc)[:200])
+            log.warning("aborting the producer failed: %r", exc)
 
     async def follow(self, topic: str) -> AsyncIterator[list[bytes]]:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, group_id=None,

@@ -384,6 +384,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     # when the rollups were last complete: rows ingested since then are read from events
     (55, "CREATE TABLE IF NOT EXISTS console_rollup_state (complete_since DateTime64(3, 'UTC')) "
          "ENGINE = ReplacingMergeTree(complete_since) ORDER BY tuple()"),
+    (27, "ALTER TABLE events ADD COLUMN IF NOT EXISTS shim_instance LowCardinality(String) DEFAULT ''"),
 ]
 
 

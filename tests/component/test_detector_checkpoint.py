@@ -15,7 +15,7 @@ from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
 
 def _calls(tenant: str, start: datetime, n: int) -> list[bytes]:
-    return [orjson.dumps({"event_type": "llm_call", "event_id": str(uuid.uuid4()),
+    return [orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()),
                           "ts": (start + timedelta(seconds=5 * i)).isoformat(), "tenant_id": tenant,
                           "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 1000,
                           "output_tokens": 200}) for i in range(n)]

@@ -46,7 +46,7 @@ CONTRACT: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/requests/{request_id}"): SRE,
 }
 GLOBAL_ONLY = {("PUT", "/v1/policies"), ("POST", "/v1/keys"), ("GET", "/v1/keys"), ("DELETE", "/v1/keys/{key_id}"),
-               ("GET", "/v1/webhooks/deliveries")}
+               ("GET", "/v1/webhooks/deliveries"), ("GET", "/metrics")}
 
 
 def _checks(dependant: Any) -> list[Any]:

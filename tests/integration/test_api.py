@@ -27,7 +27,7 @@ T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
 
 
 def _event(tenant: str, model: str, inp: int, out: int, ts: datetime, feature: str = "chat") -> bytes:
-    return orjson.dumps({"event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
+    return orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
                          "tenant_id": tenant, "feature": feature, "provider": "openai", "model": model,
                          "input_tokens": inp, "output_tokens": out})
 

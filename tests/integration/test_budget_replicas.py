@@ -33,7 +33,7 @@ PRODUCERS = 4
 
 
 def event(tenant: str, ts: datetime) -> dict[str, Any]:
-    return {"event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(), "tenant_id": tenant,
+    return {"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(), "tenant_id": tenant,
             "feature": "chat", "provider": "openai", "model": "gpt-4o", "input_tokens": 1000, "output_tokens": 100}
 
 

@@ -80,8 +80,8 @@ def test_ttl_on_chdb_drops_rows_older_than_the_retention(tmp_path: Path) -> None
         assert "TTL toDateTime(ts) + toIntervalDay(30)" in create
         now = datetime.now(UTC)
         book = load_prices(None)
-        raws = [orjson.dumps({"event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
-                              "tenant_id": "acme", "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 10})
+        raws = [orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
+                              "tenant_id": "acme", "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 0})
                 for ts in (now - timedelta(days=90), now - timedelta(days=1))]
         store.call(store.write_events, Pipeline(lambda: book).process(raws, now=None).rows)
         store.call(store.command, "OPTIMIZE TABLE events FINAL")

@@ -22,7 +22,7 @@ from tests.integration._helpers import eventually
 
 
 def call(tenant: str, ts: datetime, model: str = "gpt-4o-mini", inp: int = 1000, out: int = 200) -> bytes:
-    return orjson.dumps({"event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
+    return orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
                          "tenant_id": tenant, "feature": "chat", "provider": "openai", "model": model,
                          "input_tokens": inp, "output_tokens": out})
 

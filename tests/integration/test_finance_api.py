@@ -40,7 +40,7 @@ NEW_IN, NEW_OUT = Decimal("0.0000001"), Decimal("0.0000004")
 
 def ev(tenant: str, ts: datetime, *, inp: int = 1000, out: int = 100, feature: str = "chat",
        model: str = "gpt-4o-mini", prompt_version: str = "") -> bytes:
-    body: dict[str, Any] = {"event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
+    body: dict[str, Any] = {"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
                             "tenant_id": tenant, "feature": feature, "provider": "openai", "model": model,
                             "input_tokens": inp, "output_tokens": out}
     if prompt_version:

@@ -78,7 +78,7 @@ async def test_cost_spike_closes_the_loop_only_for_that_tenant(system: System, b
 
         # invalid input straight onto the topic: it must land in the DLQ with a reason
         bad_id = str(uuid.uuid4())
-        bad = orjson.dumps({"event_type": "llm_call", "event_id": bad_id, "ts": now.isoformat(), "tenant_id": calm,
+        bad = orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": bad_id, "ts": now.isoformat(), "tenant_id": calm,
                             "provider": "openai", "model": "gpt-4o-mini", "input_tokens": -5})
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
         await producer.start()

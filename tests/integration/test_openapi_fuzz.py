@@ -68,14 +68,6 @@ def mint(base: str, body: dict[str, Any]) -> str:
     return str(r.json()["key"])
 
 
-# Known failures, all in areas the defects work of the same issue fixes (its branch had not
-# landed when this test was written): a year below 1000 in `from`/`to`/`at` gives 500 on
-# /v1/spend, /v1/spend/forecast, /v1/actions and /v1/reprice; some budget bodies give 500 on
-# POST /v1/budgets; a reprice can take over 15 s; 422 bodies carry `detail` as a string where
-# the document declares FastAPI's HTTPValidationError list. Strict: once fixed, the XPASS fails
-# the suite and this mark must go.
-@pytest.mark.xfail(strict=True, reason="5xx on dates before year 1000 and on some budgets; a reprice over 15 s; "
-                                       "422 bodies off their declared schema")
 def test_no_5xx_and_declared_answers_match_their_schema_for_every_role(api: tuple[str, Path]) -> None:
     base, _ = api
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")

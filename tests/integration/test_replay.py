@@ -17,7 +17,7 @@ T0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
 
 
 def _call(tenant: str, model: str, inp: int, out: int, ts: datetime, event_id: str | None = None) -> bytes:
-    return orjson.dumps({"event_type": "llm_call", "event_id": event_id or str(uuid.uuid4()), "ts": ts.isoformat(),
+    return orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": event_id or str(uuid.uuid4()), "ts": ts.isoformat(),
                          "tenant_id": tenant, "feature": "chat", "provider": "openai", "model": model,
                          "input_tokens": inp, "output_tokens": out})
 
@@ -34,7 +34,7 @@ def test_replay_writes_dlq_spend_alerts_and_actions(tmp_path: Path) -> None:
         lines.append(line)
         if i >= 1:
             expected["spiky"] += 40_000 * Decimal("0.0000025") + 3_000 * Decimal("0.00001")
-    lines += [b'{"event_type": "llm_call", "tenant_id": "calm"}', b"not json at all"]
+    lines += [b'{"schema_version": 1, "event_type": "llm_call", "tenant_id": "calm"}', b"not json at all"]
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "out"
@@ -44,7 +44,7 @@ def test_replay_writes_dlq_spend_alerts_and_actions(tmp_path: Path) -> None:
     assert "1 duplicates" in done.stdout and "2 dead-lettered" in done.stdout
 
     dlq = [json.loads(line) for line in (out / "dlq.jsonl").read_text().splitlines()]
-    assert [d["original"] for d in dlq] == ['{"event_type": "llm_call", "tenant_id": "calm"}', "not json at all"]
+    assert [d["original"] for d in dlq] == ['{"schema_version": 1, "event_type": "llm_call", "tenant_id": "calm"}', "not json at all"]
     assert "event_id" in dlq[0]["reason"] and "JSON" in dlq[1]["reason"]
 
     spend: dict[str, Decimal] = {}

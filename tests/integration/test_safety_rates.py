@@ -18,7 +18,7 @@ T0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
 
 
 def trigger(category: str, ts: datetime, tenant: str = "acme", feature: str = "chat", action: str = "blocked") -> bytes:
-    return orjson.dumps({"event_type": "safety_trigger", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
+    return orjson.dumps({"schema_version": 1, "event_type": "safety_trigger", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
                          "tenant_id": tenant, "feature": feature, "filter_name": f"{category}-filter",
                          "category": category, "action": action})
 

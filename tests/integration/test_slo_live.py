@@ -49,7 +49,7 @@ def events(seed: int) -> list[dict[str, Any]]:
                     slow = tenant == "acme" and outage
                     latency = rnd.uniform(2500, 6000) if slow and rnd.random() < 0.6 else rnd.uniform(100, 1500)
                     e: dict[str, Any] = {
-                        "event_type": "llm_call", "event_id": str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
+                        "schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
                         "ts": ts.isoformat(), "tenant_id": tenant, "feature": feature, "provider": "openai",
                         "model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 10,
                         "latency_ms": round(latency, 3), "status": status}

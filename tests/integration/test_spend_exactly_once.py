@@ -62,7 +62,7 @@ def make_events(tenant: str, n: int, rng: random.Random) -> list[dict[str, Any]]
     out = []
     for i in range(n):
         kind = i % 3
-        e: dict[str, Any] = {"event_type": "llm_call", "event_id": str(uuid.uuid4()), "tenant_id": tenant,
+        e: dict[str, Any] = {"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()), "tenant_id": tenant,
                              "feature": rng.choice(["chat", "search"]), "provider": "openai",
                              "ts": (NOW - timedelta(seconds=600) + timedelta(seconds=600 * i / n)).isoformat(),
                              "output_tokens": rng.randint(180, 220)}

@@ -153,7 +153,7 @@ def test_pipeline_appends_budget_alerts_after_pricing_and_flags_late_rows() -> N
     pipe = Pipeline(lambda: book, budgets=tracker(budget), lateness=timedelta(hours=1))
 
     def raw(ts: datetime) -> bytes:  # gpt-4o: 1000 in + 100 out = $0.0035
-        return orjson.dumps({"event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
+        return orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
                              "tenant_id": "acme", "provider": "openai", "model": "gpt-4o",
                              "input_tokens": 1000, "output_tokens": 100})
 

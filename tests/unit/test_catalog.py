@@ -149,9 +149,9 @@ def test_prices_update_cli_reads_either_format_by_content(tmp_path: Path) -> Non
 
 def test_unpriced_alert_names_provider_model_tier_and_what_is_missing(book: PriceBook) -> None:
     def raw(i: int, **fields: object) -> bytes:
-        body = {"event_type": "llm_call", "event_id": f"0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f{i:02x}",
+        body = {"schema_version": 1, "event_type": "llm_call", "event_id": f"0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f{i:02x}",
                 "ts": "2026-06-01T00:00:00Z", "tenant_id": "acme", "provider": "anthropic",
-                "model": "claude-sonnet-4-6", "input_tokens": 100, **fields}
+                "model": "claude-sonnet-4-6", "input_tokens": 100, "output_tokens": 0, **fields}
         return json.dumps(body).encode()
 
     result = Pipeline(lambda: book).process([raw(1), raw(2, service_tier="priority"), raw(3, service_tier="priority"),

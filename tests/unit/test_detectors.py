@@ -358,7 +358,7 @@ def test_batch_windows_put_out_of_order_events_in_their_own_10s_window() -> None
     events = []
     for n in range(200):
         ts = base + timedelta(seconds=rng.choice(offsets) + rng.choice((0, 0, 0, 40, -40)))
-        events.append(LLMCall(event_id=str(uuid.UUID(int=n + 1)), ts=ts, tenant_id="acme", provider="openai",
+        events.append(LLMCall(schema_version=1, event_id=str(uuid.UUID(int=n + 1)), ts=ts, tenant_id="acme", provider="openai",
                               model="gpt-4o-mini", input_tokens=10, output_tokens=5, request_id=f"r{n % 7}"))
     b = BatchWindows()
     for e in events:
@@ -440,7 +440,7 @@ def test_batch_windows_sums_equal_a_call_by_call_recount() -> None:
         events: list[tuple[LLMCall, Decimal | None]] = []
         for n in range(rng.randint(1, 300)):
             latency = round(rng.uniform(10, 5_000), 1)
-            e = LLMCall(event_id=str(uuid.UUID(int=trial * 1000 + n + 1)),
+            e = LLMCall(schema_version=1, event_id=str(uuid.UUID(int=trial * 1000 + n + 1)),
                         ts=base + timedelta(seconds=rng.uniform(-15, 45)),
                         tenant_id=rng.choice(["acme", "globex"]), feature=rng.choice(["", "chat", "search"]),
                         provider="openai", model=rng.choice(["gpt-4o", "gpt-4o-mini"]),

@@ -46,22 +46,22 @@ def llm_call(**overrides: Any) -> dict[str, Any]:
 VALID_EVENTS = {
     "llm_call": (LLMCall, llm_call()),
     "tool_call": (ToolCall, {
-        "event_type": "tool_call", "event_id": EVENT_ID, "ts": "2026-01-01T12:00:00Z",
+        "schema_version": 1, "event_type": "tool_call", "event_id": EVENT_ID, "ts": "2026-01-01T12:00:00Z",
         "tenant_id": "acme", "tool_name": "sql", "status": "error", "latency_ms": 12.5,
         "error_type": "Timeout",
     }),
     "safety_trigger": (SafetyTrigger, {
-        "event_type": "safety_trigger", "event_id": EVENT_ID, "ts": "2026-01-01T12:00:00Z",
+        "schema_version": 1, "event_type": "safety_trigger", "event_id": EVENT_ID, "ts": "2026-01-01T12:00:00Z",
         "tenant_id": "acme", "filter_name": "pii-guard", "category": "pii", "action": "redacted",
         "severity": "high",
     }),
     "retrieval": (Retrieval, {
-        "event_type": "retrieval", "event_id": EVENT_ID, "ts": "2026-01-01T12:00:00Z",
+        "schema_version": 1, "event_type": "retrieval", "event_id": EVENT_ID, "ts": "2026-01-01T12:00:00Z",
         "tenant_id": "acme", "index_name": "kb", "status": "ok", "results_count": 7,
         "latency_ms": 33.0,
     }),
     "feedback": (Feedback, {
-        "event_type": "feedback", "event_id": EVENT_ID, "ts": "2026-01-01T12:00:00Z",
+        "schema_version": 1, "event_type": "feedback", "event_id": EVENT_ID, "ts": "2026-01-01T12:00:00Z",
         "tenant_id": "acme", "score": -0.5, "target_event_id": str(uuid.UUID(int=7)),
     }),
 }
@@ -219,7 +219,7 @@ def valid_llm_calls(draw: st.DrawFn) -> dict[str, Any]:
     cache_read = draw(st.integers(0, input_tokens))
     cache_write = draw(st.integers(0, input_tokens - cache_read))
     output_tokens = draw(st.integers(0, MAX_TOKENS))
-    ts = draw(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=OFFSETS))
+    ts = draw(st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2100, 1, 1), timezones=OFFSETS))
     return {
         "schema_version": 1, "event_type": "llm_call", "event_id": str(draw(st.uuids())),
         "ts": ts.isoformat(), "tenant_id": draw(NAMES), "feature": draw(st.text(max_size=40)),
@@ -362,7 +362,7 @@ def test_flyball_schemas_export_writes_every_kind_with_the_contract_fields(tmp_p
     props = schema["properties"]
     assert {"event_id", "ts", "tenant_id", "trace_id", "parent_span_id", "shim_version", "route",
             "fallback_position", "prompt_id", "prompt_version", "cache_hit", "user_id_hash", "ttft_ms"} <= set(props)
-    assert set(schema["required"]) == {"event_id", "ts", "tenant_id", "provider", "model"}
+    assert set(schema["required"]) == {"schema_version", "event_id", "ts", "tenant_id", "provider", "model", "output_tokens"}
     union = orjson.loads((tmp_path / "event.v1.schema.json").read_bytes())
     assert union["discriminator"]["propertyName"] == "event_type"
 
@@ -406,7 +406,7 @@ def test_generated_valid_events_of_every_kind_are_accepted_and_round_trip(raw: d
 def test_ts_beyond_microseconds_is_rounded_half_up_as_the_fast_decoder_reads_it(text: str, expected: datetime) -> None:
     import msgspec
 
-    body = {"event_type": "tool_call", "event_id": str(uuid.uuid4()), "ts": text, "tenant_id": "a", "tool_name": "t"}
+    body = {"schema_version": 1, "event_type": "tool_call", "event_id": str(uuid.uuid4()), "ts": text, "tenant_id": "a", "tool_name": "t"}
     assert parse_event(orjson.dumps(body)).ts == expected
     assert parse_event(body).ts == expected
     assert msgspec.json.decode(orjson.dumps(text), type=datetime).astimezone(UTC) == expected  # what msgspec reads

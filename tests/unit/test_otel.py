@@ -124,7 +124,7 @@ def test_a_span_without_a_tenant_is_rejected_naming_the_field() -> None:
 
 def test_an_event_round_trips_through_span_attributes() -> None:
     event = parse_event({
-        "event_type": "llm_call", "event_id": EVENT_ID, "ts": NOW.isoformat(), "tenant_id": "acme",
+        "schema_version": 1, "event_type": "llm_call", "event_id": EVENT_ID, "ts": NOW.isoformat(), "tenant_id": "acme",
         "feature": "bot", "service": "checkout", "provider": "anthropic", "model": "claude-sonnet",
         "response_model": "claude-sonnet-20250101", "route": "primary", "fallback_position": 1,
         "prompt_id": "answer", "prompt_version": "v3", "input_tokens": 1500, "output_tokens": 200,

@@ -21,11 +21,11 @@ BOOK = load_catalog(json.dumps({"format": "flyball.prices/1", "prices": [
 
 
 def event_id(n: int) -> str:
-    return str(uuid.UUID(int=n))
+    return str(uuid.UUID(int=n + 1))
 
 
 def llm_call(n: int, **overrides: Any) -> bytes:
-    event = {"event_type": "llm_call", "event_id": event_id(n), "ts": NOW.isoformat(), "tenant_id": "acme",
+    event = {"schema_version": 1, "event_type": "llm_call", "event_id": event_id(n), "ts": NOW.isoformat(), "tenant_id": "acme",
              "provider": "openai", "model": "gpt-4o-mini", "input_tokens": 1200, "output_tokens": 300,
              "cache_read_tokens": 1000}
     event.update(overrides)
@@ -85,7 +85,7 @@ def test_row_costs_sum_exactly() -> None:
 
 
 def test_non_llm_event_is_stored_at_zero_cost() -> None:
-    raw = orjson.dumps({"event_type": "tool_call", "event_id": event_id(1), "ts": NOW.isoformat(),
+    raw = orjson.dumps({"schema_version": 1, "event_type": "tool_call", "event_id": event_id(1), "ts": NOW.isoformat(),
                         "tenant_id": "acme", "tool_name": "sql"})
     (row,) = rows(pipeline().process([raw], now=NOW))
     assert (row["tool_name"], row["cost_usd"], row["unpriced"]) == ("sql", Decimal(0), 0)
@@ -114,7 +114,7 @@ def test_event_whose_ts_overflows_in_utc_is_dead_lettered_not_crashing_the_batch
 
 
 def tool_call(n: int, ts: datetime, status: str = "ok", tool: str = "sql") -> bytes:
-    return orjson.dumps({"event_type": "tool_call", "event_id": event_id(n), "ts": ts.isoformat(), "tenant_id": "acme",
+    return orjson.dumps({"schema_version": 1, "event_type": "tool_call", "event_id": event_id(n), "ts": ts.isoformat(), "tenant_id": "acme",
                          "tool_name": tool, "status": status, "latency_ms": 100.0})
 
 

@@ -33,7 +33,7 @@ from flyball.control_plane.policy import (
     revert,
     revise,
 )
-from flyball.schemas import ActionKind, Alert, AlertKind, Directive, DirectiveState, Scope
+from flyball.schemas import MAX_TTL_S, ActionKind, Alert, AlertKind, Directive, DirectiveState, Scope
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ALERT_ID = "9a4e3f58-4a57-5d2f-8f4c-5e0f3a2b1c0d"
@@ -151,7 +151,14 @@ def test_expire_returns_expired_for_directives_past_their_ttl() -> None:
 
 
 def test_expire_never_expires_a_pinned_directive() -> None:
-    assert expire([directive(expires_in=-3600, pinned=True)], now=NOW) == []
+    (renewal,) = expire([directive(expires_in=-3600, pinned=True)], now=NOW)
+    assert renewal.decision == Decision.EXTENDED and renewal.directive is not None
+    assert renewal.directive.expires_at == NOW + timedelta(seconds=MAX_TTL_S)
+
+
+def test_a_pinned_directive_is_renewed_only_when_half_the_max_ttl_is_left() -> None:
+    fresh = directive(expires_in=MAX_TTL_S - 60, pinned=True)
+    assert expire([fresh], now=NOW) == []
 
 
 def test_revert_ends_the_directive_now_and_records_the_actor() -> None:
@@ -251,7 +258,8 @@ def test_a_reopened_alert_cancels_the_pending_revert() -> None:
 def test_automatic_revert_never_touches_pinned_or_manual_directives(override: dict[str, Any]) -> None:
     d = applied().model_copy(update=override)
     history = observe(History(), alert(status="resolved", last_seen=NOW))
-    assert expire([d], now=NOW + timedelta(seconds=110), history=history, policies=HYST_POLICIES) == []
+    actions = expire([d], now=NOW + timedelta(seconds=110), history=history, policies=HYST_POLICIES)
+    assert [a.decision for a in actions] in ([], [Decision.EXTENDED])  # a pin is renewed, never reverted
 
 
 # ---------------------------------------------------------------- approval and blast radius share

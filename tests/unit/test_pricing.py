@@ -322,8 +322,8 @@ def test_service_tier_and_one_hour_writes_are_read_from_attributes_when_the_sche
     from flyball.stream_processors.pricing import usage_of
 
     event = parse_event(json.dumps({
-        "event_type": "llm_call", "event_id": "0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11", "ts": "2026-01-01T11:00:00Z",
-        "tenant_id": "acme", "provider": "anthropic", "model": "claude-sonnet-4-5", "input_tokens": 100,
+        "schema_version": 1, "event_type": "llm_call", "event_id": "0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11", "ts": "2026-01-01T11:00:00Z",
+        "tenant_id": "acme", "provider": "anthropic", "model": "claude-sonnet-4-5", "input_tokens": 100, "output_tokens": 0,
         "cache_write_tokens": 50, "attributes": {"service_tier": "Batch", "cache_write_1h_tokens": 80}}).encode(), now=NOW)
     u = usage_of(event)
     assert (u.service_tier, u.cache_write_1h_tokens) == ("batch", 50)  # 1-hour part clamped to the writes
@@ -394,7 +394,7 @@ def test_price_event_equals_price_of_usage_of_for_both_decoders(provider_model, 
     book = load_catalog(_TIERED)
     if plain:
         tier, attributes = "", {}
-    body = {"event_type": "llm_call", "event_id": "0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11",
+    body = {"schema_version": 1, "event_type": "llm_call", "event_id": "0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11",
             "ts": (NOW - timedelta(minutes=minutes)).isoformat(), "tenant_id": "acme",
             "provider": provider_model[0], "model": provider_model[1], "input_tokens": fresh + read + write,
             "cache_read_tokens": read, "cache_write_tokens": write,

@@ -21,7 +21,7 @@ def _id(rng: random.Random) -> str:
 
 def call(rng: random.Random, t: float, version: str, *, status: str = "ok", tokens: int = 1000,
          feature: str = "bot", request_id: str = "", latency: float = 800.0) -> LLMCall:
-    return LLMCall(event_id=_id(rng), ts=T0 + timedelta(seconds=t), tenant_id="acme", feature=feature,
+    return LLMCall(schema_version=1, event_id=_id(rng), ts=T0 + timedelta(seconds=t), tenant_id="acme", feature=feature,
                    provider="openai", model="gpt-4o-mini", prompt_version=version, input_tokens=tokens,
                    output_tokens=100, latency_ms=latency, status=status, request_id=request_id)
 
@@ -155,10 +155,10 @@ def test_tool_failures_and_feedback_join_their_calls_whatever_the_order() -> Non
         new = t >= 600 and rng.random() < 0.3
         rid = _id(rng)
         fail = rng.random() < (0.4 if new else 0.02)
-        tool = ToolCall(event_id=_id(rng), ts=T0 + timedelta(seconds=t), tenant_id="acme", feature="bot",
+        tool = ToolCall(schema_version=1, event_id=_id(rng), ts=T0 + timedelta(seconds=t), tenant_id="acme", feature="bot",
                         request_id=rid, tool_name="sql", status="error" if fail else "ok")
         c = call(rng, t + 0.1, "v2" if new else "v1", request_id=rid)
-        fb = Feedback(event_id=_id(rng), ts=T0 + timedelta(seconds=t + 1), tenant_id="acme", feature="bot",
+        fb = Feedback(schema_version=1, event_id=_id(rng), ts=T0 + timedelta(seconds=t + 1), tenant_id="acme", feature="bot",
                       score=rng.gauss(0.5, 0.2), target_event_id=c.event_id)
         events += [(tool, None), (c, 0.001), (fb, None)]  # the tool call arrives before its model call
     alerts = [a for a in run(comp, events) if a.kind == AlertKind.VERSION_REGRESSION]

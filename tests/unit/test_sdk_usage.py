@@ -142,7 +142,8 @@ def test_otel_span_service_tier_is_the_served_tier() -> None:
     provider = TracerProvider()
     with provider.get_tracer("t").start_as_current_span("chat gpt-5") as span:
         span.set_attributes({"gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-5",
-                             "gen_ai.usage.input_tokens": 100, "openai.response.service_tier": "flex",
+                             "gen_ai.usage.input_tokens": 100, "gen_ai.usage.output_tokens": 0,
+                             "openai.response.service_tier": "flex",
                              "flyball.tenant_id": "acme"})
     event = event_from_span(span, event_id="0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11")
     assert event.service_tier == "flex" and "openai.response.service_tier" not in event.attributes

@@ -1,0 +1,84 @@
+"""One bad record never stops ingest, on a real broker and real chDB: a 400 KB non-JSON message
+(whose dead-letter record once outgrew the producer's size limit and killed the worker) is
+dead-lettered, bounded, with its hash and length, and the events after it are stored."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from flyball.control_plane.runtime import load_prices
+from flyball.producers.transports.kafka import start_producer
+from flyball.schemas import DLQ, EVENTS
+from flyball.stream_processors.ingest import IngestService
+from flyball.stream_processors.pipeline import Pipeline
+from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+from flyball.stream_processors.topics import ensure_topics
+from tests.integration._helpers import eventually
+
+
+async def test_a_400_kb_non_json_message_is_dead_lettered_bounded_and_ingest_goes_on(bootstrap: str,
+                                                                                     tmp_path: Path) -> None:
+    tenant = f"hostile-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap)
+    huge = b"\xff" + uuid.uuid4().hex.encode() * 12_500  # 400 KB, not UTF-8, not JSON
+    good = [orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()),
+                          "ts": datetime.now(UTC).isoformat(), "tenant_id": tenant, "provider": "openai",
+                          "model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5}) for _ in range(3)]
+    producer = await start_producer(bootstrap, linger_ms=5)
+    try:
+        await producer.send(EVENTS, key=tenant.encode(), value=good[0])
+        await producer.send(EVENTS, key=tenant.encode(), value=huge)
+        for raw in good[1:]:
+            await producer.send(EVENTS, key=tenant.encode(), value=raw)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    store = ClickHouseStore(f"chdb://{tmp_path / 'ch'}")
+    store.migrate()
+    book = load_prices(None)
+    service = IngestService(bootstrap=bootstrap, store=store, group_id=f"hostile-{uuid.uuid4().hex[:8]}",
+                            pipeline=Pipeline(lambda: book), checkpoint_interval_s=None)
+    await service.start()
+    task = asyncio.create_task(service.run())
+
+    async def stored() -> bool:
+        rows = await store.run(store.query, "SELECT count() FROM events WHERE tenant_id = {t:String}", {"t": tenant})
+        return int(rows[0][0]) == len(good)
+
+    try:
+        await eventually(stored, timeout=90)
+        assert not task.done(), task.exception() if task.done() else None
+    finally:
+        await service.stop()
+        await asyncio.wait({task}, timeout=10)
+        store.close()
+
+    digest = hashlib.sha256(huge).hexdigest()
+    consumer = AIOKafkaConsumer(DLQ, bootstrap_servers=bootstrap, group_id=f"dlq-{uuid.uuid4().hex[:8]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False, session_timeout_ms=6000,
+                                heartbeat_interval_ms=1000)
+    await consumer.start()
+    found = None
+    try:
+        deadline = time.monotonic() + 30
+        while found is None and time.monotonic() < deadline:
+            for recs in (await consumer.getmany(timeout_ms=500)).values():
+                for rec in recs:
+                    body = orjson.loads(rec.value)
+                    if body.get("original_sha256") == digest:
+                        found = (body, len(rec.value))
+    finally:
+        await consumer.stop()
+    assert found is not None, "the 400 KB message is not in the DLQ"
+    body, size = found
+    assert body["original_len"] == len(huge) and body["truncated"] is True
+    assert size < 512 * 1024 and body["reason"]
