@@ -5,6 +5,8 @@ Every route but ``/healthz`` needs ``Authorization: Bearer <key>``. A tenant-bou
 only its tenant; asking for another tenant is refused without naming anything about it.
 """
 
+# no ``from __future__ import annotations`` here: FastAPI reads the routes' annotations, which
+# name objects local to create_app
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -15,6 +17,7 @@ from prometheus_client import generate_latest
 from .api import admin, finance, kpis, otlp, requests, slos, sre
 from .api.deps import Auth, Deps
 from .auth import Principal
+from .errors import InvalidInput, NotFound, PermanentError, TemporaryError, Unavailable
 from .metrics import registry_of
 
 __all__ = ["Deps", "create_app"]
@@ -32,6 +35,28 @@ def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
                    "message": e["msg"]} for e in exc.errors()]
         fields = ", ".join(e["field"] for e in errors)
         return JSONResponse(status_code=422, content={"detail": f"invalid request: {fields}", "errors": errors})
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc), "field": exc.field})
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(TemporaryError)
+    async def _temporary(_: Request, exc: TemporaryError) -> JSONResponse:
+        retry = max(1, round(exc.retry_after or 1))
+        return JSONResponse(status_code=503, headers={"Retry-After": str(retry)},
+                            content={"detail": f"temporarily unavailable: {exc}"[:500]})
+
+    @app.exception_handler(PermanentError)
+    async def _permanent(_: Request, exc: PermanentError) -> JSONResponse:
+        return JSONResponse(status_code=500, content={"detail": f"the store refused the request: {exc}"[:500]})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 import structlog
 
+from flyball.stream_processors.errors import InvalidInput
 from flyball.stream_processors.budgets import Budget, Period, make_budget, period_bounds
 from flyball.stream_processors.pipeline import EVENT_COLUMNS
 from flyball.stream_processors.pricing import PriceBook, PriceEntry, Usage, entry_from_dict, entry_to_dict, price
@@ -335,7 +336,7 @@ _MODEL = ("model", "model_id", "model_name", "line_item", "sku")
 _COST = ("cost_usd", "cost", "amount", "amount_usd", "usd", "total_cost")
 
 
-class ReconcileError(ValueError):
+class ReconcileError(InvalidInput):
     """A provider export that cannot be read; the message names the line and column."""
 
 

@@ -33,6 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flyball.schemas import ActionKind, Alert, AlertKind, Directive, DirectiveState, Scope
 from flyball.schemas.alerts import SCOPE_FIELDS
 
+from .errors import PolicyError
+
 DIRECTIVE_NAMESPACE = uuid.UUID("5d1b0a52-8a57-4a1e-b0b5-3f0a7f6f2a90")
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 AUTOMATION = "flyball"
@@ -401,7 +403,7 @@ class PoliciesSpec(BaseModel):
         seen: set[str] = set()
         for p in self.policies:
             if p.policy_id in seen:
-                raise ValueError(f"duplicate policy_id {p.policy_id!r}")
+                raise PolicyError(f"duplicate policy_id {p.policy_id!r}")
             seen.add(p.policy_id)
         return self
 
@@ -414,7 +416,7 @@ def parse_policies(data: Any) -> Policies:
         spec = PoliciesSpec.model_validate(data)
     except ValidationError as exc:
         errors = "; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"invalid policies: {errors}") from None
+        raise PolicyError(f"invalid policies: {errors}") from None
     return Policies(
         policies=tuple(Policy(
             policy_id=p.policy_id, alert_kind=p.alert_kind, action=p.action, version=p.version,
@@ -445,7 +447,7 @@ def load_policies(text: str) -> Policies:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ValueError(f"policies file is neither JSON nor YAML: {exc}") from None
+            raise PolicyError(f"policies file is neither JSON nor YAML: {exc}") from None
     return parse_policies(data if data is not None else {})
 
 

@@ -44,6 +44,7 @@ from typing import Any
 from flyball.schemas import Alert, AlertKind, Scope
 
 from .detectors import alert_id_for
+from .errors import InvalidInput
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
 
@@ -53,7 +54,7 @@ class Period(StrEnum):
     MONTHLY = "monthly"
 
 
-class BudgetError(ValueError):
+class BudgetError(InvalidInput):
     """A budget that cannot be accepted; the message names the field."""
 
 

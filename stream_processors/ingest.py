@@ -30,11 +30,12 @@ from aiokafka import (
 )
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import ALERTS, DLQ, EVENTS, Alert
 
-from .pipeline import BatchResult, Pipeline
-from .sinks.clickhouse import ClickHouseStore, write_with_retry
+from .errors import PermanentError, TemporaryError, with_retry
+from .kafka import KafkaClients
+from .pipeline import BatchResult, DeadLetter, Pipeline
+from .sinks.clickhouse import ClickHouseStore
 
 log = structlog.get_logger(__name__)
 
@@ -73,9 +74,15 @@ class IngestService:
     def __init__(self, *, bootstrap: str, store: ClickHouseStore, pipeline: Pipeline,
                  group_id: str = "flyball-worker", max_batch: int = 20_000, poll_ms: int = 200,
                  session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 checkpoint_interval_s: float | None = 30.0, worker_id: str = "") -> None:
+                 checkpoint_interval_s: float | None = 30.0, worker_id: str = "",
+                 clients: KafkaClients | None = None, write_attempts: int = 8) -> None:
         self.bootstrap = bootstrap
+        self.clients = clients or KafkaClients(bootstrap)
         self.store = store
+        # temporary ClickHouse failures are retried this many times (about 23 s); then the
+        # task ends, the process exits non-zero, and the uncommitted batch is replayed
+        self.write_attempts = write_attempts
+        self.retry_base_s = 0.2
         self.pipeline = pipeline
         self.group_id = group_id
         self.max_batch = max_batch
@@ -102,9 +109,9 @@ class IngestService:
 
     async def start(self) -> None:
         await self._restore_detectors()
-        self._producer = await start_producer(self.bootstrap, linger_ms=5, compression_type="zstd")
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
+        self._producer = await self.clients.producer(linger_ms=5, compression_type="zstd")
+        self._consumer = self.clients.consumer(
+            group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(self.session_timeout_ms // 6, 200), max_poll_records=self.max_batch,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
@@ -168,7 +175,15 @@ class IngestService:
         if result.rows:
             rows = result.rows
             started = time.perf_counter()
-            await self.store.run(write_with_retry, lambda: self.store.write_events(rows))
+            try:
+                await self._write("events insert", self.store.write_events, rows)
+            except PermanentError as exc:
+                # ClickHouse will never take this batch: keep its records in the DLQ with the
+                # reason rather than wedge the partition (the rest of the batch's work stands)
+                log.error("events_insert_refused", rows=len(rows), error=str(exc)[:300])
+                refused = _undead(raws, result.dead)
+                result.dead.extend(DeadLetter(raw=raw, reason=f"events insert: {exc}"[:2000]) for raw in refused)
+                result.rows = []
             self.stats.inserts += 1
             self.stats.insert_seconds += time.perf_counter() - started
         if result.dead:
@@ -200,12 +215,20 @@ class IngestService:
     async def _publish_alerts(self, alerts: list[Alert], now: datetime) -> None:
         assert self._producer is not None
         rows = [alert_row(a, now) for a in alerts]
-        await self.store.run(write_with_retry, lambda: self.store.write_alerts(rows))
+        try:
+            await self._write("alerts insert", self.store.write_alerts, rows)
+        except PermanentError as exc:  # the alerts still go to the topic (the control plane acts on them)
+            log.error("alert_log_write_failed", alerts=len(rows), error=str(exc)[:300])
         for alert in alerts:
             await self._producer.send(ALERTS, key=alert.key().encode(), value=alert.model_dump_json().encode())
             log.info("alert_raised" if alert.status == "open" else "alert_resolved",
                      alert_id=alert.alert_id, kind=str(alert.kind), scope=alert.scope.key(), severity=alert.severity)
         await self._producer.flush()
+
+    async def _write(self, what: str, write: Callable[[list[tuple[object, ...]]], None],
+                     rows: list[tuple[object, ...]]) -> None:
+        await with_retry(lambda: self.store.run(write, rows), what=what, attempts=self.write_attempts,
+                         base_delay=self.retry_base_s)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
         assert self._consumer is not None
@@ -257,7 +280,7 @@ class IngestService:
             row = [self.checkpoint_key, self.clock(), self.pipeline.watermark, blob]
             await self.store.run(self.store.insert, "detector_state", [row],
                                  ["group_id", "saved_at", "watermark", "state"])
-        except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs baselines on restart, never the worker
+        except (PermanentError, TemporaryError, TypeError) as exc:  # costs baselines on restart, never the worker
             log.warning("detector_checkpoint_failed", error=str(exc)[:300])
 
     # Rebalance hand-off: a replica losing partitions saves its state first (revoke comes before it
@@ -294,7 +317,8 @@ class IngestService:
             taken = sum(self.pipeline.detectors.adopt(orjson.loads(state), owns) for _, state, _ in rows)
             log.info("detector_state_adopted", partitions=sorted(partitions), series=taken,
                      replicas=[r[0] for r in rows])
-        except Exception as exc:  # noqa: BLE001 - without them the moved tenants start cold, the worker runs on
+        except (PermanentError, TemporaryError, ValueError, KeyError, TypeError) as exc:
+            # unreadable or unreachable state: the moved tenants start cold, the worker runs on
             log.warning("detector_state_not_adopted", error=str(exc)[:300])
 
     async def _restore_detectors(self) -> None:
@@ -311,7 +335,8 @@ class IngestService:
             if watermark is not None:
                 self.pipeline.watermark = watermark if watermark.tzinfo else watermark.replace(tzinfo=UTC)
             log.info("detector_state_restored", key=self.checkpoint_key, watermark=str(self.pipeline.watermark))
-        except Exception as exc:  # noqa: BLE001 - unreadable state: start with fresh baselines
+        except (PermanentError, TemporaryError, ValueError, KeyError, TypeError) as exc:
+            # unreadable or unreachable state: start with fresh baselines
             log.warning("detector_state_not_restored", error=str(exc)[:300])
 
 
@@ -333,6 +358,12 @@ def partition_of(tenant: str, partitions: int) -> int:
     ``tenant_id`` (aiokafka's default partitioner, the Java client's too)."""
     every = list(range(partitions))
     return DefaultPartitioner()(tenant.encode(), every, every)
+
+
+def _undead(raws: list[bytes], dead: list[DeadLetter]) -> list[bytes]:
+    """The records of a batch that are not already dead letters (each once)."""
+    gone = {d.raw for d in dead}
+    return [bytes(r) for r in raws if r is not None and bytes(r) not in gone]
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -58,10 +58,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         """Replace the policies in force with a YAML or JSON document (the policies file
         format). Changed policies get a new version; the change is audited."""
         text = (await request.body()).decode("utf-8", errors="replace")
-        try:
-            new = load_policies(text)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+        new = load_policies(text)  # a PolicyError is answered 422 by the app's handler
         if deps.set_policies is None:
             raise HTTPException(503, "policies cannot be changed in this process")
         return dump_policies(await deps.set_policies(new, actor(p), text))

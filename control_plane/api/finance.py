@@ -17,9 +17,9 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from flyball.stream_processors.budgets import BudgetError, Period, make_budget, period_bounds
+from flyball.stream_processors.budgets import Period, make_budget, period_bounds
 from flyball.stream_processors.forecast import forecast as forecast_spend
-from flyball.stream_processors.pricing import CatalogError, entry_to_dict
+from flyball.stream_processors.pricing import entry_to_dict
 
 from ..auth import Principal, Role
 from ..finance import Finance, budget_status
@@ -171,11 +171,8 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         tenant = tenant_scope(p, body.tenant_id)
         if tenant is None:
             raise HTTPException(422, "tenant_id: required")
-        try:
-            budget = make_budget(tenant_id=tenant, limit_usd=body.limit_usd, period=body.period,
-                                 feature=body.feature, thresholds=body.thresholds)
-        except BudgetError as exc:
-            raise HTTPException(422, str(exc)) from None
+        budget = make_budget(tenant_id=tenant, limit_usd=body.limit_usd, period=body.period,
+                             feature=body.feature, thresholds=body.thresholds)  # BudgetError: 422
         f = fin()
         await asyncio.to_thread(f.put_budget, budget, actor=actor(p))
         start, end = period_bounds(budget.period, datetime.now(UTC))
@@ -210,10 +207,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         raws = body.get("prices") if isinstance(body, dict) and "prices" in body else [body]
         if not isinstance(raws, list) or not raws:
             raise HTTPException(422, "prices: expected a non-empty list of entries")
-        try:
-            changes = await asyncio.to_thread(fin().set_prices, raws, actor=actor(p), reason=reason)
-        except CatalogError as exc:
-            raise HTTPException(422, str(exc)) from None
+        changes = await asyncio.to_thread(fin().set_prices, raws, actor=actor(p), reason=reason)  # CatalogError: 422
         return {"changes": [{"version": new.version, "previous_version": old.version if old else None,
                              "entry": entry_to_dict(new)} for new, old in changes]}
 

@@ -9,7 +9,7 @@ dedicated thread (``run``) and the owner of a store is the only user of its path
 from __future__ import annotations
 
 import asyncio
-import time
+import struct
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -20,7 +20,9 @@ from urllib.parse import urlparse
 
 import clickhouse_connect
 import structlog
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
+from flyball.stream_processors.errors import PermanentError, TemporaryError
 from flyball.stream_processors.pipeline import EVENT_COLUMNS
 
 from .ddl import DdlOptions, transform, ttl_statements
@@ -401,6 +403,40 @@ def connect(url: str) -> Any:
     )
 
 
+# ClickHouse server error codes that mean "not now" (src/Common/ErrorCodes.cpp): timeouts,
+# network, overload, too many parts or queries, memory, a read-only or restarting replica.
+TEMPORARY_CODES = frozenset({
+    3, 159, 160, 164, 198, 202, 209, 210, 241, 242, 252, 285, 319, 425, 439, 999, 1000,
+})
+
+
+def classify(exc: BaseException) -> PermanentError | TemporaryError | None:
+    """The flyball error for a clickhouse-connect / chDB failure, or None if ``exc`` is not one.
+
+    Network trouble (``OperationalError``) and the server codes in :data:`TEMPORARY_CODES` are
+    temporary; a server or engine error with any other code (unknown column, type mismatch,
+    decimal overflow, ...) is permanent, as is a row the driver cannot serialise (``TypeError``,
+    ``ValueError``, ``OverflowError``, ``struct.error`` raised from an insert). A database error
+    with no code (the HTTP transport can lose it) counts as temporary: the retries are bounded.
+    """
+    if isinstance(exc, (PermanentError, TemporaryError)):
+        return exc
+    if isinstance(exc, OperationalError):
+        return TemporaryError(f"clickhouse unavailable: {exc}")
+    if isinstance(exc, DatabaseError):
+        code = getattr(exc, "code", None)
+        if code is None or code in TEMPORARY_CODES:
+            return TemporaryError(f"clickhouse: {exc}")
+        return PermanentError(f"clickhouse refused (code {code}): {exc}")
+    if isinstance(exc, ClickHouseError):
+        return PermanentError(f"clickhouse: {exc}")
+    return None
+
+
+def _serialisation_error(exc: Exception) -> PermanentError:
+    return PermanentError(f"clickhouse: row not insertable ({type(exc).__name__}: {exc})")
+
+
 class ClickHouseStore:
     def __init__(self, url: str, ddl: DdlOptions | None = None) -> None:
         self.url = url
@@ -410,7 +446,12 @@ class ClickHouseStore:
 
     # -------------------------------------------------------------- plumbing
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        """Run ``fn`` on the ClickHouse thread; driver errors come out classified
+        (:class:`PermanentError` / :class:`TemporaryError`, the driver's error as the cause)."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except ClickHouseError as exc:
+            raise (classify(exc) or exc) from exc
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the ClickHouse thread from synchronous code."""
@@ -419,8 +460,8 @@ class ClickHouseStore:
     def close(self) -> None:
         try:
             self.call(self._client.close)
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
+        except (ClickHouseError, OSError) as exc:  # closing is best effort
+            log.warning("clickhouse_close_failed", error=str(exc)[:300])
         self._pool.shutdown(wait=True)
 
     # -------------------------------------------------------------- schema
@@ -452,25 +493,25 @@ class ClickHouseStore:
 
     # -------------------------------------------------------------- writes
     def write_events(self, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self._client.insert("events", rows, column_names=list(EVENT_COLUMNS))
+        self.insert("events", rows, EVENT_COLUMNS)
 
     def write_alerts(self, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self._client.insert("alerts", rows, column_names=[
-                "alert_id", "kind", "scope_key", "scope", "severity", "status", "first_seen",
-                "last_seen", "body", "recorded_at"])
+        self.insert("alerts", rows, ("alert_id", "kind", "scope_key", "scope", "severity", "status",
+                                     "first_seen", "last_seen", "body", "recorded_at"))
 
     def write_actions(self, rows: Sequence[Sequence[Any]]) -> None:
-        if rows:
-            self._client.insert("actions", rows, column_names=[
-                "action_id", "at", "decision", "directive_id", "scope_key", "tenant_id", "alert_id",
-                "policy_id", "actor", "reason", "before", "after", "evidence"])
+        self.insert("actions", rows, ("action_id", "at", "decision", "directive_id", "scope_key", "tenant_id",
+                                      "alert_id", "policy_id", "actor", "reason", "before", "after", "evidence"))
 
     def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
-        """Insert rows into any flyball table (call on the ClickHouse thread: ``run``/``call``)."""
-        if rows:
+        """Insert rows into any flyball table (call on the ClickHouse thread: ``run``/``call``).
+        A row the driver cannot serialise raises :class:`PermanentError`."""
+        if not rows:
+            return
+        try:
             self._client.insert(table, rows, column_names=list(columns))
+        except (TypeError, ValueError, OverflowError, struct.error) as exc:
+            raise _serialisation_error(exc) from exc
 
     def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return self._client.command(sql, parameters=parameters or {})
@@ -478,24 +519,6 @@ class ClickHouseStore:
     # -------------------------------------------------------------- reads
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return list(self._client.query(sql, parameters=parameters or {}).result_rows)
-
-
-def write_with_retry(write: Callable[[], None], *, attempts: int | None = None, base_delay: float = 0.2,
-                     max_delay: float = 5.0, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Retry a ClickHouse write with exponential backoff (the caller commits offsets only after)."""
-    delay = base_delay
-    n = 0
-    while True:
-        try:
-            write()
-            return
-        except Exception as exc:  # noqa: BLE001 - the driver raises many types; all are retried
-            n += 1
-            if attempts is not None and n >= attempts:
-                raise
-            log.warning("clickhouse_write_failed", error=str(exc)[:300], retry_in_s=delay)
-            sleep(delay)
-            delay = min(delay * 2, max_delay)
 
 
 def as_decimal(value: Any) -> Decimal:
