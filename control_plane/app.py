@@ -58,9 +58,28 @@ def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
     async def _permanent(_: Request, exc: PermanentError) -> JSONResponse:
         return JSONResponse(status_code=500, content={"detail": f"the store refused the request: {exc}"[:500]})
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", **deps.ready()}
+    @app.get("/healthz", responses={503: {"description": "a part of this process has died"}})
+    async def healthz() -> JSONResponse:
+        """Liveness: 503 once a supervised task (ingest, control loop, rollups, ...) has died;
+        the process then exits non-zero for its orchestrator to restart it."""
+        dead = sorted(name for name, alive in deps.parts().items() if not alive)
+        body: dict[str, Any] = {"status": "failing" if dead else "ok", **deps.ready()}
+        if dead:
+            body["dead"] = dead
+        return JSONResponse(status_code=503 if dead else 200, content=body)
+
+    @app.get("/readyz", responses={503: {"description": "a part is starting, not working, or dead"}})
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 only while every part of this process is running and ready (the
+        worker has partitions and polls; the control loop follows the alerts)."""
+        ready = deps.ready()
+        dead = sorted(name for name, alive in deps.parts().items() if not alive)
+        waiting = sorted(name for name, ok in ready.items() if not ok)
+        ok = not dead and not waiting
+        body: dict[str, Any] = {"status": "ready" if ok else "not ready", **ready}
+        if dead:
+            body["dead"] = dead
+        return JSONResponse(status_code=200 if ok else 503, content=body)
 
     @app.get("/metrics")
     async def metrics(_: Annotated[Principal, Depends(auth.any_key())]) -> Response:

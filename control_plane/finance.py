@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import structlog
 
-from flyball.stream_processors.errors import InvalidInput
+from flyball.stream_processors.errors import InvalidInput, PermanentError, TemporaryError
 from flyball.stream_processors.budgets import Budget, Period, make_budget, period_bounds
 from flyball.stream_processors.pipeline import EVENT_COLUMNS
 from flyball.stream_processors.pricing import PriceBook, PriceEntry, Usage, entry_from_dict, entry_to_dict, price
@@ -289,7 +289,7 @@ class Finance:
         while True:
             try:
                 await asyncio.to_thread(self.refresh_rollups)
-            except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next round
+            except (TemporaryError, PermanentError) as exc:  # a failed refresh is retried next round
                 log.warning("rollup_refresh_failed", error=str(exc)[:300])
             await asyncio.sleep(interval_s)
 

@@ -6,8 +6,9 @@ batch; the event_id dedupe (in memory, then ReplacingMergeTree) makes the replay
 Why not a faust ``stream.take()`` agent: faust-streaming's per-event stream machinery costs
 about 64 us of CPU per event on this machine (13k ev/s just counting), an order of magnitude
 below what Kafka + chDB sustain. The hot path therefore consumes in batches with aiokafka's
-``getmany`` and does all per-event work in one pure function; faust hosts it as a service
-(see ``app.py``) and owns the worker's lifecycle.
+``getmany`` and does all per-event work in one pure function. The service runs as a task
+under the process's supervisor (``control_plane/supervisor.py``): if :meth:`run` ends with an
+error the process exits non-zero and the uncommitted batch is replayed by its successor.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class IngestService:
         self._uncommitted = False
         self._owned: set[int] = set()  # the events partitions this replica was last assigned
         self.idle_lag_s = 30.0  # with no events, detectors' event time follows the clock this far behind
+        self.stall_after_s = 60.0  # not working when the last successful poll is older than this
+        self._polled_at = float("-inf")
         self._ticked_at = float("-inf")
 
     async def start(self) -> None:
@@ -136,6 +139,10 @@ class IngestService:
         if self._producer is not None:
             await self._producer.stop()
 
+    def working(self) -> bool:
+        """Running, assigned partitions once, and polled the broker successfully lately."""
+        return self.running and self.ready.is_set() and time.monotonic() - self._polled_at < self.stall_after_s
+
     async def run(self) -> None:
         assert self._consumer is not None and self._producer is not None
         consumer = self._consumer
@@ -155,6 +162,7 @@ class IngestService:
                 log.warning("consume_failed", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
+            self._polled_at = time.monotonic()
             if consumer.assignment():
                 self.ready.set()
             if not batch:

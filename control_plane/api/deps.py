@@ -29,7 +29,8 @@ class Deps:
     policies: Callable[[], Policies]
     prices: Callable[[], Any]
     stats: dict[str, Callable[[], float]] = field(default_factory=dict)
-    ready: Callable[[], dict[str, bool]] = lambda: {}
+    ready: Callable[[], dict[str, bool]] = lambda: {}  # readiness of each part this process runs
+    parts: Callable[[], dict[str, bool]] = lambda: {}  # each supervised task: alive?
     state: ControlState | None = None  # persisted keys, policy versions, alert marks, deliveries
     marks: AlertMarks = field(default_factory=AlertMarks)
     limiter: RateLimiter = field(default_factory=RateLimiter)

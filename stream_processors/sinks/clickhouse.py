@@ -454,8 +454,11 @@ class ClickHouseStore:
             raise (classify(exc) or exc) from exc
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on the ClickHouse thread from synchronous code."""
-        return self._pool.submit(fn, *args).result()
+        """Run ``fn`` on the ClickHouse thread from synchronous code (errors classified as in ``run``)."""
+        try:
+            return self._pool.submit(fn, *args).result()
+        except ClickHouseError as exc:
+            raise (classify(exc) or exc) from exc
 
     def close(self) -> None:
         try:

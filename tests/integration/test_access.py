@@ -21,7 +21,7 @@ from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from tests.integration._helpers import serve_app
 
-PUBLIC = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 ALL = set(Role)
 SRE = {Role.SRE, Role.ADMIN}
 # The contract from DESIGN.md for the routes this control plane defines; routes of other
