@@ -20,11 +20,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import ALERTS, DIRECTIVES, Alert, Directive, DirectiveState
+from flyball.stream_processors.errors import PermanentError, TemporaryError, with_retry
+from flyball.stream_processors.kafka import KafkaClients, classify
 
 from .policy import (
     AUTOMATION,
@@ -99,8 +100,12 @@ class ControlLoop:
                  group_id: str = "flyball-control-plane", session_timeout_ms: int = 6_000,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), notifier: Notifier | None = None,
                  traffic: Callable[[], Awaitable[Mapping[str, float]]] | None = None,
-                 traffic_every_s: float = 30.0, max_alert_age_s: float = 900.0) -> None:
+                 traffic_every_s: float = 30.0, max_alert_age_s: float = 900.0,
+                 clients: KafkaClients | None = None, attempts: int = 6) -> None:
         self.bootstrap = bootstrap
+        self.clients = clients or KafkaClients(bootstrap)
+        self.attempts = attempts  # for a publish or an audit write (temporary errors; about 6 s in all)
+        self.retry_base_s = 0.2
         self.audit = audit
         self.policies = policies
         self.group_id = group_id
@@ -121,6 +126,13 @@ class ControlLoop:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._unaudited: list[tuple[Any, ...]] = []  # audit rows of published directives not yet written
+        self._polled_at = float("-inf")
+        self.stall_after_s = 60.0
+
+    def working(self) -> bool:
+        """Following the alerts: ready, and polled the broker successfully lately."""
+        return self.ready.is_set() and time.monotonic() - self._polled_at < self.stall_after_s
 
     def active(self) -> list[Directive]:
         return [d for d in self.directives.values() if d.state == DirectiveState.ACTIVE]
@@ -130,7 +142,7 @@ class ControlLoop:
         return [*self.active(), *self.pending.values()]
 
     async def start(self) -> None:
-        self._producer = await start_producer(self.bootstrap)
+        self._producer = await self.clients.producer()
         await self._load_directives()
         await self._load_audit()
         await self._restore_from_audit()
@@ -138,8 +150,8 @@ class ControlLoop:
         # alerts would only be ignored (older than every TTL) after a replay that delays the first
         # real decision; incidents still open are re-published as their evidence grows. A group
         # that has committed resumes where it stopped, so a restart misses nothing.
-        self._consumer = AIOKafkaConsumer(
-            ALERTS, bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
+        self._consumer = self.clients.consumer(
+            ALERTS, group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="latest", session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(self.session_timeout_ms // 6, 200), rebalance_timeout_ms=self.session_timeout_ms,
         )
@@ -155,8 +167,8 @@ class ControlLoop:
     async def _load_directives(self) -> None:
         """Read the compacted topic from its start until it goes quiet (end offsets are not
         trusted: Tansu reports them too low)."""
-        consumer = AIOKafkaConsumer(DIRECTIVES, bootstrap_servers=self.bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = self.clients.consumer(DIRECTIVES, group_id=None, auto_offset_reset="earliest",
+                                         enable_auto_commit=False)
         await consumer.start()
         try:
             quiet = 0
@@ -195,7 +207,7 @@ class ControlLoop:
                 "SELECT scope_key, max(at) FROM actions WHERE decision = 'applied' AND actor = {actor:String} "
                 "AND at > now() - INTERVAL 1 DAY GROUP BY scope_key"), {"actor": AUTOMATION})
             self.last_fired.update({key: _utc(at) for key, at in rows})
-        except Exception as exc:  # noqa: BLE001 - a cold start without history is still a start
+        except (PermanentError, TemporaryError, ValueError) as exc:  # a cold start without history is still a start
             log.warning("audit_load_failed", error=str(exc)[:300])
         log.info("audit_loaded", pending=len(self.pending), cooldowns=len(self.last_fired))
 
@@ -232,6 +244,7 @@ class ControlLoop:
                 log.warning("alert_consume_failed", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
+            self._polled_at = time.monotonic()
             if self._consumer.assignment() and not self.ready.is_set():
                 # record the starting position at once, so that a restart resumes from here even
                 # if no alert arrived meanwhile (a new group starts at the end of the topic)
@@ -240,27 +253,44 @@ class ControlLoop:
                 except (KafkaError, TimeoutError) as exc:
                     log.warning("commit_failed", error=str(exc) or type(exc).__name__)
                 self.ready.set()
-            for recs in batch.values():
+            done: dict[TopicPartition, int] = {}  # partition -> next offset to commit
+            for tp, recs in batch.items():
                 for rec in recs:
-                    try:
-                        alert = Alert.model_validate_json(rec.value)
-                    except ValueError as exc:
-                        log.warning("alert_invalid", error=str(exc)[:200])
-                        continue
-                    try:
-                        await self.on_alert(alert)
-                    except Exception:  # noqa: BLE001 - one bad decision must not stop the loop
-                        log.exception("alert_handling_failed", alert_id=alert.alert_id)
+                    if not await self._handle(rec.value):
+                        # its directive was not published: do not commit it, read it again
+                        self._consumer.seek(tp, rec.offset)
+                        await asyncio.sleep(self.retry_base_s)
+                        break
+                    done[tp] = rec.offset + 1
             try:
                 await self._refresh_traffic()
                 await self.tick()
-            except Exception:  # noqa: BLE001
-                log.exception("tick_failed")
-            if batch:
+            except (PermanentError, TemporaryError) as exc:  # an expiry not published: tried again next tick
+                log.warning("tick_failed", error=str(exc)[:300])
+            if done:
                 try:
-                    await self._consumer.commit()
+                    await self._consumer.commit(done)
                 except KafkaError as exc:
                     log.warning("commit_failed", error=str(exc))
+
+    async def _handle(self, value: bytes | None) -> bool:
+        """Decide on one alert record; False when it must be read again (a directive it
+        decided on could not be published, for now)."""
+        try:
+            alert = Alert.model_validate_json(value or b"")
+        except ValueError as exc:
+            log.warning("alert_invalid", error=str(exc)[:200])
+            return True
+        try:
+            await self.on_alert(alert)
+        except TemporaryError as exc:
+            log.warning("alert_retried", alert_id=alert.alert_id, error=str(exc)[:300])
+            return False
+        except PermanentError as exc:  # audited as failed; retrying cannot help
+            log.error("alert_not_enforced", alert_id=alert.alert_id, error=str(exc)[:300])
+        except Exception:  # noqa: BLE001 - a bug in one decision must not stop the loop; logged with its trace
+            log.exception("alert_handling_failed", alert_id=alert.alert_id)
+        return True
 
     async def _refresh_traffic(self) -> None:
         if self._traffic is None or time.monotonic() - self._traffic_at < self._traffic_every_s:
@@ -268,7 +298,7 @@ class ControlLoop:
         self._traffic_at = time.monotonic()
         try:
             self.history = replace(self.history, traffic=dict(await self._traffic()))
-        except Exception as exc:  # noqa: BLE001 - blast-radius share is unknown until the next refresh
+        except (PermanentError, TemporaryError) as exc:  # blast-radius share unknown until the next refresh
             log.warning("traffic_refresh_failed", error=str(exc)[:300])
 
     def _history(self) -> History:
@@ -344,28 +374,79 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ the one way out
     async def _apply(self, actions: Sequence[Action], now: datetime) -> None:
-        assert self._producer is not None
-        rows = [audit_row(a, now) for a in actions]
-        if rows:
-            await self.audit.run(self.audit.write_actions, rows)
-        for action in actions:
-            d = action.directive
-            log.info(f"directive_{action.decision}", scope=action.scope.key(), reason=action.reason,
-                     directive_id=d.directive_id if d else None, actor=action.actor)
-            if self.notifier is not None and action.actor == AUTOMATION and action.decision in NOTIFIED:
-                self.notifier.action(action)
-            if d is None:
-                continue
-            if d.state == DirectiveState.PENDING:
-                self.pending[d.directive_id] = d
-                continue
-            self.pending.pop(d.directive_id, None)
-            if action.decision not in PUBLISHED:
-                continue
-            if action.decision in (Decision.EXPIRED, Decision.REVERTED) and d.key() in self.directives \
-                    and self.directives[d.key()].directive_id != d.directive_id:
-                continue  # a pending one lapsing must not clear another directive on its scope
-            self.directives[d.key()] = d
-            if action.decision == Decision.APPLIED and action.actor == AUTOMATION:
-                self.last_fired[d.key()] = now
-            await self._producer.send_and_wait(DIRECTIVES, key=d.key().encode(), value=d.model_dump_json().encode())
+        """Publish each action's directive, then take it as in force and audit it. A directive
+        that cannot be published is audited ``failed`` (the error in the reason) and the error
+        is raised: the alert that caused it is not committed, the state is unchanged."""
+        rows: list[tuple[Any, ...]] = []
+        try:
+            for action in actions:
+                try:
+                    await self._publish(action)
+                except (PermanentError, TemporaryError) as exc:
+                    failed = replace(action, decision=Decision.FAILED,
+                                     reason=f"{action.decision} not published: {exc}"[:1000])
+                    rows.append(audit_row(failed, now))
+                    log.error("directive_failed", scope=action.scope.key(), decision=str(action.decision),
+                              error=str(exc)[:300])
+                    raise
+                self._take(action, now)
+                rows.append(audit_row(action, now))
+        finally:
+            await self._write_audit(rows)
+
+    def _publishes(self, action: Action) -> bool:
+        d = action.directive
+        if d is None or d.state == DirectiveState.PENDING or action.decision not in PUBLISHED:
+            return False
+        # a pending one lapsing must not clear another directive on its scope
+        return not (action.decision in (Decision.EXPIRED, Decision.REVERTED) and d.key() in self.directives
+                    and self.directives[d.key()].directive_id != d.directive_id)
+
+    async def _publish(self, action: Action) -> None:
+        if not self._publishes(action):
+            return
+        d = action.directive
+        assert d is not None and self._producer is not None
+        producer = self._producer
+
+        async def send() -> None:
+            try:
+                await producer.send_and_wait(DIRECTIVES, key=d.key().encode(), value=d.model_dump_json().encode())
+            except KafkaError as exc:
+                raise (classify(exc) or exc) from exc
+        await with_retry(send, what="directive publish", attempts=self.attempts, base_delay=self.retry_base_s)
+
+    def _take(self, action: Action, now: datetime) -> None:
+        """The action is published (or publishes nothing): the loop's state follows it."""
+        d = action.directive
+        log.info(f"directive_{action.decision}", scope=action.scope.key(), reason=action.reason,
+                 directive_id=d.directive_id if d else None, actor=action.actor)
+        if self.notifier is not None and action.actor == AUTOMATION and action.decision in NOTIFIED:
+            self.notifier.action(action)
+        if d is None:
+            return
+        if d.state == DirectiveState.PENDING:
+            self.pending[d.directive_id] = d
+            return
+        self.pending.pop(d.directive_id, None)
+        if not self._publishes(action):
+            return
+        self.directives[d.key()] = d
+        if action.decision == Decision.APPLIED and action.actor == AUTOMATION:
+            self.last_fired[d.key()] = now
+
+    async def _write_audit(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write these rows and any left from before; rows that cannot be written now stay
+        queued (in order) and go with the next write: what was published is audited late,
+        never dropped while the process lives."""
+        self._unaudited.extend(rows)
+        if not self._unaudited:
+            return
+        batch = list(self._unaudited)
+        try:
+            await with_retry(lambda: self.audit.run(self.audit.write_actions, batch), what="audit write",
+                             attempts=self.attempts, base_delay=self.retry_base_s)
+        except (PermanentError, TemporaryError) as exc:
+            log.error("audit_write_failed", rows=len(batch), error=str(exc)[:300])
+            return
+        del self._unaudited[:len(batch)]

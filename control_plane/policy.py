@@ -54,6 +54,7 @@ class Decision(StrEnum):
     PINNED = "pinned"
     NOTED = "noted"
     POLICIES_UPDATED = "policies_updated"
+    FAILED = "failed"  # the directive could not be published: not in force (audited with the error)
 
 
 # decisions that change what is in force (the control loop publishes their directive)

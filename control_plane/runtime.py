@@ -236,7 +236,7 @@ class System:
             stats=stats,
             ready=lambda: {
                 **({"worker_ready": ingest.working()} if ingest is not None else {}),
-                **({"control_ready": control.ready.is_set()} if control is not None else {}),
+                **({"control_ready": control.working()} if control is not None else {}),
             },
             parts=self.supervisor.parts,
         )

@@ -90,3 +90,66 @@ class FlakyStore:
         if self.inner is not None:
             return await self.inner.run(fn, *args)
         return []
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+
+
+class FakeConsumer:
+    """Stands in for an aiokafka consumer of one partition per topic: ``getmany`` hands out the
+    records from the position on, ``seek`` moves the position back, ``commit`` is recorded."""
+
+    def __init__(self, tp: Any, values: list[bytes]) -> None:
+        self.tp = tp
+        self.records = [Record(tp.topic, tp.partition, i, v) for i, v in enumerate(values)]
+        self.position = 0
+        self.commits: list[dict[Any, int]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def assignment(self) -> set[Any]:
+        return {self.tp}
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Record]]:
+        batch = self.records[self.position:]
+        if not batch:
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        self.position = len(self.records)
+        return {self.tp: batch}
+
+    def seek(self, tp: Any, offset: int) -> None:
+        assert tp == self.tp
+        self.position = offset
+
+    async def commit(self, offsets: dict[Any, int] | None = None) -> None:
+        self.commits.append(dict(offsets or {}))
+
+
+class FakeAuditLog:
+    """The control loop's audit port: ``run(write_actions, rows)``; can be told to fail."""
+
+    def __init__(self, *, fail_with: list[BaseException] | None = None) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.fail_with = list(fail_with or [])
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.fail_with:
+            raise self.fail_with.pop(0)
+        return fn(*args)
+
+    def write_actions(self, rows: Any) -> None:
+        self.rows.extend(tuple(r) for r in rows)
+
+    def decisions(self) -> list[str]:
+        return [str(r[2]) for r in self.rows]
