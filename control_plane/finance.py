@@ -33,7 +33,7 @@ import orjson
 import structlog
 
 from flyball.stream_processors.errors import InvalidInput, PermanentError, TemporaryError
-from flyball.stream_processors.budgets import Budget, Period, make_budget, period_bounds
+from flyball.stream_processors.budgets import Budget, Period, SeedRequest, make_budget, period_bounds
 from flyball.stream_processors.pipeline import EVENT_COLUMNS
 from flyball.stream_processors.pricing import PriceBook, PriceEntry, Usage, entry_from_dict, entry_to_dict, price
 
@@ -169,7 +169,7 @@ class Finance:
     def period_spend(self, budget: Budget, start: datetime, end: datetime,
                      exclude: frozenset[str] = frozenset()) -> Decimal:
         """Stored spend of a budget's scope in [start, end), FINAL (each event once). Called
-        synchronously by the worker's budget tracker (the ``seed`` port)."""
+        on the ClickHouse thread (``store.run``/``call``)."""
         where = ["tenant_id = {t:String}", "event_type = 'llm_call'", "ts >= {s:DateTime64(3, 'UTC')}",
                  "ts < {e:DateTime64(3, 'UTC')}"]
         params: dict[str, Any] = {"t": budget.tenant_id, "s": start, "e": end}
@@ -183,8 +183,13 @@ class Finance:
                                 params)
         return Decimal(rows[0][0]) if rows and rows[0][0] is not None else Decimal(0)
 
-    def seed(self, budget: Budget, start: datetime, end: datetime, exclude: frozenset[str]) -> Decimal:
-        return self.store.call(self.period_spend, budget, start, end, exclude)
+    async def totals(self, requests: Sequence[SeedRequest]) -> dict[tuple[str, datetime], Decimal]:
+        """The worker's budget seeds (the ``BudgetSeeds`` port): each request's stored spend,
+        queried on the ClickHouse thread, never on the event loop."""
+        return await self.store.run(self._totals, list(requests))
+
+    def _totals(self, requests: list[SeedRequest]) -> dict[tuple[str, datetime], Decimal]:
+        return {r.key: self.period_spend(r.budget, r.start, r.end, r.exclude) for r in requests}
 
     # ---------------------------------------------------------------- spend per day (forecast)
     def daily_spend(self, *, tenant_id: str | None, start: datetime, end: datetime) -> dict[str, dict[date, Decimal]]:

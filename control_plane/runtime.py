@@ -134,12 +134,13 @@ class System:
         if self.worker:
             tune_gc_for_batches()
             lateness = timedelta(seconds=s.allowed_lateness_s)
-            budgets = BudgetTracker(self.finance.budget_list, seed=self.finance.seed, lateness=lateness)
+            budgets = BudgetTracker(self.finance.budget_list, asks=True, lateness=lateness)
             detectors = Detectors(sensitivity=load_sensitivity(s.detection_file))
             pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness, detectors=detectors)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
-                                        checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id)
+                                        checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id,
+                                        seeds=self.finance)
             await self.ingest.start()
             sup.spawn("ingest", self.ingest.run())
             log.info("worker_started", group=self.ingest.group_id)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import orjson
 import structlog
@@ -33,6 +34,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from flyball.schemas import ALERTS, DLQ, EVENTS, Alert
 
+from .budgets import BudgetSeeds, SeedRequest
 from .errors import PermanentError, TemporaryError, with_retry
 from .kafka import KafkaClients
 from .pipeline import BatchResult, DeadLetter, Pipeline
@@ -76,9 +78,11 @@ class IngestService:
                  group_id: str = "flyball-worker", max_batch: int = 20_000, poll_ms: int = 200,
                  session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  checkpoint_interval_s: float | None = 30.0, worker_id: str = "",
-                 clients: KafkaClients | None = None, write_attempts: int = 8) -> None:
+                 clients: KafkaClients | None = None, write_attempts: int = 8,
+                 seeds: BudgetSeeds | None = None) -> None:
         self.bootstrap = bootstrap
         self.clients = clients or KafkaClients(bootstrap)
+        self.seeds = seeds  # answers the budget tracker's seed requests (see budgets.py)
         self.store = store
         # temporary ClickHouse failures are retried this many times (about 23 s); then the
         # task ends, the process exits non-zero, and the uncommitted batch is replayed
@@ -179,7 +183,10 @@ class IngestService:
 
     async def handle(self, raws: list[bytes]) -> BatchResult:
         now = self.clock()
-        result = self.pipeline.process(raws, now=now)
+        result = self.pipeline.process(raws, now=now, budgets=False)
+        wanted = self.pipeline.seeds_wanted(result, now=now)
+        seeds = await self._seeds(wanted) if wanted else None
+        self.pipeline.account(result, now=now, seeds=seeds)
         if result.rows:
             rows = result.rows
             started = time.perf_counter()
@@ -232,6 +239,15 @@ class IngestService:
             log.info("alert_raised" if alert.status == "open" else "alert_resolved",
                      alert_id=alert.alert_id, kind=str(alert.kind), scope=alert.scope.key(), severity=alert.severity)
         await self._producer.flush()
+
+    async def _seeds(self, wanted: list[SeedRequest]) -> dict[tuple[str, datetime], Decimal]:
+        """Stored spend for the budgets the batch needs (before it is accounted), fetched on
+        the store's thread; temporary errors retried like a write."""
+        if self.seeds is None:
+            raise LookupError("budget seeds wanted but no BudgetSeeds port was given")
+        seeds = self.seeds
+        return await with_retry(lambda: seeds.totals(wanted), what="budget seeds", attempts=self.write_attempts,
+                                base_delay=self.retry_base_s)
 
     async def _write(self, what: str, write: Callable[[list[tuple[object, ...]]], None],
                      rows: list[tuple[object, ...]]) -> None:

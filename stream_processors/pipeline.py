@@ -21,7 +21,7 @@ from flyball.schemas import Alert, AlertKind, InvalidEvent, LLMCall, Scope
 from flyball.schemas.events import Envelope
 
 from .detectors import BatchWindows, Detectors, alert_id_for
-from .budgets import BudgetTracker
+from .budgets import BudgetTracker, SeedRequest, SeedTotals
 from .decode import decode_event
 from .pricing import PriceBook, price_event, unpriced_reason, usage_of
 from .releases import ReleaseComparator
@@ -84,8 +84,10 @@ class Pipeline:
         self._unpriced_alerted: set[tuple[str, str, str]] = set()
         self.watermark: datetime | None = None
 
-    def process(self, raws: Sequence[bytes], *, now: datetime | None) -> BatchResult:
-        """``now`` bounds how far in the future an event may be; None (replay) skips that check."""
+    def process(self, raws: Sequence[bytes], *, now: datetime | None, budgets: bool = True) -> BatchResult:
+        """``now`` bounds how far in the future an event may be; None (replay) skips that check.
+        ``budgets=False``: the caller accounts budgets itself (:meth:`account`), after fetching
+        the seeds they ask for (``self.budgets.wanted``)."""
         out = BatchResult()
         book = self._book()
         windows = BatchWindows()  # per (scope, 10 s window) sums for the detectors
@@ -127,9 +129,17 @@ class Pipeline:
         if self.watermark is not None:
             out.alerts.extend(self.detectors.advance(self.watermark))
             out.alerts.extend(self.releases.advance(self.watermark))
-        if self.budgets is not None:
-            out.alerts.extend(self.budgets.observe(out.rows, EVENT_COLUMNS, now=now))
+        if budgets:
+            self.account(out, now=now)
         return out
+
+    def seeds_wanted(self, result: BatchResult, *, now: datetime | None) -> list[SeedRequest]:
+        return [] if self.budgets is None else self.budgets.wanted(result.rows, EVENT_COLUMNS, now=now)
+
+    def account(self, result: BatchResult, *, now: datetime | None, seeds: SeedTotals | None = None) -> None:
+        """Budget accounting of a processed batch (its alerts come after the detectors')."""
+        if self.budgets is not None:
+            result.alerts.extend(self.budgets.observe(result.rows, EVENT_COLUMNS, now=now, seeds=seeds))
 
     def _unpriced(self, event: LLMCall, out: BatchResult, book: PriceBook) -> None:
         """One alert per (provider, model, what is missing): a model priced in the standard tier

@@ -82,9 +82,9 @@ async def _run(bootstrap: str, store: ClickHouseStore, target: str, others: list
         finance.put_budget(make_budget(tenant_id=t, limit_usd="1000"), actor="test")
 
     def replica() -> IngestService:
-        tracker = BudgetTracker(finance.budget_list, seed=finance.seed)
+        tracker = BudgetTracker(finance.budget_list, asks=True)
         return IngestService(bootstrap=bootstrap, store=store, group_id=f"bud-{run}", max_batch=MAX_BATCH,
-                             poll_ms=50, pipeline=Pipeline(lambda: book, budgets=tracker))
+                             poll_ms=50, pipeline=Pipeline(lambda: book, budgets=tracker), seeds=finance)
 
     now = datetime.now(UTC)
     per_producer = 120  # 4 x 120 target events = $1.68, well past the $1 limit
