@@ -84,13 +84,14 @@ def main() -> int:
     from flyball.control_plane.app import Deps, create_app
     from flyball.control_plane.auth import KeyRing, Principal, Role
     from flyball.control_plane.finance import Finance
+    from flyball.control_plane.migrations import ALL_MIGRATIONS
     from flyball.control_plane.policy import DEFAULT_POLICIES
     from flyball.control_plane.runtime import load_prices
     from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
     with tempfile.TemporaryDirectory(prefix="flyball-bench-spend-") as tmp:
         store = ClickHouseStore(f"chdb://{tmp}/ch")
-        store.migrate()
+        store.migrate(ALL_MIGRATIONS)
         fill_s = fill(store, args.events)
         total_rows = store.call(store.query, "SELECT count() FROM events")[0][0]
         print(f"filled {args.events:,} events (+{total_rows - args.events:,} duplicate rows) in {fill_s:.1f}s")

@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 from flyball.schemas import ALERTS, DIRECTIVES, Alert, Directive, DirectiveState
 from flyball.stream_processors.errors import PermanentError, TemporaryError, with_retry
 from flyball.stream_processors.kafka import KafkaClients, classify
+from flyball.stream_processors.ports import AuditLog, KafkaClientFactory
 
 from .policy import (
     AUTOMATION,
@@ -50,12 +51,6 @@ log = structlog.get_logger(__name__)
 
 # automatic decisions worth a notification (extensions and skips are not)
 NOTIFIED = frozenset({Decision.APPLIED, Decision.DRY_RUN, Decision.PENDING, Decision.REVERTED, Decision.EXPIRED})
-
-
-class AuditSink(Protocol):
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any: ...
-
-    def write_actions(self, rows: Sequence[Sequence[Any]]) -> None: ...
 
 
 class Notifier(Protocol):
@@ -96,14 +91,14 @@ def _utc(value: datetime) -> datetime:
 
 
 class ControlLoop:
-    def __init__(self, *, bootstrap: str, audit: AuditSink, policies: Policies = DEFAULT_POLICIES,
+    def __init__(self, *, bootstrap: str, audit: AuditLog, policies: Policies = DEFAULT_POLICIES,
                  group_id: str = "flyball-control-plane", session_timeout_ms: int = 6_000,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), notifier: Notifier | None = None,
                  traffic: Callable[[], Awaitable[Mapping[str, float]]] | None = None,
                  traffic_every_s: float = 30.0, max_alert_age_s: float = 900.0,
-                 clients: KafkaClients | None = None, attempts: int = 6) -> None:
+                 clients: KafkaClientFactory | None = None, attempts: int = 6) -> None:
         self.bootstrap = bootstrap
-        self.clients = clients or KafkaClients(bootstrap)
+        self.clients: KafkaClientFactory = clients or KafkaClients(bootstrap)
         self.attempts = attempts  # for a publish or an audit write (temporary errors; about 6 s in all)
         self.retry_base_s = 0.2
         self.audit = audit

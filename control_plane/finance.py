@@ -35,6 +35,7 @@ import structlog
 from flyball.stream_processors.errors import InvalidInput, PermanentError, TemporaryError
 from flyball.stream_processors.budgets import Budget, Period, SeedRequest, make_budget, period_bounds
 from flyball.stream_processors.pipeline import EVENT_COLUMNS
+from flyball.stream_processors.ports import Store
 from flyball.stream_processors.pricing import PriceBook, PriceEntry, Usage, entry_from_dict, entry_to_dict, price
 
 log = structlog.get_logger(__name__)
@@ -73,7 +74,7 @@ class RepriceSummary:
 class Finance:
     """Owned by the process that owns the ClickHouse store (``flyball up`` / ``api``)."""
 
-    def __init__(self, store: Any, *, get_book: Callable[[], PriceBook],
+    def __init__(self, store: Store, *, get_book: Callable[[], PriceBook],
                  set_book: Callable[[PriceBook], None] | None = None) -> None:
         self.store = store
         self._get_book = get_book

@@ -12,6 +12,8 @@ from typing import Any
 
 import structlog
 
+from flyball.stream_processors.ports import Store
+
 from .auth import KeyRing, RateLimiter
 from .directives import ControlLoop
 from .notify import WebhookNotifier
@@ -62,7 +64,7 @@ class ControlPlane:
             await self.notifier.stop()
 
 
-async def build_control_plane(settings: Settings, *, bootstrap: str, store: Any,
+async def build_control_plane(settings: Settings, *, bootstrap: str, store: Store,
                               policies: Policies | None = None) -> ControlPlane:
     """``policies`` given: they are in force (tests, demo); otherwise the policies file (or the
     shipped defaults), or the latest stored version if the file has not changed since."""

@@ -45,6 +45,7 @@ from .finance import Finance
 from .metrics import serve_metrics
 from .otlp import OtlpOptions
 from .receiver import OtlpReceiver
+from .migrations import ALL_MIGRATIONS
 from .settings import Settings
 from .ui.queries import rollup_loop as console_rollup_loop
 from .supervisor import Supervisor
@@ -118,7 +119,7 @@ class System:
             self.bootstrap = self.broker.bootstrap
         await ensure_topics(self.bootstrap, s.topic_specs())
         self.store = await asyncio.to_thread(ClickHouseStore, s.clickhouse(), s.ddl())
-        await asyncio.to_thread(self.store.migrate)
+        await asyncio.to_thread(self.store.migrate, ALL_MIGRATIONS)
         self.book = load_prices(s.prices_file)
         self.finance = Finance(self.store, get_book=lambda: self.book, set_book=lambda b: setattr(self, "book", b))
         self.book = await asyncio.to_thread(self.finance.restore_prices, self.book)  # + changes made via the API

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from flyball.stream_processors.ports import Store
+
 from .auth import KeyRecord, Principal, Role
 from .policy import Policies, dump_policies, load_policies, parse_policies, revise
 
@@ -59,7 +61,7 @@ class Mark:
 
 
 class ControlState:
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     def _insert(self, table: str, rows: Sequence[Sequence[Any]], columns: list[str]) -> None:

@@ -38,7 +38,7 @@ from .budgets import BudgetSeeds, SeedRequest
 from .errors import PermanentError, TemporaryError, with_retry
 from .kafka import KafkaClients
 from .pipeline import BatchResult, DeadLetter, Pipeline
-from .sinks.clickhouse import ClickHouseStore
+from .ports import KafkaClientFactory, WorkerStore
 
 log = structlog.get_logger(__name__)
 
@@ -74,14 +74,14 @@ def alert_row(alert: Alert, now: datetime) -> tuple[object, ...]:
 
 
 class IngestService:
-    def __init__(self, *, bootstrap: str, store: ClickHouseStore, pipeline: Pipeline,
+    def __init__(self, *, bootstrap: str, store: WorkerStore, pipeline: Pipeline,
                  group_id: str = "flyball-worker", max_batch: int = 20_000, poll_ms: int = 200,
                  session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  checkpoint_interval_s: float | None = 30.0, worker_id: str = "",
-                 clients: KafkaClients | None = None, write_attempts: int = 8,
+                 clients: KafkaClientFactory | None = None, write_attempts: int = 8,
                  seeds: BudgetSeeds | None = None) -> None:
         self.bootstrap = bootstrap
-        self.clients = clients or KafkaClients(bootstrap)
+        self.clients: KafkaClientFactory = clients or KafkaClients(bootstrap)
         self.seeds = seeds  # answers the budget tracker's seed requests (see budgets.py)
         self.store = store
         # temporary ClickHouse failures are retried this many times (about 23 s); then the

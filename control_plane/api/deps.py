@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 
+from flyball.stream_processors.ports import Store
+
 from ..auth import KeyRing, Principal, RateLimiter, Role
 from ..directives import ControlLoop
 from ..policy import Policies
@@ -23,7 +25,7 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 @dataclass
 class Deps:
-    store: Any  # ClickHouseStore-like: run(fn, *args), query(sql, params)
+    store: Store | None  # ClickHouse behind its thread (None: this process has no store)
     control: ControlLoop | None
     keys: KeyRing
     policies: Callable[[], Policies]

@@ -25,6 +25,7 @@ from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 
 COST = Decimal("0.0035")  # gpt-4o, 1000 input * 0.0000025 + 100 output * 0.00001
 LIMIT = Decimal("1")
@@ -74,7 +75,7 @@ async def test_two_replicas_alert_once_per_threshold_at_the_crossing_event(boots
 
 async def _run(bootstrap: str, store: ClickHouseStore, target: str, others: list[str]) -> None:
     run = target.removeprefix("bud-")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     book = load_prices(None)
     finance = Finance(store, get_book=lambda: book)
     finance.put_budget(make_budget(tenant_id=target, limit_usd=LIMIT), actor="test")
