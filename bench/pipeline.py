@@ -278,7 +278,7 @@ def raw_row_builder(client: Any, table: str = "events") -> tuple[list[str], Any]
             expr = f'd.get("{col}")'
         parts.append(expr)
     code = "lambda d: (" + ", ".join(parts) + ",)"
-    fn = eval(code, {"fromiso": datetime.fromisoformat, "ZERO": Decimal(0),  # noqa: S307 - our own text
+    fn = eval(code, {"fromiso": datetime.fromisoformat, "ZERO": Decimal(0),  # our own text
                      "EPOCH": datetime(1970, 1, 1, tzinfo=UTC)})
     return list(EVENT_COLUMNS), fn
 
@@ -442,7 +442,7 @@ def run_single(a: argparse.Namespace) -> int:
     fn = single_raw if a.single == "raw" else single_worker
     try:
         data = asyncio.run(fn(a))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
+    except Exception as exc:  # reported to the parent
         _result(a.result, {"path": a.single, "error": f"{type(exc).__name__}: {exc}"})
         raise
     _result(a.result, data)

@@ -102,7 +102,8 @@ def main() -> int:
         app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES,
                               prices=lambda: book, finance=finance))
         params = {"tenant_id": TENANT, "from": MONTH.isoformat(), "to": END.isoformat(), "group_by": "day"}
-        where = "tenant_id = {t:String} AND event_type = 'llm_call' AND ts >= {a:DateTime64(3, 'UTC')} AND ts < {b:DateTime64(3, 'UTC')}"
+        where = ("tenant_id = {t:String} AND event_type = 'llm_call' "
+                 "AND ts >= {a:DateTime64(3, 'UTC')} AND ts < {b:DateTime64(3, 'UTC')}")
         qp = {"t": TENANT, "a": MONTH, "b": END}
         sql = ("SELECT toString(toDate(ts)) AS day, count(), toString(sumOrNull(cost_usd)) FROM events @FINAL@ "
                f"WHERE {where} GROUP BY day ORDER BY day")

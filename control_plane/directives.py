@@ -283,7 +283,7 @@ class ControlLoop:
             return False
         except PermanentError as exc:  # audited as failed; retrying cannot help
             log.error("alert_not_enforced", alert_id=alert.alert_id, error=str(exc)[:300])
-        except Exception:  # noqa: BLE001 - a bug in one decision must not stop the loop; logged with its trace
+        except Exception:  # a bug in one decision must not stop the loop; logged with its trace
             log.exception("alert_handling_failed", alert_id=alert.alert_id)
         return True
 

@@ -276,7 +276,8 @@ class Finance:
 
     def _refresh(self, since: datetime) -> int:
         c = self.store
-        dirty = "SELECT DISTINCT tenant_id, toStartOfMinute(ts) FROM events WHERE ingested_at >= {since:DateTime64(3, 'UTC')} AND event_type = 'llm_call'"
+        dirty = ("SELECT DISTINCT tenant_id, toStartOfMinute(ts) FROM events "
+                 "WHERE ingested_at >= {since:DateTime64(3, 'UTC')} AND event_type = 'llm_call'")
         lo = c.query(f"SELECT min(m), count() FROM ({dirty.replace('toStartOfMinute(ts)', 'toStartOfMinute(ts) AS m')})",
                      {"since": since})
         if not lo or not lo[0][1]:

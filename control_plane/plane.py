@@ -8,11 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from flyball.stream_processors.ports import Store
+from flyball.stream_processors.ports import ControlStore
 
 from .auth import KeyRing, RateLimiter
 from .directives import ControlLoop
@@ -64,7 +63,7 @@ class ControlPlane:
             await self.notifier.stop()
 
 
-async def build_control_plane(settings: Settings, *, bootstrap: str, store: Store,
+async def build_control_plane(settings: Settings, *, bootstrap: str, store: ControlStore,
                               policies: Policies | None = None) -> ControlPlane:
     """``policies`` given: they are in force (tests, demo); otherwise the policies file (or the
     shipped defaults), or the latest stored version if the file has not changed since."""

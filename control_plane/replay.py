@@ -120,8 +120,8 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
     with (out / "alerts.jsonl").open("wb") as f:
         for alert in sorted(alerts.values(), key=lambda a: (a.first_seen, a.alert_id)):
             f.write(orjson.dumps(alert.model_dump(mode="json")) + b"\n")
-    with (out / "spend.csv").open("w", newline="") as f:
-        w = csv.writer(f)
+    with (out / "spend.csv").open("w", newline="") as text:
+        w = csv.writer(text)
         w.writerow(["tenant_id", "feature", "provider", "model", "day", "events", "cost_usd", "unpriced_events"])
         for key in sorted(spend):
             events_n, cost, unpriced = spend[key]

@@ -175,8 +175,8 @@ class System:
                     serving.result()  # raises the bind error
                     raise RuntimeError("the API server ended before it started")
                 await asyncio.sleep(0.02)
-        ready = asyncio.ensure_future(asyncio.gather(*(w.wait() for w in waits)))
-        died = asyncio.ensure_future(sup.failed.wait())
+        ready: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(w.wait() for w in waits)))
+        died: asyncio.Future[Any] = asyncio.ensure_future(sup.failed.wait())
         done, _ = await asyncio.wait({ready, died}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
         for fut in (ready, died):
             if fut not in done:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from flyball.schemas import Alert, AlertKind, Scope
 
@@ -296,7 +296,7 @@ def _alert(budget: Budget, pct: int, start: datetime, end: datetime, total: Deci
            event_id: str) -> Alert:
     scope = budget.scope()
     threshold = budget.limit_usd * pct / 100
-    severity = "critical" if pct >= 100 else "warning" if pct >= 80 else "info"
+    severity: Literal["info", "warning", "critical"] = "critical" if pct >= 100 else "warning" if pct >= 80 else "info"
     return Alert(
         alert_id=alert_id_for(str(AlertKind.BUDGET_THRESHOLD), f"{budget.budget_id}|{pct}", int(start.timestamp())),
         kind=AlertKind.BUDGET_THRESHOLD, scope=scope, severity=severity, metric=f"budget_{budget.period}_pct_{pct}",

@@ -381,7 +381,7 @@ def partition_of(tenant: str, partitions: int) -> int:
     """The events partition of a tenant's events: what the shim's producer picks for the key
     ``tenant_id`` (aiokafka's default partitioner, the Java client's too)."""
     every = list(range(partitions))
-    return DefaultPartitioner()(tenant.encode(), every, every)
+    return int(DefaultPartitioner()(tenant.encode(), every, every))
 
 
 def _undead(raws: list[bytes], dead: list[DeadLetter]) -> list[bytes]:

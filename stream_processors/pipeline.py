@@ -174,7 +174,8 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
     ttft: float | None = None
     score: float | None = None
     stream = 0
-    kind = event.event_type  # a pydantic model or its fast mirror (decode.py): same attributes
+    # a pydantic model or its fast mirror (decode.py); each event kind declares its own event_type
+    kind: str = event.event_type  # type: ignore[attr-defined]
     if kind == "llm_call":
         e: LLMCall = event  # type: ignore[assignment]
         provider, model, status, latency = e.provider, e.model, e.status.value, e.latency_ms
@@ -195,7 +196,7 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
     # an explicit outcome of the request (see docs/KPIS.md), on any event kind
     outcome = event.attributes.get("outcome", "") if event.attributes else ""
     return (
-        event.event_id, event.ts, event.event_type, event.tenant_id, event.feature, event.service,
+        event.event_id, event.ts, kind, event.tenant_id, event.feature, event.service,
         event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
         status, tool, category, index, cost, version, 1 if cost is None else 0,
         tier, one_hour, prompt_version, 1 if late else 0, twelve_hours,

@@ -52,6 +52,12 @@ class AuditLog(Protocol):
     def write_actions(self, rows: Sequence[Row]) -> None: ...
 
 
+class ControlStore(Store, AuditLog, Protocol):
+    """The store of the control plane: its state, the audit log, finance and the API's reads."""
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
 class WorkerStore(Store, EventSink, AlertLog, Protocol):
     """The store the ingest service writes to and keeps its detector checkpoints in."""
 

@@ -83,7 +83,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
             if g not in GROUPABLE:
                 raise HTTPException(422, f"group_by: unknown value {g[:40]!r} (one of {', '.join(GROUPABLE)})")
         groups = list(dict.fromkeys(groups))
-        where, params = ["event_type = 'llm_call'"], {}
+        where, params = ["event_type = 'llm_call'"], dict[str, Any]()
         filters = (("tenant_id", tenant), ("feature", feature), ("provider", provider), ("model", model),
                    ("prompt_version", prompt_version), ("service_tier", service_tier))
         for name, value in filters:
@@ -162,7 +162,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         out = []
         for b in sorted(chosen, key=lambda b: b.budget_id):
             start, end = period_bounds(b.period, now)
-            spent = await deps.store.run(f.period_spend, b, start, end)
+            spent = await deps.the_store().run(f.period_spend, b, start, end)
             out.append(budget_status(b, spent, now))
         return out
 
@@ -176,7 +176,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         f = fin()
         await asyncio.to_thread(f.put_budget, budget, actor=actor(p))
         start, end = period_bounds(budget.period, datetime.now(UTC))
-        spent = await deps.store.run(f.period_spend, budget, start, end)
+        spent = await deps.the_store().run(f.period_spend, budget, start, end)
         return budget_status(budget, spent, datetime.now(UTC))
 
     @app.delete("/v1/budgets/{budget_id:path}", tags=["finance"])
@@ -217,7 +217,8 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         return await asyncio.to_thread(fin().price_history, provider=provider, model=model)
 
     @app.post("/v1/reprice", tags=["finance"])
-    async def reprice(body: RepriceBody, p: Annotated[Principal, Depends(auth.require(Role.ADMIN, global_only=True))]) -> dict[str, Any]:
+    async def reprice(body: RepriceBody,
+                      p: Annotated[Principal, Depends(auth.require(Role.ADMIN, global_only=True))]) -> dict[str, Any]:
         """Recompute stored costs in [from, to) with the current catalog; history in ``reprices``."""
         start, end = _aware(body.from_, "from"), _aware(body.to, "to")
         if end <= start:
