@@ -234,7 +234,7 @@ async def prepare_topic(bootstrap: str, events: list[tuple[bytes, bytes]], *, ex
 def migrate_like_store(client: Any) -> None:
     """Exactly what ``ClickHouseStore.migrate()`` runs before the worker's first batch (so the raw
     path gets flyball's real ``events`` table and the same warm-up of chDB's insert path)."""
-    from flyball.stream_processors.sinks.clickhouse import MIGRATIONS
+    from flyball.stream_processors.migrations import MIGRATIONS
 
     client.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at DateTime64(3, 'UTC')) "
                    "ENGINE = MergeTree ORDER BY version")
