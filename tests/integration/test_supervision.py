@@ -67,7 +67,7 @@ class _BrokenPipeline:
     def __init__(self, real: Any) -> None:
         self.real = real
 
-    def process(self, raws: list[bytes], *, now: datetime | None) -> Any:
+    def process(self, raws: list[bytes], *, now: datetime | None, **options: Any) -> Any:
         raise RuntimeError("a bug in the pipeline")
 
     def __getattr__(self, name: str) -> Any:
