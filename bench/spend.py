@@ -85,7 +85,7 @@ def main() -> int:
     from flyball.control_plane.auth import KeyRing, Principal, Role
     from flyball.control_plane.finance import Finance
     from flyball.control_plane.migrations import ALL_MIGRATIONS
-    from flyball.control_plane.policy import DEFAULT_POLICIES
+    from flyball.control_plane.policy_file import DEFAULT_POLICIES
     from flyball.control_plane.runtime import load_prices
     from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 

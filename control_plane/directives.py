@@ -1,6 +1,6 @@
 """The control loop: alerts in, directives out, every decision audited.
 
-A reconcile loop in the kopf style: the decision is ``policy.decide`` (pure); this module only
+A reconcile loop in the kopf style: the decision is ``policy.decide_actions`` (pure); this module only
 reads alerts from Kafka, keeps the directives in force (and those waiting for approval),
 publishes them on the compacted directive topic, appends one audit row per decision, and hands
 alert transitions and automatic actions to the notifier. On start it rebuilds the directives in
@@ -30,15 +30,14 @@ from flyball.stream_processors.ports import AuditLog, KafkaClientFactory
 
 from .policy import (
     AUTOMATION,
-    DEFAULT_POLICIES,
-    PUBLISHED,
     Action,
-    Decision,
     History,
+    Outcome,
+    PUBLISHED,
     Policies,
     approve,
     create,
-    decide,
+    decide_actions,
     expire,
     extend,
     observe,
@@ -47,10 +46,12 @@ from .policy import (
     revert,
 )
 
+from .policy_file import DEFAULT_POLICIES
+
 log = structlog.get_logger(__name__)
 
 # automatic decisions worth a notification (extensions and skips are not)
-NOTIFIED = frozenset({Decision.APPLIED, Decision.DRY_RUN, Decision.PENDING, Decision.REVERTED, Decision.EXPIRED})
+NOTIFIED = frozenset({Outcome.APPLIED, Outcome.DRY_RUN, Outcome.PENDING, Outcome.REVERTED, Outcome.EXPIRED})
 
 
 class Notifier(Protocol):
@@ -308,7 +309,7 @@ class ControlLoop:
             if self.notifier is not None and previous != alert.status and fresh:
                 self.notifier.alert(alert, alert.status)
             self.history = observe(self.history, alert)
-            actions = decide(alert, self.live(), self.policies, now=now, history=self._history())
+            actions = decide_actions(alert, self.live(), self.policies, now=now, history=self._history())
             await self._apply(actions, now)
             return actions
 
@@ -378,7 +379,7 @@ class ControlLoop:
                 try:
                     await self._publish(action)
                 except (PermanentError, TemporaryError) as exc:
-                    failed = replace(action, decision=Decision.FAILED,
+                    failed = replace(action, decision=Outcome.FAILED,
                                      reason=f"{action.decision} not published: {exc}"[:1000])
                     rows.append(audit_row(failed, now))
                     log.error("directive_failed", scope=action.scope.key(), decision=str(action.decision),
@@ -394,7 +395,7 @@ class ControlLoop:
         if d is None or d.state == DirectiveState.PENDING or action.decision not in PUBLISHED:
             return False
         # a pending one lapsing must not clear another directive on its scope
-        return not (action.decision in (Decision.EXPIRED, Decision.REVERTED) and d.key() in self.directives
+        return not (action.decision in (Outcome.EXPIRED, Outcome.REVERTED) and d.key() in self.directives
                     and self.directives[d.key()].directive_id != d.directive_id)
 
     async def _publish(self, action: Action) -> None:
@@ -427,7 +428,7 @@ class ControlLoop:
         if not self._publishes(action):
             return
         self.directives[d.key()] = d
-        if action.decision == Decision.APPLIED and action.actor == AUTOMATION:
+        if action.decision == Outcome.APPLIED and action.actor == AUTOMATION:
             self.last_fired[d.key()] = now
 
     async def _write_audit(self, rows: Sequence[tuple[Any, ...]]) -> None:

@@ -1,9 +1,8 @@
 """Finance operations over ClickHouse: price changes (audited), budgets, re-pricing, minute
-rollups, reconciliation with a provider's export.
+rollups (reconciliation with a provider's export: ``reconcile.py``).
 
-The arithmetic lives in the pure cores (``pricing``, ``budgets``, ``forecast``) and in the
-pure helpers at the bottom of this module (``parse_provider_csv``, ``reconcile``); this class
-is the thin shell that reads and writes ClickHouse.
+The arithmetic lives in the pure cores (``pricing``, ``budgets``, ``forecast``; the
+reconciliation in ``reconcile.py``); this class is the thin shell that reads and writes ClickHouse.
 
 Exactly-once money. The ``events`` table is a ReplacingMergeTree keyed by (tenant, day,
 event_id), and every spend query reads it ``FINAL``, so an event counts once however often it
@@ -20,19 +19,17 @@ replaces the old row instead of adding to it.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import structlog
 
-from flyball.stream_processors.errors import InvalidInput, PermanentError, TemporaryError
+from flyball.stream_processors.errors import PermanentError, TemporaryError
 from flyball.stream_processors.budgets import Budget, Period, SeedRequest, make_budget, period_bounds
 from flyball.stream_processors.pipeline import EVENT_COLUMNS
 from flyball.stream_processors.ports import Store
@@ -326,73 +323,6 @@ def budget_status(budget: Budget, spent: Decimal, at: datetime) -> dict[str, Any
 # -------------------------------------------------------------------- reconciliation (pure)
 
 
-@dataclass(frozen=True, slots=True)
-class ReconLine:
-    day: str
-    model: str
-    provider_usd: Decimal
-    ours_usd: Decimal
-
-    @property
-    def diff_usd(self) -> Decimal:
-        return self.ours_usd - self.provider_usd
-
-
-_DAY = ("day", "date", "usage_date", "start_time", "bucket_start")
-_MODEL = ("model", "model_id", "model_name", "line_item", "sku")
-_COST = ("cost_usd", "cost", "amount", "amount_usd", "usd", "total_cost")
-
-
-class ReconcileError(InvalidInput):
-    """A provider export that cannot be read; the message names the line and column."""
-
-
-def parse_provider_csv(text: str) -> dict[tuple[str, str], Decimal]:
-    """A provider's usage/invoice CSV (day, model, cost; header names matched leniently) ->
-    cost per (day, model). Rows for the same day and model are summed."""
-    reader = csv.DictReader(io.StringIO(text))
-    names = {n.strip().lower(): n for n in (reader.fieldnames or [])}
-
-    def pick(options: tuple[str, ...], what: str) -> str:
-        for option in options:
-            if option in names:
-                return names[option]
-        raise ReconcileError(f"header: no {what} column (one of {', '.join(options)})")
-
-    day_c, model_c, cost_c = pick(_DAY, "day"), pick(_MODEL, "model"), pick(_COST, "cost")
-    out: dict[tuple[str, str], Decimal] = {}
-    for n, row in enumerate(reader, start=2):
-        raw_day = (row.get(day_c) or "").strip()
-        try:
-            day = date.fromisoformat(raw_day[:10]).isoformat()
-        except ValueError:
-            raise ReconcileError(f"line {n}: {day_c}: not a date: {raw_day!r}") from None
-        raw_cost = (row.get(cost_c) or "").strip().lstrip("$").replace(",", "")
-        try:
-            cost = Decimal(raw_cost)
-        except InvalidOperation:
-            raise ReconcileError(f"line {n}: {cost_c}: not a number: {raw_cost!r}") from None
-        if not cost.is_finite():
-            raise ReconcileError(f"line {n}: {cost_c}: not a finite number")
-        key = (day, (row.get(model_c) or "").strip())
-        out[key] = out.get(key, Decimal(0)) + cost
-    return out
-
-
-def reconcile(provider: dict[tuple[str, str], Decimal], ours: dict[tuple[str, str], Decimal]) -> list[ReconLine]:
-    """One line per (day, model) in either side, sorted; a side that lacks it counts 0."""
-    keys = sorted(set(provider) | set(ours))
-    return [ReconLine(d, m, provider.get((d, m), Decimal(0)), ours.get((d, m), Decimal(0))) for d, m in keys]
-
-
-def ours_from_spend_rows(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], Decimal]:
-    out: dict[tuple[str, str], Decimal] = {}
-    for r in rows:
-        key = (str(r["day"])[:10], str(r["model"]))
-        out[key] = out.get(key, Decimal(0)) + Decimal(str(r["cost_usd"]))
-    return out
-
-
 def _text(d: Decimal) -> str:
     text = format(d, "f")
     if "." in text:
@@ -400,5 +330,4 @@ def _text(d: Decimal) -> str:
     return text or "0"
 
 
-__all__ = ["Finance", "Period", "ReconLine", "ReconcileError", "RepriceSummary", "budget_status",
-           "ours_from_spend_rows", "parse_provider_csv", "reconcile"]
+__all__ = ["Finance", "Period", "RepriceSummary", "budget_status"]

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from .finance import ReconcileError, ours_from_spend_rows, parse_provider_csv, reconcile
+from .reconcile import ReconcileError, ours_from_spend_rows, parse_provider_csv, reconcile
 from .settings import Settings
 
 

@@ -31,12 +31,12 @@ from pydantic import BaseModel, Field, SecretStr
 
 from flyball.schemas import Alert
 
-from .policy import Action, Decision
+from .policy import Action, Outcome
 
 log = structlog.get_logger(__name__)
 
 PD_SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
-ENDS = (Decision.REVERTED, Decision.EXPIRED)
+ENDS = (Outcome.REVERTED, Outcome.EXPIRED)
 
 
 class WebhookTarget(BaseModel):

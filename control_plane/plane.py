@@ -16,7 +16,8 @@ from flyball.stream_processors.ports import ControlStore
 from .auth import KeyRing, RateLimiter
 from .directives import ControlLoop
 from .notify import WebhookNotifier
-from .policy import SHIPPED_POLICIES_TEXT, Policies
+from .policy import Policies
+from .policy_file import SHIPPED_POLICIES_TEXT
 from .settings import Settings
 from .slo import SHIPPED_SLOS_TEXT, SLOs
 from .slo_live import AlertPublisher, SLOMonitor, SLORegistry

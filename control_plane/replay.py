@@ -18,7 +18,8 @@ from flyball.stream_processors.detectors import Detectors, SensitivityTable
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.pricing import PriceBook
 
-from .policy import DEFAULT_POLICIES, Action, History, Policies, decide, expire, load_policies, observe
+from .policy import Action, History, Policies, decide_actions, expire, observe
+from .policy_file import DEFAULT_POLICIES, load_policies
 from .slo import DEFAULT_SLOS, SLOs
 from .slo_replay import EventTimeSLOs
 
@@ -111,7 +112,7 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
                 now = alert.last_seen
                 history = observe(history, alert)
                 record(expire(list(active.values()), now=now, history=history, policies=policies))
-                record(decide(alert, [d for d in active.values() if d.state in ("active", "pending")], policies,
+                record(decide_actions(alert, [d for d in active.values() if d.state in ("active", "pending")], policies,
                               now=now, history=replace(history, last_fired=last_fired)))
             if pipeline.watermark is not None:
                 record(expire([d for d in active.values() if d.state in ("active", "pending")],

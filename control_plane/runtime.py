@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 from .directives import ControlLoop
 from .embedded import EmbeddedBroker, free_port, start_tansu
 from .plane import ControlPlane, build_control_plane
-from .policy import DEFAULT_POLICIES, Policies
+from .policy import Policies
+from .policy_file import DEFAULT_POLICIES
 from .finance import Finance
 from .metrics import serve_metrics
 from .otlp import OtlpOptions

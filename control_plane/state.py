@@ -18,7 +18,8 @@ from typing import Any
 from flyball.stream_processors.ports import ControlStore
 
 from .auth import KeyRecord, Principal, Role
-from .policy import Policies, dump_policies, load_policies, parse_policies, revise
+from .policy import Policies
+from .policy_file import dump_policies, load_policies, parse_policies, revise
 
 KEY_COLUMNS = ["key_hash", "key_id", "role", "tenant_id", "name", "created_by", "created_at", "revoked_at",
                "updated_at"]

@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from ..auth import Principal, Role
-from ..policy import dump_policies, load_policies
+from ..policy_file import dump_policies, load_policies
 from .deps import Auth, Deps, actor
 
 

@@ -12,7 +12,8 @@ from pydantic import BaseModel, Field
 from flyball.schemas import ActionKind, Alert, Directive, DirectiveState, Scope
 
 from ..auth import Principal, Role
-from ..policy import Action, dump_policies
+from ..policy import Action
+from ..policy_file import dump_policies
 from ..state import Mark, utc
 from .deps import Auth, Deps, actor, tenant_scope
 

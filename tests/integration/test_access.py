@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, RateLimiter, Role
-from flyball.control_plane.policy import DEFAULT_POLICIES
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.control_plane.migrations import ALL_MIGRATIONS

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from flyball.control_plane.notify import WebhookTarget
-from flyball.control_plane.policy import parse_policies
+from flyball.control_plane.policy_file import parse_policies
 from flyball.control_plane.runtime import System
 from flyball.control_plane.settings import Settings
 from flyball.producers import Telemetry

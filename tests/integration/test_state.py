@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flyball.control_plane.auth import KeyRing, Role
-from flyball.control_plane.policy import SHIPPED_POLICIES_TEXT, Policies, load_policies
+from flyball.control_plane.policy import Policies
+from flyball.control_plane.policy_file import SHIPPED_POLICIES_TEXT, load_policies
 from flyball.control_plane.state import ControlState, PolicyRegistry
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.control_plane.migrations import ALL_MIGRATIONS
