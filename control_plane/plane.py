@@ -11,6 +11,7 @@ from pathlib import Path
 
 import structlog
 
+from flyball.stream_processors.kafka import KafkaClients
 from flyball.stream_processors.ports import ControlStore
 
 from .auth import KeyRing, RateLimiter
@@ -106,7 +107,8 @@ async def build_control_plane(settings: Settings, *, bootstrap: str, store: Cont
     publisher = AlertPublisher(store, bootstrap)
     monitor = SLOMonitor(store, slos=lambda: slos.current, publish=publisher, interval_s=settings.slo_eval_interval_s)
 
-    loop = ControlLoop(bootstrap=bootstrap, audit=store, policies=registry.current, group_id=settings.control_group,
+    loop = ControlLoop(bootstrap=bootstrap, audit=store, clients=KafkaClients(bootstrap),
+                       policies=registry.current, group_id=settings.control_group,
                        session_timeout_ms=settings.session_timeout_ms, notifier=notifier, traffic=traffic)
     log.info("control_plane_built", policies_version=registry.current.version, keys=len(keys.records()),
              webhooks=len(settings.webhooks))

@@ -25,6 +25,7 @@ import uvicorn
 
 from flyball.stream_processors.ingest import IngestService, tune_gc_for_batches
 from flyball.stream_processors.detectors import Detectors, SensitivityTable
+from flyball.stream_processors.kafka import KafkaClients
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.budgets import BudgetTracker
 from flyball.stream_processors.pricing import PriceBook, load_catalog
@@ -142,7 +143,7 @@ class System:
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
                                         checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id,
-                                        seeds=self.finance)
+                                        seeds=self.finance, clients=KafkaClients(self.bootstrap))
             await self.ingest.start()
             sup.spawn("ingest", self.ingest.run())
             log.info("worker_started", group=self.ingest.group_id)
