@@ -105,11 +105,15 @@ class FakeConsumer:
     """Stands in for an aiokafka consumer of one partition per topic: ``getmany`` hands out the
     records from the position on, ``seek`` moves the position back, ``commit`` is recorded."""
 
-    def __init__(self, tp: Any, values: list[bytes]) -> None:
+    def __init__(self, tp: Any, values: list[bytes], *, fail_commits: list[BaseException] | None = None) -> None:
         self.tp = tp
         self.records = [Record(tp.topic, tp.partition, i, v) for i, v in enumerate(values)]
         self.position = 0
         self.commits: list[dict[Any, int]] = []
+        self.fail_commits = list(fail_commits or [])  # raised by the next commits carrying offsets
+
+    def add(self, value: bytes) -> None:
+        self.records.append(Record(self.tp.topic, self.tp.partition, len(self.records), value))
 
     async def start(self) -> None:
         return None
@@ -119,6 +123,9 @@ class FakeConsumer:
 
     def assignment(self) -> set[Any]:
         return {self.tp}
+
+    def subscribe(self, topics: list[str], listener: Any = None) -> None:
+        return None
 
     async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Record]]:
         batch = self.records[self.position:]
@@ -133,6 +140,8 @@ class FakeConsumer:
         self.position = offset
 
     async def commit(self, offsets: dict[Any, int] | None = None) -> None:
+        if offsets and self.fail_commits:
+            raise self.fail_commits.pop(0)
         self.commits.append(dict(offsets or {}))
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
 from flyball.control_plane.directives import ControlLoop
 from flyball.control_plane.policy import Policies, Policy
 from flyball.schemas import ALERTS, DIRECTIVES, ActionKind, Alert, AlertKind, Directive, Scope
@@ -113,3 +114,28 @@ async def test_an_audit_write_that_fails_is_written_later_and_the_directive_stay
     await loop.on_alert(_alert("globex"))  # the next write carries the row left over
     assert audit.decisions() == ["applied", "applied"]
     assert [r[5] for r in audit.rows] == ["acme", "globex"]
+
+
+async def test_a_failed_commit_does_not_stop_the_loop_and_the_next_commit_covers_it() -> None:
+    tp = TopicPartition(ALERTS, 0)
+    consumer = FakeConsumer(tp, [_alert("acme").model_dump_json().encode()],
+                            fail_commits=[CommitFailedError("rebalanced")])
+    producer, audit = FakeProducer(), FakeAuditLog()
+    loop = await _loop(producer, audit, consumer)
+    task = asyncio.create_task(loop.run())
+    try:
+        for _ in range(200):
+            if producer.on(DIRECTIVES):
+                break
+            await asyncio.sleep(0.01)
+        consumer.add(_alert("globex").model_dump_json().encode())
+        for _ in range(200):
+            if {tp: 2} in consumer.commits:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await loop.stop()
+        await asyncio.wait_for(task, 5)
+    assert not task.cancelled() and task.exception() is None
+    assert {tp: 2} in consumer.commits and {tp: 1} not in consumer.commits  # the first commit failed
+    assert audit.decisions() == ["applied", "applied"]

@@ -9,15 +9,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import asyncio
+
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError
 from flyball.control_plane.runtime import load_prices
-from flyball.schemas import DLQ
+from flyball.schemas import DLQ, EVENTS
 from flyball.stream_processors.errors import PermanentError, TemporaryError
 from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
-from tests.fakes import FakeClients, FlakyStore
+from tests.fakes import FakeClients, FakeConsumer, FlakyStore
 
 
 def _calls(n: int, *, tenant: str = "acme") -> list[bytes]:
@@ -99,5 +103,37 @@ async def test_the_clickhouse_adapter_classifies_an_unknown_table_as_permanent(t
     try:
         with pytest.raises(PermanentError, match="code 60"):
             await store.run(store.query, "SELECT * FROM no_such_table", {})
+    finally:
+        store.close()
+
+
+async def test_a_failed_commit_leaves_the_batch_uncommitted_and_saves_no_checkpoint_for_it(tmp_path: Path) -> None:
+    store = ClickHouseStore(f"chdb://{tmp_path}/ch")
+    store.migrate()
+    tp = TopicPartition(EVENTS, 0)
+    consumer = FakeConsumer(tp, _calls(3), fail_commits=[CommitFailedError("rebalanced")])
+    book = load_prices(None)
+    ingest = IngestService(bootstrap="unused:9", store=store, pipeline=Pipeline(lambda: book),
+                           clients=FakeClients(consumer_=consumer), checkpoint_interval_s=0.0)  # type: ignore[arg-type]
+    try:
+        await ingest.start()
+        task = asyncio.create_task(ingest.run())
+        for _ in range(500):
+            if ingest.stats.batches == 1:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the commit of the first batch has failed by now
+        assert consumer.commits == [] and ingest._uncommitted
+        assert (await store.run(store.query, "SELECT count() FROM detector_state", {})) == [(0,)]
+        for raw in _calls(2, tenant="globex"):
+            consumer.add(raw)
+        for _ in range(500):
+            if consumer.commits:
+                break
+            await asyncio.sleep(0.01)
+        assert consumer.commits == [{tp: 5}]  # the next commit covers both batches
+        await ingest.stop()
+        await asyncio.wait_for(task, 5)
+        assert (await store.run(store.query, "SELECT count() FROM detector_state", {}))[0][0] >= 1
     finally:
         store.close()
