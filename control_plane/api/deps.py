@@ -17,6 +17,7 @@ from flyball.stream_processors.ports import ControlStore
 
 from ..auth import KeyRing, Principal, RateLimiter, Role
 from ..errors import Unavailable
+from ..finance import Finance
 from ..directives import ControlLoop
 from ..policy import Policies
 from ..state import AlertMarks, ControlState
@@ -39,7 +40,7 @@ class Deps:
     limiter: RateLimiter = field(default_factory=RateLimiter)
     # (new policies, actor, source text) -> the policies now in force (versioned, audited)
     set_policies: Callable[[Policies, str, str], Awaitable[Policies]] | None = None
-    finance: Any = None  # control_plane.finance.Finance: price changes, budgets, reprice (None: built from store)
+    finance: Finance | None = None  # price changes, budgets, reprice (None: built from the store)
     otlp: Any = None  # control_plane.receiver.OtlpReceiver: POST /v1/traces (None: 503)
     slos: Any = None  # control_plane.slo_live.SLORegistry (None: built from store with the shipped SLOs)
 

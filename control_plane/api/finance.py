@@ -58,11 +58,9 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
 
     def fin() -> Finance:
         if deps.finance is not None:
-            return deps.finance  # type: ignore[no-any-return]
+            return deps.finance
         if not holder:
-            if deps.store is None:
-                raise HTTPException(503, "no ClickHouse store in this process")
-            holder.append(Finance(deps.store, get_book=deps.prices))
+            holder.append(Finance(deps.the_store(), get_book=deps.prices))
         return holder[0]
 
     @app.get("/v1/spend", tags=["finance"])
