@@ -28,7 +28,8 @@ from flyball.stream_processors.detectors import Detectors, SensitivityTable
 from flyball.stream_processors.kafka import KafkaClients
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.budgets import BudgetTracker
-from flyball.stream_processors.pricing import PriceBook, load_catalog
+from flyball.stream_processors.catalog import load_catalog
+from flyball.stream_processors.pricing import PriceBook
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
 
