@@ -13,9 +13,10 @@ import pytest
 
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.pipeline import Pipeline
-from flyball.stream_processors.sinks.clickhouse import _SCHEMA_MIGRATIONS, MIGRATIONS, ClickHouseStore
+from flyball.stream_processors.sinks.clickhouse import _SCHEMA_MIGRATIONS, ClickHouseStore
 from flyball.stream_processors.sinks.ddl import DdlOptions, transform, ttl_statements
 from flyball.control_plane.migrations import ALL_MIGRATIONS
+from flyball.control_plane.migrations import ALL_MIGRATIONS as MIGRATIONS  # every table, worker first
 
 CLUSTER = DdlOptions(cluster="flyball_cluster", ttl_days={"events": 400, "webhook_deliveries": 30})
 ALL = [(0, _SCHEMA_MIGRATIONS), *MIGRATIONS]
