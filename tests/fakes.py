@@ -127,6 +127,9 @@ class FakeConsumer:
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         return None
 
+    def highwater(self, tp: Any) -> int:
+        return len(self.records)
+
     async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Record]]:
         batch = self.records[self.position:]
         if not batch:
