@@ -79,7 +79,7 @@ def restorable(published: Sequence[tuple[str, Directive]], *, known: set[str], n
     ``known``."""
     topic: dict[str, Directive] = {}
     for decision, d in published:
-        if decision in (Decision.EXPIRED, Decision.REVERTED) and d.key() in topic \
+        if decision in (Outcome.EXPIRED, Outcome.REVERTED) and d.key() in topic \
                 and topic[d.key()].directive_id != d.directive_id:
             continue
         topic[d.key()] = d
