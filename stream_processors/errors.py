@@ -50,7 +50,8 @@ class InvalidInput(ValueError):
 
 
 async def with_retry(op: Callable[[], Awaitable[T]], *, what: str, attempts: int = 8, base_delay: float = 0.2,
-                     max_delay: float = 10.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> T:
+                     max_delay: float = 10.0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                     event: str = "temporary_failure") -> T:
     """Await ``op()``, retrying a :class:`TemporaryError` with exponential backoff up to
     ``attempts`` times in all (about 23 s with the defaults); then the last error is raised.
     A :class:`PermanentError` (or anything else) is raised at once. The waiting happens on the
@@ -64,7 +65,7 @@ async def with_retry(op: Callable[[], Awaitable[T]], *, what: str, attempts: int
                 log.error("retries_exhausted", what=what, attempts=attempts, error=str(exc)[:300])
                 raise
             wait = max(delay, exc.retry_after or 0.0)
-            log.warning("temporary_failure", what=what, attempt=attempt, retry_in_s=round(wait, 3),
+            log.warning(event, what=what, attempt=attempt, retry_in_s=round(wait, 3),
                         error=str(exc)[:300])
             await sleep(wait)
             delay = min(delay * 2, max_delay)

@@ -252,7 +252,7 @@ class IngestService:
     async def _write(self, what: str, write: Callable[[list[tuple[object, ...]]], None],
                      rows: list[tuple[object, ...]]) -> None:
         await with_retry(lambda: self.store.run(write, rows), what=what, attempts=self.write_attempts,
-                         base_delay=self.retry_base_s)
+                         base_delay=self.retry_base_s, event="clickhouse_write_failed")
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
         assert self._consumer is not None
