@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STATE  := .state/brokers
 PYTEST_ARGS ?=
 
-.PHONY: demo up test test-unit bench bench-shim quality quality-tune quality-sim chaos soak install install-test clean brokers-start brokers-stop
+.PHONY: demo up test test-unit check bench bench-shim quality quality-tune quality-sim chaos soak install install-test clean brokers-start brokers-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ test: install-test
 	  echo "!!! The Apache Kafka suite did NOT run: java or mvn is missing here. !!!"; \
 	  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"; fi; \
 	exit $$trc
+
+# ruff, mypy --strict on the packages, and the import-linter contracts (pyproject.toml)
+check: install-test
+	$(BIN)/python scripts/check.py
 
 test-unit: install-test
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit $(PYTEST_ARGS)

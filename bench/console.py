@@ -118,14 +118,15 @@ def main() -> int:
     from flyball.control_plane.app import Deps, create_app
     from flyball.control_plane.auth import KeyRing, Principal, Role
     from flyball.control_plane.finance import Finance
-    from flyball.control_plane.policy import DEFAULT_POLICIES
+    from flyball.control_plane.migrations import ALL_MIGRATIONS
+    from flyball.control_plane.policy_file import DEFAULT_POLICIES
     from flyball.control_plane.runtime import load_prices
     from flyball.control_plane.ui import queries
     from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
     with tempfile.TemporaryDirectory(prefix="flyball-bench-console-") as tmp:
         store = ClickHouseStore(f"chdb://{tmp}/ch")
-        store.migrate()
+        store.migrate(ALL_MIGRATIONS)
         t0 = time.perf_counter()
         fill(store, args.events)
         fill_s = time.perf_counter() - t0

@@ -40,10 +40,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from evaltraffic import KINDS, VOLUME_BANDS, Day  # noqa: E402 - a sibling script
-from flyball.schemas import Alert  # noqa: E402
-from flyball.stream_processors.pipeline import Pipeline  # noqa: E402
-from flyball.stream_processors.pricing import PriceBook, load_catalog  # noqa: E402
+from evaltraffic import KINDS, VOLUME_BANDS, Day
+from flyball.schemas import Alert
+from flyball.stream_processors.pipeline import Pipeline
+from flyball.stream_processors.pricing import PriceBook, load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNE_SEEDS = tuple(range(1, 7))

@@ -107,6 +107,7 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from flyball.control_plane.kpi_rollup import KPIRollup
+    from flyball.control_plane.migrations import ALL_MIGRATIONS
     from flyball.control_plane.report import build, html_page, markdown
     from flyball.control_plane.runtime import load_prices
     from flyball.control_plane.slo import DEFAULT_SLOS
@@ -114,7 +115,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = ClickHouseStore(f"chdb://{tmp}/ch")
-        store.migrate()
+        store.migrate(ALL_MIGRATIONS)
         filled = fill(store, args.events)
         t_roll = time.perf_counter()
         KPIRollup(store).refresh(DEFAULT_SLOS)  # what the API does before a report (here: from scratch)

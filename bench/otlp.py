@@ -120,7 +120,7 @@ async def http_round(requests: list[bytes], bootstrap: str) -> tuple[float, floa
     from flyball.control_plane.app import Deps, create_app
     from flyball.control_plane.auth import KeyRing, Role
     from flyball.control_plane.embedded import free_port
-    from flyball.control_plane.policy import DEFAULT_POLICIES
+    from flyball.control_plane.policy_file import DEFAULT_POLICIES
     from flyball.control_plane.receiver import OtlpReceiver
 
     keys = KeyRing()

@@ -17,7 +17,7 @@ What is measured, in the same run and against the same records on the same broke
           (gc.freeze, gen-0 threshold 50k) and detector checkpoints at the default interval.
   WORKER-NODET  the same worker with the detectors' two entry points emptied (bench-only
           subclass): worker CPU per event / this one's is what the detectors cost the worker
-          (issue #5: <= 1.20x).
+          (goal: <= 1.20x).
 
 Both consumers use the same settings as ``IngestService`` (batch 20k, fetch sizes, session
 timeout 6 s), a fresh consumer group and a fresh chDB directory per measurement, and each
@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench._worker
 OUT_DIR = ROOT / "bench" / "out"
 GOAL = 0.50
-DETECTOR_GOAL = 1.20  # issue #5: detectors add <= 20% to the worker's per-event cost
+DETECTOR_GOAL = 1.20  # the goal: detectors add <= 20% to the worker's per-event cost
 PATHS = ("raw", "worker", "worker-nodet")
 PARTITIONS = 4
 BATCH = 20_000
@@ -234,7 +234,7 @@ async def prepare_topic(bootstrap: str, events: list[tuple[bytes, bytes]], *, ex
 def migrate_like_store(client: Any) -> None:
     """Exactly what ``ClickHouseStore.migrate()`` runs before the worker's first batch (so the raw
     path gets flyball's real ``events`` table and the same warm-up of chDB's insert path)."""
-    from flyball.stream_processors.sinks.clickhouse import MIGRATIONS
+    from flyball.stream_processors.migrations import MIGRATIONS
 
     client.command("CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at DateTime64(3, 'UTC')) "
                    "ENGINE = MergeTree ORDER BY version")
@@ -278,7 +278,7 @@ def raw_row_builder(client: Any, table: str = "events") -> tuple[list[str], Any]
             expr = f'd.get("{col}")'
         parts.append(expr)
     code = "lambda d: (" + ", ".join(parts) + ",)"
-    fn = eval(code, {"fromiso": datetime.fromisoformat, "ZERO": Decimal(0),  # noqa: S307 - our own text
+    fn = eval(code, {"fromiso": datetime.fromisoformat, "ZERO": Decimal(0),  # our own text
                      "EPOCH": datetime(1970, 1, 1, tzinfo=UTC)})
     return list(EVENT_COLUMNS), fn
 
@@ -359,10 +359,10 @@ async def single_worker(a: argparse.Namespace) -> dict[str, Any]:
     class TimedPipeline(Pipeline):
         process_s = 0.0
 
-        def process(self, raws, *, now):  # type: ignore[no-untyped-def]
+        def process(self, raws, *, now, **options):  # type: ignore[no-untyped-def]
             t = time.perf_counter()
             try:
-                return super().process(raws, now=now)
+                return super().process(raws, now=now, **options)
             finally:
                 TimedPipeline.process_s += time.perf_counter() - t
 
@@ -442,7 +442,7 @@ def run_single(a: argparse.Namespace) -> int:
     fn = single_raw if a.single == "raw" else single_worker
     try:
         data = asyncio.run(fn(a))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
+    except Exception as exc:  # reported to the parent
         _result(a.result, {"path": a.single, "error": f"{type(exc).__name__}: {exc}"})
         raise
     _result(a.result, data)

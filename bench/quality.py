@@ -17,7 +17,7 @@ would see them (a 5,000-event batch of this traffic spans ten minutes and would 
 - *false alerts* = every alert opened on the ``clean`` scenario (no incidents), per tenant-day;
   ``unpriced_model`` and ``budget_threshold`` are not anomaly detectors and are not counted.
 
-Targets (issue #5): recall >= 95 % per kind, <= 1 false alert per tenant-day, median delay <= 60 s.
+Targets: recall >= 95 % per kind, <= 1 false alert per tenant-day, median delay <= 60 s.
 Writes ``bench/out/quality.json``; exit 0 whether or not the targets are met.
 """
 

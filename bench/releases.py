@@ -20,7 +20,6 @@ import argparse
 import math
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,10 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flyball.stream_processors import releases as rel  # noqa: E402 - after the path set-up
-from flyball.stream_processors.decode import decode_event  # noqa: E402
-from flyball.stream_processors.pricing import load_catalog, price_event  # noqa: E402
-from flyball.stream_processors.release_sim import REGRESSIONS, ReleaseSimulator  # noqa: E402
+from flyball.stream_processors import releases as rel
+from flyball.stream_processors.decode import decode_event
+from flyball.stream_processors.pricing import load_catalog, price_event
+from flyball.stream_processors.release_sim import REGRESSIONS, ReleaseSimulator
 
 TUNING = (1, 2, 3, 4)
 HELD_OUT = tuple(range(101, 109))

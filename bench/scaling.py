@@ -84,7 +84,7 @@ async def replica(a: argparse.Namespace) -> dict[str, Any]:
     svc = Timed(bootstrap=a.bootstrap, store=store, pipeline=Pipeline(lambda: book), group_id=a.group,
                 session_timeout_ms=20_000, checkpoint_interval_s=None)
     await svc.start()
-    consumer = svc._consumer  # noqa: SLF001 - the bench waits for the assignment before starting the clock
+    consumer = svc._consumer
     assert consumer is not None
     while not Path(a.go_file).exists():  # report the assignment as it changes through the group's rebalances
         assigned = sorted(tp.partition for tp in consumer.assignment())
@@ -195,14 +195,15 @@ def api_figures(n: int, seconds: float) -> dict[str, Any]:
 
     from flyball.control_plane.app import Deps, create_app
     from flyball.control_plane.auth import KeyRing, Principal, Role
-    from flyball.control_plane.policy import DEFAULT_POLICIES
+    from flyball.control_plane.policy_file import DEFAULT_POLICIES
+    from flyball.control_plane.migrations import ALL_MIGRATIONS
     from flyball.stream_processors.pipeline import Pipeline
     from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
     book = builtin_prices()
     with tempfile.TemporaryDirectory() as d:
         store = ClickHouseStore(f"chdb://{d}")
-        store.migrate()
+        store.migrate(ALL_MIGRATIONS)
         rows = Pipeline(lambda: book).process([v for _, v in make_events(n)], now=None).rows
         store.call(store.write_events, rows)
         keys = KeyRing()

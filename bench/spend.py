@@ -84,13 +84,14 @@ def main() -> int:
     from flyball.control_plane.app import Deps, create_app
     from flyball.control_plane.auth import KeyRing, Principal, Role
     from flyball.control_plane.finance import Finance
-    from flyball.control_plane.policy import DEFAULT_POLICIES
+    from flyball.control_plane.migrations import ALL_MIGRATIONS
+    from flyball.control_plane.policy_file import DEFAULT_POLICIES
     from flyball.control_plane.runtime import load_prices
     from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
     with tempfile.TemporaryDirectory(prefix="flyball-bench-spend-") as tmp:
         store = ClickHouseStore(f"chdb://{tmp}/ch")
-        store.migrate()
+        store.migrate(ALL_MIGRATIONS)
         fill_s = fill(store, args.events)
         total_rows = store.call(store.query, "SELECT count() FROM events")[0][0]
         print(f"filled {args.events:,} events (+{total_rows - args.events:,} duplicate rows) in {fill_s:.1f}s")
@@ -101,7 +102,8 @@ def main() -> int:
         app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES,
                               prices=lambda: book, finance=finance))
         params = {"tenant_id": TENANT, "from": MONTH.isoformat(), "to": END.isoformat(), "group_by": "day"}
-        where = "tenant_id = {t:String} AND event_type = 'llm_call' AND ts >= {a:DateTime64(3, 'UTC')} AND ts < {b:DateTime64(3, 'UTC')}"
+        where = ("tenant_id = {t:String} AND event_type = 'llm_call' "
+                 "AND ts >= {a:DateTime64(3, 'UTC')} AND ts < {b:DateTime64(3, 'UTC')}")
         qp = {"t": TENANT, "a": MONTH, "b": END}
         sql = ("SELECT toString(toDate(ts)) AS day, count(), toString(sumOrNull(cost_usd)) FROM events @FINAL@ "
                f"WHERE {where} GROUP BY day ORDER BY day")

@@ -20,13 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clickhouse_connect.driver.exceptions import OperationalError
 from flyball.control_plane import cli, runtime
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
 
-class InjectedFault(ConnectionError):
-    """The chaos harness switched ClickHouse writes off."""
+class InjectedFault(OperationalError):
+    """The chaos harness switched ClickHouse writes off (raised as the driver raises a network
+    failure, so the store classifies it as temporary and the worker retries it, bounded)."""
 
 
 class FaultyStore(ClickHouseStore):

@@ -5,6 +5,8 @@ Every route but ``/healthz`` needs ``Authorization: Bearer <key>``. A tenant-bou
 only its tenant; asking for another tenant is refused without naming anything about it.
 """
 
+# no ``from __future__ import annotations`` here: FastAPI reads the routes' annotations, which
+# name objects local to create_app
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -16,6 +18,7 @@ from .api import admin, finance, kpis, openapi, otlp, requests, slos, sre
 from .api.deps import Auth, Deps
 from .api.limits import DEFAULT_MAX_BODY, BodyLimit
 from .auth import Principal
+from .errors import InvalidInput, NotFound, PermanentError, TemporaryError, Unavailable
 from .metrics import registry_of
 
 __all__ = ["Deps", "create_app"]
@@ -37,9 +40,50 @@ def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
         fields = ", ".join(e["field"] for e in errors)
         return JSONResponse(status_code=422, content={"detail": f"invalid request: {fields}", "errors": errors})
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", **deps.ready()}
+    @app.exception_handler(InvalidInput)
+    async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc), "field": exc.field})
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(_: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    @app.exception_handler(TemporaryError)
+    async def _temporary(_: Request, exc: TemporaryError) -> JSONResponse:
+        retry = max(1, round(exc.retry_after or 1))
+        return JSONResponse(status_code=503, headers={"Retry-After": str(retry)},
+                            content={"detail": f"temporarily unavailable: {exc}"[:500]})
+
+    @app.exception_handler(PermanentError)
+    async def _permanent(_: Request, exc: PermanentError) -> JSONResponse:
+        return JSONResponse(status_code=500, content={"detail": f"the store refused the request: {exc}"[:500]})
+
+    @app.get("/healthz", responses={503: {"description": "a part of this process has died"}})
+    async def healthz() -> JSONResponse:
+        """Liveness: 503 once a supervised task (ingest, control loop, rollups, ...) has died;
+        the process then exits non-zero for its orchestrator to restart it."""
+        dead = sorted(name for name, alive in deps.parts().items() if not alive)
+        body: dict[str, Any] = {"status": "failing" if dead else "ok", **deps.ready()}
+        if dead:
+            body["dead"] = dead
+        return JSONResponse(status_code=503 if dead else 200, content=body)
+
+    @app.get("/readyz", responses={503: {"description": "a part is starting, not working, or dead"}})
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 only while every part of this process is running and ready (the
+        worker has partitions and polls; the control loop follows the alerts)."""
+        ready = deps.ready()
+        dead = sorted(name for name, alive in deps.parts().items() if not alive)
+        waiting = sorted(name for name, ok in ready.items() if not ok)
+        ok = not dead and not waiting
+        body: dict[str, Any] = {"status": "ready" if ok else "not ready", **ready}
+        if dead:
+            body["dead"] = dead
+        return JSONResponse(status_code=200 if ok else 503, content=body)
 
     @app.get("/metrics")
     async def metrics(_: Annotated[Principal, Depends(auth.any_key(global_only=True))]) -> Response:

@@ -31,6 +31,7 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    code = 0
     try:
         await system.start()
         print(f"flyball is up\n  Kafka bootstrap: {system.bootstrap}", flush=True)
@@ -40,12 +41,23 @@ async def _serve(settings: Settings, *, worker: bool, api: bool) -> int:
             if not settings.admin_api_key:
                 print(f"  admin API key:   {system.admin_key}  (set FLYBALL_ADMIN_API_KEY to choose one)", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
-        await stop.wait()
+        died = asyncio.ensure_future(system.supervisor.failed.wait())
+        asked = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({died, asked}, return_when=asyncio.FIRST_COMPLETED)
+        died.cancel()
+        asked.cancel()
+        if system.supervisor.deaths:  # a dead part: exit non-zero so that the process is restarted
+            death = system.supervisor.deaths[0]
+            print(f"flyball: {death.task} died ({death.error}); exiting", file=sys.stderr, flush=True)
+            code = 1
+    except RuntimeError as exc:  # did not start (a part died, or not ready in time)
+        print(f"flyball: {exc}", file=sys.stderr, flush=True)
+        code = 1
     finally:
         print("stopping ...", flush=True)
         await system.stop()
         print("stopped", flush=True)
-    return 0
+    return code
 
 
 def cmd_up(args: argparse.Namespace) -> int:

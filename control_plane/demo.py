@@ -101,7 +101,7 @@ async def run_demo(settings: Settings, *, spike_at: float = 6.0, spike_for: floa
                                               output_tokens=rng.randint(2_000, 4_000), latency_ms=9_000)
                         elif not refused_shown:
                             refused_shown = True
-                            lat = time.monotonic() - spike_started
+                            lat = time.monotonic() - (spike_started or time.monotonic())
                             other = tel.guard(tenant_id="acme")
                             say("guard", f"guard({SPIKER}) -> REFUSED ({d.reason}, retry after {d.retry_after_s:.1f}s); "
                                          f"guard(acme) -> {'allowed' if other.allowed else 'refused'}   "

@@ -1,6 +1,6 @@
 """The control loop: alerts in, directives out, every decision audited.
 
-A reconcile loop in the kopf style: the decision is ``policy.decide`` (pure); this module only
+A reconcile loop in the kopf style: the decision is ``policy.decide_actions`` (pure); this module only
 reads alerts from Kafka, keeps the directives in force (and those waiting for approval),
 publishes them on the compacted directive topic, appends one audit row per decision, and hands
 alert transitions and automatic actions to the notifier. On start it rebuilds the directives in
@@ -20,10 +20,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import (
     ALERTS,
     DIRECTIVES,
@@ -37,18 +36,20 @@ from flyball.schemas import (
     sign,
     verify,
 )
+from flyball.stream_processors.errors import PermanentError, TemporaryError, with_retry
+from flyball.stream_processors.kafka import KafkaClients, classify
+from flyball.stream_processors.ports import AuditLog, KafkaClientFactory
 
 from .policy import (
     AUTOMATION,
-    DEFAULT_POLICIES,
-    PUBLISHED,
     Action,
-    Decision,
     History,
+    Outcome,
+    PUBLISHED,
     Policies,
     approve,
     create,
-    decide,
+    decide_actions,
     expire,
     extend,
     observe,
@@ -57,16 +58,12 @@ from .policy import (
     revert,
 )
 
+from .policy_file import DEFAULT_POLICIES
+
 log = structlog.get_logger(__name__)
 
 # automatic decisions worth a notification (extensions and skips are not)
-NOTIFIED = frozenset({Decision.APPLIED, Decision.DRY_RUN, Decision.PENDING, Decision.REVERTED, Decision.EXPIRED})
-
-
-class AuditSink(Protocol):
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any: ...
-
-    def write_actions(self, rows: Sequence[Sequence[Any]]) -> None: ...
+NOTIFIED = frozenset({Outcome.APPLIED, Outcome.DRY_RUN, Outcome.PENDING, Outcome.REVERTED, Outcome.EXPIRED})
 
 
 class Notifier(Protocol):
@@ -94,7 +91,7 @@ def restorable(published: Sequence[tuple[str, Directive]], *, known: set[str], n
     ``known``."""
     topic: dict[str, Directive] = {}
     for decision, d in published:
-        if decision in (Decision.EXPIRED, Decision.REVERTED) and d.key() in topic \
+        if decision in (Outcome.EXPIRED, Outcome.REVERTED) and d.key() in topic \
                 and topic[d.key()].directive_id != d.directive_id:
             continue
         topic[d.key()] = d
@@ -107,15 +104,19 @@ def _utc(value: datetime) -> datetime:
 
 
 class ControlLoop:
-    def __init__(self, *, bootstrap: str, audit: AuditSink, policies: Policies = DEFAULT_POLICIES,
+    def __init__(self, *, bootstrap: str, audit: AuditLog, policies: Policies = DEFAULT_POLICIES,
                  group_id: str = "flyball-control-plane", session_timeout_ms: int = 6_000,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC), notifier: Notifier | None = None,
                  traffic: Callable[[], Awaitable[Mapping[str, float]]] | None = None,
                  traffic_every_s: float = 30.0, max_alert_age_s: float = 900.0,
+                 clients: KafkaClientFactory | None = None, attempts: int = 6,
                  signing: KeySet | None = None,
                  instances: Callable[[], Awaitable[Mapping[str, int]]] | None = None,
                  instances_every_s: float = 10.0) -> None:
         self.bootstrap = bootstrap
+        self.clients: KafkaClientFactory = clients or KafkaClients(bootstrap)
+        self.attempts = attempts  # for a publish or an audit write (temporary errors; about 6 s in all)
+        self.retry_base_s = 0.2
         # signs the directives published, verifies the alerts read (and directives reloaded)
         self.signing = signing or KeySet()
         # live shim instances per tenant: a throttle is shared among them (Directive.replicas)
@@ -143,6 +144,13 @@ class ControlLoop:
         self._consumer: AIOKafkaConsumer | None = None
         self._stopping = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._unaudited: list[tuple[Any, ...]] = []  # audit rows of published directives not yet written
+        self._polled_at = float("-inf")
+        self.stall_after_s = 60.0
+
+    def working(self) -> bool:
+        """Following the alerts: ready, and polled the broker successfully lately."""
+        return self.ready.is_set() and time.monotonic() - self._polled_at < self.stall_after_s
 
     def active(self) -> list[Directive]:
         return [d for d in self.directives.values() if d.state == DirectiveState.ACTIVE]
@@ -152,7 +160,7 @@ class ControlLoop:
         return [*self.active(), *self.pending.values()]
 
     async def start(self) -> None:
-        self._producer = await start_producer(self.bootstrap)
+        self._producer = await self.clients.producer()
         await self._load_directives()
         await self._load_audit()
         await self._restore_from_audit()
@@ -160,8 +168,8 @@ class ControlLoop:
         # alerts would only be ignored (older than every TTL) after a replay that delays the first
         # real decision; incidents still open are re-published as their evidence grows. A group
         # that has committed resumes where it stopped, so a restart misses nothing.
-        self._consumer = AIOKafkaConsumer(
-            ALERTS, bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
+        self._consumer = self.clients.consumer(
+            ALERTS, group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="latest", session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(self.session_timeout_ms // 6, 200), rebalance_timeout_ms=self.session_timeout_ms,
         )
@@ -177,8 +185,8 @@ class ControlLoop:
     async def _load_directives(self) -> None:
         """Read the compacted topic from its start until it goes quiet (end offsets are not
         trusted: Tansu reports them too low)."""
-        consumer = AIOKafkaConsumer(DIRECTIVES, bootstrap_servers=self.bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        consumer = self.clients.consumer(DIRECTIVES, group_id=None, auto_offset_reset="earliest",
+                                         enable_auto_commit=False)
         await consumer.start()
         try:
             quiet = 0
@@ -218,7 +226,7 @@ class ControlLoop:
                 "SELECT scope_key, max(at) FROM actions WHERE decision = 'applied' AND actor = {actor:String} "
                 "AND at > now() - INTERVAL 1 DAY GROUP BY scope_key"), {"actor": AUTOMATION})
             self.last_fired.update({key: _utc(at) for key, at in rows})
-        except Exception as exc:  # noqa: BLE001 - a cold start without history is still a start
+        except (PermanentError, TemporaryError, ValueError) as exc:  # a cold start without history is still a start
             log.warning("audit_load_failed", error=str(exc)[:300])
         log.info("audit_loaded", pending=len(self.pending), cooldowns=len(self.last_fired))
 
@@ -240,9 +248,13 @@ class ControlLoop:
             return
         restored = restorable(published, known=set(self.directives), now=self.clock())
         assert self._producer is not None
-        for d in restored:
+        stamp = int(self.clock().timestamp() * 1_000_000)
+        for d in restored:  # a newer version than any the shims saw, signed like every directive
+            d = d.model_copy(update={"version": max(d.version + 1, stamp)})
             self.directives[d.key()] = d
-            await self._producer.send_and_wait(DIRECTIVES, key=d.key().encode(), value=d.model_dump_json().encode())
+            await self._producer.send_and_wait(DIRECTIVES, key=d.key().encode(),
+                                               value=sign(d.model_dump_json().encode(), topic=DIRECTIVES,
+                                                          keys=self.signing))
         if restored:
             log.info("directives_restored", count=len(restored), directive_ids=[d.directive_id for d in restored])
 
@@ -255,6 +267,7 @@ class ControlLoop:
                 log.warning("alert_consume_failed", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
+            self._polled_at = time.monotonic()
             if self._consumer.assignment() and not self.ready.is_set():
                 # record the starting position at once, so that a restart resumes from here even
                 # if no alert arrived meanwhile (a new group starts at the end of the topic)
@@ -263,29 +276,46 @@ class ControlLoop:
                 except (KafkaError, TimeoutError) as exc:
                     log.warning("commit_failed", error=str(exc) or type(exc).__name__)
                 self.ready.set()
-            for recs in batch.values():
+            done: dict[TopicPartition, int] = {}  # partition -> next offset to commit
+            for tp, recs in batch.items():
                 for rec in recs:
-                    try:
-                        alert = Alert.model_validate_json(self._verified(rec.value, ALERTS))
-                    except ValueError as exc:  # SignatureError included: forged alerts do not act
-                        log.warning("alert_refused" if isinstance(exc, SignatureError) else "alert_invalid",
-                                    error=str(exc)[:200])
-                        continue
-                    try:
-                        await self.on_alert(alert)
-                    except Exception:  # noqa: BLE001 - one bad decision must not stop the loop
-                        log.exception("alert_handling_failed", alert_id=alert.alert_id)
+                    if not await self._handle(rec.value):
+                        # its directive was not published: do not commit it, read it again
+                        self._consumer.seek(tp, rec.offset)
+                        await asyncio.sleep(self.retry_base_s)
+                        break
+                    done[tp] = rec.offset + 1
             try:
                 await self._refresh_traffic()
                 await self._refresh_instances()
                 await self.tick()
-            except Exception:  # noqa: BLE001
-                log.exception("tick_failed")
-            if batch:
+            except (PermanentError, TemporaryError) as exc:  # an expiry not published: tried again next tick
+                log.warning("tick_failed", error=str(exc)[:300])
+            if done:
                 try:
-                    await self._consumer.commit()
+                    await self._consumer.commit(done)
                 except KafkaError as exc:
                     log.warning("commit_failed", error=str(exc))
+
+    async def _handle(self, value: bytes | None) -> bool:
+        """Decide on one alert record; False when it must be read again (a directive it
+        decided on could not be published, for now)."""
+        try:
+            alert = Alert.model_validate_json(self._verified(value or b"", ALERTS))
+        except ValueError as exc:  # SignatureError included: forged alerts do not act
+            log.warning("alert_refused" if isinstance(exc, SignatureError) else "alert_invalid",
+                        error=str(exc)[:200])
+            return True
+        try:
+            await self.on_alert(alert)
+        except TemporaryError as exc:
+            log.warning("alert_retried", alert_id=alert.alert_id, error=str(exc)[:300])
+            return False
+        except PermanentError as exc:  # audited as failed; retrying cannot help
+            log.error("alert_not_enforced", alert_id=alert.alert_id, error=str(exc)[:300])
+        except Exception:  # a bug in one decision must not stop the loop; logged with its trace
+            log.exception("alert_handling_failed", alert_id=alert.alert_id)
+        return True
 
     async def _refresh_traffic(self) -> None:
         if self._traffic is None or time.monotonic() - self._traffic_at < self._traffic_every_s:
@@ -293,7 +323,7 @@ class ControlLoop:
         self._traffic_at = time.monotonic()
         try:
             self.history = replace(self.history, traffic=dict(await self._traffic()))
-        except Exception as exc:  # noqa: BLE001 - blast-radius share is unknown until the next refresh
+        except (PermanentError, TemporaryError) as exc:  # blast-radius share unknown until the next refresh
             log.warning("traffic_refresh_failed", error=str(exc)[:300])
 
     async def _refresh_instances(self) -> None:
@@ -308,7 +338,7 @@ class ControlLoop:
             log.warning("instances_refresh_failed", error=str(exc)[:300])
             return
         async with self._lock:
-            reshared = [Action(Decision.EXTENDED, d.scope, f"shared among {self._replicas(d)} shim instances",
+            reshared = [Action(Outcome.EXTENDED, d.scope, f"shared among {self._replicas(d)} shim instances",
                                before=d, actor=d.actor, directive=d)
                         for d in self.active() if d.action == ActionKind.THROTTLE and self._replicas(d) != d.replicas]
             if reshared:
@@ -331,7 +361,7 @@ class ControlLoop:
             if self.notifier is not None and previous != alert.status and fresh:
                 self.notifier.alert(alert, alert.status)
             self.history = observe(self.history, alert)
-            actions = decide(alert, self.live(), self.policies, now=now, history=self._history())
+            actions = decide_actions(alert, self.live(), self.policies, now=now, history=self._history())
             return await self._apply(actions, now)
 
     async def tick(self) -> list[Action]:
@@ -410,32 +440,83 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ the one way out
     async def _apply(self, actions: Sequence[Action], now: datetime) -> list[Action]:
-        """Audit, notify and publish; returns the actions as published (versions, shares)."""
-        assert self._producer is not None
+        """Publish each action's directive (versioned per scope, shared among shim instances,
+        signed), then take it as in force and audit it; returns the actions as published. A
+        directive that cannot be published is audited ``failed`` (the error in the reason) and
+        the error is raised: the alert that caused it is not committed, the state is unchanged."""
         actions = self._stamped(actions, now)
-        rows = [audit_row(a, now) for a in actions]
-        if rows:
-            await self.audit.run(self.audit.write_actions, rows)
-        for action in actions:
-            d = action.directive
-            log.info(f"directive_{action.decision}", scope=action.scope.key(), reason=action.reason,
-                     directive_id=d.directive_id if d else None, actor=action.actor)
-            if self.notifier is not None and action.actor == AUTOMATION and action.decision in NOTIFIED:
-                self.notifier.action(action)
-            if d is None:
-                continue
-            if d.state == DirectiveState.PENDING:
-                self.pending[d.directive_id] = d
-                continue
-            self.pending.pop(d.directive_id, None)
-            if action.decision not in PUBLISHED:
-                continue
-            if action.decision in (Decision.EXPIRED, Decision.REVERTED) and d.key() in self.directives \
-                    and self.directives[d.key()].directive_id != d.directive_id:
-                continue  # a pending one lapsing must not clear another directive on its scope
-            self.directives[d.key()] = d
-            if action.decision == Decision.APPLIED and action.actor == AUTOMATION:
-                self.last_fired[d.key()] = now
-            await self._producer.send_and_wait(DIRECTIVES, key=d.key().encode(),
-                                               value=sign(d.model_dump_json().encode(), topic=DIRECTIVES, keys=self.signing))
+        rows: list[tuple[Any, ...]] = []
+        try:
+            for action in actions:
+                try:
+                    await self._publish(action)
+                except (PermanentError, TemporaryError) as exc:
+                    failed = replace(action, decision=Outcome.FAILED,
+                                     reason=f"{action.decision} not published: {exc}"[:1000])
+                    rows.append(audit_row(failed, now))
+                    log.error("directive_failed", scope=action.scope.key(), decision=str(action.decision),
+                              error=str(exc)[:300])
+                    raise
+                self._take(action, now)
+                rows.append(audit_row(action, now))
+        finally:
+            await self._write_audit(rows)
         return actions
+
+    def _publishes(self, action: Action) -> bool:
+        d = action.directive
+        if d is None or d.state == DirectiveState.PENDING or action.decision not in PUBLISHED:
+            return False
+        # a pending one lapsing must not clear another directive on its scope
+        return not (action.decision in (Outcome.EXPIRED, Outcome.REVERTED) and d.key() in self.directives
+                    and self.directives[d.key()].directive_id != d.directive_id)
+
+    async def _publish(self, action: Action) -> None:
+        if not self._publishes(action):
+            return
+        d = action.directive
+        assert d is not None and self._producer is not None
+        producer = self._producer
+        value = sign(d.model_dump_json().encode(), topic=DIRECTIVES, keys=self.signing)
+
+        async def send() -> None:
+            try:
+                await producer.send_and_wait(DIRECTIVES, key=d.key().encode(), value=value)
+            except KafkaError as exc:
+                raise (classify(exc) or exc) from exc
+        await with_retry(send, what="directive publish", attempts=self.attempts, base_delay=self.retry_base_s)
+
+    def _take(self, action: Action, now: datetime) -> None:
+        """The action is published (or publishes nothing): the loop's state follows it."""
+        d = action.directive
+        log.info(f"directive_{action.decision}", scope=action.scope.key(), reason=action.reason,
+                 directive_id=d.directive_id if d else None, actor=action.actor)
+        if self.notifier is not None and action.actor == AUTOMATION and action.decision in NOTIFIED:
+            self.notifier.action(action)
+        if d is None:
+            return
+        if d.state == DirectiveState.PENDING:
+            self.pending[d.directive_id] = d
+            return
+        self.pending.pop(d.directive_id, None)
+        if not self._publishes(action):
+            return
+        self.directives[d.key()] = d
+        if action.decision == Outcome.APPLIED and action.actor == AUTOMATION:
+            self.last_fired[d.key()] = now
+
+    async def _write_audit(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write these rows and any left from before; rows that cannot be written now stay
+        queued (in order) and go with the next write: what was published is audited late,
+        never dropped while the process lives."""
+        self._unaudited.extend(rows)
+        if not self._unaudited:
+            return
+        batch = list(self._unaudited)
+        try:
+            await with_retry(lambda: self.audit.run(self.audit.write_actions, batch), what="audit write",
+                             attempts=self.attempts, base_delay=self.retry_base_s)
+        except (PermanentError, TemporaryError) as exc:
+            log.error("audit_write_failed", rows=len(batch), error=str(exc)[:300])
+            return
+        del self._unaudited[:len(batch)]

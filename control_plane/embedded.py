@@ -46,7 +46,7 @@ class EmbeddedBroker:
 def start_tansu(*, port: int | None = None, log_file: Path | None = None, timeout: float = 15.0) -> EmbeddedBroker:
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # owned by the child
     proc = subprocess.Popen(
         [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
          "--storage-engine", "memory://tansu/"],

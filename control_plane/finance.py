@@ -1,9 +1,8 @@
 """Finance operations over ClickHouse: price changes (audited), budgets, re-pricing, minute
-rollups, reconciliation with a provider's export.
+rollups (reconciliation with a provider's export: ``reconcile.py``).
 
-The arithmetic lives in the pure cores (``pricing``, ``budgets``, ``forecast``) and in the
-pure helpers at the bottom of this module (``parse_provider_csv``, ``reconcile``); this class
-is the thin shell that reads and writes ClickHouse.
+The arithmetic lives in the pure cores (``pricing``, ``budgets``, ``forecast``; the
+reconciliation in ``reconcile.py``); this class is the thin shell that reads and writes ClickHouse.
 
 Exactly-once money. The ``events`` table is a ReplacingMergeTree keyed by (tenant, day,
 event_id), and every spend query reads it ``FINAL``, so an event counts once however often it
@@ -20,20 +19,20 @@ replaces the old row instead of adding to it.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import structlog
 
-from flyball.stream_processors.budgets import Budget, Period, make_budget, period_bounds
+from flyball.stream_processors.errors import PermanentError, TemporaryError
+from flyball.stream_processors.budgets import Budget, Period, SeedRequest, make_budget, period_bounds
 from flyball.stream_processors.pipeline import EVENT_COLUMNS
+from flyball.stream_processors.ports import Store
 from flyball.stream_processors.pricing import PriceBook, PriceEntry, Usage, entry_from_dict, entry_to_dict, price
 
 log = structlog.get_logger(__name__)
@@ -72,7 +71,7 @@ class RepriceSummary:
 class Finance:
     """Owned by the process that owns the ClickHouse store (``flyball up`` / ``api``)."""
 
-    def __init__(self, store: Any, *, get_book: Callable[[], PriceBook],
+    def __init__(self, store: Store, *, get_book: Callable[[], PriceBook],
                  set_book: Callable[[PriceBook], None] | None = None) -> None:
         self.store = store
         self._get_book = get_book
@@ -162,7 +161,7 @@ class Finance:
     def period_spend(self, budget: Budget, start: datetime, end: datetime,
                      exclude: frozenset[str] = frozenset()) -> Decimal:
         """Stored spend of a budget's scope in [start, end), FINAL (each event once). Called
-        synchronously by the worker's budget tracker (the ``seed`` port)."""
+        on the ClickHouse thread (``store.run``/``call``)."""
         where = ["tenant_id = {t:String}", "event_type = 'llm_call'", "ts >= {s:DateTime64(3, 'UTC')}",
                  "ts < {e:DateTime64(3, 'UTC')}"]
         params: dict[str, Any] = {"t": budget.tenant_id, "s": start, "e": end}
@@ -176,8 +175,13 @@ class Finance:
                                 params)
         return Decimal(rows[0][0]) if rows and rows[0][0] is not None else Decimal(0)
 
-    def seed(self, budget: Budget, start: datetime, end: datetime, exclude: frozenset[str]) -> Decimal:
-        return self.store.call(self.period_spend, budget, start, end, exclude)
+    async def totals(self, requests: Sequence[SeedRequest]) -> dict[tuple[str, datetime], Decimal]:
+        """The worker's budget seeds (the ``BudgetSeeds`` port): each request's stored spend,
+        queried on the ClickHouse thread, never on the event loop."""
+        return await self.store.run(self._totals, list(requests))
+
+    def _totals(self, requests: list[SeedRequest]) -> dict[tuple[str, datetime], Decimal]:
+        return {r.key: self.period_spend(r.budget, r.start, r.end, r.exclude) for r in requests}
 
     # ---------------------------------------------------------------- spend per day (forecast)
     def daily_spend(self, *, tenant_id: str | None, start: datetime, end: datetime) -> dict[str, dict[date, Decimal]]:
@@ -263,7 +267,8 @@ class Finance:
 
     def _refresh(self, since: datetime) -> int:
         c = self.store
-        dirty = "SELECT DISTINCT tenant_id, toStartOfMinute(ts) FROM events WHERE ingested_at >= {since:DateTime64(3, 'UTC')} AND event_type = 'llm_call'"
+        dirty = ("SELECT DISTINCT tenant_id, toStartOfMinute(ts) FROM events "
+                 "WHERE ingested_at >= {since:DateTime64(3, 'UTC')} AND event_type = 'llm_call'")
         lo = c.query(f"SELECT min(m), count() FROM ({dirty.replace('toStartOfMinute(ts)', 'toStartOfMinute(ts) AS m')})",
                      {"since": since})
         if not lo or not lo[0][1]:
@@ -282,7 +287,7 @@ class Finance:
         while True:
             try:
                 await asyncio.to_thread(self.refresh_rollups)
-            except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next round
+            except (TemporaryError, PermanentError) as exc:  # a failed refresh is retried next round
                 log.warning("rollup_refresh_failed", error=str(exc)[:300])
             await asyncio.sleep(interval_s)
 
@@ -312,73 +317,6 @@ def budget_status(budget: Budget, spent: Decimal, at: datetime) -> dict[str, Any
 # -------------------------------------------------------------------- reconciliation (pure)
 
 
-@dataclass(frozen=True, slots=True)
-class ReconLine:
-    day: str
-    model: str
-    provider_usd: Decimal
-    ours_usd: Decimal
-
-    @property
-    def diff_usd(self) -> Decimal:
-        return self.ours_usd - self.provider_usd
-
-
-_DAY = ("day", "date", "usage_date", "start_time", "bucket_start")
-_MODEL = ("model", "model_id", "model_name", "line_item", "sku")
-_COST = ("cost_usd", "cost", "amount", "amount_usd", "usd", "total_cost")
-
-
-class ReconcileError(ValueError):
-    """A provider export that cannot be read; the message names the line and column."""
-
-
-def parse_provider_csv(text: str) -> dict[tuple[str, str], Decimal]:
-    """A provider's usage/invoice CSV (day, model, cost; header names matched leniently) ->
-    cost per (day, model). Rows for the same day and model are summed."""
-    reader = csv.DictReader(io.StringIO(text))
-    names = {n.strip().lower(): n for n in (reader.fieldnames or [])}
-
-    def pick(options: tuple[str, ...], what: str) -> str:
-        for option in options:
-            if option in names:
-                return names[option]
-        raise ReconcileError(f"header: no {what} column (one of {', '.join(options)})")
-
-    day_c, model_c, cost_c = pick(_DAY, "day"), pick(_MODEL, "model"), pick(_COST, "cost")
-    out: dict[tuple[str, str], Decimal] = {}
-    for n, row in enumerate(reader, start=2):
-        raw_day = (row.get(day_c) or "").strip()
-        try:
-            day = date.fromisoformat(raw_day[:10]).isoformat()
-        except ValueError:
-            raise ReconcileError(f"line {n}: {day_c}: not a date: {raw_day!r}") from None
-        raw_cost = (row.get(cost_c) or "").strip().lstrip("$").replace(",", "")
-        try:
-            cost = Decimal(raw_cost)
-        except InvalidOperation:
-            raise ReconcileError(f"line {n}: {cost_c}: not a number: {raw_cost!r}") from None
-        if not cost.is_finite():
-            raise ReconcileError(f"line {n}: {cost_c}: not a finite number")
-        key = (day, (row.get(model_c) or "").strip())
-        out[key] = out.get(key, Decimal(0)) + cost
-    return out
-
-
-def reconcile(provider: dict[tuple[str, str], Decimal], ours: dict[tuple[str, str], Decimal]) -> list[ReconLine]:
-    """One line per (day, model) in either side, sorted; a side that lacks it counts 0."""
-    keys = sorted(set(provider) | set(ours))
-    return [ReconLine(d, m, provider.get((d, m), Decimal(0)), ours.get((d, m), Decimal(0))) for d, m in keys]
-
-
-def ours_from_spend_rows(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str], Decimal]:
-    out: dict[tuple[str, str], Decimal] = {}
-    for r in rows:
-        key = (str(r["day"])[:10], str(r["model"]))
-        out[key] = out.get(key, Decimal(0)) + Decimal(str(r["cost_usd"]))
-    return out
-
-
 def _text(d: Decimal) -> str:
     text = format(d, "f")
     if "." in text:
@@ -386,5 +324,4 @@ def _text(d: Decimal) -> str:
     return text or "0"
 
 
-__all__ = ["Finance", "Period", "ReconLine", "ReconcileError", "RepriceSummary", "budget_status",
-           "ours_from_spend_rows", "parse_provider_csv", "reconcile"]
+__all__ = ["Finance", "Period", "RepriceSummary", "budget_status"]

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from .finance import ReconcileError, ours_from_spend_rows, parse_provider_csv, reconcile
+from .reconcile import ReconcileError, ours_from_spend_rows, parse_provider_csv, reconcile
 from .settings import Settings
 
 
@@ -44,7 +44,8 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, out: TextIO
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if c in right else v.ljust(w) for v, w, c in zip(values, widths, columns, strict=True)).rstrip()
+        return "  ".join(v.rjust(w) if c in right else v.ljust(w)
+                         for v, w, c in zip(values, widths, columns, strict=True)).rstrip()
 
     out.write(line(columns) + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")
@@ -52,9 +53,10 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, out: TextIO
         out.write(line(row) + "\n")
 
 
-def _spend_params(args: argparse.Namespace) -> list[tuple[str, str]]:
-    params = [(name, getattr(args, name)) for name in ("tenant_id", "feature", "provider", "model", "prompt_version")
-              if getattr(args, name, None)]
+def _spend_params(args: argparse.Namespace) -> list[tuple[str, str | int | float | bool | None]]:
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        (name, getattr(args, name)) for name in ("tenant_id", "feature", "provider", "model", "prompt_version")
+        if getattr(args, name, None)]
     if args.from_:
         params.append(("from", args.from_))
     if args.to:
@@ -73,7 +75,7 @@ def cmd_spend(args: argparse.Namespace, settings: Settings, out: TextIO = sys.st
         body = _check(client.get("/v1/spend", params=_spend_params(args))).json()
     groups = body["group_by"]
     columns = [*groups, "events", "cost_usd", "unpriced_events"]
-    rows = [*body["rows"], {**{g: "" for g in groups}, **({groups[0]: "TOTAL"} if groups else {}),
+    rows = [*body["rows"], {**dict.fromkeys(groups, ""), **({groups[0]: "TOTAL"} if groups else {}),
                             "events": body["events"], "cost_usd": body["total_usd"], "unpriced_events": ""}]
     table(rows, columns, out=out, right=("events", "cost_usd", "unpriced_events"))
     return 0
@@ -97,7 +99,7 @@ def cmd_reprice(args: argparse.Namespace, settings: Settings, out: TextIO = sys.
 def cmd_reconcile(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) -> int:
     provider = parse_provider_csv(Path(args.file).read_text(encoding="utf-8-sig"))
     days = sorted({d for d, _ in provider})
-    params: list[tuple[str, str]] = [("group_by", "day,model")]
+    params: list[tuple[str, str | int | float | bool | None]] = [("group_by", "day,model")]
     if days:
         params += [("from", f"{args.from_ or days[0]}T00:00:00Z"), ("to", args.to or f"{days[-1]}T23:59:59.999Z")]
     if args.tenant_id:

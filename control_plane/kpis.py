@@ -196,7 +196,7 @@ def alerts_sql(p: Span) -> tuple[str, dict[str, Any]]:
 
 def mitigations_sql(alert_ids: Sequence[str]) -> tuple[str, dict[str, Any]]:
     return ("SELECT alert_id, min(at) FROM actions WHERE alert_id IN {ids:Array(String)} "
-            f"AND decision IN {{decisions:Array(String)}} GROUP BY alert_id",
+            "AND decision IN {decisions:Array(String)} GROUP BY alert_id",
             {"ids": list(alert_ids), "decisions": list(MITIGATIONS)})
 
 

@@ -32,12 +32,12 @@ from pydantic import BaseModel, Field, SecretStr
 from flyball.schemas import Alert
 
 from .escaping import plain_text, slack_text
-from .policy import Action, Decision
+from .policy import Action, Outcome
 
 log = structlog.get_logger(__name__)
 
 PD_SEVERITY = {"critical": "critical", "warning": "warning", "info": "info"}
-ENDS = (Decision.REVERTED, Decision.EXPIRED)
+ENDS = (Outcome.REVERTED, Outcome.EXPIRED)
 
 
 class WebhookTarget(BaseModel):
@@ -47,7 +47,8 @@ class WebhookTarget(BaseModel):
     format: Literal["slack", "pagerduty"] = "slack"
     routing_key: SecretStr | None = None  # PagerDuty integration key
     name: str = ""
-    events: list[Literal["alert", "action"]] = Field(default_factory=lambda: ["alert", "action"])
+    events: list[Literal["alert", "action"]] = Field(default_factory=lambda: list[Literal["alert", "action"]](
+        ["alert", "action"]))
 
     def label(self) -> str:
         """How the target appears in logs: never the URL path (Slack URLs embed a secret)."""
@@ -232,7 +233,7 @@ class WebhookNotifier:
             await self._deliver(notice, target)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a bug in one delivery must not kill the notifier
+        except Exception:  # a bug in one delivery must not kill the notifier
             self.failed += 1
             log.exception("webhook_delivery_crashed", target=target.label(), dedupe_key=notice.dedupe_key)
 

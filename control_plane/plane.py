@@ -8,17 +8,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from flyball.schemas import KeySet
+from flyball.stream_processors.kafka import KafkaClients
+from flyball.stream_processors.ports import ControlStore
 
 from .auth import KeyRing, RateLimiter
 
 from .directives import ControlLoop
 from .notify import WebhookNotifier
-from .policy import SHIPPED_POLICIES_TEXT, Policies
+from .policy import Policies
+from .policy_file import SHIPPED_POLICIES_TEXT
 from .settings import Settings
 from .slo import SHIPPED_SLOS_TEXT, SLOs
 from .slo_live import AlertPublisher, SLOMonitor, SLORegistry
@@ -65,7 +67,7 @@ class ControlPlane:
             await self.notifier.stop()
 
 
-async def build_control_plane(settings: Settings, *, bootstrap: str, store: Any,
+async def build_control_plane(settings: Settings, *, bootstrap: str, store: ControlStore,
                               policies: Policies | None = None, signing: KeySet | None = None) -> ControlPlane:
     """``policies`` given: they are in force (tests, demo); otherwise the policies file (or the
     shipped defaults), or the latest stored version if the file has not changed since."""
@@ -113,7 +115,8 @@ async def build_control_plane(settings: Settings, *, bootstrap: str, store: Any,
                                             "GROUP BY tenant_id", {})
         return {tenant: int(n) for tenant, n in rows}
 
-    loop = ControlLoop(bootstrap=bootstrap, audit=store, policies=registry.current, group_id=settings.control_group,
+    loop = ControlLoop(bootstrap=bootstrap, audit=store, clients=KafkaClients(bootstrap),
+                       policies=registry.current, group_id=settings.control_group,
                        session_timeout_ms=settings.session_timeout_ms, notifier=notifier, traffic=traffic,
                        signing=signing if signing is not None else settings.keyset(), instances=instances,
                        instances_every_s=settings.shim_instances_every_s)

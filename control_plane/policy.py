@@ -1,7 +1,7 @@
 """Policy decisions: (alert, live directives, policies, now) -> actions. Pure.
 
 No Kafka, no ClickHouse, no clock; the control loop and ``flyball replay`` call the same
-functions. Policies are data (a YAML file, ``load_policies``) that map an alert's kind,
+functions. Policies are data (a YAML file, ``policy_file.load_policies``) that map an alert's kind,
 severity and scope pattern to an action. Every automatic action has brakes:
 
 - a TTL (``ttl_s``) after which it lapses unless the alert keeps it alive;
@@ -18,20 +18,17 @@ severity and scope pattern to an action. Every automatic action has brakes:
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from fnmatch import fnmatchcase
-from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flyball.schemas import MAX_BURST, MAX_MODEL, MAX_RATE, MAX_TTL_S, ActionKind, Alert, AlertKind, Directive, DirectiveState, Scope
-from flyball.schemas.alerts import SCOPE_FIELDS
+from flyball.schemas import MAX_TTL_S, ActionKind, Alert, AlertKind, Directive, DirectiveState, Scope
+
 
 DIRECTIVE_NAMESPACE = uuid.UUID("5d1b0a52-8a57-4a1e-b0b5-3f0a7f6f2a90")
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
@@ -39,7 +36,9 @@ AUTOMATION = "flyball"
 RESTRICTIVE = (ActionKind.THROTTLE, ActionKind.BLOCK, ActionKind.DISABLE_TOOL)
 
 
-class Decision(StrEnum):
+class Outcome(StrEnum):
+    """What became of an action: the ``decision`` column of the audit log."""
+
     APPLIED = "applied"
     EXTENDED = "extended"
     DRY_RUN = "dry_run"
@@ -52,11 +51,12 @@ class Decision(StrEnum):
     PINNED = "pinned"
     NOTED = "noted"
     POLICIES_UPDATED = "policies_updated"
+    FAILED = "failed"  # the directive could not be published: not in force (audited with the error)
 
 
 # decisions that change what is in force (the control loop publishes their directive)
-PUBLISHED = frozenset({Decision.APPLIED, Decision.EXTENDED, Decision.APPROVED, Decision.EXPIRED,
-                       Decision.REVERTED, Decision.PINNED})
+PUBLISHED = frozenset({Outcome.APPLIED, Outcome.EXTENDED, Outcome.APPROVED, Outcome.EXPIRED,
+                       Outcome.REVERTED, Outcome.PINNED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,7 @@ class Policies:
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    decision: Decision
+    decision: Outcome
     scope: Scope
     reason: str
     directive: Directive | None = None
@@ -157,24 +157,24 @@ def is_automatic(d: Directive) -> bool:
     return d.actor == AUTOMATION and not d.pinned
 
 
-def decide(alert: Alert, active: Sequence[Directive], policies: Policies, *, now: datetime,
+def decide_actions(alert: Alert, active: Sequence[Directive], policies: Policies, *, now: datetime,
            history: History | None = None) -> list[Action]:
     """The actions an alert calls for. ``active`` holds the live directives (active and pending)."""
     history = history or History()
     if alert.status != "open":
-        return [Action(Decision.NOTED, alert.scope, "alert resolved; automatic directives revert after hysteresis",
+        return [Action(Outcome.NOTED, alert.scope, "alert resolved; automatic directives revert after hysteresis",
                        alert=alert)]
     policy = policies.for_alert(alert)
     if policy is None:
-        return [Action(Decision.NOTED, alert.scope, f"no policy for {alert.kind} at severity {alert.severity}",
+        return [Action(Outcome.NOTED, alert.scope, f"no policy for {alert.kind} at severity {alert.severity}",
                        alert=alert)]
     if now - alert.last_seen > timedelta(seconds=policy.ttl_s):
-        return [Action(Decision.NOTED, alert.scope, "stale alert: last seen longer ago than the policy's TTL",
+        return [Action(Outcome.NOTED, alert.scope, "stale alert: last seen longer ago than the policy's TTL",
                        policy=policy, alert=alert)]
     scope = policy.target_scope(alert.scope)
     key = scope.key()
     if not key:
-        return [Action(Decision.NOTED, alert.scope, f"alert scope has none of {list(policy.target)}",
+        return [Action(Outcome.NOTED, alert.scope, f"alert scope has none of {list(policy.target)}",
                        policy=policy, alert=alert)]
     on_key = [d for d in active if d.key() == key]
     current = next((d for d in on_key if d.state == DirectiveState.ACTIVE), None)
@@ -184,11 +184,11 @@ def decide(alert: Alert, active: Sequence[Directive], policies: Policies, *, now
         return []  # already waiting for an SRE
     last = history.last_fired.get(key)
     if last is not None and now - last < timedelta(seconds=policy.cooldown_s):
-        return [Action(Decision.SKIPPED, scope, f"cooldown: acted on this scope {int((now - last).total_seconds())}s ago",
+        return [Action(Outcome.SKIPPED, scope, f"cooldown: acted on this scope {int((now - last).total_seconds())}s ago",
                        policy=policy, alert=alert)]
     automatic = [d for d in active if d.state == DirectiveState.ACTIVE and is_automatic(d)]
     if len(automatic) >= policies.max_active:
-        return [Action(Decision.SKIPPED, scope, f"blast radius: {len(automatic)} automatic directives already active",
+        return [Action(Outcome.SKIPPED, scope, f"blast radius: {len(automatic)} automatic directives already active",
                        policy=policy, alert=alert)]
     extra: dict[str, Any] = {}
     if policy.action == ActionKind.THROTTLE:
@@ -196,10 +196,10 @@ def decide(alert: Alert, active: Sequence[Directive], policies: Policies, *, now
     elif policy.action == ActionKind.REROUTE:
         chain = _fallbacks(scope.model, policy, policies, active)
         if not chain:
-            return [Action(Decision.SKIPPED, scope, f"no fallback model for {scope.model}", policy=policy, alert=alert)]
+            return [Action(Outcome.SKIPPED, scope, f"no fallback model for {scope.model}", policy=policy, alert=alert)]
         extra = {"to_model": chain[0], "chain": list(chain[1:])}
     elif policy.action == ActionKind.DISABLE_TOOL and scope.tool_name is None:
-        return [Action(Decision.SKIPPED, scope, "disable_tool needs a tool_name in the scope", policy=policy,
+        return [Action(Outcome.SKIPPED, scope, "disable_tool needs a tool_name in the scope", policy=policy,
                        alert=alert)]
     pending_reason = ""
     if policy.approval or policy.action == ActionKind.BLOCK:
@@ -210,11 +210,11 @@ def decide(alert: Alert, active: Sequence[Directive], policies: Policies, *, now
             pending_reason = (f"blast radius: would restrict {share:.0%} of recent traffic "
                               f"(max {policies.max_traffic_share:.0%}); approval required")
     if policy.dry_run:
-        state, decision = DirectiveState.DRY_RUN, Decision.DRY_RUN
+        state, decision = DirectiveState.DRY_RUN, Outcome.DRY_RUN
     elif pending_reason:
-        state, decision = DirectiveState.PENDING, Decision.PENDING
+        state, decision = DirectiveState.PENDING, Outcome.PENDING
     else:
-        state, decision = DirectiveState.ACTIVE, Decision.APPLIED
+        state, decision = DirectiveState.ACTIVE, Outcome.APPLIED
     directive = Directive(
         directive_id=str(uuid.uuid5(DIRECTIVE_NAMESPACE, f"{alert.alert_id}|{policy.policy_id}|{policy.version}")),
         action=policy.action, scope=scope, state=state, created_at=now,
@@ -229,7 +229,7 @@ def decide(alert: Alert, active: Sequence[Directive], policies: Policies, *, now
 
 def _keep_alive(current: Directive, alert: Alert, policy: Policy, scope: Scope, now: datetime) -> list[Action]:
     if not is_automatic(current):
-        return [Action(Decision.SKIPPED, scope, "a manual or pinned directive is in force on this scope",
+        return [Action(Outcome.SKIPPED, scope, "a manual or pinned directive is in force on this scope",
                        policy=policy, alert=alert)]
     expires = max(current.expires_at, now + timedelta(seconds=policy.ttl_s))
     update: dict[str, Any] = {"expires_at": expires}
@@ -238,7 +238,7 @@ def _keep_alive(current: Directive, alert: Alert, policy: Policy, scope: Scope, 
     elif expires == current.expires_at:
         return []
     extended = current.model_copy(update=update)
-    return [Action(Decision.EXTENDED, scope, "alert still open", directive=extended, before=current, policy=policy,
+    return [Action(Outcome.EXTENDED, scope, "alert still open", directive=extended, before=current, policy=policy,
                    alert=alert)]
 
 
@@ -280,7 +280,7 @@ def expire(active: Sequence[Directive], *, now: datetime, history: History | Non
         if d.pinned and d.state == DirectiveState.ACTIVE:
             if d.expires_at - now < timedelta(seconds=MAX_TTL_S / 2):
                 until = now + timedelta(seconds=MAX_TTL_S)
-                out.append(Action(Decision.EXTENDED, d.scope, f"pinned: renewed until {until.isoformat()}",
+                out.append(Action(Outcome.EXTENDED, d.scope, f"pinned: renewed until {until.isoformat()}",
                                   before=d, actor=d.actor, directive=d.model_copy(update={"expires_at": until})))
             continue
         if d.pinned or d.state not in (DirectiveState.ACTIVE, DirectiveState.PENDING):
@@ -292,14 +292,14 @@ def expire(active: Sequence[Directive], *, now: datetime, history: History | Non
         if d.state == DirectiveState.PENDING:
             if d.expires_at <= now or settled:
                 why = "approval not given within TTL" if d.expires_at <= now else "alert resolved before approval"
-                out.append(Action(Decision.EXPIRED, d.scope, why, before=d, policy=policy,
+                out.append(Action(Outcome.EXPIRED, d.scope, why, before=d, policy=policy,
                                   directive=d.model_copy(update={"state": DirectiveState.EXPIRED})))
         elif d.expires_at <= now:
-            out.append(Action(Decision.EXPIRED, d.scope, "TTL elapsed", before=d, policy=policy,
+            out.append(Action(Outcome.EXPIRED, d.scope, "TTL elapsed", before=d, policy=policy,
                               directive=d.model_copy(update={"state": DirectiveState.EXPIRED})))
         elif settled and (policy is None or policy.auto_revert):
             assert since is not None
-            out.append(Action(Decision.REVERTED, d.scope,
+            out.append(Action(Outcome.REVERTED, d.scope,
                               f"alert resolved for {int((now - since).total_seconds())}s (hysteresis {hysteresis}s)",
                               before=d, policy=policy,
                               directive=d.model_copy(update={"state": DirectiveState.REVERTED, "expires_at": now})))
@@ -308,36 +308,36 @@ def expire(active: Sequence[Directive], *, now: datetime, history: History | Non
 
 # ------------------------------------------------------------------ manual overrides
 def revert(directive: Directive, *, actor: str, now: datetime) -> Action:
-    return Action(Decision.REVERTED, directive.scope, f"reverted by {actor}", before=directive, actor=actor,
+    return Action(Outcome.REVERTED, directive.scope, f"reverted by {actor}", before=directive, actor=actor,
                   directive=directive.model_copy(update={"state": DirectiveState.REVERTED, "expires_at": now}))
 
 
 def pin(directive: Directive, *, actor: str) -> Action:
-    return Action(Decision.PINNED, directive.scope, f"pinned by {actor}", before=directive, actor=actor,
+    return Action(Outcome.PINNED, directive.scope, f"pinned by {actor}", before=directive, actor=actor,
                   directive=directive.model_copy(update={"pinned": True}))
 
 
 def extend(directive: Directive, *, actor: str, until: datetime) -> Action:
-    return Action(Decision.EXTENDED, directive.scope, f"extended by {actor} until {until.isoformat()}",
+    return Action(Outcome.EXTENDED, directive.scope, f"extended by {actor} until {until.isoformat()}",
                   before=directive, actor=actor, directive=directive.model_copy(update={"expires_at": until}))
 
 
 def approve(directive: Directive, *, actor: str, now: datetime) -> Action:
     """A pending directive goes into force now, for the TTL it was decided with."""
     ttl = directive.expires_at - directive.created_at
-    return Action(Decision.APPROVED, directive.scope, f"approved by {actor}", before=directive, actor=actor,
+    return Action(Outcome.APPROVED, directive.scope, f"approved by {actor}", before=directive, actor=actor,
                   directive=directive.model_copy(update={"state": DirectiveState.ACTIVE, "created_at": now,
                                                          "expires_at": now + ttl}))
 
 
 def reject(directive: Directive, *, actor: str, now: datetime) -> Action:
-    return Action(Decision.REJECTED, directive.scope, f"rejected by {actor}", before=directive, actor=actor,
+    return Action(Outcome.REJECTED, directive.scope, f"rejected by {actor}", before=directive, actor=actor,
                   directive=directive.model_copy(update={"state": DirectiveState.REJECTED, "expires_at": now}))
 
 
 def create(directive: Directive, *, replaces: Directive | None = None) -> Action:
     """A directive an SRE creates by hand: in force at once, and automation leaves it alone."""
-    return Action(Decision.APPLIED, directive.scope, f"created by {directive.actor}", directive=directive,
+    return Action(Outcome.APPLIED, directive.scope, f"created by {directive.actor}", directive=directive,
                   before=replaces, actor=directive.actor)
 
 
@@ -346,173 +346,3 @@ def with_ttl(policy: Policy, ttl_s: int) -> Policy:
 
 
 # ------------------------------------------------------------------ policy files
-class PolicySpec(BaseModel):
-    """One policy as written in a policies file (flat keys)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    policy_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
-    alert_kind: AlertKind
-    action: ActionKind
-    version: int = Field(default=1, ge=1)
-    min_severity: Literal["info", "warning", "critical"] = "warning"
-    match: dict[str, str | None] = Field(default_factory=dict)
-    target: list[str] = Field(default_factory=list)
-    ttl_s: int = Field(default=120, gt=0, le=MAX_TTL_S)
-    cooldown_s: int = Field(default=60, ge=0)
-    hysteresis_s: int = Field(default=60, ge=0)
-    auto_revert: bool = True
-    rate_per_s: float | None = Field(default=None, ge=0, le=MAX_RATE, allow_inf_nan=False)
-    burst: int | None = Field(default=None, ge=0, le=MAX_BURST)
-    to_model: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL)
-    dry_run: bool = False
-    approval: bool = False
-    description: str = ""
-
-    @field_validator("match")
-    @classmethod
-    def _match_fields(cls, v: dict[str, str | None]) -> dict[str, str | None]:
-        unknown = sorted(set(v) - set(SCOPE_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown scope field(s) {unknown}; one of {list(SCOPE_FIELDS)}")
-        return v
-
-    @field_validator("target")
-    @classmethod
-    def _target_fields(cls, v: list[str]) -> list[str]:
-        unknown = sorted(set(v) - set(SCOPE_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown scope field(s) {unknown}; one of {list(SCOPE_FIELDS)}")
-        return v
-
-    @model_validator(mode="after")
-    def _coherent(self) -> PolicySpec:
-        if self.action == ActionKind.THROTTLE and self.rate_per_s is None:
-            raise ValueError("a throttle needs rate_per_s")
-        if self.action == ActionKind.BLOCK and not self.approval:
-            raise ValueError("block is a last resort: it needs approval: true")
-        return self
-
-
-class PoliciesSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: int = Field(default=1, ge=1)
-    max_active: int = Field(default=50, ge=0)
-    max_traffic_share: float = Field(default=1.0, gt=0, le=1)
-    default_hysteresis_s: int = Field(default=60, ge=0)
-    fallback_chains: list[list[str]] = Field(default_factory=list)
-    policies: list[PolicySpec] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _unique(self) -> PoliciesSpec:
-        seen: set[str] = set()
-        for p in self.policies:
-            if p.policy_id in seen:
-                raise ValueError(f"duplicate policy_id {p.policy_id!r}")
-            seen.add(p.policy_id)
-        return self
-
-
-def parse_policies(data: Any) -> Policies:
-    """Policies from decoded JSON/YAML; a ValueError names the offending field."""
-    if isinstance(data, list):
-        data = {"policies": data}
-    try:
-        spec = PoliciesSpec.model_validate(data)
-    except ValidationError as exc:
-        errors = "; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"invalid policies: {errors}") from None
-    return Policies(
-        policies=tuple(Policy(
-            policy_id=p.policy_id, alert_kind=p.alert_kind, action=p.action, version=p.version,
-            min_severity=p.min_severity, ttl_s=p.ttl_s, cooldown_s=p.cooldown_s, rate_per_s=p.rate_per_s,
-            burst=p.burst, dry_run=p.dry_run, match=tuple(sorted(p.match.items())), target=tuple(p.target),
-            hysteresis_s=p.hysteresis_s, auto_revert=p.auto_revert, approval=p.approval, to_model=p.to_model,
-            description=p.description) for p in spec.policies),
-        max_active=spec.max_active, max_traffic_share=spec.max_traffic_share,
-        fallback_chains=tuple(tuple(c) for c in spec.fallback_chains),
-        default_hysteresis_s=spec.default_hysteresis_s, version=spec.version,
-    )
-
-
-def _loc(loc: Iterable[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "policies"
-
-
-MAX_POLICY_DEPTH = 32  # a policies document is 4 levels deep; parsers recurse per level
-
-
-def _check_depth(text: str, limit: int = MAX_POLICY_DEPTH) -> None:
-    """Refuse, before any parser recurses into it, a document nested deeper than ``limit``:
-    flow brackets (JSON, YAML ``[...]``/``{...}``, counted even inside strings, which only errs
-    on the side of refusing) and block indentation (each YAML level indents at least one more
-    column)."""
-    depth = deepest = 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        elif char in "]}":
-            depth -= 1
-    indent = max((len(line) - len(line.lstrip(" -")) for line in text.splitlines()), default=0)
-    if deepest > limit or indent > 4 * limit:
-        raise ValueError(f"policies: nested deeper than {limit} levels")
-
-
-def load_policies(text: str) -> Policies:
-    """Policies from the text of a YAML (or JSON) file, at most ``MAX_POLICY_DEPTH`` deep."""
-    import yaml
-
-    _check_depth(text)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"policies file is neither JSON nor YAML: {exc}") from None
-    return parse_policies(data if data is not None else {})
-
-
-def dump_policies(policies: Policies) -> dict[str, Any]:
-    """The JSON/YAML form of the policies (round-trips through ``parse_policies``)."""
-    return {
-        "version": policies.version, "max_active": policies.max_active,
-        "max_traffic_share": policies.max_traffic_share, "default_hysteresis_s": policies.default_hysteresis_s,
-        "fallback_chains": [list(c) for c in policies.fallback_chains],
-        "policies": [_dump_one(p) for p in policies.policies],
-    }
-
-
-def _dump_one(p: Policy) -> dict[str, Any]:
-    return {"policy_id": p.policy_id, "version": p.version, "alert_kind": str(p.alert_kind), "action": str(p.action),
-            "min_severity": p.min_severity, "match": dict(p.match), "target": list(p.target), "ttl_s": p.ttl_s,
-            "cooldown_s": p.cooldown_s, "hysteresis_s": p.hysteresis_s, "auto_revert": p.auto_revert,
-            "rate_per_s": p.rate_per_s, "burst": p.burst, "to_model": p.to_model, "dry_run": p.dry_run,
-            "approval": p.approval, "description": p.description}
-
-
-def revise(old: Policies, new: Policies) -> Policies:
-    """``new`` as the next version after ``old``: the set's version goes up by one, and each
-    policy whose content changed gets its own version bumped past the old one."""
-    before = {p.policy_id: p for p in old.policies}
-    out = []
-    for p in new.policies:
-        prev = before.get(p.policy_id)
-        if prev is None:
-            out.append(p)
-        elif replace(p, version=prev.version) == prev:
-            out.append(replace(p, version=prev.version))
-        else:
-            out.append(replace(p, version=max(p.version, prev.version + 1)))
-    return replace(new, policies=tuple(out), version=old.version + 1)
-
-
-# The shipped defaults are data, read once at import; decide() itself never reads anything.
-SHIPPED_POLICIES_TEXT = resources.files("flyball.control_plane").joinpath("policies.yaml").read_text()
-DEFAULT_POLICIES = load_policies(SHIPPED_POLICIES_TEXT)

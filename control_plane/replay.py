@@ -19,7 +19,8 @@ from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.pricing import PriceBook
 
 from .escaping import csv_text
-from .policy import DEFAULT_POLICIES, Action, History, Policies, decide, expire, load_policies, observe
+from .policy import Action, History, Policies, decide_actions, expire, observe
+from .policy_file import DEFAULT_POLICIES, load_policies
 from .slo import DEFAULT_SLOS, SLOs
 from .slo_replay import EventTimeSLOs
 
@@ -112,7 +113,7 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
                 now = alert.last_seen
                 history = observe(history, alert)
                 record(expire(list(active.values()), now=now, history=history, policies=policies))
-                record(decide(alert, [d for d in active.values() if d.state in ("active", "pending")], policies,
+                record(decide_actions(alert, [d for d in active.values() if d.state in ("active", "pending")], policies,
                               now=now, history=replace(history, last_fired=last_fired)))
             if pipeline.watermark is not None:
                 record(expire([d for d in active.values() if d.state in ("active", "pending")],
@@ -121,8 +122,8 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
     with (out / "alerts.jsonl").open("wb") as f:
         for alert in sorted(alerts.values(), key=lambda a: (a.first_seen, a.alert_id)):
             f.write(orjson.dumps(alert.model_dump(mode="json")) + b"\n")
-    with (out / "spend.csv").open("w", newline="") as f:
-        w = csv.writer(f)
+    with (out / "spend.csv").open("w", newline="") as text:
+        w = csv.writer(text)
         w.writerow(["tenant_id", "feature", "provider", "model", "day", "events", "cost_usd", "unpriced_events"])
         for key in sorted(spend):
             events_n, cost, unpriced = spend[key]

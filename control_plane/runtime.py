@@ -24,30 +24,35 @@ import structlog
 import uvicorn
 
 from flyball.schemas import KeySet
-from flyball.stream_processors.app import create_app as create_worker_app
 from flyball.stream_processors.ingest import IngestService, tune_gc_for_batches
 from flyball.stream_processors.detectors import Detectors, SensitivityTable
+from flyball.stream_processors.kafka import KafkaClients
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.budgets import BudgetTracker
-from flyball.stream_processors.pricing import PriceBook, load_catalog
+from flyball.stream_processors.catalog import load_catalog
+from flyball.stream_processors.pricing import PriceBook
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
 
 from .app import Deps, create_app
 from .auth import Principal, Role
+from .errors import InvalidInput, PermanentError, TemporaryError
 
 if TYPE_CHECKING:
     from .auth import KeyRing
 from .directives import ControlLoop
 from .embedded import EmbeddedBroker, free_port, start_tansu
 from .plane import ControlPlane, build_control_plane
-from .policy import DEFAULT_POLICIES, Policies
+from .policy import Policies
+from .policy_file import DEFAULT_POLICIES
 from .finance import Finance
 from .metrics import serve_metrics
 from .otlp import OtlpOptions
 from .receiver import OtlpReceiver
+from .migrations import ALL_MIGRATIONS
 from .settings import Settings
 from .ui.queries import rollup_loop as console_rollup_loop
+from .supervisor import Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -105,8 +110,7 @@ class System:
     finance: Finance | None = None
     otlp: OtlpReceiver | None = None
     signing: KeySet = field(default_factory=KeySet)  # what directives and alerts are signed with
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    _faust: Any = None
+    supervisor: Supervisor = field(default_factory=Supervisor)
     _server: _Server | None = None
 
     async def start(self, *, ready_timeout: float = 30.0) -> None:
@@ -120,15 +124,18 @@ class System:
             self.bootstrap = self.broker.bootstrap
         await ensure_topics(self.bootstrap, s.topic_specs())
         self.store = await asyncio.to_thread(ClickHouseStore, s.clickhouse(), s.ddl())
-        await asyncio.to_thread(self.store.migrate)
+        await asyncio.to_thread(self.store.migrate, ALL_MIGRATIONS)
         self.book = load_prices(s.prices_file)
         self.finance = Finance(self.store, get_book=lambda: self.book, set_book=lambda b: setattr(self, "book", b))
         self.book = await asyncio.to_thread(self.finance.restore_prices, self.book)  # + changes made via the API
         await asyncio.to_thread(self.finance.load_budgets)
-        self._tasks.append(asyncio.create_task(self.finance.rollup_loop(s.rollup_interval_s), name="rollups"))
+        sup = self.supervisor
+        if self.broker is not None:
+            broker = self.broker
+            sup.watch("broker", lambda: broker.process.poll() is None)
+        sup.spawn("rollups", self.finance.rollup_loop(s.rollup_interval_s))
         if self.api:  # the console's charts read this rollup; a few seconds behind the events
-            self._tasks.append(asyncio.create_task(console_rollup_loop(self.store, min(5.0, s.rollup_interval_s)),
-                                                   name="console-rollup"))
+            sup.spawn("console-rollup", console_rollup_loop(self.store, min(5.0, s.rollup_interval_s)))
         waits: list[asyncio.Event] = []
         # one process holding every signer and verifier (`flyball up`) makes its own key
         self.signing = s.keyset(generate=self.worker and self.api)
@@ -138,29 +145,28 @@ class System:
         if self.worker:
             tune_gc_for_batches()
             lateness = timedelta(seconds=s.allowed_lateness_s)
-            budgets = BudgetTracker(self.finance.budget_list, seed=self.finance.seed, lateness=lateness)
+            budgets = BudgetTracker(self.finance.budget_list, asks=True, lateness=lateness)
             detectors = Detectors(sensitivity=load_sensitivity(s.detection_file))
             pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness, detectors=detectors)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
                                         checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id,
+                                        seeds=self.finance, clients=KafkaClients(self.bootstrap),
                                         signing=self.signing)
-            self._faust = create_worker_app(bootstrap=self.bootstrap, ingest=self.ingest, app_id=s.worker_group,
-                                            session_timeout_s=s.session_timeout_ms / 1000,
-                                            datadir=s.data_dir / "faust")
-            self._tasks.append(asyncio.create_task(self._faust.start(), name="faust"))
+            await self.ingest.start()
+            sup.spawn("ingest", self.ingest.run())
+            log.info("worker_started", group=self.ingest.group_id)
             waits.append(self.ingest.ready)
             if not self.api and s.metrics_port:
                 serve_metrics(self.stats(), host=s.api_host, port=s.metrics_port)
             if not self.api:  # price and budget changes arrive through another process's API
-                self._tasks.append(asyncio.create_task(
-                    self._reload_finance(load_prices(s.prices_file), s.finance_reload_s), name="finance-reload"))
+                sup.spawn("finance-reload", self._reload_finance(load_prices(s.prices_file), s.finance_reload_s))
         if self.api:
             self.plane = await build_control_plane(s, bootstrap=self.bootstrap, store=self.store,
                                                    policies=self.policies, signing=self.signing)
             self.control = self.plane.loop
             await self.plane.start()
-            self._tasks.append(asyncio.create_task(self.control.run(), name="control"))
+            sup.spawn("control", self.control.run())
             waits.append(self.control.ready)
             self.otlp = OtlpReceiver(self.bootstrap, OtlpOptions(
                 tenant_attributes=tuple(s.otlp_tenant_attributes), feature_attributes=tuple(s.otlp_feature_attributes),
@@ -173,16 +179,23 @@ class System:
             port = s.api_port or free_port()
             self._server = _Server(uvicorn.Config(app, host=s.api_host, port=port, log_level="warning",
                                                   access_log=False, lifespan="off"))
-            self._tasks.append(asyncio.create_task(self._server.serve(), name="api"))
+            serving = sup.spawn("api", self._server.serve())
             self.api_url = f"http://{s.api_host}:{port}"
             while not self._server.started:
-                if self._tasks[-1].done():
-                    self._tasks[-1].result()  # raises the bind error
+                if serving.done():
+                    serving.result()  # raises the bind error
+                    raise RuntimeError("the API server ended before it started")
                 await asyncio.sleep(0.02)
-        try:
-            await asyncio.wait_for(asyncio.gather(*(w.wait() for w in waits)), ready_timeout)
-        except TimeoutError:
-            raise RuntimeError(f"flyball did not become ready within {ready_timeout}s") from None
+        ready: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*(w.wait() for w in waits)))
+        died: asyncio.Future[Any] = asyncio.ensure_future(sup.failed.wait())
+        done, _ = await asyncio.wait({ready, died}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+        for fut in (ready, died):
+            if fut not in done:
+                fut.cancel()
+        if died in done:
+            raise RuntimeError(f"a part of flyball died while starting: {sup.deaths[0].task}: {sup.deaths[0].error}")
+        if ready not in done:
+            raise RuntimeError(f"flyball did not become ready within {ready_timeout}s")
         log.info("system_ready", bootstrap=self.bootstrap, api=self.api_url, seconds=round(time.monotonic() - t0, 2))
 
     async def _reload_finance(self, base: PriceBook, interval_s: float) -> None:
@@ -193,7 +206,7 @@ class System:
             try:
                 self.book = await asyncio.to_thread(self.finance.restore_prices, base)
                 await asyncio.to_thread(self.finance.load_budgets)
-            except Exception as exc:  # noqa: BLE001 - keep the last good book and budgets; retry next round
+            except (TemporaryError, PermanentError, InvalidInput) as exc:  # keep the last good book and budgets
                 log.warning("finance_reload_failed", error=str(exc)[:300])
 
     def stats(self) -> dict[str, Callable[[], float]]:
@@ -234,28 +247,26 @@ class System:
             **extra,
             policies=plane.policies if plane is not None else (lambda: self.policies or DEFAULT_POLICIES),
             stats=stats,
-            ready=lambda: {"worker_ready": bool(ingest and ingest.ready.is_set() and ingest.running),
-                           "control_ready": bool(control and control.ready.is_set())},
+            ready=lambda: {
+                **({"worker_ready": ingest.working()} if ingest is not None else {}),
+                **({"control_ready": control.working()} if control is not None else {}),
+            },
+            parts=self.supervisor.parts,
         )
 
     async def stop(self) -> None:
+        self.supervisor.quiesce()
         if self._server is not None:
             self._server.should_exit = True
         if self.ingest is not None:
             await self.ingest.stop()
-        if self._faust is not None:
-            with contextlib.suppress(Exception):
-                await self._faust.stop()
         if self.otlp is not None:
             await self.otlp.stop()
         if self.plane is not None:
             await self.plane.stop()
         elif self.control is not None:
             await self.control.stop()
-        for task in self._tasks:
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
         if self.broker is not None:

@@ -29,13 +29,13 @@ class Settings(BaseSettings):
     control_group: str = "flyball-control-plane"
     session_timeout_ms: int = 6_000
     log_level: str = "info"
-    # control plane (issue 6): policies, webhooks, runbooks, write rate limit per API key
+    # control plane: policies, webhooks, runbooks, write rate limit per API key
     policies_file: Path | None = None  # unset: the shipped defaults (control_plane/policies.yaml)
     webhooks: list[WebhookTarget] = Field(default_factory=list)  # JSON: [{"url": ..., "format": "slack"|"pagerduty"}]
     runbook_base_url: str = "docs/runbooks"  # where docs/runbooks/<alert kind>.md is served
     write_rate_per_min: float = 120.0
     write_burst: int = 30
-    # finance (issue 4): lateness, rollups, and the API the `flyball spend|reprice|reconcile` client calls
+    # finance: lateness, rollups, and the API the `flyball spend|reprice|reconcile` client calls
     allowed_lateness_s: int = 86_400  # later events are stored with late=1 and raise no budget alerts
     rollup_interval_s: float = 30.0  # spend_minute refresh (recomputed from events FINAL)
     finance_reload_s: float = 30.0  # a `flyball worker` without the API re-reads prices and budgets this often

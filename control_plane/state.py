@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from flyball.stream_processors.ports import ControlStore
+
 from .auth import KeyRecord, Principal, Role
-from .policy import Policies, dump_policies, load_policies, parse_policies, revise
+from .policy import Policies
+from .policy_file import dump_policies, load_policies, parse_policies, revise
 
 KEY_COLUMNS = ["key_hash", "key_id", "role", "tenant_id", "name", "created_by", "created_at", "revoked_at",
                "updated_at"]
@@ -59,7 +62,7 @@ class Mark:
 
 
 class ControlState:
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: ControlStore) -> None:
         self.store = store
 
     def _insert(self, table: str, rows: Sequence[Sequence[Any]], columns: list[str]) -> None:
@@ -113,7 +116,7 @@ class ControlState:
         self._insert("webhook_deliveries", rows, DELIVERY_COLUMNS)
 
     async def deliveries(self, *, limit: int = 200, dedupe_key: str | None = None) -> list[dict[str, Any]]:
-        where, params = "1", {"limit": limit}
+        where, params = "1", dict[str, Any]({"limit": limit})
         if dedupe_key:
             where = "dedupe_key = {key:String}"
             params["key"] = dedupe_key

@@ -50,7 +50,7 @@ PROVIDERS: Final = {"gemini": "gcp.gemini", "vertex_ai": "gcp.vertex_ai", "bedro
 LITELLM_NAMESPACE: Final = uuid.UUID("a3c1e7f0-5d2b-4c8e-9f14-7b6d0e2a9c35")
 
 
-class GuardRefused(Exception):  # noqa: N818 - a refusal, not an error of the caller's code
+class GuardRefused(Exception):
     """flyball refused the call: ``status_code`` 429 (throttled: retry after ``retry_after_s``)
     or 403 (blocked, or a disabled tool that was not removed)."""
 

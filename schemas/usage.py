@@ -30,7 +30,7 @@ def normalize_service_tier(value: object) -> str:
         if not isinstance(value, str):
             return ""
     text = value.strip().lower().replace("-", "_")
-    if text.startswith("servicetier.") or text.startswith("traffictype."):
+    if text.startswith(("servicetier.", "traffictype.")):
         text = text.split(".", 1)[1]
     if text in STANDARD_TIERS:
         return ""

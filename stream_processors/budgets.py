@@ -3,8 +3,11 @@
 
 Pure: no I/O, no clock. Time is the events' own (a budget period is the event-time day or
 month, UTC) plus ``now`` to decide whether a period is still open and whether a running total
-must be re-read. The one port is ``seed``: the spend already stored for a budget's period,
-which the worker answers from ClickHouse (``events FINAL``) and tests answer from a dict.
+must be re-read. Seeds (the spend already stored for a budget's period) are asked for, not
+fetched: :meth:`BudgetTracker.wanted` lists the :class:`SeedRequest` a batch needs, the shell
+answers them (the worker from ClickHouse ``events FINAL``, off the event loop, through the
+:class:`BudgetSeeds` port) and hands the totals to :meth:`BudgetTracker.observe`. Tests and
+replay may pass a pure ``seed`` function instead (answered from a dict).
 
 Single owner, no check-then-increment race: events are keyed by ``tenant_id`` on Kafka, so one
 partition, hence one worker replica at a time, sees all of a tenant's events, in order. That
@@ -34,17 +37,18 @@ but raise no budget alerts: that period's alerts are final.
 from __future__ import annotations
 
 import calendar
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from flyball.schemas import Alert, AlertKind, Scope
 from flyball.schemas.alerts import escape_key_part
 
 from .detectors import alert_id_for
+from .errors import InvalidInput
 
 DEFAULT_THRESHOLDS = (50, 80, 100)
 
@@ -54,7 +58,7 @@ class Period(StrEnum):
     MONTHLY = "monthly"
 
 
-class BudgetError(ValueError):
+class BudgetError(InvalidInput):
     """A budget that cannot be accepted; the message names the field."""
 
 
@@ -126,14 +130,41 @@ class Running:
     last_seen: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SeedRequest:
+    """The stored spend of ``budget`` in [start, end), without the events of the batch being
+    processed (``exclude``: their ids), is needed before the batch can be accounted."""
+
+    budget: Budget
+    start: datetime
+    end: datetime
+    exclude: frozenset[str]
+
+    @property
+    def key(self) -> tuple[str, datetime]:
+        return (self.budget.budget_id, self.start)
+
+
+SeedTotals = Mapping[tuple[str, datetime], Decimal]  # SeedRequest.key -> stored spend
+
+
+class BudgetSeeds(Protocol):
+    """The port the worker's shell answers seed requests through (ClickHouse in production)."""
+
+    async def totals(self, requests: Sequence[SeedRequest]) -> dict[tuple[str, datetime], Decimal]: ...
+
+
 class BudgetTracker:
     """Running totals per tenant; ``observe(rows, columns, now=...)`` -> alerts."""
 
     def __init__(self, budgets: Callable[[], Sequence[Budget]], *, seed: Seed | None = None,
-                 lateness: timedelta = timedelta(days=1), reseed_idle: timedelta = timedelta(seconds=1),
-                 reseed_every: timedelta = timedelta(seconds=60)) -> None:
+                 asks: bool = False, lateness: timedelta = timedelta(days=1),
+                 reseed_idle: timedelta = timedelta(seconds=1), reseed_every: timedelta = timedelta(seconds=60)) -> None:
+        """``asks``: totals are seeded from what the shell answers to :meth:`wanted` (passed to
+        :meth:`observe` as ``seeds``); ``seed``: from this pure function; neither: from zero."""
         self._budgets = budgets
         self._seed = seed
+        self._asks = asks or seed is not None
         self.lateness = lateness
         self.reseed_idle = reseed_idle
         self.reseed_every = reseed_every
@@ -155,17 +186,51 @@ class BudgetTracker:
         running = self.state.get(budget.tenant_id, {}).get((budget.budget_id, start))
         return None if running is None else running.total
 
-    def observe(self, rows: Iterable[Sequence[Any]], columns: Sequence[str], *, now: datetime | None) -> list[Alert]:
-        by_tenant = self._by_tenant()
-        if not by_tenant:
-            return []
+    def _per_tenant(self, rows: Iterable[Sequence[Any]], columns: Sequence[str],
+                    by_tenant: dict[str, list[Budget]]) -> tuple[dict[str, list[Sequence[Any]]], tuple[int, ...]]:
         col = {name: i for i, name in enumerate(columns)}
-        i_tenant, i_feature, i_ts, i_cost, i_id = (col["tenant_id"], col["feature"], col["ts"], col["cost_usd"],
-                                                    col["event_id"])
+        idx = (col["tenant_id"], col["feature"], col["ts"], col["cost_usd"], col["event_id"])
+        i_tenant, i_cost = idx[0], idx[3]
         per_tenant: dict[str, list[Sequence[Any]]] = {}
         for row in rows:
             if row[i_cost] is not None and row[i_tenant] in by_tenant:
                 per_tenant.setdefault(row[i_tenant], []).append(row)
+        return per_tenant, idx
+
+    def wanted(self, rows: Iterable[Sequence[Any]], columns: Sequence[str], *, now: datetime | None) -> list[SeedRequest]:
+        """The seeds :meth:`observe` will need for these rows (same rows, ``now`` and state)."""
+        by_tenant = self._by_tenant()
+        if not by_tenant or not self._asks:
+            return []
+        per_tenant, (_, i_feature, i_ts, _, i_id) = self._per_tenant(rows, columns, by_tenant)
+        out: list[SeedRequest] = []
+        for tenant, tenant_rows in per_tenant.items():
+            batch_ids = frozenset(str(r[i_id]) for r in tenant_rows)
+            states = self.state.get(tenant, {})
+            touched: set[tuple[str, datetime]] = set()
+            for row in tenant_rows:
+                for budget in by_tenant[tenant]:
+                    if not budget.covers(row[i_feature]):
+                        continue
+                    start, end = period_bounds(budget.period, row[i_ts])
+                    if now is not None and end + self.lateness <= now:
+                        continue
+                    key = (budget.budget_id, start)
+                    if key in touched:
+                        continue
+                    touched.add(key)
+                    running = states.get(key)
+                    if running is None or self._stale(running, now):
+                        out.append(SeedRequest(budget, start, end, batch_ids))
+        return out
+
+    def observe(self, rows: Iterable[Sequence[Any]], columns: Sequence[str], *, now: datetime | None,
+                seeds: SeedTotals | None = None) -> list[Alert]:
+        """Account the rows; ``seeds`` answers :meth:`wanted` for the same rows (``asks`` mode)."""
+        by_tenant = self._by_tenant()
+        if not by_tenant:
+            return []
+        per_tenant, (_, i_feature, i_ts, i_cost, i_id) = self._per_tenant(rows, columns, by_tenant)
         alerts: list[Alert] = []
         for tenant, tenant_rows in per_tenant.items():
             batch_ids = frozenset(str(r[i_id]) for r in tenant_rows)
@@ -185,7 +250,8 @@ class BudgetTracker:
                     if key not in touched:
                         touched.add(key)
                         if running is None or self._stale(running, now):
-                            running = self._seeded(budget, start, end, batch_ids, now, running)
+                            request = SeedRequest(budget, start, end, batch_ids)
+                            running = self._seeded(request, now, running, seeds)
                             states[key] = running
                     assert running is not None
                     running.total += cost
@@ -198,17 +264,23 @@ class BudgetTracker:
         return alerts
 
     def _stale(self, running: Running, now: datetime | None) -> bool:
-        if self._seed is None or now is None:
+        if not self._asks or now is None:
             return False
         if running.seeded_at is None or running.last_seen is None:
             return True
         return now - running.last_seen > self.reseed_idle or now - running.seeded_at > self.reseed_every
 
-    def _seeded(self, budget: Budget, start: datetime, end: datetime, exclude: frozenset[str],
-                now: datetime | None, old: Running | None) -> Running:
-        if self._seed is None:
+    def _seeded(self, request: SeedRequest, now: datetime | None, old: Running | None,
+                seeds: SeedTotals | None) -> Running:
+        budget = request.budget
+        if seeds is not None and request.key in seeds:
+            total = seeds[request.key]
+        elif self._seed is not None:
+            total = self._seed(budget, request.start, request.end, request.exclude)
+        elif self._asks and now is not None:
+            raise LookupError(f"no seed for {request.key}: answer wanted() before observe()")
+        else:
             return Running(total=Decimal(0), seeded_at=now, last_seen=now)
-        total = self._seed(budget, start, end, exclude)
         # thresholds the stored spend already passed were alerted by whoever processed it
         fired = {p for p in budget.thresholds if total >= budget.limit_usd * p / 100}
         if old is not None:
@@ -235,7 +307,7 @@ def _alert(budget: Budget, pct: int, start: datetime, end: datetime, total: Deci
            event_id: str | None) -> Alert:
     scope = budget.scope()
     threshold = budget.limit_usd * pct / 100
-    severity = "critical" if pct >= 100 else "warning" if pct >= 80 else "info"
+    severity: Literal["info", "warning", "critical"] = "critical" if pct >= 100 else "warning" if pct >= 80 else "info"
     return Alert(
         alert_id=alert_id_for(str(AlertKind.BUDGET_THRESHOLD), f"{budget.budget_id}|{pct}", int(start.timestamp())),
         kind=AlertKind.BUDGET_THRESHOLD, scope=scope, severity=severity, metric=f"budget_{budget.period}_pct_{pct}",

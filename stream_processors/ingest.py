@@ -6,8 +6,9 @@ batch; the event_id dedupe (in memory, then ReplacingMergeTree) makes the replay
 Why not a faust ``stream.take()`` agent: faust-streaming's per-event stream machinery costs
 about 64 us of CPU per event on this machine (13k ev/s just counting), an order of magnitude
 below what Kafka + chDB sustain. The hot path therefore consumes in batches with aiokafka's
-``getmany`` and does all per-event work in one pure function; faust hosts it as a service
-(see ``app.py``) and owns the worker's lifecycle.
+``getmany`` and does all per-event work in one pure function. The service runs as a task
+under the process's supervisor (``control_plane/supervisor.py``): if :meth:`run` ends with an
+error the process exits non-zero and the uncommitted batch is replayed by its successor.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import orjson
 import structlog
@@ -29,11 +31,13 @@ from aiokafka import (
 )
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
-from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import ALERTS, DLQ, EVENTS, Alert, KeySet, sign
 
-from .pipeline import BatchResult, Pipeline
-from .sinks.clickhouse import ClickHouseStore, write_with_retry
+from .budgets import BudgetSeeds, SeedRequest
+from .errors import PermanentError, TemporaryError, with_retry
+from .kafka import KafkaClients
+from .pipeline import BatchResult, DeadLetter, Pipeline
+from .ports import KafkaClientFactory, WorkerStore
 
 log = structlog.get_logger(__name__)
 # refusals about one record (its size), not about the broker: the record is sent again smaller
@@ -65,20 +69,31 @@ class IngestStats:
     insert_seconds: float = 0.0
 
 
+ALERT_COLUMNS = ("alert_id", "kind", "scope_key", "scope", "severity", "status", "first_seen", "last_seen", "body",
+                 "recorded_at")
+
+
 def alert_row(alert: Alert, now: datetime) -> tuple[object, ...]:
     return (alert.alert_id, str(alert.kind), alert.scope.key(), alert.scope.model_dump_json(exclude_none=True),
             alert.severity, alert.status, alert.first_seen, alert.last_seen, alert.model_dump_json(), now)
 
 
 class IngestService:
-    def __init__(self, *, bootstrap: str, store: ClickHouseStore, pipeline: Pipeline,
+    def __init__(self, *, bootstrap: str, store: WorkerStore, pipeline: Pipeline,
                  group_id: str = "flyball-worker", max_batch: int = 20_000, poll_ms: int = 200,
                  session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  checkpoint_interval_s: float | None = 30.0, worker_id: str = "",
-                 signing: KeySet | None = None) -> None:
+                 clients: KafkaClientFactory | None = None, write_attempts: int = 8,
+                 seeds: BudgetSeeds | None = None, signing: KeySet | None = None) -> None:
         self.bootstrap = bootstrap
+        self.clients: KafkaClientFactory = clients or KafkaClients(bootstrap)
+        self.seeds = seeds  # answers the budget tracker's seed requests (see budgets.py)
         self.signing = signing or KeySet()  # signs the alerts published (the control plane verifies)
         self.store = store
+        # temporary ClickHouse failures are retried this many times (about 23 s); then the
+        # task ends, the process exits non-zero, and the uncommitted batch is replayed
+        self.write_attempts = write_attempts
+        self.retry_base_s = 0.2
         self.pipeline = pipeline
         self.group_id = group_id
         self.max_batch = max_batch
@@ -101,13 +116,15 @@ class IngestService:
         self._uncommitted = False
         self._owned: set[int] = set()  # the events partitions this replica was last assigned
         self.idle_lag_s = 30.0  # with no events, detectors' event time follows the clock this far behind
+        self.stall_after_s = 60.0  # not working when the last successful poll is older than this
+        self._polled_at = float("-inf")
         self._ticked_at = float("-inf")
 
     async def start(self) -> None:
         await self._restore_detectors()
-        self._producer = await start_producer(self.bootstrap, linger_ms=5, compression_type="zstd")
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
+        self._producer = await self.clients.producer(linger_ms=5, compression_type="zstd")
+        self._consumer = self.clients.consumer(
+            group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=max(self.session_timeout_ms // 6, 200), max_poll_records=self.max_batch,
             fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
@@ -132,6 +149,10 @@ class IngestService:
         if self._producer is not None:
             await self._producer.stop()
 
+    def working(self) -> bool:
+        """Running, assigned partitions once, and polled the broker successfully lately."""
+        return self.running and self.ready.is_set() and time.monotonic() - self._polled_at < self.stall_after_s
+
     async def run(self) -> None:
         assert self._consumer is not None and self._producer is not None
         consumer = self._consumer
@@ -151,6 +172,7 @@ class IngestService:
                 log.warning("consume_failed", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
+            self._polled_at = time.monotonic()
             if consumer.assignment():
                 self.ready.set()
             if not batch:
@@ -167,11 +189,22 @@ class IngestService:
 
     async def handle(self, raws: list[bytes]) -> BatchResult:
         now = self.clock()
-        result = self.pipeline.process(raws, now=now)
+        result = self.pipeline.process(raws, now=now, budgets=False)
+        wanted = self.pipeline.seeds_wanted(result, now=now)
+        seeds = await self._seeds(wanted) if wanted else None
+        self.pipeline.account(result, now=now, seeds=seeds)
         if result.rows:
             rows = result.rows
             started = time.perf_counter()
-            await self.store.run(write_with_retry, lambda: self.store.write_events(rows))
+            try:
+                await self._write("events insert", self.store.write_events, rows)
+            except PermanentError as exc:
+                # ClickHouse will never take this batch: keep its records in the DLQ with the
+                # reason rather than wedge the partition (the rest of the batch's work stands)
+                log.error("events_insert_refused", rows=len(rows), error=str(exc)[:300])
+                refused = _undead(raws, result.dead)
+                result.dead.extend(DeadLetter(raw=raw, reason=f"events insert: {exc}"[:2000]) for raw in refused)
+                result.rows = []
             self.stats.inserts += 1
             self.stats.insert_seconds += time.perf_counter() - started
         if result.dead:
@@ -207,13 +240,30 @@ class IngestService:
     async def _publish_alerts(self, alerts: list[Alert], now: datetime) -> None:
         assert self._producer is not None
         rows = [alert_row(a, now) for a in alerts]
-        await self.store.run(write_with_retry, lambda: self.store.write_alerts(rows))
+        try:
+            await self._write("alerts insert", self.store.write_alerts, rows)
+        except PermanentError as exc:  # the alerts still go to the topic (the control plane acts on them)
+            log.error("alert_log_write_failed", alerts=len(rows), error=str(exc)[:300])
         for alert in alerts:
             await self._producer.send(ALERTS, key=alert.key().encode(),
                                       value=sign(alert.model_dump_json().encode(), topic=ALERTS, keys=self.signing))
             log.info("alert_raised" if alert.status == "open" else "alert_resolved",
                      alert_id=alert.alert_id, kind=str(alert.kind), scope=alert.scope.key(), severity=alert.severity)
         await self._producer.flush()
+
+    async def _seeds(self, wanted: list[SeedRequest]) -> dict[tuple[str, datetime], Decimal]:
+        """Stored spend for the budgets the batch needs (before it is accounted), fetched on
+        the store's thread; temporary errors retried like a write."""
+        if self.seeds is None:
+            raise LookupError("budget seeds wanted but no BudgetSeeds port was given")
+        seeds = self.seeds
+        return await with_retry(lambda: seeds.totals(wanted), what="budget seeds", attempts=self.write_attempts,
+                                base_delay=self.retry_base_s)
+
+    async def _write(self, what: str, write: Callable[[list[tuple[object, ...]]], None],
+                     rows: list[tuple[object, ...]]) -> None:
+        await with_retry(lambda: self.store.run(write, rows), what=what, attempts=self.write_attempts,
+                         base_delay=self.retry_base_s, event="clickhouse_write_failed")
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
         assert self._consumer is not None
@@ -265,7 +315,7 @@ class IngestService:
             row = [self.checkpoint_key, self.clock(), self.pipeline.watermark, blob]
             await self.store.run(self.store.insert, "detector_state", [row],
                                  ["group_id", "saved_at", "watermark", "state"])
-        except Exception as exc:  # noqa: BLE001 - a failed checkpoint costs baselines on restart, never the worker
+        except (PermanentError, TemporaryError, TypeError) as exc:  # costs baselines on restart, never the worker
             log.warning("detector_checkpoint_failed", error=str(exc)[:300])
 
     # Rebalance hand-off: a replica losing partitions saves its state first (revoke comes before it
@@ -302,7 +352,8 @@ class IngestService:
             taken = sum(self.pipeline.detectors.adopt(orjson.loads(state), owns) for _, state, _ in rows)
             log.info("detector_state_adopted", partitions=sorted(partitions), series=taken,
                      replicas=[r[0] for r in rows])
-        except Exception as exc:  # noqa: BLE001 - without them the moved tenants start cold, the worker runs on
+        except (PermanentError, TemporaryError, ValueError, KeyError, TypeError) as exc:
+            # unreadable or unreachable state: the moved tenants start cold, the worker runs on
             log.warning("detector_state_not_adopted", error=str(exc)[:300])
 
     async def _restore_detectors(self) -> None:
@@ -319,7 +370,8 @@ class IngestService:
             if watermark is not None:
                 self.pipeline.watermark = watermark if watermark.tzinfo else watermark.replace(tzinfo=UTC)
             log.info("detector_state_restored", key=self.checkpoint_key, watermark=str(self.pipeline.watermark))
-        except Exception as exc:  # noqa: BLE001 - unreadable state: start with fresh baselines
+        except (PermanentError, TemporaryError, ValueError, KeyError, TypeError) as exc:
+            # unreadable or unreachable state: start with fresh baselines
             log.warning("detector_state_not_restored", error=str(exc)[:300])
 
 
@@ -340,5 +392,11 @@ def partition_of(tenant: str, partitions: int) -> int:
     """The events partition of a tenant's events: what the shim's producer picks for the key
     ``tenant_id`` (aiokafka's default partitioner, the Java client's too)."""
     every = list(range(partitions))
-    return DefaultPartitioner()(tenant.encode(), every, every)
+    return int(DefaultPartitioner()(tenant.encode(), every, every))
+
+
+def _undead(raws: list[bytes], dead: list[DeadLetter]) -> list[bytes]:
+    """The records of a batch that are not already dead letters (each once)."""
+    gone = {d.raw for d in dead}
+    return [bytes(r) for r in raws if r is not None and bytes(r) not in gone]
 

@@ -24,7 +24,7 @@ from flyball.schemas import Alert, AlertKind, InvalidEvent, LLMCall, Scope
 from flyball.schemas.events import Envelope
 
 from .detectors import BatchWindows, Detectors, alert_id_for
-from .budgets import BudgetTracker
+from .budgets import BudgetTracker, SeedRequest, SeedTotals
 from .decode import decode_event
 from .pricing import PriceBook, price_event, unpriced_reason, usage_of
 from .releases import ReleaseComparator
@@ -120,8 +120,10 @@ class Pipeline:
         self._unpriced_alerted: set[tuple[str, str, str]] = set()
         self.watermark: datetime | None = None
 
-    def process(self, raws: Sequence[bytes], *, now: datetime | None) -> BatchResult:
-        """``now`` bounds how far in the future an event may be; None (replay) skips that check."""
+    def process(self, raws: Sequence[bytes], *, now: datetime | None, budgets: bool = True) -> BatchResult:
+        """``now`` bounds how far in the future an event may be; None (replay) skips that check.
+        ``budgets=False``: the caller accounts budgets itself (:meth:`account`), after fetching
+        the seeds they ask for (``self.budgets.wanted``)."""
         out = BatchResult()
         book = self._book()
         windows = BatchWindows()  # per (scope, 10 s window) sums for the detectors
@@ -168,9 +170,17 @@ class Pipeline:
         if self.watermark is not None:
             out.alerts.extend(self.detectors.advance(self.watermark))
             out.alerts.extend(self.releases.advance(self.watermark))
-        if self.budgets is not None:
-            out.alerts.extend(self.budgets.observe(out.rows, EVENT_COLUMNS, now=now))
+        if budgets:
+            self.account(out, now=now)
         return out
+
+    def seeds_wanted(self, result: BatchResult, *, now: datetime | None) -> list[SeedRequest]:
+        return [] if self.budgets is None else self.budgets.wanted(result.rows, EVENT_COLUMNS, now=now)
+
+    def account(self, result: BatchResult, *, now: datetime | None, seeds: SeedTotals | None = None) -> None:
+        """Budget accounting of a processed batch (its alerts come after the detectors')."""
+        if self.budgets is not None:
+            result.alerts.extend(self.budgets.observe(result.rows, EVENT_COLUMNS, now=now, seeds=seeds))
 
     def _unpriced(self, event: LLMCall, out: BatchResult, book: PriceBook) -> None:
         """One alert per (provider, model, what is missing): a model priced in the standard tier
@@ -205,7 +215,8 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
     ttft: float | None = None
     score: float | None = None
     stream = 0
-    kind = event.event_type  # a pydantic model or its fast mirror (decode.py): same attributes
+    # a pydantic model or its fast mirror (decode.py); each event kind declares its own event_type
+    kind: str = event.event_type  # type: ignore[attr-defined]
     if kind == "llm_call":
         e: LLMCall = event  # type: ignore[assignment]
         provider, model, status, latency = e.provider, e.model, e.status.value, e.latency_ms
@@ -226,7 +237,7 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
     # an explicit outcome of the request (see docs/KPIS.md), on any event kind
     outcome = event.attributes.get("outcome", "") if event.attributes else ""
     return (
-        event.event_id, event.ts, event.event_type, event.tenant_id, event.feature, event.service,
+        event.event_id, event.ts, kind, event.tenant_id, event.feature, event.service,
         event.environment, event.request_id, event.trace_id, provider, model, *tokens, latency,
         status, tool, category, index, cost, version, 1 if cost is None else 0,
         tier, one_hour, prompt_version, 1 if late else 0, twelve_hours,

@@ -46,6 +46,8 @@ from typing import Any, Final
 
 from flyball.schemas import normalize_service_tier
 
+from .errors import InvalidInput
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ZERO = Decimal(0)
 RATE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h", "reasoning", "per_request",
@@ -53,7 +55,7 @@ RATE_FIELDS = ("input", "output", "cache_read", "cache_write", "cache_write_1h",
 SERVICE_TIERS = ("batch", "flex", "priority", "ultrafast")  # ultrafast: an OpenAI tier
 
 
-class CatalogError(ValueError):
+class CatalogError(InvalidInput):
     """A price catalog that cannot be loaded; the message names the entry and field."""
 
 

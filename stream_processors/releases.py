@@ -61,7 +61,7 @@ from .detectors.base import AlertBook, Evidence
 DIMENSIONS = ("prompt_version", "model", "config_version")
 FAILURES = ("error", "timeout", "rate_limited")
 # latency histogram: log-spaced bin edges in ms (1.15x apart, 1 ms .. ~10 min); p95 by bin
-_EDGES = [1.15 ** i for i in range(0, 96)]
+_EDGES = [1.15 ** i for i in range(96)]
 _NBINS = len(_EDGES) + 1
 
 
@@ -570,10 +570,8 @@ class ReleaseComparator:
         w = watermark.timestamp()
         out = [a.model_copy(update={"verdict": "rollback"}) for a in self.book.sweep(w)]
         for key, comp in list(self.comparisons.items()):
-            if w - max(comp.new_stats.last, comp.started) >= self.params.idle_s and not self.book.is_open(
-                    AlertKind.VERSION_REGRESSION, comp.scope().key()):
-                self.finished.append(self.comparisons.pop(key))
-            elif comp.verdict == "promote":
+            if (w - max(comp.new_stats.last, comp.started) >= self.params.idle_s and not self.book.is_open(
+                    AlertKind.VERSION_REGRESSION, comp.scope().key())) or comp.verdict == "promote":
                 self.finished.append(self.comparisons.pop(key))
         self.finished = self.finished[-1000:]
         keep_from = int((w - self.params.baseline_s) // 60) - 1

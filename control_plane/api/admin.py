@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from ..auth import LastAdminKey, Principal, Role
-from ..policy import dump_policies, load_policies
+from ..policy_file import dump_policies, load_policies
 from .deps import Auth, Deps, actor
 
 
@@ -63,10 +63,9 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         """Replace the policies in force with a YAML or JSON document (the policies file
         format). Changed policies get a new version; the change is audited."""
         text = (await request.body()).decode("utf-8", errors="replace")
-        try:  # parsed in a thread: a large document must not stall the event loop
-            new = await asyncio.to_thread(load_policies, text)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+        # parsed in a thread: a large document must not stall the event loop; a PolicyError is
+        # answered 422 by the app's handler
+        new = await asyncio.to_thread(load_policies, text)
         if deps.set_policies is None:
             raise HTTPException(503, "policies cannot be changed in this process")
         return dump_policies(await deps.set_policies(new, actor(p), text))

@@ -15,7 +15,11 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
+from flyball.stream_processors.ports import ControlStore
+
 from ..auth import KeyRing, Principal, RateLimiter, Role
+from ..errors import Unavailable
+from ..finance import Finance
 from ..directives import ControlLoop
 from ..policy import Policies
 from ..state import AlertMarks, ControlState
@@ -25,30 +29,35 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 @dataclass
 class Deps:
-    store: Any  # ClickHouseStore-like: run(fn, *args), query(sql, params)
+    store: ControlStore | None  # ClickHouse behind its thread (None: this process has no store)
     control: ControlLoop | None
     keys: KeyRing
     policies: Callable[[], Policies]
     prices: Callable[[], Any]
     stats: dict[str, Callable[[], float]] = field(default_factory=dict)
-    ready: Callable[[], dict[str, bool]] = lambda: {}
+    ready: Callable[[], dict[str, bool]] = dict  # readiness of each part this process runs
+    parts: Callable[[], dict[str, bool]] = dict  # each supervised task: alive?
     state: ControlState | None = None  # persisted keys, policy versions, alert marks, deliveries
     marks: AlertMarks = field(default_factory=AlertMarks)
     limiter: RateLimiter = field(default_factory=RateLimiter)
     # (new policies, actor, source text) -> the policies now in force (versioned, audited)
     set_policies: Callable[[Policies, str, str], Awaitable[Policies]] | None = None
-    finance: Any = None  # control_plane.finance.Finance: price changes, budgets, reprice (None: built from store)
+    finance: Finance | None = None  # price changes, budgets, reprice (None: built from the store)
     otlp: Any = None  # control_plane.receiver.OtlpReceiver: POST /v1/traces (None: 503)
     slos: Any = None  # control_plane.slo_live.SLORegistry (None: built from store with the shipped SLOs)
 
+    def the_store(self) -> ControlStore:
+        if self.store is None:
+            raise Unavailable("no ClickHouse store in this process")
+        return self.store
+
     async def query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        return await self.store.run(self.store.query, sql, params)
+        store = self.the_store()
+        return await store.run(store.query, sql, params)
 
     def persisted(self) -> ControlState:
         if self.state is None:
-            if self.store is None:
-                raise HTTPException(503, "no ClickHouse store in this process")
-            self.state = ControlState(self.store)
+            self.state = ControlState(self.the_store())
         return self.state
 
 

@@ -19,10 +19,10 @@ from pydantic import BaseModel, Field, model_validator
 
 from flyball.schemas.events import MAX_NAME, PlausibleTime
 
-from flyball.stream_processors.budgets import BudgetError, Period, crossed_already, make_budget, period_bounds
+from flyball.stream_processors.budgets import Period, crossed_already, make_budget, period_bounds
 from flyball.stream_processors.forecast import forecast as forecast_spend
-from flyball.stream_processors.ingest import alert_row
-from flyball.stream_processors.pricing import CatalogError, entry_to_dict
+from flyball.stream_processors.ingest import ALERT_COLUMNS, alert_row
+from flyball.stream_processors.pricing import entry_to_dict
 
 from ..auth import Principal, Role
 from ..escaping import csv_text
@@ -73,11 +73,9 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
 
     def fin() -> Finance:
         if deps.finance is not None:
-            return deps.finance  # type: ignore[no-any-return]
+            return deps.finance
         if not holder:
-            if deps.store is None:
-                raise HTTPException(503, "no ClickHouse store in this process")
-            holder.append(Finance(deps.store, get_book=deps.prices))
+            holder.append(Finance(deps.the_store(), get_book=deps.prices))
         return holder[0]
 
     @app.get("/v1/spend", tags=["finance"])
@@ -99,7 +97,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
             if g not in GROUPABLE:
                 raise HTTPException(422, f"group_by: unknown value {g[:40]!r} (one of {', '.join(GROUPABLE)})")
         groups = list(dict.fromkeys(groups))
-        where, params = ["event_type = 'llm_call'"], {}
+        where, params = ["event_type = 'llm_call'"], dict[str, Any]()
         filters = (("tenant_id", tenant), ("feature", feature), ("provider", provider), ("model", model),
                    ("prompt_version", prompt_version), ("service_tier", service_tier))
         for name, value in filters:
@@ -179,7 +177,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         out = []
         for b in sorted(chosen, key=lambda b: b.budget_id):
             start, end = period_bounds(b.period, now)
-            spent = await deps.store.run(f.period_spend, b, start, end)
+            spent = await deps.the_store().run(f.period_spend, b, start, end)
             out.append(budget_status(b, spent, now))
         return out
 
@@ -188,20 +186,18 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         tenant = tenant_scope(p, body.tenant_id)
         if tenant is None:
             raise HTTPException(422, "tenant_id: required")
-        try:
-            budget = make_budget(tenant_id=tenant, limit_usd=body.limit_usd, period=body.period,
-                                 feature=body.feature, thresholds=body.thresholds)
-        except BudgetError as exc:
-            raise HTTPException(422, str(exc)) from None
+        budget = make_budget(tenant_id=tenant, limit_usd=body.limit_usd, period=body.period,
+                             feature=body.feature, thresholds=body.thresholds)  # BudgetError: 422
         f = fin()
         await asyncio.to_thread(f.put_budget, budget, actor=actor(p))
         now = datetime.now(UTC)
         start, end = period_bounds(budget.period, now)
-        spent = await deps.store.run(f.period_spend, budget, start, end)
+        store = deps.the_store()
+        spent = await store.run(f.period_spend, budget, start, end)
         alerts = crossed_already(budget, spent, start, end, at=now)
         if alerts:  # a budget set below the spend so far alerts now, like one crossed later
             rows = [alert_row(a, now) for a in alerts]
-            await deps.store.run(deps.store.write_alerts, rows)
+            await store.run(store.insert, "alerts", rows, ALERT_COLUMNS)
             for alert in alerts:
                 if deps.control is not None:
                     await deps.control.on_alert(alert)
@@ -237,10 +233,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
             raise HTTPException(422, "prices: expected a non-empty list of entries")
         if len(raws) > MAX_PRICES_PER_REQUEST:
             raise HTTPException(422, f"prices: at most {MAX_PRICES_PER_REQUEST} entries per request")
-        try:
-            changes = await asyncio.to_thread(fin().set_prices, raws, actor=actor(p), reason=reason)
-        except CatalogError as exc:
-            raise HTTPException(422, str(exc)) from None
+        changes = await asyncio.to_thread(fin().set_prices, raws, actor=actor(p), reason=reason)  # CatalogError: 422
         return {"changes": [{"version": new.version, "previous_version": old.version if old else None,
                              "entry": entry_to_dict(new)} for new, old in changes]}
 
@@ -250,7 +243,8 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         return await asyncio.to_thread(fin().price_history, provider=provider, model=model)
 
     @app.post("/v1/reprice", tags=["finance"])
-    async def reprice(body: RepriceBody, p: Annotated[Principal, Depends(auth.require(Role.ADMIN, global_only=True))]) -> dict[str, Any]:
+    async def reprice(body: RepriceBody,
+                      p: Annotated[Principal, Depends(auth.require(Role.ADMIN, global_only=True))]) -> dict[str, Any]:
         """Recompute stored costs in [from, to) with the current catalog; history in ``reprices``."""
         start, end = _aware(body.from_, "from"), _aware(body.to, "to")
         if end <= start:

@@ -13,7 +13,8 @@ from flyball.schemas.events import PlausibleTime
 from flyball.schemas import MAX_BURST, MAX_CHAIN, MAX_MODEL, MAX_RATE, MAX_TTL_S, ActionKind, Alert, Directive, DirectiveState, Scope
 
 from ..auth import Principal, Role
-from ..policy import Action, dump_policies
+from ..policy import Action
+from ..policy_file import dump_policies
 from ..state import Mark, utc
 from .deps import Auth, Deps, actor, ordered, tenant_scope
 

@@ -103,7 +103,7 @@ class KafkaTransport:
             task.cancel()
             await asyncio.wait({task}, timeout=2)
         try:
-            producer._closed = True  # noqa: SLF001 - aiokafka has no public abort
+            producer._closed = True  # aiokafka has no public abort
             await asyncio.wait_for(producer.client.close(), 2)
         except Exception as exc:  # noqa: BLE001 - it is being thrown away
             log.warning("aborting the producer failed: %r", exc)

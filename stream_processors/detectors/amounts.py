@@ -113,7 +113,7 @@ class AmountSpikeDetector:
             s.windows[window] = [amount, peak, len(event_ids)]
         else:
             acc[0] += amount
-            if peak > acc[1]:  # noqa: PLR1730
+            if peak > acc[1]:
                 acc[1] = peak
             acc[2] += len(event_ids)
         if window > s.newest:

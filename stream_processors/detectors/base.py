@@ -127,7 +127,7 @@ class AlertBook:
             opened = int(ev.last_ts // ev.window_s) * ev.window_s
             alert = Alert(
                 alert_id=alert_id_for(kind, scope.key(), opened), kind=kind, scope=scope,
-                severity=ev.severity,  # type: ignore[arg-type]
+                severity=ev.severity,
                 metric=ev.metric, observed=ev.observed, baseline=ev.baseline, threshold=ev.threshold,
                 score=ev.score, p_value=ev.p_value, window_s=ev.window_s, first_seen=at(ev.first_ts),
                 last_seen=at(ev.last_ts), opened_at=at(ev.last_ts), sample_event_ids=ev.event_ids[:10],

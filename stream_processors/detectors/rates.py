@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from flyball.schemas import Alert, AlertKind, Scope
-from scipy.stats import binom, poisson  # type: ignore[import-untyped]
+from scipy.stats import binom, poisson
 
 from .base import BASE_WINDOW_S, AlertBook, Evidence, fmt
 from .sensitivity import SensitivityTable

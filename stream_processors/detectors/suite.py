@@ -144,10 +144,10 @@ class BatchWindows:
             else:
                 if cost is not None:
                     u[0] += cost
-                    if cost > u[4]:  # noqa: PLR1730 - max() costs a call per event
+                    if cost > u[4]:
                         u[4] = cost
                 u[1] += tokens
-                if tokens > u[5]:  # noqa: PLR1730
+                if tokens > u[5]:
                     u[5] = tokens
                 if ts < u[2]:
                     u[2] = ts

@@ -43,7 +43,7 @@ class FakeProvider:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 return None
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 script = provider.match(self.path)

@@ -11,7 +11,7 @@ import pytest
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Principal, Role
-from flyball.control_plane.policy import DEFAULT_POLICIES
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.stream_processors.pricing import PriceBook
 
 

@@ -26,13 +26,13 @@ with warnings.catch_warnings():  # LiteLLM's own models warn under pydantic 2.14
     from litellm.types.utils import CompletionTokensDetailsWrapper, ModelResponse, PromptTokensDetailsWrapper, Usage
 
     from flyball.integrations.litellm import FlyballLogger, GuardRefused
-from fastapi import HTTPException  # noqa: E402
+from fastapi import HTTPException
 
-from flyball.producers import Telemetry  # noqa: E402
-from flyball.producers.transports import MemoryTransport  # noqa: E402
-from flyball.schemas import DIRECTIVES, EVENTS, ActionKind, Directive, LLMCall, Scope, parse_event  # noqa: E402
-from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline  # noqa: E402
-from flyball.stream_processors.pricing import load_catalog  # noqa: E402
+from flyball.producers import Telemetry
+from flyball.producers.transports import MemoryTransport
+from flyball.schemas import DIRECTIVES, EVENTS, ActionKind, Directive, LLMCall, Scope, parse_event
+from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
+from flyball.stream_processors.pricing import load_catalog
 
 # LiteLLM's TypedDicts use ReadOnly, which pydantic warns about when it first builds their schema
 pytestmark = pytest.mark.filterwarnings("ignore:Item.* the `ReadOnly` qualifier:UserWarning")

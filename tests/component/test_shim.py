@@ -301,7 +301,7 @@ class _DirectivesAPI(BaseHTTPRequestHandler):
     directives: list[dict[str, Any]] = []
     seen_auth: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:  # http.server's naming
         self.seen_auth.append(self.headers.get("Authorization", ""))
         body = orjson.dumps(self.directives) if self.path == "/v1/directives" else b"{}"
         self.send_response(200 if self.path == "/v1/directives" else 404)

@@ -16,12 +16,13 @@ from fastapi.routing import APIRoute
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, RateLimiter, Role
-from flyball.control_plane.policy import DEFAULT_POLICIES
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 from tests.integration._helpers import serve_app
 
-PUBLIC = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 ALL = set(Role)
 SRE = {Role.SRE, Role.ADMIN}
 # The contract from DESIGN.md for the routes this control plane defines; routes of other
@@ -70,7 +71,7 @@ def routes(app: Any) -> list[tuple[str, str, APIRoute]]:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], Any]]:
     path: Path = tmp_path_factory.mktemp("ch")
     store = ClickHouseStore(f"chdb://{path}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     book = load_prices(None)
     keys = KeyRing()
     plain: dict[str, str] = {}

@@ -17,10 +17,11 @@ import pytest
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Principal, Role
-from flyball.control_plane.policy import DEFAULT_POLICIES
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 from tests.integration._helpers import serve_app
 
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -47,7 +48,7 @@ class Api:
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     path: Path = tmp_path_factory.mktemp("ch")
     store = ClickHouseStore(f"chdb://{path}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     book = load_prices(None)
     pipeline = Pipeline(lambda: book)
     raws = []

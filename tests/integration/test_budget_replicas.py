@@ -25,6 +25,7 @@ from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 
 COST = Decimal("0.0035")  # gpt-4o, 1000 input * 0.0000025 + 100 output * 0.00001
 LIMIT = Decimal("1")
@@ -74,7 +75,7 @@ async def test_two_replicas_alert_once_per_threshold_at_the_crossing_event(boots
 
 async def _run(bootstrap: str, store: ClickHouseStore, target: str, others: list[str]) -> None:
     run = target.removeprefix("bud-")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     book = load_prices(None)
     finance = Finance(store, get_book=lambda: book)
     finance.put_budget(make_budget(tenant_id=target, limit_usd=LIMIT), actor="test")
@@ -82,9 +83,9 @@ async def _run(bootstrap: str, store: ClickHouseStore, target: str, others: list
         finance.put_budget(make_budget(tenant_id=t, limit_usd="1000"), actor="test")
 
     def replica() -> IngestService:
-        tracker = BudgetTracker(finance.budget_list, seed=finance.seed)
+        tracker = BudgetTracker(finance.budget_list, asks=True)
         return IngestService(bootstrap=bootstrap, store=store, group_id=f"bud-{run}", max_batch=MAX_BATCH,
-                             poll_ms=50, pipeline=Pipeline(lambda: book, budgets=tracker))
+                             poll_ms=50, pipeline=Pipeline(lambda: book, budgets=tracker), seeds=finance)
 
     now = datetime.now(UTC)
     per_producer = 120  # 4 x 120 target events = $1.68, well past the $1 limit

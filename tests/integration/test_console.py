@@ -17,7 +17,8 @@ import pytest
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, RateLimiter, Role
-from flyball.control_plane.policy import DEFAULT_POLICIES
+from flyball.control_plane.migrations import ALL_MIGRATIONS
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
 from flyball.control_plane.ui import queries
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
@@ -51,7 +52,7 @@ def write(store: ClickHouseStore, rows: list[list[Any]]) -> None:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], ClickHouseStore]]:
     path: Path = tmp_path_factory.mktemp("ch")
     store = ClickHouseStore(f"chdb://{path}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     book = load_prices(None)
     keys = KeyRing()
     plain = {"sre": keys.create(Role.SRE)[0], "finance": keys.create(Role.FINANCE)[0],

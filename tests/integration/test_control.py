@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from flyball.control_plane.notify import WebhookTarget
-from flyball.control_plane.policy import parse_policies
+from flyball.control_plane.policy_file import parse_policies
 from flyball.control_plane.runtime import System
 from flyball.control_plane.settings import Settings
 from flyball.producers import Telemetry
@@ -52,7 +52,7 @@ class Receiver:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:  # http.server's naming
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
                 body = json.loads(raw)
                 failing = outer.fail_first > 0 and RUN.encode() in raw

@@ -14,6 +14,7 @@ from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import ALERTS, Alert, AlertKind, Scope
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 
 
 def cost_spike(tenant: str) -> Alert:
@@ -46,7 +47,7 @@ async def test_restarted_control_plane_acts_on_alerts_published_while_it_was_dow
     await ensure_topics(bootstrap)
     await publish(bootstrap, cost_spike(before))  # history: a new group does not replay it
     store = ClickHouseStore(f"chdb://{tmp_path / 'ch'}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     try:
         for attempt in ("first", "restart"):
             loop = ControlLoop(bootstrap=bootstrap, audit=store, group_id=f"control-{run}")

@@ -13,8 +13,10 @@ import pytest
 
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.pipeline import Pipeline
-from flyball.stream_processors.sinks.clickhouse import _SCHEMA_MIGRATIONS, MIGRATIONS, ClickHouseStore
+from flyball.stream_processors.sinks.clickhouse import _SCHEMA_MIGRATIONS, ClickHouseStore
 from flyball.stream_processors.sinks.ddl import DdlOptions, transform, ttl_statements
+from flyball.control_plane.migrations import ALL_MIGRATIONS
+from flyball.control_plane.migrations import ALL_MIGRATIONS as MIGRATIONS  # every table, worker first
 
 CLUSTER = DdlOptions(cluster="flyball_cluster", ttl_days={"events": 400, "webhook_deliveries": 30})
 ALL = [(0, _SCHEMA_MIGRATIONS), *MIGRATIONS]
@@ -74,7 +76,7 @@ def test_clickhouse_parses_every_cluster_statement(tmp_path: Path) -> None:
 def test_ttl_on_chdb_drops_rows_older_than_the_retention(tmp_path: Path) -> None:
     store = ClickHouseStore(f"chdb://{tmp_path}/ttl", DdlOptions(ttl_days={"events": 30}))
     try:
-        store.migrate()
+        store.migrate(ALL_MIGRATIONS)
         create = store.call(store.query, "SELECT create_table_query FROM system.tables WHERE name = 'events' "
                                          "AND database = currentDatabase()")[0][0]
         assert "TTL toDateTime(ts) + toIntervalDay(30)" in create
@@ -88,9 +90,9 @@ def test_ttl_on_chdb_drops_rows_older_than_the_retention(tmp_path: Path) -> None
         kept = store.call(store.query, "SELECT ts FROM events")
         assert len(kept) == 1 and kept[0][0].replace(tzinfo=UTC) > now - timedelta(days=2)
         # a second migrate leaves the TTL (no rewrite); a changed retention replaces it
-        assert store.migrate() == []
+        assert store.migrate(ALL_MIGRATIONS) == []
         store.ddl = DdlOptions(ttl_days={"events": 60})
-        store.migrate()
+        store.migrate(ALL_MIGRATIONS)
         create = store.call(store.query, "SELECT create_table_query FROM system.tables WHERE name = 'events' "
                                          "AND database = currentDatabase()")[0][0]
         assert "toIntervalDay(60)" in create

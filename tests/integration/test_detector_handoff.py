@@ -16,6 +16,7 @@ from flyball.stream_processors.ingest import IngestService, partition_of
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 
 from tests.integration._helpers import eventually
 from tests.integration.test_detector_restart import call, produce
@@ -45,7 +46,7 @@ async def test_a_joining_replica_adopts_the_moved_tenants_baselines(bootstrap: s
             if a.kind == AlertKind.COST_SPIKE] == []
 
     store = ClickHouseStore(f"chdb://{tmp_path}/ch")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
 
     async def stored(n: int) -> bool:
         rows = await store.run(store.query, "SELECT count() FROM events WHERE startsWith(tenant_id, {p:String})",

@@ -18,6 +18,7 @@ from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 from tests.integration._helpers import eventually
 
 
@@ -50,7 +51,7 @@ async def test_restarted_worker_keeps_its_baselines_and_catches_a_spike_at_once(
     assert [a for a in Pipeline(lambda: book).process(spike, now=None).alerts if a.kind == AlertKind.COST_SPIKE] == []
 
     store = ClickHouseStore(f"chdb://{tmp_path}/ch")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
 
     async def stored(n: int) -> bool:
         rows = await store.run(store.query, "SELECT count() FROM events WHERE tenant_id = {t:String}", {"t": tenant})

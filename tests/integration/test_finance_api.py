@@ -23,11 +23,12 @@ import pytest
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Principal, Role
 from flyball.control_plane.finance import Finance
-from flyball.control_plane.policy import DEFAULT_POLICIES
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.pricing import PriceBook
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 from tests.integration._helpers import serve_app
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -73,7 +74,7 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     store = ClickHouseStore(f"chdb://{tmp_path_factory.mktemp('ch')}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     holder = {"book": load_prices(None)}
     finance = Finance(store, get_book=lambda: holder["book"], set_book=lambda b: holder.__setitem__("book", b))
     pipeline = Pipeline(lambda: holder["book"])  # the live worker reads the book per batch, like this

@@ -20,11 +20,12 @@ import pytest
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Principal, Role
 from flyball.control_plane.finance import Finance
-from flyball.control_plane.policy import DEFAULT_POLICIES
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.runtime import System, load_prices
 from flyball.control_plane.settings import Settings
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 from tests.integration._helpers import serve_app
 
 GRAFANA = Path(__file__).parents[2] / "grafana"
@@ -60,7 +61,7 @@ def _event(kind: str, ts: datetime, **fields: Any) -> bytes:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseStore]:
     store = ClickHouseStore(f"chdb://{tmp_path_factory.mktemp('grafana')}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     book = load_prices(None)
     raws = []
     for i in range(60):

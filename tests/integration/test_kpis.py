@@ -35,6 +35,7 @@ from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.pricing import PriceBook, Usage, price
 from flyball.schemas import Alert, AlertKind, Scope
 from tests.integration._helpers import serve_app
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 
 START, END = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
 PREV = datetime(2026, 10, 1, tzinfo=UTC)
@@ -236,7 +237,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
     store = ClickHouseStore(f"chdb://{tmp_path_factory.mktemp('ch')}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     book = load_prices(None)
     events, wire = generate(request.param)
     pipeline = Pipeline(lambda: book)

@@ -119,7 +119,8 @@ async def test_cost_spike_closes_the_loop_only_for_that_tenant(system: System, b
             applied = [a for a in actions if a["decision"] == "applied" and a["tenant_id"] == spiky]
             assert len(applied) == 1 and applied[0]["evidence"]["kind"] == "cost_spike"
 
-        dlq = await _read_dlq(bootstrap, lambda rec: bad_id in rec.get("original", "") or "not json" in rec.get("original", ""), 2)
+        dlq = await _read_dlq(bootstrap, lambda rec: bad_id in rec.get("original", "")
+                              or "not json" in rec.get("original", ""), 2)
         reasons = sorted(r["reason"] for r in dlq)
         assert any("input_tokens" in r for r in reasons), reasons
         assert any("UTF-8" in r or "JSON" in r for r in reasons), reasons

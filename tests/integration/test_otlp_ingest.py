@@ -31,7 +31,7 @@ from opentelemetry.trace import Status, StatusCode
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Role
 from flyball.control_plane.otlp import JSON, OtlpOptions, decode_request
-from flyball.control_plane.policy import DEFAULT_POLICIES
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.receiver import OtlpReceiver
 from flyball.schemas import DLQ, EVENTS, LLMCall, parse_event
 from flyball.stream_processors.topics import ensure_topics

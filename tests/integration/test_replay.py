@@ -67,7 +67,8 @@ def test_replay_writes_dlq_spend_alerts_and_actions(tmp_path: Path) -> None:
 
 def test_replay_refuses_an_unreadable_price_file_with_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "e.jsonl").write_text("")
-    (tmp_path / "prices.json").write_text('{"format": "flyball.prices/1", "prices": [{"provider": "x", "model": "y", "input": "-1", "output": "1"}]}')
+    (tmp_path / "prices.json").write_text(
+        '{"format": "flyball.prices/1", "prices": [{"provider": "x", "model": "y", "input": "-1", "output": "1"}]}')
     done = subprocess.run([sys.executable, "-m", "flyball.control_plane.cli", "replay", "--events", str(tmp_path / "e.jsonl"),
                            "--out", str(tmp_path / "o"), "--prices", str(tmp_path / "prices.json")],
                           capture_output=True, text=True, timeout=60)

@@ -13,6 +13,7 @@ import orjson
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 
 T0 = datetime(2026, 2, 1, 9, 0, tzinfo=UTC)
 
@@ -30,7 +31,7 @@ def test_safety_trigger_rates_are_stored_per_minute_and_count_each_event_once(tm
              trigger("jailbreak", T0 + timedelta(seconds=7), tenant="globex")]
     store = ClickHouseStore(f"chdb://{tmp_path}/ch")
     try:
-        store.migrate()
+        store.migrate(ALL_MIGRATIONS)
         pipe = Pipeline(lambda: book)
         first, second = pipe.process(raws[:4], now=None), pipe.process(raws[4:], now=None)
         store.write_events(first.rows)

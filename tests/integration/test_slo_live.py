@@ -23,6 +23,7 @@ from flyball.control_plane.slo_replay import EventTimeSLOs
 from flyball.schemas import Alert
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 
 T0 = datetime(2026, 11, 3, 8, 0, tzinfo=UTC)
 OUTAGE = (T0 + timedelta(minutes=60), T0 + timedelta(minutes=95))
@@ -69,7 +70,7 @@ def view(a: Alert) -> tuple[Any, ...]:
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHouseStore, list[bytes], Path]]:
     store = ClickHouseStore(f"chdb://{tmp_path_factory.mktemp('ch')}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     wire = [orjson.dumps(e) for e in events(5)]
     wire += wire[::13]  # duplicates on the wire
     book = load_prices(None)

@@ -19,7 +19,7 @@ import orjson
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Principal, Role
-from flyball.control_plane.policy import DEFAULT_POLICIES
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
 from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import EVENTS
@@ -27,6 +27,7 @@ from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 from tests.integration._helpers import eventually
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -117,7 +118,7 @@ async def test_spend_is_exact_after_duplicates_a_kill_mid_batch_and_a_restart(bo
         e["ts"] = (NOW - timedelta(hours=hours)).isoformat()
     resent = rng.sample(events, 120)  # duplicate sends, as a producer retry or a buggy client would
     store = KilledBetweenInsertAndCommit(f"chdb://{tmp_path / 'ch'}", kill_after=3, tenant=tenant)
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     book = load_prices(None)
     producer = await start_producer(bootstrap, linger_ms=5)
     try:

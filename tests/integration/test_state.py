@@ -8,16 +8,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flyball.control_plane.auth import KeyRing, Role
-from flyball.control_plane.policy import SHIPPED_POLICIES_TEXT, Policies, load_policies
+from flyball.control_plane.policy import Policies
+from flyball.control_plane.policy_file import SHIPPED_POLICIES_TEXT, load_policies
 from flyball.control_plane.state import ControlState, PolicyRegistry
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 async def test_keys_persist_hashed_and_revocation_sticks(tmp_path: Path) -> None:
     store = ClickHouseStore(f"chdb://{tmp_path}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     ring = KeyRing()
     key, record = ring.issue(Role.FINANCE, tenant_id="acme", name="billing", now=NOW)
     gone, gone_record = ring.issue(Role.SRE, now=NOW)
@@ -45,7 +47,7 @@ async def test_keys_persist_hashed_and_revocation_sticks(tmp_path: Path) -> None
 
 async def test_policy_changes_are_versioned_audited_and_survive_restart_until_the_file_changes(tmp_path: Path) -> None:
     store = ClickHouseStore(f"chdb://{tmp_path}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)
     try:
         state = ControlState(store)
         registry = PolicyRegistry(state, Policies(policies=()))

@@ -52,3 +52,5 @@ def test_up_becomes_ready_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        out.close()  # a leaked log file is an error under the suite's warning filters

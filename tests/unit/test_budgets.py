@@ -163,3 +163,21 @@ def test_pipeline_appends_budget_alerts_after_pricing_and_flags_late_rows() -> N
     assert [a.observed for a in budget_alerts] == ["0.0105"]  # the third call crosses $0.01
     late = [dict(zip(EVENT_COLUMNS, r, strict=True))["late"] for r in out.rows]
     assert late == [0, 0, 0, 1]
+
+
+def test_seeds_are_asked_for_and_observe_uses_the_answers() -> None:
+    b = make_budget(tenant_id="acme", limit_usd="10", thresholds=[50, 100])
+    t = BudgetTracker(lambda: (b,), asks=True)
+    rows = [row("4")]
+    wanted = t.wanted(rows, COLUMNS, now=NOW)
+    assert [(r.budget.budget_id, r.exclude) for r in wanted] == [(b.budget_id, frozenset({str(rows[0][0])}))]
+    alerts = t.observe(rows, COLUMNS, now=NOW, seeds={wanted[0].key: Decimal("2")})
+    assert [a.metric for a in alerts] == ["budget_monthly_pct_50"]  # 2 stored + 4 = 6 of 10
+    assert t.wanted([row("1")], COLUMNS, now=NOW) == []  # fresh: nothing to ask
+
+
+def test_a_tracker_that_asks_refuses_to_account_without_the_answer() -> None:
+    b = make_budget(tenant_id="acme", limit_usd="10")
+    t = BudgetTracker(lambda: (b,), asks=True)
+    with pytest.raises(LookupError):
+        t.observe([row("4")], COLUMNS, now=NOW, seeds={})

@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flyball.producers.buffer import SpillLocked, SpillLog, decode, encode, open_lane
+from collections.abc import Iterator
+
+from flyball.producers import buffer
+from flyball.producers.buffer import SpillLocked, decode, encode
+
+_OPEN: list[buffer.SpillLog] = []
+
+
+class SpillLog(buffer.SpillLog):
+    """The log under test, closed after each test: a leaked lock file is an error in this suite."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _OPEN.append(self)
+
+
+def open_lane(directory: Path, **options: object) -> buffer.SpillLog:
+    log = buffer.open_lane(directory, **options)
+    _OPEN.append(log)
+    return log
+
+
+@pytest.fixture(autouse=True)
+def _close_logs() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
 
 E = "flyball.events.v1"
 

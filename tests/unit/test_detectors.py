@@ -183,7 +183,7 @@ def test_cost_token_and_runaway_alerts_of_one_tenant_at_one_time_are_one_inciden
     assert resolved.incident_id == a.alert_id
 
 
-# ------------------------------------------------------------------ the other detectors (issue 5)
+# ------------------------------------------------------------------ the other detectors
 
 T0 = NOW.timestamp()
 B0 = int(T0) // BASE_WINDOW_S

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flyball.control_plane.notify import WebhookTarget, action_notice, alert_notice, render
-from flyball.control_plane.policy import DEFAULT_POLICIES, decide, revert
+from flyball.control_plane.policy import decide_actions, revert
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.schemas import Alert, AlertKind, Scope
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -36,7 +37,7 @@ def test_slack_alert_has_text_blocks_runbook_and_dedupe_key() -> None:
 
 
 def test_an_automatic_action_is_a_pagerduty_incident_that_resolves_on_revert() -> None:
-    (applied,) = decide(ALERT, [], DEFAULT_POLICIES, now=NOW)
+    (applied,) = decide_actions(ALERT, [], DEFAULT_POLICIES, now=NOW)
     opened = render(action_notice(applied, now=NOW), PD, runbook_base=BASE)
     reverted = render(action_notice(revert(applied.directive, actor="flyball", now=NOW), now=NOW), PD,
                       runbook_base=BASE)

@@ -14,25 +14,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flyball.control_plane.policy import (
-    DEFAULT_POLICIES,
-    DIRECTIVE_NAMESPACE,
     Action,
-    Decision,
+    DIRECTIVE_NAMESPACE,
     History,
+    Outcome,
     Policies,
     Policy,
     approve,
-    decide,
-    dump_policies,
+    decide_actions,
     expire,
-    load_policies,
     observe,
-    parse_policies,
     pin,
     reject,
     revert,
-    revise,
 )
+
+from flyball.control_plane.policy_file import DEFAULT_POLICIES, dump_policies, load_policies, parse_policies, revise
 from flyball.schemas import MAX_TTL_S, ActionKind, Alert, AlertKind, Directive, DirectiveState, Scope
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -63,8 +60,8 @@ def directive(tenant_id: str = "acme", *, expires_in: int = 60, **overrides: Any
 
 
 def test_cost_spike_applies_one_throttle_on_that_tenant_with_a_ttl() -> None:
-    (action,) = decide(alert(), [], POLICIES, now=NOW)
-    assert action.decision == Decision.APPLIED
+    (action,) = decide_actions(alert(), [], POLICIES, now=NOW)
+    assert action.decision == Outcome.APPLIED
     d = action.directive
     assert (d.action, d.scope, d.state, d.rate_per_s, d.burst) == (
         ActionKind.THROTTLE, Scope(tenant_id="acme"), DirectiveState.ACTIVE, 0.5, 1)
@@ -73,86 +70,86 @@ def test_cost_spike_applies_one_throttle_on_that_tenant_with_a_ttl() -> None:
 
 
 def test_directive_id_is_deterministic() -> None:
-    first = decide(alert(), [], POLICIES, now=NOW)[0].directive
-    later = decide(alert(last_seen=NOW + timedelta(hours=1)), [], POLICIES, now=NOW + timedelta(hours=1))[0].directive
+    first = decide_actions(alert(), [], POLICIES, now=NOW)[0].directive
+    later = decide_actions(alert(last_seen=NOW + timedelta(hours=1)), [], POLICIES, now=NOW + timedelta(hours=1))[0].directive
     assert first.directive_id == later.directive_id == str(
         uuid.uuid5(DIRECTIVE_NAMESPACE, f"{ALERT_ID}|cost-spike-throttle-tenant|1"))
 
 
 def test_existing_automatic_directive_is_extended_to_now_plus_ttl() -> None:
     current = directive(expires_in=30)
-    (action,) = decide(alert(), [current], POLICIES, now=NOW)
-    assert action.decision == Decision.EXTENDED
+    (action,) = decide_actions(alert(), [current], POLICIES, now=NOW)
+    assert action.decision == Outcome.EXTENDED
     assert action.before == current
     assert action.directive == current.model_copy(update={"expires_at": NOW + timedelta(seconds=120)})
 
 
 def test_existing_directive_lasting_longer_than_ttl_needs_no_action() -> None:
-    assert decide(alert(), [directive(expires_in=600)], POLICIES, now=NOW) == []
+    assert decide_actions(alert(), [directive(expires_in=600)], POLICIES, now=NOW) == []
 
 
 def test_pinned_directive_on_the_scope_is_never_touched() -> None:
-    (action,) = decide(alert(), [directive(pinned=True)], POLICIES, now=NOW)
-    assert (action.decision, action.directive) == (Decision.SKIPPED, None)
+    (action,) = decide_actions(alert(), [directive(pinned=True)], POLICIES, now=NOW)
+    assert (action.decision, action.directive) == (Outcome.SKIPPED, None)
 
 
 def test_manual_directive_on_the_scope_wins_over_automation() -> None:
-    (action,) = decide(alert(), [directive(actor="alice@sre")], POLICIES, now=NOW)
-    assert (action.decision, action.directive) == (Decision.SKIPPED, None)
+    (action,) = decide_actions(alert(), [directive(actor="alice@sre")], POLICIES, now=NOW)
+    assert (action.decision, action.directive) == (Outcome.SKIPPED, None)
 
 
 def test_cooldown_skips_refiring_on_the_same_scope() -> None:
     history = History(last_fired={"tenant_id=acme": NOW - timedelta(seconds=59)})
-    (action,) = decide(alert(), [], POLICIES, now=NOW, history=history)
-    assert action.decision == Decision.SKIPPED
+    (action,) = decide_actions(alert(), [], POLICIES, now=NOW, history=history)
+    assert action.decision == Outcome.SKIPPED
     assert action.reason.startswith("cooldown")
 
 
 def test_cooldown_elapsed_allows_acting_again() -> None:
     history = History(last_fired={"tenant_id=acme": NOW - timedelta(seconds=60)})
-    assert decide(alert(), [], POLICIES, now=NOW, history=history)[0].decision == Decision.APPLIED
+    assert decide_actions(alert(), [], POLICIES, now=NOW, history=history)[0].decision == Outcome.APPLIED
 
 
 def test_blast_radius_limit_skips_a_new_automatic_directive() -> None:
     policies = Policies(policies=(THROTTLE,), max_active=2)
     active = [directive("globex"), directive("initech")]
-    (action,) = decide(alert(), active, policies, now=NOW)
-    assert action.decision == Decision.SKIPPED
+    (action,) = decide_actions(alert(), active, policies, now=NOW)
+    assert action.decision == Outcome.SKIPPED
     assert action.reason.startswith("blast radius")
 
 
 def test_blast_radius_counts_only_automatic_directives() -> None:
     policies = Policies(policies=(THROTTLE,), max_active=1)
-    (action,) = decide(alert(), [directive("globex", actor="alice@sre")], policies, now=NOW)
-    assert action.decision == Decision.APPLIED
+    (action,) = decide_actions(alert(), [directive("globex", actor="alice@sre")], policies, now=NOW)
+    assert action.decision == Outcome.APPLIED
 
 
 def test_dry_run_policy_records_a_dry_run_directive() -> None:
     policies = Policies(policies=(replace(THROTTLE, dry_run=True),))
-    (action,) = decide(alert(), [], policies, now=NOW)
-    assert (action.decision, action.directive.state) == (Decision.DRY_RUN, DirectiveState.DRY_RUN)
+    (action,) = decide_actions(alert(), [], policies, now=NOW)
+    assert (action.decision, action.directive.state) == (Outcome.DRY_RUN, DirectiveState.DRY_RUN)
 
 
 def test_resolved_alert_is_noted_without_action() -> None:
-    (action,) = decide(alert(status="resolved"), [directive()], POLICIES, now=NOW)
-    assert (action.decision, action.directive) == (Decision.NOTED, None)
+    (action,) = decide_actions(alert(status="resolved"), [directive()], POLICIES, now=NOW)
+    assert (action.decision, action.directive) == (Outcome.NOTED, None)
 
 
 def test_alert_below_policy_severity_is_noted() -> None:
-    (action,) = decide(alert(severity="info"), [], POLICIES, now=NOW)
-    assert (action.decision, action.directive) == (Decision.NOTED, None)
+    (action,) = decide_actions(alert(severity="info"), [], POLICIES, now=NOW)
+    assert (action.decision, action.directive) == (Outcome.NOTED, None)
 
 
 def test_expire_returns_expired_for_directives_past_their_ttl() -> None:
     due, running = directive("acme", expires_in=0), directive("globex", expires_in=1)
     (action,) = expire([due, running], now=NOW)
-    assert (action.decision, action.before) == (Decision.EXPIRED, due)
+    assert (action.decision, action.before) == (Outcome.EXPIRED, due)
     assert action.directive.state == DirectiveState.EXPIRED
 
 
 def test_expire_never_expires_a_pinned_directive() -> None:
     (renewal,) = expire([directive(expires_in=-3600, pinned=True)], now=NOW)
-    assert renewal.decision == Decision.EXTENDED and renewal.directive is not None
+    assert renewal.decision == Outcome.EXTENDED and renewal.directive is not None
     assert renewal.directive.expires_at == NOW + timedelta(seconds=MAX_TTL_S)
 
 
@@ -163,14 +160,14 @@ def test_a_pinned_directive_is_renewed_only_when_half_the_max_ttl_is_left() -> N
 
 def test_revert_ends_the_directive_now_and_records_the_actor() -> None:
     action = revert(directive(), actor="alice@sre", now=NOW)
-    assert (action.decision, action.actor) == (Decision.REVERTED, "alice@sre")
+    assert (action.decision, action.actor) == (Outcome.REVERTED, "alice@sre")
     assert (action.directive.state, action.directive.expires_at) == (DirectiveState.REVERTED, NOW)
 
 
 def test_pinned_directive_is_skipped_by_later_decisions() -> None:
     pinned = pin(directive(), actor="alice@sre").directive
     assert pinned.pinned
-    assert decide(alert(), [pinned], POLICIES, now=NOW)[0].decision == Decision.SKIPPED
+    assert decide_actions(alert(), [pinned], POLICIES, now=NOW)[0].decision == Outcome.SKIPPED
 
 
 # ---------------------------------------------------------------- shipped defaults, by alert kind
@@ -179,54 +176,54 @@ def kind_alert(kind: AlertKind, severity: str = "warning", alert_id: str = ALERT
 
 
 @pytest.mark.parametrize(("kind", "severity", "scope", "decision", "action", "target"), [
-    (AlertKind.COST_SPIKE, "warning", {"tenant_id": "acme"}, Decision.APPLIED, ActionKind.THROTTLE,
+    (AlertKind.COST_SPIKE, "warning", {"tenant_id": "acme"}, Outcome.APPLIED, ActionKind.THROTTLE,
      {"tenant_id": "acme"}),
-    (AlertKind.COST_SPIKE, "critical", {"tenant_id": "acme", "feature": "chat"}, Decision.APPLIED,
+    (AlertKind.COST_SPIKE, "critical", {"tenant_id": "acme", "feature": "chat"}, Outcome.APPLIED,
      ActionKind.THROTTLE, {"tenant_id": "acme", "feature": "chat"}),
-    (AlertKind.BUDGET_THRESHOLD, "critical", {"tenant_id": "acme"}, Decision.APPLIED, ActionKind.THROTTLE,
+    (AlertKind.BUDGET_THRESHOLD, "critical", {"tenant_id": "acme"}, Outcome.APPLIED, ActionKind.THROTTLE,
      {"tenant_id": "acme"}),
-    (AlertKind.ERROR_RATE, "warning", {"provider": "openai", "model": "gpt-4o"}, Decision.APPLIED,
+    (AlertKind.ERROR_RATE, "warning", {"provider": "openai", "model": "gpt-4o"}, Outcome.APPLIED,
      ActionKind.REROUTE, {"model": "gpt-4o"}),
-    (AlertKind.LATENCY, "critical", {"provider": "openai", "model": "gpt-4o"}, Decision.APPLIED,
+    (AlertKind.LATENCY, "critical", {"provider": "openai", "model": "gpt-4o"}, Outcome.APPLIED,
      ActionKind.REROUTE, {"model": "gpt-4o"}),
-    (AlertKind.TOOL_FAILURE, "warning", {"tool_name": "sql"}, Decision.APPLIED, ActionKind.DISABLE_TOOL,
+    (AlertKind.TOOL_FAILURE, "warning", {"tool_name": "sql"}, Outcome.APPLIED, ActionKind.DISABLE_TOOL,
      {"tool_name": "sql"}),
-    (AlertKind.SAFETY_BURST, "warning", {"tenant_id": "acme", "tool_name": "browser"}, Decision.APPLIED,
+    (AlertKind.SAFETY_BURST, "warning", {"tenant_id": "acme", "tool_name": "browser"}, Outcome.APPLIED,
      ActionKind.DISABLE_TOOL, {"tenant_id": "acme", "tool_name": "browser"}),
     (AlertKind.SAFETY_BURST, "critical", {"tenant_id": "acme", "feature": "chat", "category": "pii"},
-     Decision.PENDING, ActionKind.BLOCK, {"tenant_id": "acme", "feature": "chat"}),
-    (AlertKind.RUNAWAY_LOOP, "warning", {"tenant_id": "acme", "request_id": "r1"}, Decision.APPLIED,
+     Outcome.PENDING, ActionKind.BLOCK, {"tenant_id": "acme", "feature": "chat"}),
+    (AlertKind.RUNAWAY_LOOP, "warning", {"tenant_id": "acme", "request_id": "r1"}, Outcome.APPLIED,
      ActionKind.THROTTLE, {"tenant_id": "acme", "request_id": "r1"}),
 ])
 def test_shipped_defaults_map_each_alert_kind_to_its_action(kind: AlertKind, severity: str, scope: dict[str, str],
-                                                            decision: Decision, action: ActionKind,
+                                                            decision: Outcome, action: ActionKind,
                                                             target: dict[str, str]) -> None:
-    (act,) = decide(kind_alert(kind, severity, **scope), [], DEFAULT_POLICIES, now=NOW)
+    (act,) = decide_actions(kind_alert(kind, severity, **scope), [], DEFAULT_POLICIES, now=NOW)
     assert (act.decision, act.directive.action, act.directive.scope.compact()) == (decision, action, target)
 
 
 def test_budget_threshold_below_100_percent_is_only_noted() -> None:
-    (act,) = decide(kind_alert(AlertKind.BUDGET_THRESHOLD, "warning", tenant_id="acme"), [], DEFAULT_POLICIES, now=NOW)
-    assert (act.decision, act.directive) == (Decision.NOTED, None)
+    (act,) = decide_actions(kind_alert(AlertKind.BUDGET_THRESHOLD, "warning", tenant_id="acme"), [], DEFAULT_POLICIES, now=NOW)
+    assert (act.decision, act.directive) == (Outcome.NOTED, None)
 
 
 def test_reroute_goes_to_the_next_model_of_the_fallback_chain() -> None:
-    (act,) = decide(kind_alert(AlertKind.ERROR_RATE, provider="openai", model="gpt-4o"), [], DEFAULT_POLICIES, now=NOW)
+    (act,) = decide_actions(kind_alert(AlertKind.ERROR_RATE, provider="openai", model="gpt-4o"), [], DEFAULT_POLICIES, now=NOW)
     assert (act.directive.to_model, act.directive.chain) == ("gpt-4.1-mini", ["gpt-4o-mini"])
 
 
 def test_reroute_skips_a_fallback_that_is_itself_rerouted_away() -> None:
     away = directive(action=ActionKind.REROUTE, scope=Scope(model="gpt-4.1-mini"), to_model="gpt-4o-mini",
                      rate_per_s=None, burst=None)
-    (act,) = decide(kind_alert(AlertKind.ERROR_RATE, provider="openai", model="gpt-4o"), [away], DEFAULT_POLICIES,
+    (act,) = decide_actions(kind_alert(AlertKind.ERROR_RATE, provider="openai", model="gpt-4o"), [away], DEFAULT_POLICIES,
                     now=NOW)
     assert act.directive.to_model == "gpt-4o-mini"
 
 
 def test_reroute_without_a_fallback_is_skipped() -> None:
-    (act,) = decide(kind_alert(AlertKind.ERROR_RATE, provider="openai", model="gpt-4o-mini"), [], DEFAULT_POLICIES,
+    (act,) = decide_actions(kind_alert(AlertKind.ERROR_RATE, provider="openai", model="gpt-4o-mini"), [], DEFAULT_POLICIES,
                     now=NOW)
-    assert (act.decision, act.directive) == (Decision.SKIPPED, None)
+    assert (act.decision, act.directive) == (Outcome.SKIPPED, None)
     assert "no fallback" in act.reason
 
 
@@ -236,7 +233,7 @@ HYST_POLICIES = Policies(policies=(HYST,))
 
 
 def applied(a: Alert = None) -> Directive:  # type: ignore[assignment]
-    return decide(a or alert(), [], HYST_POLICIES, now=NOW)[0].directive
+    return decide_actions(a or alert(), [], HYST_POLICIES, now=NOW)[0].directive
 
 
 def test_revert_waits_for_the_hysteresis_after_the_alert_resolves() -> None:
@@ -244,7 +241,7 @@ def test_revert_waits_for_the_hysteresis_after_the_alert_resolves() -> None:
     history = observe(History(), alert(status="resolved", last_seen=NOW + timedelta(seconds=10)))
     assert expire([d], now=NOW + timedelta(seconds=69), history=history, policies=HYST_POLICIES) == []
     (act,) = expire([d], now=NOW + timedelta(seconds=70), history=history, policies=HYST_POLICIES)
-    assert (act.decision, act.directive.state) == (Decision.REVERTED, DirectiveState.REVERTED)
+    assert (act.decision, act.directive.state) == (Outcome.REVERTED, DirectiveState.REVERTED)
 
 
 def test_a_reopened_alert_cancels_the_pending_revert() -> None:
@@ -259,7 +256,7 @@ def test_automatic_revert_never_touches_pinned_or_manual_directives(override: di
     d = applied().model_copy(update=override)
     history = observe(History(), alert(status="resolved", last_seen=NOW))
     actions = expire([d], now=NOW + timedelta(seconds=110), history=history, policies=HYST_POLICIES)
-    assert [a.decision for a in actions] in ([], [Decision.EXTENDED])  # a pin is renewed, never reverted
+    assert [a.decision for a in actions] in ([], [Outcome.EXTENDED])  # a pin is renewed, never reverted
 
 
 # ---------------------------------------------------------------- approval and blast radius share
@@ -267,37 +264,37 @@ APPROVAL = Policies(policies=(replace(THROTTLE, approval=True),))
 
 
 def test_approval_policy_leaves_the_directive_pending_and_does_not_repeat() -> None:
-    (act,) = decide(alert(), [], APPROVAL, now=NOW)
-    assert (act.decision, act.directive.state) == (Decision.PENDING, DirectiveState.PENDING)
-    assert decide(alert(), [act.directive], APPROVAL, now=NOW + timedelta(seconds=5)) == []
+    (act,) = decide_actions(alert(), [], APPROVAL, now=NOW)
+    assert (act.decision, act.directive.state) == (Outcome.PENDING, DirectiveState.PENDING)
+    assert decide_actions(alert(), [act.directive], APPROVAL, now=NOW + timedelta(seconds=5)) == []
 
 
 def test_approving_puts_the_directive_in_force_for_its_full_ttl() -> None:
-    pending = decide(alert(), [], APPROVAL, now=NOW)[0].directive
+    pending = decide_actions(alert(), [], APPROVAL, now=NOW)[0].directive
     later = NOW + timedelta(seconds=90)
     act = approve(pending, actor="key:alice", now=later)
-    assert (act.decision, act.actor, act.directive.state) == (Decision.APPROVED, "key:alice", DirectiveState.ACTIVE)
+    assert (act.decision, act.actor, act.directive.state) == (Outcome.APPROVED, "key:alice", DirectiveState.ACTIVE)
     assert act.directive.expires_at == later + timedelta(seconds=120)
 
 
 def test_rejecting_ends_a_pending_directive() -> None:
-    pending = decide(alert(), [], APPROVAL, now=NOW)[0].directive
+    pending = decide_actions(alert(), [], APPROVAL, now=NOW)[0].directive
     assert reject(pending, actor="key:alice", now=NOW).directive.state == DirectiveState.REJECTED
 
 
 def test_a_pending_directive_not_approved_within_its_ttl_expires() -> None:
-    pending = decide(alert(), [], APPROVAL, now=NOW)[0].directive
+    pending = decide_actions(alert(), [], APPROVAL, now=NOW)[0].directive
     (act,) = expire([pending], now=NOW + timedelta(seconds=120))
-    assert (act.decision, act.reason) == (Decision.EXPIRED, "approval not given within TTL")
+    assert (act.decision, act.reason) == (Outcome.EXPIRED, "approval not given within TTL")
 
 
 def test_restricting_more_than_the_traffic_share_waits_for_approval() -> None:
     policies = Policies(policies=(THROTTLE,), max_traffic_share=0.5)
     history = History(traffic={"acme": 40.0, "globex": 30.0, "initech": 30.0})
-    (first,) = decide(alert("acme"), [], policies, now=NOW, history=history)
-    assert first.decision == Decision.APPLIED  # 40% of traffic
-    (second,) = decide(alert("globex"), [first.directive], policies, now=NOW, history=history)
-    assert second.decision == Decision.PENDING and "70%" in second.reason
+    (first,) = decide_actions(alert("acme"), [], policies, now=NOW, history=history)
+    assert first.decision == Outcome.APPLIED  # 40% of traffic
+    (second,) = decide_actions(alert("globex"), [first.directive], policies, now=NOW, history=history)
+    assert second.decision == Outcome.PENDING and "70%" in second.reason
 
 
 def test_block_policies_require_approval() -> None:
@@ -348,29 +345,29 @@ def run_loop(opens: list[bool], policies: Policies, *, step_s: int = 10) -> list
             live = [d for d in directives.values() if d.state in ("active", "pending")]
             actions = expire(live, now=now, history=history, policies=policies)
             live = [d for d in live if d.directive_id not in {x.directive.directive_id for x in actions}]
-            actions += decide(a, live, policies, now=now, history=replace(history, last_fired=last_fired))
+            actions += decide_actions(a, live, policies, now=now, history=replace(history, last_fired=last_fired))
         else:
             live = [d for d in directives.values() if d.state in ("active", "pending")]
             actions = expire(live, now=now, history=history, policies=policies)
         was_open = is_open
         for act in actions:
-            if act.directive is not None and act.decision not in (Decision.SKIPPED, Decision.NOTED):
+            if act.directive is not None and act.decision not in (Outcome.SKIPPED, Outcome.NOTED):
                 directives[act.directive.key()] = act.directive
-                if act.decision == Decision.APPLIED:
+                if act.decision == Outcome.APPLIED:
                     last_fired[act.directive.key()] = now
             out.append((now, act))
     return out
 
 
-def changes(log: list[tuple[datetime, Action]]) -> list[tuple[datetime, Decision]]:
-    return [(t, a.decision) for t, a in log if a.decision in (Decision.APPLIED, Decision.REVERTED, Decision.EXPIRED)]
+def changes(log: list[tuple[datetime, Action]]) -> list[tuple[datetime, Outcome]]:
+    return [(t, a.decision) for t, a in log if a.decision in (Outcome.APPLIED, Outcome.REVERTED, Outcome.EXPIRED)]
 
 
 def test_metric_oscillating_around_the_threshold_applies_once_and_holds() -> None:
     """Open 10 s, resolved 10 s, for half an hour: one throttle, kept in force throughout."""
     policies = Policies(policies=(replace(THROTTLE, ttl_s=300, cooldown_s=300, hysteresis_s=60),))
     log = run_loop([i % 2 == 0 for i in range(180)], policies)
-    assert [d for _, d in changes(log)] == [Decision.APPLIED]
+    assert [d for _, d in changes(log)] == [Outcome.APPLIED]
 
 
 @settings(max_examples=150, deadline=None)
@@ -378,7 +375,7 @@ def test_metric_oscillating_around_the_threshold_applies_once_and_holds() -> Non
        st.integers(min_value=30, max_value=600))
 def test_no_flapping_at_most_one_action_per_cooldown(opens: list[bool], hysteresis: int, cooldown: int) -> None:
     policies = Policies(policies=(replace(THROTTLE, ttl_s=300, cooldown_s=cooldown, hysteresis_s=hysteresis),))
-    applied_at = [t for t, d in changes(run_loop(opens, policies)) if d == Decision.APPLIED]
+    applied_at = [t for t, d in changes(run_loop(opens, policies)) if d == Outcome.APPLIED]
     for earlier, later in zip(applied_at, applied_at[1:]):
         assert later - earlier >= timedelta(seconds=cooldown)
 
@@ -387,9 +384,9 @@ def test_after_a_long_calm_automation_acts_again_once_the_cooldown_has_passed() 
     """The brakes do not make automation deaf: separate incidents get separate actions."""
     policies = Policies(policies=(replace(THROTTLE, ttl_s=300, cooldown_s=300, hysteresis_s=60),))
     log = run_loop(([True] + [False] * 40) * 3, policies)
-    assert [d for _, d in changes(log)] == [Decision.APPLIED, Decision.REVERTED] * 3
+    assert [d for _, d in changes(log)] == [Outcome.APPLIED, Outcome.REVERTED] * 3
 
 
 def test_a_stale_alert_replayed_from_the_topic_is_not_acted_on() -> None:
-    (act,) = decide(alert(), [], POLICIES, now=NOW + timedelta(seconds=121))
-    assert (act.decision, act.directive) == (Decision.NOTED, None) and act.reason.startswith("stale")
+    (act,) = decide_actions(alert(), [], POLICIES, now=NOW + timedelta(seconds=121))
+    assert (act.decision, act.directive) == (Outcome.NOTED, None) and act.reason.startswith("stale")

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from flyball.control_plane.finance import ReconcileError, ours_from_spend_rows, parse_provider_csv, reconcile
+from flyball.control_plane.reconcile import ReconcileError, ours_from_spend_rows, parse_provider_csv, reconcile
 
 
 def test_provider_csv_headers_are_matched_leniently_and_rows_summed() -> None:

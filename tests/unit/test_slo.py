@@ -26,7 +26,8 @@ from flyball.control_plane.slo import (
     window_counts,
 )
 from flyball.control_plane.slo_replay import COL, EventTimeSLOs
-from flyball.control_plane.policy import DEFAULT_POLICIES, Decision, decide
+from flyball.control_plane.policy import Outcome, decide_actions
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.schemas import AlertKind
 from flyball.stream_processors.pipeline import EVENT_COLUMNS
 
@@ -124,20 +125,20 @@ def test_page_level_burn_of_a_tenant_proposes_a_throttle_for_approval() -> None:
     firing = evaluate(AVAIL, per_tenant, windows(h1=(1000, 20), m5=(100, 3)), Counts(100_000, 40))
     alert = transition([firing], None, now=NOW)
     assert alert is not None
-    actions = decide(alert, [], DEFAULT_POLICIES, now=NOW)
-    assert [a.decision for a in actions] == [Decision.PENDING]
+    actions = decide_actions(alert, [], DEFAULT_POLICIES, now=NOW)
+    assert [a.decision for a in actions] == [Outcome.PENDING]
     assert actions[0].policy is not None and actions[0].policy.policy_id == "slo-fast-burn-throttle"
     assert actions[0].directive is not None and actions[0].directive.scope.compact() == {"tenant_id": "acme",
                                                                                         "feature": "chat"}
     # re-published a minute later: already waiting for an SRE, nothing new
     again = transition([firing], alert, now=NOW + M)
     assert again is not None
-    assert decide(again, [actions[0].directive], DEFAULT_POLICIES, now=NOW + M) == []
+    assert decide_actions(again, [actions[0].directive], DEFAULT_POLICIES, now=NOW + M) == []
     # a feature-wide burn is notified, not acted on (the shim enforces tenant-scoped throttles)
     wide = transition([evaluate(AVAIL, SUBJECT, windows(h1=(1000, 20), m5=(100, 3)), Counts(100_000, 40))], None,
                       now=NOW)
     assert wide is not None
-    assert [a.decision for a in decide(wide, [], DEFAULT_POLICIES, now=NOW)] == [Decision.NOTED]
+    assert [a.decision for a in decide_actions(wide, [], DEFAULT_POLICIES, now=NOW)] == [Outcome.NOTED]
 
 
 def test_incident_start_is_first_minute_of_the_burning_run() -> None:
@@ -161,7 +162,7 @@ def test_latency_sli_uses_ttft_for_streamed_calls() -> None:
 
 
 def _row(ts: datetime, status: str) -> tuple[object, ...]:
-    values = {name: None for name in EVENT_COLUMNS}
+    values = dict.fromkeys(EVENT_COLUMNS)
     values |= {"event_type": "llm_call", "ts": ts, "feature": "chat", "tenant_id": "acme", "status": status,
                "latency_ms": 10.0, "ttft_ms": None, "stream": 0}
     return tuple(values[name] for name in EVENT_COLUMNS)

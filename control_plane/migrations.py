@@ -1,0 +1,259 @@
+"""The control plane's ClickHouse tables (audit log, keys, policy versions, alert marks,
+webhook deliveries, and finance: price changes, reprices, budgets, minute rollups), as numbered
+migrations; the worker owns its own (``flyball.stream_processors.migrations``). Versions are
+global across packages; ``ClickHouseStore.migrate`` applies each once.
+"""
+
+from __future__ import annotations
+
+from flyball.stream_processors.migrations import MIGRATIONS as WORKER_MIGRATIONS
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (3, """
+    CREATE TABLE IF NOT EXISTS actions (
+        action_id String,
+        at DateTime64(3, 'UTC'),
+        decision LowCardinality(String),
+        directive_id String,
+        scope_key String,
+        tenant_id String,
+        alert_id String,
+        policy_id String,
+        actor String,
+        reason String,
+        before String,
+        after String,
+        evidence String
+    ) ENGINE = MergeTree
+    ORDER BY (at, action_id)
+    """),
+    # control plane state: API keys, policy versions, alert acks/silences, webhook deliveries
+    (30, """
+    CREATE TABLE IF NOT EXISTS api_keys (
+        key_hash String,
+        key_id String,
+        role LowCardinality(String),
+        tenant_id Nullable(String),
+        name String,
+        created_by String,
+        created_at DateTime64(3, 'UTC'),
+        revoked_at Nullable(DateTime64(3, 'UTC')),
+        updated_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(updated_at)
+    ORDER BY (key_hash)
+    """),
+    (31, """
+    CREATE TABLE IF NOT EXISTS policy_versions (
+        version UInt32,
+        at DateTime64(3, 'UTC'),
+        actor String,
+        source String,
+        sha256 String,
+        body String
+    ) ENGINE = MergeTree
+    ORDER BY (version, at)
+    """),
+    (32, """
+    CREATE TABLE IF NOT EXISTS alert_marks (
+        mark_id String,
+        at DateTime64(3, 'UTC'),
+        alert_id String,
+        alert_key String,
+        mark LowCardinality(String),
+        actor String,
+        until Nullable(DateTime64(3, 'UTC')),
+        note String
+    ) ENGINE = MergeTree
+    ORDER BY (at, mark_id)
+    """),
+    (33, """
+    CREATE TABLE IF NOT EXISTS webhook_deliveries (
+        delivery_id String,
+        at DateTime64(3, 'UTC'),
+        target String,
+        format LowCardinality(String),
+        event LowCardinality(String),
+        dedupe_key String,
+        attempt UInt16,
+        status_code UInt16,
+        ok UInt8,
+        error String
+    ) ENGINE = MergeTree
+    ORDER BY (at, delivery_id)
+    """),
+    # finance: price changes, reprices, budgets, minute rollups (money columns Decimal(38, 12))
+    (11, """
+    CREATE TABLE IF NOT EXISTS price_changes (
+        change_id String,
+        at DateTime64(3, 'UTC'),
+        actor String,
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        effective_from DateTime64(3, 'UTC'),
+        version String,
+        previous_version String,
+        entry String,
+        previous String,
+        reason String
+    ) ENGINE = MergeTree
+    ORDER BY (at, change_id)
+    """),
+    (12, """
+    CREATE TABLE IF NOT EXISTS reprices (
+        reprice_id String,
+        at DateTime64(3, 'UTC'),
+        actor String,
+        event_id UUID,
+        tenant_id LowCardinality(String),
+        ts DateTime64(3, 'UTC'),
+        model LowCardinality(String),
+        old_cost Nullable(Decimal(38, 12)),
+        new_cost Nullable(Decimal(38, 12)),
+        old_version String,
+        new_version String
+    ) ENGINE = MergeTree
+    ORDER BY (reprice_id, event_id)
+    """),
+    (13, """
+    CREATE TABLE IF NOT EXISTS budgets (
+        budget_id String,
+        tenant_id String,
+        feature Nullable(String),
+        period LowCardinality(String),
+        limit_usd Decimal(38, 12),
+        thresholds Array(UInt16),
+        actor String,
+        updated_at DateTime64(3, 'UTC'),
+        deleted UInt8
+    ) ENGINE = ReplacingMergeTree(updated_at)
+    ORDER BY budget_id
+    """),
+    (14, """
+    CREATE TABLE IF NOT EXISTS spend_minute (
+        tenant_id LowCardinality(String),
+        minute DateTime('UTC'),
+        feature LowCardinality(String),
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        prompt_version LowCardinality(String),
+        events UInt64,
+        unpriced_events UInt64,
+        input_tokens UInt64,
+        output_tokens UInt64,
+        cost_usd Decimal(38, 12),
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(minute)
+    ORDER BY (tenant_id, minute, feature, provider, model, prompt_version)
+    """),
+    (41, """
+    CREATE TABLE IF NOT EXISTS slo_versions (
+        version UInt32,
+        at DateTime64(3, 'UTC'),
+        actor String,
+        source String,
+        sha256 String,
+        body String
+    ) ENGINE = MergeTree
+    ORDER BY (version, at)
+    """),
+    # good/bad calls per SLO, subject and minute, recomputed from events FINAL (so a re-inserted
+    # batch counts once) for the minutes that received rows, like spend_minute
+    (42, """
+    CREATE TABLE IF NOT EXISTS slo_minute (
+        slo_id LowCardinality(String),
+        slo_version UInt32,
+        feature LowCardinality(String),
+        tenant_id LowCardinality(String),
+        minute DateTime('UTC'),
+        total UInt64,
+        bad UInt64,
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(minute)
+    ORDER BY (slo_id, feature, tenant_id, minute)
+    """),
+    # the KPI report's daily rollups, recomputed from events FINAL for the days that received
+    # rows (control_plane/kpi_rollup.py): llm calls per (tenant, feature, model, UTC day) with p95
+    # states, and each SLO's eligible/bad calls per (tenant, feature, day)
+    (43, """
+    CREATE TABLE IF NOT EXISTS kpi_day (
+        tenant_id LowCardinality(String),
+        feature LowCardinality(String),
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        day Date,
+        calls UInt64,
+        ok UInt64,
+        error UInt64,
+        timeout UInt64,
+        rate_limited UInt64,
+        filtered UInt64,
+        cancelled UInt64,
+        cost_usd Decimal(38, 12),
+        unpriced UInt64,
+        input_tokens UInt64,
+        cache_read_tokens UInt64,
+        streamed_ok UInt64,
+        latency_ok AggregateFunction(quantileBFloat16(0.95), Float64),
+        ttft_ok AggregateFunction(quantileBFloat16(0.95), Float64),
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (day, tenant_id, feature, provider, model)
+    """),
+    (44, """
+    CREATE TABLE IF NOT EXISTS slo_day (
+        slo_id LowCardinality(String),
+        slo_version UInt32,
+        tenant_id LowCardinality(String),
+        feature LowCardinality(String),
+        day Date,
+        total UInt64,
+        bad UInt64,
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (slo_id, slo_version, day, tenant_id, feature)
+    """),
+    # 50-59: the console (control_plane/ui/queries.py): a per-minute rollup of every event kind,
+    # recomputed from events FINAL for the minutes that received rows, so each event counts once
+    (50, """
+    CREATE TABLE IF NOT EXISTS console_minute (
+        tenant_id LowCardinality(String),
+        minute DateTime('UTC'),
+        event_type LowCardinality(String),
+        feature LowCardinality(String),
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        prompt_version LowCardinality(String),
+        status LowCardinality(String),
+        category LowCardinality(String),
+        events UInt64,
+        unpriced_events UInt64,
+        input_tokens UInt64,
+        output_tokens UInt64,
+        cache_read_tokens UInt64,
+        cache_write_tokens UInt64,
+        cost_usd Decimal(38, 12),
+        latency_p95 AggregateFunction(quantileTDigest(0.95), Float64),
+        computed_at DateTime64(3, 'UTC'),
+        service_tier LowCardinality(String),
+        late_events UInt64
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(minute)
+    ORDER BY (tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier)
+    """),
+    # the request page looks events up by request_id or trace_id across all days
+    (51, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4"),
+    (52, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 4"),
+    # coarser tiers for long ranges, recomputed from the tier below (``minute`` holds the bucket start)
+    (53, "CREATE TABLE IF NOT EXISTS console_hour AS console_minute"),
+    (54, "CREATE TABLE IF NOT EXISTS console_day AS console_minute"),
+    # when the rollups were last complete: rows ingested since then are read from events
+    (55, "CREATE TABLE IF NOT EXISTS console_rollup_state (complete_since DateTime64(3, 'UTC')) "
+         "ENGINE = ReplacingMergeTree(complete_since) ORDER BY tuple()"),
+]
+
+# every table of a flyball deployment: the worker's first (the control plane's views read them)
+ALL_MIGRATIONS: list[tuple[int, str]] = [*WORKER_MIGRATIONS, *MIGRATIONS]
