@@ -310,6 +310,7 @@ class Day:
             self._call(env, inc.detail["model"], inc.start + i * step + rng.uniform(0, step / 2), f, 1.0)
 
     def _emit(self, t: float, body: dict[str, Any]) -> None:
+        body["schema_version"] = 1
         body["event_id"] = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         body["ts"] = _iso(t)
         self.events.append((t, body))

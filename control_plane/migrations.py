@@ -8,6 +8,38 @@ from __future__ import annotations
 
 from flyball.stream_processors.migrations import MIGRATIONS as WORKER_MIGRATIONS
 
+
+def _console_rollup(name: str) -> str:
+    """The console's rollup tiers share one layout (minute, hour, day: ``minute`` holds the
+    bucket start), written out per table so that the cluster form of each can be derived."""
+    return f"""
+    CREATE TABLE IF NOT EXISTS {name} (
+        tenant_id LowCardinality(String),
+        minute DateTime('UTC'),
+        event_type LowCardinality(String),
+        feature LowCardinality(String),
+        provider LowCardinality(String),
+        model LowCardinality(String),
+        prompt_version LowCardinality(String),
+        status LowCardinality(String),
+        category LowCardinality(String),
+        events UInt64,
+        unpriced_events UInt64,
+        input_tokens UInt64,
+        output_tokens UInt64,
+        cache_read_tokens UInt64,
+        cache_write_tokens UInt64,
+        cost_usd Decimal(38, 12),
+        latency_p95 AggregateFunction(quantileTDigest(0.95), Float64),
+        computed_at DateTime64(3, 'UTC'),
+        service_tier LowCardinality(String),
+        late_events UInt64
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(minute)
+    ORDER BY (tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier)
+    """
+
+
 MIGRATIONS: list[tuple[int, str]] = [
     (3, """
     CREATE TABLE IF NOT EXISTS actions (
@@ -218,38 +250,13 @@ MIGRATIONS: list[tuple[int, str]] = [
     """),
     # 50-59: the console (control_plane/ui/queries.py): a per-minute rollup of every event kind,
     # recomputed from events FINAL for the minutes that received rows, so each event counts once
-    (50, """
-    CREATE TABLE IF NOT EXISTS console_minute (
-        tenant_id LowCardinality(String),
-        minute DateTime('UTC'),
-        event_type LowCardinality(String),
-        feature LowCardinality(String),
-        provider LowCardinality(String),
-        model LowCardinality(String),
-        prompt_version LowCardinality(String),
-        status LowCardinality(String),
-        category LowCardinality(String),
-        events UInt64,
-        unpriced_events UInt64,
-        input_tokens UInt64,
-        output_tokens UInt64,
-        cache_read_tokens UInt64,
-        cache_write_tokens UInt64,
-        cost_usd Decimal(38, 12),
-        latency_p95 AggregateFunction(quantileTDigest(0.95), Float64),
-        computed_at DateTime64(3, 'UTC'),
-        service_tier LowCardinality(String),
-        late_events UInt64
-    ) ENGINE = ReplacingMergeTree(computed_at)
-    PARTITION BY toYYYYMM(minute)
-    ORDER BY (tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier)
-    """),
+    (50, _console_rollup("console_minute")),
     # the request page looks events up by request_id or trace_id across all days
     (51, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_request_id request_id TYPE bloom_filter(0.01) GRANULARITY 4"),
     (52, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 4"),
     # coarser tiers for long ranges, recomputed from the tier below (``minute`` holds the bucket start)
-    (53, "CREATE TABLE IF NOT EXISTS console_hour AS console_minute"),
-    (54, "CREATE TABLE IF NOT EXISTS console_day AS console_minute"),
+    (53, _console_rollup("console_hour")),
+    (54, _console_rollup("console_day")),
     # when the rollups were last complete: rows ingested since then are read from events
     (55, "CREATE TABLE IF NOT EXISTS console_rollup_state (complete_since DateTime64(3, 'UTC')) "
          "ENGINE = ReplacingMergeTree(complete_since) ORDER BY tuple()"),

@@ -65,8 +65,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
     store.close()
 
 
+_clients: list[httpx.Client] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every console session a test opened is closed when the test ends (no leaked sockets)."""
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def session(url: str, key: str) -> httpx.Client:
     c = httpx.Client(base_url=url, timeout=30, headers={"Sec-Fetch-Site": "same-origin"})
+    _clients.append(c)
     token = re.search(r'name="csrf" value="([^"]+)"', c.get("/ui/login").text)
     assert token
     r = c.post("/ui/login", data={"csrf": token.group(1), "api_key": key, "next": "/ui"})
@@ -140,6 +152,7 @@ def test_console_spend_equals_v1_spend_while_rows_arrive(served: tuple[str, dict
     write(store, late_rows)
     fin = session(url, keys["finance"])
     api = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {keys['finance']}"})
+    _clients.append(api)
     windows = [(DAY0, DAY0 + timedelta(days=5)),  # whole days only
                (DAY0 + timedelta(hours=10), DAY0 + timedelta(days=4, hours=13)),  # partial days at both edges
                (DAY0 + timedelta(days=1, hours=1), DAY0 + timedelta(days=1, hours=20))]  # inside one day
@@ -181,16 +194,19 @@ def test_request_chain_route_and_tenant_binding(served: tuple[str, dict[str, str
     write(store, chain)
     write(store, chain[1:2])  # a redelivered event: shown once
     sre = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {keys['sre']}"})
+    _clients.append(sre)
     body = sre.get(f"/v1/requests/{rid}").json()
     assert [e["event_type"] for e in body["events"]] == ["retrieval", "llm_call", "tool_call"]
     assert body["cost_usd"] == "0.000123456789" and body["counts"]["llm_call"] == 1
     assert sre.get("/v1/requests/req-unknown").status_code == 404
     bound = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {keys['acme']}"})
+    _clients.append(bound)
     assert bound.get(f"/v1/requests/{rid}").status_code == 200
     write(store, [event("globex", t, request_id="req-globex-1")])
     r = bound.get("/v1/requests/req-globex-1")
     assert r.status_code == 404 and "globex" not in r.text.replace("req-globex-1", "")
     fin = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {keys['finance']}"})
+    _clients.append(fin)
     assert fin.get(f"/v1/requests/{rid}").status_code == 403
     page = session(url, keys["sre"]).get("/ui/requests", params={"id": rid})
     assert page.status_code == 200 and page.text.count('class="wf ') == 3

@@ -54,7 +54,8 @@ def substitute(sql: str) -> str:
 
 
 def _event(kind: str, ts: datetime, **fields: Any) -> bytes:
-    return orjson.dumps({"event_type": kind, "event_id": str(uuid.uuid4()), "ts": ts.isoformat(), "tenant_id": "acme",
+    return orjson.dumps({"schema_version": 1, "event_type": kind, "event_id": str(uuid.uuid4()),
+                         "ts": ts.isoformat(), "tenant_id": "acme",
                          "feature": "chat", **fields})
 
 

@@ -52,7 +52,7 @@ def generate(seed: int) -> tuple[list[dict[str, Any]], list[bytes]]:
     events: list[dict[str, Any]] = []
 
     def base(kind: str, ts: datetime, tenant: str, feature: str, **kw: Any) -> dict[str, Any]:
-        e = {"event_type": kind, "event_id": str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
+        e = {"schema_version": 1, "event_type": kind, "event_id": str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
              "ts": ts.isoformat(), "tenant_id": tenant, "feature": feature, **kw}
         events.append(e)
         return e
