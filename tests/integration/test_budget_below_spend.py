@@ -13,6 +13,7 @@ import orjson
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Principal, Role
+from flyball.control_plane.migrations import ALL_MIGRATIONS
 from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
 from flyball.stream_processors.pipeline import Pipeline
@@ -21,7 +22,7 @@ from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
 async def test_a_budget_created_below_current_spend_raises_its_threshold_alerts(tmp_path: Path) -> None:
     store = ClickHouseStore(f"chdb://{tmp_path / 'ch'}")
-    store.migrate()
+    store.migrate(ALL_MIGRATIONS)  # the budgets and audit tables are the control plane's
     book = load_prices(None)
     now = datetime.now(UTC)
     tenant = f"over-{uuid.uuid4().hex[:8]}"
