@@ -181,6 +181,8 @@ def from_otel(attributes: Mapping[str, Any], *, start_time_ns: int | None = None
         out.setdefault("status", str(status_from_error_type(str(error_type))))
     elif error:
         out.setdefault("status", str(CallStatus.ERROR))
+    if (error_type or error) and "output_tokens" not in out:
+        out["output_tokens"] = 0  # a failed call produced no output; a successful one must report its count
     inp, read, write = (out.get(k, 0) for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens"))
     if all(isinstance(v, int) and not isinstance(v, bool) for v in (inp, read, write)) and read + write > inp:
         out["input_tokens"] = inp + read + write  # Anthropic-style input count: excludes the cache
