@@ -75,7 +75,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             assert r.status_code == 201, r.text
             keys[name] = r.json()["key"]
         traffic = Traffic(match.group(1))
-        traffic.backfill(minutes=3)
+        traffic.backfill(minutes=80)  # the detectors judge a scope after an hour of its own history
         traffic.start()
         yield Console(url, "k-console-admin", keys, traffic)
     finally:

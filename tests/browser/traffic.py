@@ -1,5 +1,5 @@
 """Demo-like traffic for the console's browser tests: three tenants, each request a chain
-(retrieval -> model call -> tool call, sometimes a safety trigger), three minutes of backfilled
+(retrieval -> model call -> tool call, sometimes a safety trigger), eighty minutes of backfilled
 history, then live traffic from a thread; ``spike(tenant)`` starts a runaway batch job (as in
 ``flyball demo``) that the shipped cost-spike policy throttles. The product service asks
 ``guard()`` first and skips refused calls, as a real one should."""
