@@ -9,7 +9,8 @@ only its tenant; asking for another tenant is refused without naming anything ab
 # name objects local to create_app
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
@@ -40,9 +41,23 @@ def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
         fields = ", ".join(e["field"] for e in errors)
         return JSONResponse(status_code=422, content={"detail": f"invalid request: {fields}", "errors": errors})
 
+    def _problem(message: str) -> JSONResponse:
+        """A 422 in the documented shape: ``detail`` and ``errors`` naming the field (the text
+        before the colon of a ``field: why`` message)."""
+        head, sep, _ = message.partition(":")
+        field = head.strip() if sep and " " not in head.strip() else ""
+        return JSONResponse(status_code=422, content={"detail": message, "field": field,
+                                                      "errors": [{"field": field, "message": message}]})
+
     @app.exception_handler(InvalidInput)
     async def _invalid(_: Request, exc: InvalidInput) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc), "field": exc.field})
+        return _problem(str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 422 and isinstance(exc.detail, str):  # a route's own 422: the same shape
+            return _problem(exc.detail)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
