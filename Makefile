@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STATE  := .state/brokers
 PYTEST_ARGS ?=
 
-.PHONY: demo up test test-unit check bench bench-shim quality quality-tune quality-sim chaos soak install install-test clean brokers-start brokers-stop
+.PHONY: demo up test test-unit check bench bench-shim quality quality-tune quality-sim quality-releases chaos soak install install-test clean brokers-start brokers-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,18 +69,25 @@ clean:
 	-$(BIN)/python scripts/testbrokers.py stop --state $(STATE)
 	rm -rf .state
 
-# Detector quality on independent traffic (bench/evaltraffic.py), held-out seeds only: the
-# detection curve (recall by kind x size x volume), false alerts and pages per tenant-day, delay
-# (bench/detection_curve.py; docs/DETECTION.md). quality-tune: the tuning seeds; quality-sim: the
-# project's own simulator (bench/quality.py).
+# Detector quality on independent traffic (bench/evaltraffic.py), held-out seeds only, both
+# traffic variants: the detection curve (recall by kind x size x volume), false alerts and pages
+# per tenant-day, delay (bench/detection_curve.py; docs/DETECTION.md). quality-tune: the tuning
+# seeds; quality-sim: the project's own simulator (bench/quality.py).
 quality: install-test
-	$(BIN)/python bench/detection_curve.py --split heldout
+	$(BIN)/python bench/detection_curve.py --split heldout --variant A
+	$(BIN)/python bench/detection_curve.py --split heldout --variant B
+	$(BIN)/python bench/releases.py --share 0.05
 
 quality-tune: install-test
 	$(BIN)/python bench/detection_curve.py --split tune
 
 quality-sim: install-test
 	$(BIN)/python bench/quality.py
+
+# Release safety (bench/releases.py): false rollbacks on clean releases, regressions caught and
+# time to verdict at a 5% canary of 1 call/s, on the held-out seeds (201-210), with the baseline.
+quality-releases: install-test
+	$(BIN)/python bench/releases.py --share 0.05
 
 # Break it on purpose (chaos/, docs/RELIABILITY.md): fault scenarios over real processes on a
 # fresh Apache Kafka of their own, then a soak of SOAK_S seconds (90 here; `make soak`: 600).

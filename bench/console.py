@@ -8,8 +8,10 @@ over 10 million events stored directly in chDB.
 Data: flyball's own tables (the real migrations) filled with one ``INSERT ... SELECT FROM
 numbers(N)``: one 30-day month, 20 tenants, 4 features, 3 models; 60 % llm_call (with cache
 reads, errors, timeouts), 20 % tool_call, 10 % retrieval, 10 % safety_trigger; every 4
-consecutive events share a request_id and a trace_id; 1 % of the rows inserted twice (a
-replayed batch) so ``FINAL`` has duplicates to remove. Then the console's rollup is built
+consecutive events share a request_id and a trace_id; half the calls streamed (with a TTFT),
+a seventh of the retrievals empty, 200,000 users (``user_id_hash``), a tenth of the events in
+``staging``; 1 % of the rows inserted twice (a replayed batch) so ``FINAL`` has duplicates to
+remove. Then the console's rollup is built
 (``console_minute``, timed) and 40 alerts and their audit rows are written.
 
 Every figure is a full HTTP request through the FastAPI app (ASGI transport, httpx) with a
@@ -45,13 +47,15 @@ def fill(store: Any, n: int) -> None:
     store.call(store.command, f"""
         INSERT INTO events (event_id, ts, event_type, tenant_id, feature, service, environment, request_id, trace_id,
                             provider, model, input_tokens, output_tokens, cache_read_tokens, latency_ms, status,
-                            tool_name, category, index_name, cost_usd, price_version, unpriced)
+                            tool_name, category, index_name, cost_usd, price_version, unpriced, stream, ttft_ms,
+                            results_count, user_id_hash)
         SELECT generateUUIDv4(number),
                fromUnixTimestamp64Milli(toInt64({int(MONTH.timestamp() * 1000)} + intDiv(number * {span_ms}, {n}))),
                multiIf(number % 10 < 6, 'llm_call', number % 10 < 8, 'tool_call', number % 10 = 8, 'retrieval',
                        'safety_trigger') AS et,
                concat('tenant-', toString(intDiv(number, 4) % 20)),
-               ['chat', 'search', 'summarize', 'agent'][intDiv(number, 4) % 4 + 1], 'bench', 'production',
+               ['chat', 'search', 'summarize', 'agent'][intDiv(number, 4) % 4 + 1], 'bench',
+               if(number % 10 = 9, 'staging', 'production'),
                concat('req-', toString(intDiv(number, 4))), lower(hex(cityHash64(intDiv(number, 4)))),
                if(et = 'llm_call', 'openai', ''),
                if(et = 'llm_call', ['gpt-4o-mini', 'gpt-4o', 'gpt-4.1'][intDiv(number, 20) % 3 + 1], ''),
@@ -62,7 +66,11 @@ def fill(store: Any, n: int) -> None:
                if(et = 'tool_call', ['sql', 'search', 'http'][number % 3 + 1], ''),
                if(et = 'safety_trigger', ['pii', 'toxicity', 'prompt_injection'][number % 3 + 1], ''),
                if(et = 'retrieval', 'kb', ''),
-               if(et = 'llm_call', toDecimal128(number % 9973, 12) / 1000000, NULL), 'openai/bench', 0
+               if(et = 'llm_call', toDecimal128(number % 9973, 12) / 1000000, NULL), 'openai/bench', 0,
+               if(et = 'llm_call' AND number % 2 = 0, 1, 0),
+               if(et = 'llm_call' AND number % 2 = 0, toFloat64(20 + number % 400), NULL),
+               if(et = 'retrieval', toUInt32(number % 7), NULL),
+               if(et = 'llm_call', lower(hex(cityHash64(intDiv(number, 4) % 200000))), '')
         FROM numbers({n})
     """)
     store.call(store.command, "INSERT INTO events SELECT * FROM events WHERE cityHash64(event_id) % 100 = 0")
@@ -111,6 +119,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--queries", type=int, default=7, help="timed requests per figure (>= 5)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="keep the filled database in this folder and reuse it when it exists (skips the fill)")
     args = ap.parse_args()
 
     import httpx
@@ -125,21 +135,26 @@ def main() -> int:
     from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
     with tempfile.TemporaryDirectory(prefix="flyball-bench-console-") as tmp:
-        store = ClickHouseStore(f"chdb://{tmp}/ch")
+        folder = args.data or Path(tmp)
+        reuse = (folder / "ch").exists()
+        store = ClickHouseStore(f"chdb://{folder}/ch")
         store.migrate(ALL_MIGRATIONS)
-        t0 = time.perf_counter()
-        fill(store, args.events)
-        fill_s = time.perf_counter() - t0
+        if not reuse:
+            t0 = time.perf_counter()
+            fill(store, args.events)
+            fill_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            started = datetime.now(UTC)
+            store.call(queries.refresh_rollup, store, datetime(1970, 1, 1, tzinfo=UTC))
+            store.call(queries.mark_complete, store, started)  # nothing else writes here: complete up to the start
+            rollup_s = time.perf_counter() - t0
+            alerts(store)
+            print(f"filled in {fill_s:.1f}s; rollups built in {rollup_s:.1f}s", flush=True)
         total = store.call(store.query, "SELECT count() FROM events")[0][0]
-        t0 = time.perf_counter()
-        started = datetime.now(UTC)
-        store.call(queries.refresh_rollup, store, datetime(1970, 1, 1, tzinfo=UTC))
-        store.call(queries.mark_complete, store, started)  # nothing else writes here: complete up to the start
-        rollup_s = time.perf_counter() - t0
+        alert_ids = [str(r[0]) for r in store.call(store.query, "SELECT alert_id FROM alerts FINAL ORDER BY first_seen", {})]
         rollup_rows = store.call(store.query, "SELECT count() FROM console_minute")[0][0]
-        alert_ids = alerts(store)
-        print(f"filled {args.events:,} events (+{total - args.events:,} duplicate rows) in {fill_s:.1f}s; "
-              f"console_minute built in {rollup_s:.1f}s ({rollup_rows:,} rows)", flush=True)
+        print(f"{'reused' if reuse else 'filled'} {total:,} stored rows (duplicates included) in {folder}; "
+              f"console_minute {rollup_rows:,} rows", flush=True)
         book = load_prices(None)
         keys = KeyRing()
         keys.add("bench-admin", Principal("bench-admin", Role.ADMIN))

@@ -41,6 +41,29 @@ DAY_S = 86_400.0
 EPOCH = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 TENANTS = 12
 RATE_RANGE = (0.01, 1.0)  # mean LLM calls per second per tenant, log-uniform
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """The traffic's shape. ``A`` is the specification above; ``B`` a second variation (more tenants,
+    a 400x rate spread, a sharper and two-peaked day, more and harsher normal bursts, incidents of
+    5-60 minutes) for checking that held-out figures do not hold on one shape of traffic only."""
+
+    tenants: int = TENANTS
+    rate_range: tuple[float, float] = RATE_RANGE
+    amplitude: tuple[float, float] = (0.4, 0.85)   # daily sinusoid
+    harmonic: tuple[float, float] = (0.0, 0.0)     # a second, 12-hour sinusoid
+    bursts: float = 4.0                            # normal bursts per tenant-day (Poisson mean)
+    burst_x: tuple[float, float] = (1.5, 2.5)
+    burst_s: tuple[float, float] = (120.0, 900.0)
+    incident_min: tuple[float, float] = (8.0, 45.0)
+
+
+VARIANTS = {
+    "A": Spec(),
+    "B": Spec(tenants=16, rate_range=(0.005, 2.0), amplitude=(0.2, 0.95), harmonic=(0.0, 0.3), bursts=6.0,
+              burst_x=(1.3, 2.8), burst_s=(60.0, 1200.0), incident_min=(5.0, 60.0)),
+}
 KINDS = ("cost_spike", "token_spike", "runaway_loop", "error_rate", "latency", "tool_failure",
          "safety_burst", "retrieval_failure")
 # incident size per kind: (low, high) drawn log-uniformly, and the size classes' upper bounds
@@ -91,6 +114,7 @@ class Tenant:
     phase: float
     features: list[Feature]
     bursts: list[tuple[float, float, float]] = field(default_factory=list)  # (start, end, x)
+    harmonic: tuple[float, float] = (0.0, 0.0)  # (amplitude, phase) of a 12-hour cycle
 
 
 @dataclass(slots=True)
@@ -126,11 +150,12 @@ def volume_band(rate: float) -> str:
 class Day:
     """One seed's day of traffic: ``events`` (t, body) sorted by time, ``incidents`` labelled."""
 
-    def __init__(self, seed: int, *, tenants: int = TENANTS) -> None:
+    def __init__(self, seed: int, *, spec: Spec | None = None) -> None:
+        self.spec = spec = spec or VARIANTS["A"]
         self.rng = rng = random.Random(seed * 7919 + 13)
         self.seed = seed
         self.t0 = EPOCH + seed * DAY_S
-        self.tenants = [self._tenant(i) for i in range(tenants)]
+        self.tenants = [self._tenant(i) for i in range(spec.tenants)]
         self.latency_step = (rng.choice(list(MODELS)), self.t0 + rng.uniform(0.2, 0.9) * DAY_S, rng.uniform(1.1, 1.35))
         self.incidents = self._incidents()
         self.events: list[tuple[float, dict[str, Any]]] = []
@@ -157,11 +182,14 @@ class Day:
                 f.steps.append((self.t0 + rng.uniform(0.1, 0.95) * DAY_S, rng.uniform(0.6, 1.6)))
             f.steps.sort()
             feats.append(f)
-        t = Tenant(name=f"t{self.seed}-{i:02d}", rate=_loguniform(rng, *RATE_RANGE), amplitude=rng.uniform(0.4, 0.85),
-                   phase=rng.uniform(0, DAY_S), features=feats)
-        for _ in range(_poisson(rng, 4.0)):
+        spec = self.spec
+        t = Tenant(name=f"t{self.seed}-{i:02d}", rate=_loguniform(rng, *spec.rate_range),
+                   amplitude=rng.uniform(*spec.amplitude), phase=rng.uniform(0, DAY_S), features=feats)
+        if spec.harmonic[1] > 0:
+            t.harmonic = (rng.uniform(*spec.harmonic), rng.uniform(0, DAY_S))
+        for _ in range(_poisson(rng, spec.bursts)):
             s = self.t0 + rng.uniform(0, DAY_S)
-            t.bursts.append((s, s + rng.uniform(120, 900), rng.uniform(1.5, 2.5)))
+            t.bursts.append((s, s + rng.uniform(*spec.burst_s), rng.uniform(*spec.burst_x)))
         return t
 
     def _incidents(self) -> list[Incident]:
@@ -171,7 +199,7 @@ class Day:
             lo, hi = SIZES[kind][0]
             size = _loguniform(rng, lo, hi)
             start = self.t0 + rng.uniform(2 * 3600, DAY_S - 3600)
-            end = start + rng.uniform(8, 45) * 60
+            end = start + rng.uniform(*self.spec.incident_min) * 60
             tenant = rng.choice(self.tenants)
             feature = rng.choice(tenant.features)
             if kind == "cost_spike":
@@ -208,6 +236,9 @@ class Day:
     # ------------------------------------------------------------------ traffic
     def _rate(self, tenant: Tenant, t: float) -> float:
         x = tenant.rate * (1 + tenant.amplitude * math.sin(2 * math.pi * (t - tenant.phase) / DAY_S))
+        amp, phase = tenant.harmonic
+        if amp:
+            x *= 1 + amp * math.sin(4 * math.pi * (t - phase) / DAY_S)
         for s, e, m in tenant.bursts:
             if s <= t < e:
                 x *= m
@@ -361,9 +392,10 @@ def _poisson(rng: random.Random, lam: float) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--variant", choices=sorted(VARIANTS), default="A")
     ap.add_argument("--out", type=Path, required=True, help="events JSONL (labels go to OUT.labels.json)")
     a = ap.parse_args()
-    day = Day(a.seed)
+    day = Day(a.seed, spec=VARIANTS[a.variant])
     a.out.write_bytes(b"\n".join(day.lines()) + b"\n")
     a.out.with_suffix(".labels.json").write_bytes(orjson.dumps(day.labels(), option=orjson.OPT_INDENT_2))
     print(f"{len(day.events):,} events, {len(day.incidents)} incidents -> {a.out}")

@@ -88,21 +88,31 @@ class Proc:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid, signal.SIGKILL)
         self.proc.wait(30)
+        self.close()
 
     def stop(self, timeout: float = 40.0) -> int:
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
             try:
-                return self.proc.wait(timeout)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 say(f"{self.name} did not stop within {timeout}s of SIGTERM: SIGKILL")
                 self.kill9()
+        self.close()
         return self.proc.returncode
 
-    def rss_mb(self) -> float:
+    def close(self) -> None:
+        """The log file and any pipe to the (ended) child: left open, they leak a descriptor each."""
+        for f in (self.proc.stdout, self._log):
+            if f is not None:
+                f.close()
+
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """Resident memory in MB: all of it (``VmRSS``), or its anonymous part (``RssAnon``: the
+        heaps) or file-backed part (``RssFile``: mapped code, chDB's 555 MB library among it)."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return 0.0
 
@@ -197,6 +207,7 @@ class ControlPlane:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
+        self.http.close()
 
 
 @dataclass
@@ -223,6 +234,7 @@ class Run:
 
 def emitter_result(p: Proc, timeout: float = 600.0) -> dict[str, Any]:
     out, _ = p.proc.communicate(timeout=timeout)
+    p.close()
     assert p.proc.returncode == 0, f"emitter failed (exit {p.proc.returncode}):\n{p.tail()}"
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
 

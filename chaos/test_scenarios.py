@@ -59,6 +59,7 @@ class Scenario:
         self.workers: list[Worker] = []
         self.lag = Lag(kafka, self.run.group)
         self.manual: dict[str, str] = {}
+        self.emitters: list[Proc] = []
         self.t0 = time.monotonic()
 
     async def begin(self, *workers: Worker) -> None:
@@ -72,7 +73,8 @@ class Scenario:
 
     def emit(self, n: int, rate: float) -> Proc:
         self.n = n
-        return self.run.emitter(n, rate)
+        self.emitters.append(self.run.emitter(n, rate))
+        return self.emitters[-1]
 
     async def fault_over(self, injected_at: float) -> None:
         """The fault just ended: record the time from its injection until the pipeline caught up."""
@@ -94,7 +96,7 @@ class Scenario:
         return v
 
     async def close(self) -> None:
-        things: list[Worker | ControlPlane] = [*self.workers, self.cp]
+        things: list[Proc | Worker | ControlPlane] = [*self.emitters, *self.workers, self.cp]
         for thing in things:
             await asyncio.to_thread(thing.stop)
         await self.lag.__aexit__()

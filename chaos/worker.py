@@ -5,24 +5,26 @@
 The store is the real chDB store; while the file named by ``FLYBALL_CHAOS_FAIL_FILE`` exists,
 every event and alert insert raises before reaching ClickHouse (as a server that refuses
 connections would), and ``FLYBALL_CHAOS_SLOW_ROWS_PER_S`` (when set) makes each insert take
-``rows / rate`` seconds longer: a slow consumer. ``FLYBALL_CHAOS_DEDUPE_IDS`` sets the size of
-the worker's window of recent event ids (the soak fills it early, so that RSS can be judged
-flat after). Everything else is the unmodified worker.
+``rows / rate`` seconds longer: a slow consumer. ``FLYBALL_CHAOS_HEAP_LOG`` (a path; diagnosis only,
+tracemalloc slows allocation) appends, every 10 s, one JSON line: RSS, the Python heap that
+tracemalloc sees and its ten biggest growing lines, so that what grows can be told apart from
+what chDB holds. Everything else is the unmodified worker.
 """
 
 from __future__ import annotations
 
-import functools
+import json
 import os
 import sys
+import threading
 import time
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import OperationalError
 from flyball.control_plane import cli, runtime
-from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
 
@@ -54,10 +56,28 @@ class FaultyStore(ClickHouseStore):
         super().write_alerts(rows)
 
 
+def _heap_log(path: Path, every_s: float = 10.0) -> None:
+    """Append RSS, the traced Python heap and its biggest growth since start, every ``every_s``."""
+    tracemalloc.start(1)
+    first = tracemalloc.take_snapshot()
+    t0 = time.monotonic()
+    while True:
+        time.sleep(every_s)
+        snap = tracemalloc.take_snapshot()
+        rss = next((int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmRSS:")), 0.0)
+        top = [{"where": str(d.traceback), "mb": round(d.size / 1e6, 2), "grew_mb": round(d.size_diff / 1e6, 2)}
+               for d in snap.compare_to(first, "lineno")[:10]]
+        line = {"t": round(time.monotonic() - t0), "rss_mb": round(rss, 1),
+                "heap_mb": round(tracemalloc.get_traced_memory()[0] / 1e6, 1), "top": top}
+        with path.open("a") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+
 def main() -> int:
+    if heap := os.environ.get("FLYBALL_CHAOS_HEAP_LOG", ""):
+        threading.Thread(target=_heap_log, args=(Path(heap),), daemon=True, name="heap-log").start()
     runtime.ClickHouseStore = FaultyStore  # type: ignore[misc]  # the seam: the store the worker builds
-    if ids := os.environ.get("FLYBALL_CHAOS_DEDUPE_IDS", ""):  # the soak: a window it can fill
-        runtime.Pipeline = functools.partial(Pipeline, dedupe_capacity=int(ids))  # type: ignore[misc]
     return cli.main(["worker", *sys.argv[1:]])
 
 

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 
-from .api import admin, finance, kpis, openapi, otlp, requests, slos, sre
+from .api import admin, finance, kpis, openapi, otlp, requests, slos, sre, versions
 from .api.deps import Auth, Deps
 from .api.limits import DEFAULT_MAX_BODY, BodyLimit
 from .auth import Principal
@@ -105,7 +105,7 @@ def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
         """Process-wide counters: any role, but not a tenant-bound key (they span tenants)."""
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
-    for module in (finance, sre, admin, otlp, slos, kpis, requests):
+    for module in (finance, sre, admin, otlp, slos, kpis, requests, versions):
         module.register(app, deps, auth)
     if console:
         from .ui.console import register as register_console

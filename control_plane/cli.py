@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     add_prices_commands(sub)  # prices update
     from .sre_cli import add_commands as add_sre_commands
 
-    add_sre_commands(sub)  # alerts, directives, actions, revert, pin, extend, approve, reject, ack, silence, policies
+    add_sre_commands(sub)  # alerts, directives, actions, revert, pin, extend, approve, reject, ack, silence, policies, versions
     from .kpi_cli import add_commands as add_kpi_commands
 
     add_kpi_commands(sub)  # kpis, report, slos (through the HTTP API)

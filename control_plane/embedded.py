@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -46,13 +47,15 @@ class EmbeddedBroker:
 def start_tansu(*, port: int | None = None, log_file: Path | None = None, timeout: float = 15.0) -> EmbeddedBroker:
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # owned by the child
-    proc = subprocess.Popen(
-        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
-    )
+    with contextlib.ExitStack() as files:
+        # the child gets its own descriptor of the log; this process's copy is closed at once
+        out = files.enter_context(open(log_file, "ab")) if log_file else subprocess.DEVNULL
+        proc = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -63,4 +66,5 @@ def start_tansu(*, port: int | None = None, log_file: Path | None = None, timeou
         except OSError:
             time.sleep(0.05)
     proc.kill()
+    proc.wait()
     raise RuntimeError(f"Tansu did not listen on port {port} within {timeout}s")

@@ -1,10 +1,11 @@
 """The KPI report's figures: one ClickHouse query per figure family, and pure assembly.
 
-Each ``*_sql`` function returns the query that ``docs/KPIS.md`` documents next to the figure
-it produces; ``kpis`` runs them through a ``query`` callable (the store's, on its thread) and
-``assemble`` turns the rows into the answer. Money is Decimal throughout and leaves as exact
-decimal text; ratios are floats rounded to 6 places. Every event counts once: the queries read
-``events FINAL`` (the ReplacingMergeTree keyed by event id).
+Each ``*_sql`` function returns the query behind a figure, served from the rollups of
+``kpi_rollup.py``; ``docs/KPIS.md`` documents next to each figure the query that gives the same
+number straight from the events (the tests run both). ``kpis`` runs them through a ``query``
+callable (the store's, on its thread) and assembles the answer. Money is Decimal throughout and
+leaves as exact decimal text; ratios are floats rounded to 6 places. Every event counts once:
+the rollups are computed from ``events FINAL`` or keyed by event id.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flyball.stream_processors.budgets import Period
 from flyball.stream_processors.forecast import MICRO, forecast
 from flyball.stream_processors.pricing import PriceBook
 
-from .kpi_rollup import FAILURE_CLASSES, HOUR_GROUP, HOUR_SELECT, KPI_COLUMNS, slo_select
+from .kpi_rollup import FAILURE_CLASSES, HOUR_GROUP, HOUR_SELECT, KPI_COLUMNS, SAFETY_GROUP, SAFETY_SELECT, slo_select
 from .slo import SLO, SLOs, budget_consumed
 
 Query = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
@@ -62,9 +63,9 @@ def _day_up(t: datetime) -> datetime:
     return floor if floor == t else floor + timedelta(days=1)
 
 
-def llm_source(p: Span) -> tuple[str, dict[str, Any]]:
-    """``kpi_day`` rows for the period: the rollup for its whole UTC days, and the same rows
-    computed from ``events FINAL`` for the partial days at its edges (if any)."""
+def day_source(p: Span, table: str, columns: str, select: str, group: str, event_type: str) -> tuple[str, dict[str, Any]]:
+    """Rows of a daily rollup for the period: the rollup for its whole UTC days, and the same rows
+    computed from ``events FINAL`` (``select ... group``) for the partial days at its edges."""
     lo, hi = _day_up(p.start), _day_down(p.end)
     params: dict[str, Any] = {"start": p.start, "end": p.end, "lo": lo, "hi": hi}
     tenant = ""
@@ -72,10 +73,10 @@ def llm_source(p: Span) -> tuple[str, dict[str, Any]]:
         tenant = " AND tenant_id = {tenant:String}"
         params["tenant"] = p.tenant_id
     if lo >= hi:  # no whole day inside: events only
-        return (f"(SELECT {HOUR_SELECT} FROM events FINAL WHERE event_type = 'llm_call' AND "
-                f"ts >= {{start:DateTime64(3, 'UTC')}} AND ts < {{end:DateTime64(3, 'UTC')}}{tenant} {HOUR_GROUP})",
+        return (f"(SELECT {select} FROM events FINAL WHERE event_type = '{event_type}' AND "
+                f"ts >= {{start:DateTime64(3, 'UTC')}} AND ts < {{end:DateTime64(3, 'UTC')}}{tenant} {group})",
                 params)
-    arms = [f"SELECT {KPI_COLUMNS} FROM kpi_day FINAL WHERE day >= toDate({{lo:DateTime('UTC')}}) "
+    arms = [f"SELECT {columns} FROM {table} FINAL WHERE day >= toDate({{lo:DateTime('UTC')}}) "
             f"AND day < toDate({{hi:DateTime('UTC')}}){tenant}"]
     edges = []
     if p.start < lo:
@@ -83,19 +84,27 @@ def llm_source(p: Span) -> tuple[str, dict[str, Any]]:
     if hi < p.end:
         edges.append("(ts >= {hi:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')})")
     if edges:
-        arms.append(f"SELECT {HOUR_SELECT} FROM events FINAL WHERE event_type = 'llm_call' "
-                    f"AND ({' OR '.join(edges)}){tenant} {HOUR_GROUP}")
+        arms.append(f"SELECT {select} FROM events FINAL WHERE event_type = '{event_type}' "
+                    f"AND ({' OR '.join(edges)}){tenant} {group}")
     return "(" + " UNION ALL ".join(arms) + ")", params
 
 
-def calls_sql(p: Span) -> tuple[str, dict[str, Any]]:
+def llm_source(p: Span) -> tuple[str, dict[str, Any]]:
+    """``kpi_day`` rows for the period (whole days from the rollup, edges from events)."""
+    return day_source(p, "kpi_day", KPI_COLUMNS, HOUR_SELECT, HOUR_GROUP, "llm_call")
+
+
+def calls_sql(p: Span, *, with_total: bool = False) -> tuple[str, dict[str, Any]]:
     """Calls, failures by class, spend, cache tokens, p95 latency (successful calls) and p95 TTFT
-    (successful streamed calls that reported one), per group, from the daily rollup."""
+    (successful streamed calls that reported one), per group, from the daily rollup.
+    ``with_total``: one more row, the whole period (a last column says which row it is), so
+    that its p95s come from the same read (the states merged once more)."""
     source, params = llm_source(p)
     classes = ", ".join(f"sum({c})" for c in FAILURE_CLASSES)
+    total, group = (", grouping(g)", "GROUPING SETS ((g), ())") if with_total else ("", "g")
     sql = (f"SELECT {p.g} AS g, sum(calls), {classes}, toString(sum(cost_usd)), sum(unpriced), sum(input_tokens), "
            "sum(cache_read_tokens), sum(ok), quantileBFloat16Merge(0.95)(latency_ok), sum(streamed_ok), "
-           f"quantileBFloat16Merge(0.95)(ttft_ok) FROM {source} GROUP BY g ORDER BY g")
+           f"quantileBFloat16Merge(0.95)(ttft_ok){total} FROM {source} GROUP BY {group} ORDER BY g")
     return sql, params
 
 
@@ -107,40 +116,33 @@ def cache_sql(p: Span) -> tuple[str, dict[str, Any]]:
 
 
 def safety_sql(p: Span) -> tuple[str, dict[str, Any]]:
-    """Safety triggers per category (each event id once: they are few, so no FINAL)."""
-    where, params = p.where("event_type = 'safety_trigger'")
-    return (f"SELECT {p.g} AS g, category, uniqExact(event_id) FROM events WHERE {where} "
-            "GROUP BY g, category ORDER BY g, category", params)
-
-
-REQUEST = "(tenant_id, if(request_id != '', request_id, toString(event_id)))"
-
-
-def flagged_sql(p: Span) -> tuple[str, str, dict[str, Any]]:
-    """(negative, explicit, params): subqueries of the requests (tenant, request key) that got
-    negative feedback (score < 0, on the request or on one of its calls), and of the latest
-    explicit outcome per request with the group of the event that carried it."""
-    calls, params = p.where("event_type = 'llm_call'")
-    fb, _ = p.where("event_type = 'feedback'", "score < 0")
-    ex, _ = p.where("outcome IN ('success', 'failure')")
-    negative = (f"SELECT (tenant_id, request_id) FROM events WHERE {fb} AND request_id != '' "
-                f"UNION ALL SELECT {REQUEST} FROM events WHERE {calls} AND event_id IN ("
-                f"SELECT toUUID(target_event_id) FROM events WHERE {fb} AND target_event_id != '')")
-    explicit = (f"SELECT {REQUEST} AS r, argMax(outcome, (ts, event_id)) AS last_outcome, "
-                f"argMax({p.g}, (ts, event_id)) AS g FROM events WHERE {ex} GROUP BY r")
-    return negative, explicit, params
+    """Safety triggers per category, from ``safety_day`` (edges from events)."""
+    source, params = day_source(p, "safety_day", "day, tenant_id, feature, category, triggers", SAFETY_SELECT,
+                                SAFETY_GROUP, "safety_trigger")
+    return (f"SELECT {p.g} AS g, category, sum(triggers) FROM {source} GROUP BY g, category ORDER BY g, category",
+            params)
 
 
 def outcomes_sql(p: Span) -> tuple[str, dict[str, Any]]:
-    """Per group: ok calls whose request has an explicit outcome or negative feedback (they are
-    not counted as successes by themselves), and requests whose explicit outcome is success.
-    Successful outcomes = ok calls (``calls_sql``) - the first + the second."""
-    negative, explicit, params = flagged_sql(p)
-    ok, _ = p.where("event_type = 'llm_call'", "status = 'ok'")
-    sql = (f"SELECT g, sum(flagged_ok), sum(explicit_ok) FROM ("
-           f"SELECT {p.g} AS g, uniqExact(event_id) AS flagged_ok, 0 AS explicit_ok FROM events WHERE {ok} "
-           f"AND {REQUEST} IN ({negative} UNION ALL SELECT r FROM ({explicit})) GROUP BY g "
-           f"UNION ALL SELECT g, 0, countIf(last_outcome = 'success') FROM ({explicit}) GROUP BY g"
+    """Per group: ok calls whose request has an explicit outcome or negative feedback in the
+    period (they are not counted as successes by themselves), and requests whose latest explicit
+    outcome in the period is success (in the group of the event that carried it). Successful
+    outcomes = ok calls (``calls_sql``) - the first + the second. From ``kpi_flag`` (negative
+    feedback and explicit outcomes) and ``kpi_flagged_call`` (the calls of the requests they
+    name): the same figures as the events query in docs/KPIS.md, without reading every call.
+    No ``FINAL``: a row stored twice is the same event twice, so sets and ``argMax`` are unchanged
+    and the count is of distinct event ids."""
+    where, params = p.where()
+    targets = (f"SELECT tenant_id, toUUIDOrZero(target_event_id) FROM kpi_flag WHERE {where} "
+               "AND negative = 1 AND target_event_id != ''")
+    negative = (f"SELECT request FROM kpi_flag WHERE {where} AND negative = 1 AND has_request = 1 "
+                f"UNION ALL SELECT request FROM kpi_flagged_call WHERE {where} AND (tenant_id, event_id) IN ({targets})")
+    explicit = (f"SELECT request, argMax(outcome, (ts, event_id)) AS last_outcome, argMax({p.g}, (ts, event_id)) AS g "
+                f"FROM kpi_flag WHERE {where} AND outcome != '' GROUP BY request")
+    sql = (f"WITH explicit AS ({explicit}) SELECT g, sum(flagged_ok), sum(explicit_ok) FROM ("
+           f"SELECT {p.g} AS g, uniqExact(event_id) AS flagged_ok, 0 AS explicit_ok FROM kpi_flagged_call WHERE {where} "
+           f"AND ok = 1 AND request IN ({negative} UNION ALL SELECT request FROM explicit) GROUP BY g "
+           "UNION ALL SELECT g, 0, countIf(last_outcome = 'success') FROM explicit GROUP BY g"
            ") GROUP BY g ORDER BY g")
     return sql, params
 
@@ -380,6 +382,8 @@ def kpis(query: Query, p: Span, *, slos: SLOs, book: PriceBook, with_total: bool
     """Run every KPI query for the period and assemble the answer (see docs/KPIS.md).
     ``with_total`` (grouped by feature): also the whole period's figures as ``total``, added up
     from the groups (the p95s, which do not add up, from one more rollup query)."""
+    if with_total and p.group_by != "feature":
+        raise ValueError("group_by: with_total adds up per-feature groups")
     groups: dict[str, Group] = {}
 
     def group(key: Any) -> Group:
@@ -389,7 +393,11 @@ def kpis(query: Query, p: Span, *, slos: SLOs, book: PriceBook, with_total: bool
         return groups[k]
 
     n = len(FAILURE_CLASSES)
-    for row in query(*calls_sql(p)):
+    whole: tuple[Any, ...] | None = None  # the total row (with_total)
+    for row in query(*calls_sql(p, with_total=with_total)):
+        if with_total and row[-1]:
+            whole = row
+            continue
         g = group(row[0])
         g.calls = int(row[1])
         g.failures = {c: int(v) for c, v in zip(FAILURE_CLASSES, row[2:2 + n], strict=True)}
@@ -437,14 +445,13 @@ def kpis(query: Query, p: Span, *, slos: SLOs, book: PriceBook, with_total: bool
         "_incidents": listed,
     }
     if with_total:
-        if p.group_by != "feature":
-            raise ValueError("group_by: with_total adds up per-feature groups")
-        answer["total"] = _total(query, p, groups, daily, alerts, mitigated).as_json()
+        answer["total"] = _total(whole, p, groups, daily, alerts, mitigated).as_json()
     return answer
 
 
-def _total(query: Query, p: Span, groups: Mapping[str, Group], daily: Mapping[str, Mapping[date, Decimal]],
-           alerts: list[dict[str, Any]], mitigated: Mapping[str, datetime]) -> Group:
+def _total(whole: Sequence[Any] | None, p: Span, groups: Mapping[str, Group],
+           daily: Mapping[str, Mapping[date, Decimal]], alerts: list[dict[str, Any]],
+           mitigated: Mapping[str, datetime]) -> Group:
     t = Group(ALL)
     for g in groups.values():
         t.calls += g.calls
@@ -462,9 +469,8 @@ def _total(query: Query, p: Span, groups: Mapping[str, Group], daily: Mapping[st
             t.safety[c] = t.safety.get(c, 0) + n
         t.successes += g.successes
         t.slo += g.slo  # per feature, the objectives are the same as overall
-    for row in query(*calls_sql(Span(p.start, p.end, None, p.tenant_id))):
-        n = len(FAILURE_CLASSES)
-        rest = row[2 + n:]
+    if whole is not None:
+        rest = whole[2 + len(FAILURE_CLASSES):]
         t.p95_latency_ms = round(float(rest[5]), 3) if t.ok_calls else None
         t.p95_ttft_ms = round(float(rest[7]), 3) if t.streamed_ok else None
     summed: dict[date, Decimal] = {}

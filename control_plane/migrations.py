@@ -11,7 +11,10 @@ from flyball.stream_processors.migrations import MIGRATIONS as WORKER_MIGRATIONS
 
 def _console_rollup(name: str) -> str:
     """The console's rollup tiers share one layout (minute, hour, day: ``minute`` holds the
-    bucket start), written out per table so that the cluster form of each can be derived."""
+    bucket start), written out per table so that the cluster form of each can be derived. The
+    layout is the current one: migrations 50-55 create it on a new database, 71-78 replace the
+    first layout (without environment, TTFT and empty retrievals, and with t-digests, whose
+    merges cost a hundred times more than these bfloat16 histograms) on an existing one."""
     return f"""
     CREATE TABLE IF NOT EXISTS {name} (
         tenant_id LowCardinality(String),
@@ -30,15 +33,23 @@ def _console_rollup(name: str) -> str:
         cache_read_tokens UInt64,
         cache_write_tokens UInt64,
         cost_usd Decimal(38, 12),
-        latency_p95 AggregateFunction(quantileTDigest(0.95), Float64),
+        latency_p95 AggregateFunction(quantileBFloat16(0.95), Float64),
         computed_at DateTime64(3, 'UTC'),
         service_tier LowCardinality(String),
-        late_events UInt64
+        late_events UInt64,
+        environment LowCardinality(String),
+        ttft_p95 AggregateFunction(quantileBFloat16(0.95), Float64),
+        empty_retrievals UInt64
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMM(minute)
-    ORDER BY (tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier)
+    ORDER BY (tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier,
+              environment)
     """
 
+
+# when the rollups were last complete (``console_rollup_state`` held it for the first layout)
+_ROLLUP_MARK = ("CREATE TABLE IF NOT EXISTS console_rollup_mark (complete_since DateTime64(3, 'UTC')) "
+                "ENGINE = ReplacingMergeTree(complete_since) ORDER BY tuple()")
 
 MIGRATIONS: list[tuple[int, str]] = [
     (3, """
@@ -258,8 +269,112 @@ MIGRATIONS: list[tuple[int, str]] = [
     (53, _console_rollup("console_hour")),
     (54, _console_rollup("console_day")),
     # when the rollups were last complete: rows ingested since then are read from events
-    (55, "CREATE TABLE IF NOT EXISTS console_rollup_state (complete_since DateTime64(3, 'UTC')) "
+    (55, _ROLLUP_MARK),
+    # 60-69: the KPI report's rollups beyond kpi_day/slo_day (control_plane/kpi_rollup.py), each
+    # row keyed by event id or recomputed per day from events FINAL, so a replay counts once.
+    # The events that flag a request for "cost per successful outcome": negative feedback and
+    # explicit outcomes (few), with the request they name
+    (60, """
+    CREATE TABLE IF NOT EXISTS kpi_flag (
+        event_id UUID,
+        ts DateTime64(3, 'UTC'),
+        tenant_id LowCardinality(String),
+        feature LowCardinality(String),
+        request_key String,
+        request String,
+        has_request UInt8,
+        is_call UInt8,
+        target_event_id String,
+        negative UInt8,
+        outcome LowCardinality(String),
+        ingested_at DateTime64(3, 'UTC'),
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(ts)
+    ORDER BY (tenant_id, ts, event_id)
+    """),
+    # every llm call of a request that some flag names (by request, or through a targeted call);
+    # ``request`` is the request as one string (tenant length-prefixed): matching one column is
+    # several times faster than matching a (tenant, key) tuple
+    (61, """
+    CREATE TABLE IF NOT EXISTS kpi_flagged_call (
+        event_id UUID,
+        ts DateTime64(3, 'UTC'),
+        tenant_id LowCardinality(String),
+        feature LowCardinality(String),
+        request_key String,
+        request String,
+        has_request UInt8,
+        ok UInt8,
+        ingested_at DateTime64(3, 'UTC'),
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(ts)
+    ORDER BY (tenant_id, ts, event_id)
+    """),
+    # safety triggers per tenant, feature, category and UTC day
+    (62, """
+    CREATE TABLE IF NOT EXISTS safety_day (
+        day Date,
+        tenant_id LowCardinality(String),
+        feature LowCardinality(String),
+        category LowCardinality(String),
+        triggers UInt64,
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (day, tenant_id, feature, category)
+    """),
+    # the ingest time up to which every KPI rollup is complete (a missing row: rebuild them all)
+    (63, "CREATE TABLE IF NOT EXISTS kpi_rollup_state (complete_since DateTime64(3, 'UTC')) "
          "ENGINE = ReplacingMergeTree(complete_since) ORDER BY tuple()"),
+    # 70-79: the console's second rollup layout (environment as a dimension, a TTFT digest of
+    # streamed calls, empty retrievals): the rollups are derived data, so the tiers are dropped
+    # and recreated with a new completion mark (77), and the API's rollup task rebuilds them
+    # from events FINAL (until then exact spend reads the events, and charts fill as it goes)
+    (71, "DROP TABLE IF EXISTS console_minute"),
+    (72, "DROP TABLE IF EXISTS console_hour"),
+    (73, "DROP TABLE IF EXISTS console_day"),
+    (74, _console_rollup("console_minute")),
+    (75, _console_rollup("console_hour")),
+    (76, _console_rollup("console_day")),
+    # a new mark, so that the rollups are rebuilt (the first layout's console_rollup_state stays, unused)
+    (77, _ROLLUP_MARK),
+    # top users by cost: per (tenant, user id hash, UTC day), recomputed from events FINAL for the
+    # (tenant, day) pairs that received rows, so each event counts once; day_rank is the user's
+    # rank by cost within its tenant and day when computed (candidates for a range's top-N); small
+    # granules, as it is read by (tenant, user) for a few users at a time
+    (78, """
+    CREATE TABLE IF NOT EXISTS console_user_day (
+        tenant_id LowCardinality(String),
+        user_id_hash String,
+        day Date,
+        events UInt64,
+        failed_events UInt64,
+        cost_usd Decimal(38, 12),
+        day_rank UInt64,
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (tenant_id, user_id_hash, day)
+    SETTINGS index_granularity = 1024
+    """),
+    # spend and the rollup refresh look for rows ingested since a mark: a granule's min/max
+    # ingested_at lets ClickHouse skip the settled ones instead of reading the whole column
+    (79, "ALTER TABLE events ADD INDEX IF NOT EXISTS console_ingested_at ingested_at TYPE minmax GRANULARITY 1"),
+    # (the console's own block 50-59 again) each tenant-day's costliest users, a small table
+    # where a range's top-N users are looked for before their exact sums are read
+    (56, """
+    CREATE TABLE IF NOT EXISTS console_user_top (
+        tenant_id LowCardinality(String),
+        day Date,
+        user_id_hash String,
+        cost_usd Decimal(38, 12),
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (tenant_id, day, user_id_hash)
+    """),
 ]
 
 # every table of a flyball deployment: the worker's first (the control plane's views read them)

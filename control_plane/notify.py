@@ -94,6 +94,8 @@ def action_notice(action: Action, *, now: datetime) -> Notice:
     what = str(d.action) if d else "action"
     if d is not None and d.to_model:
         what += f" -> {d.to_model}"
+    if d is not None and d.pin_field:
+        what += f" {d.pin_field}={d.pin_value}"
     title = f"flyball {action.decision}: {what} on {target} ({action.reason})"
     return Notice(event=f"action.{action.decision}", dedupe_key=f"flyball:directive:{d.directive_id if d else uuid.uuid4()}",
                   title=title, severity="info", kind=kind, at=now,

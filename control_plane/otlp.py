@@ -178,7 +178,8 @@ def encode_response(mapped: Mapped, kind: str) -> bytes:
         response.partial_success.rejected_spans = mapped.rejected
         response.partial_success.error_message = "; ".join(mapped.reasons[:MAX_REASONS])
     if kind == PROTOBUF:
-        return response.SerializeToString()
+        encoded: bytes = response.SerializeToString()  # protobuf has no type information here
+        return encoded
     return orjson.dumps(json_format.MessageToDict(response))
 
 

@@ -14,6 +14,12 @@ severity and scope pattern to an action. Every automatic action has brakes:
 - dry-run per policy (decided and audited, never published);
 - approval per policy (the directive waits as ``pending`` until an SRE approves it);
 - manual overrides win: a pinned or manual directive is never touched by automation.
+
+The first policy that matches an alert decides, per *lane*: one restriction (throttle, reroute,
+disable_tool or block), and independently one ``pin_version`` and one ``strict_safety``, so a
+safety burst can switch a feature to strict safety at once while a block waits for approval.
+A ``pin_version`` pins the alert's ``version_field`` to its ``old_version`` (the incumbent of a
+``version_regression``); an alert without them is skipped.
 """
 
 from __future__ import annotations
@@ -27,7 +33,18 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 
-from flyball.schemas import MAX_TTL_S, ActionKind, Alert, AlertKind, Directive, DirectiveState, Scope
+from flyball.schemas import (
+    MAX_TTL_S,
+    PIN_FIELDS,
+    SETTINGS,
+    ActionKind,
+    Alert,
+    AlertKind,
+    Directive,
+    DirectiveState,
+    Scope,
+    directive_key,
+)
 
 
 DIRECTIVE_NAMESPACE = uuid.UUID("5d1b0a52-8a57-4a1e-b0b5-3f0a7f6f2a90")
@@ -116,6 +133,18 @@ class Policies:
         """The first policy (in file order) that matches the alert."""
         return next((p for p in self.policies if p.matches(alert)), None)
 
+    def all_for_alert(self, alert: Alert) -> list[Policy]:
+        """The first matching policy of each lane (restrictions, pin_version, strict_safety), in
+        file order."""
+        out: list[Policy] = []
+        lanes: set[str] = set()
+        for p in self.policies:
+            lane = str(p.action) if p.action in SETTINGS else "restrict"
+            if lane not in lanes and p.matches(alert):
+                lanes.add(lane)
+                out.append(p)
+        return out
+
     def by_ref(self, ref: str | None) -> Policy | None:
         policy_id = (ref or "").split("@v", 1)[0]
         return next((p for p in self.policies if p.policy_id == policy_id), None)
@@ -164,16 +193,22 @@ def decide_actions(alert: Alert, active: Sequence[Directive], policies: Policies
     if alert.status != "open":
         return [Action(Outcome.NOTED, alert.scope, "alert resolved; automatic directives revert after hysteresis",
                        alert=alert)]
-    policy = policies.for_alert(alert)
-    if policy is None:
+    chosen = policies.all_for_alert(alert)
+    if not chosen:
         return [Action(Outcome.NOTED, alert.scope, f"no policy for {alert.kind} at severity {alert.severity}",
                        alert=alert)]
+    return [a for policy in chosen for a in _decide_one(alert, policy, active, policies, now, history)]
+
+
+def _decide_one(alert: Alert, policy: Policy, active: Sequence[Directive], policies: Policies, now: datetime,
+                history: History) -> list[Action]:
     if now - alert.last_seen > timedelta(seconds=policy.ttl_s):
         return [Action(Outcome.NOTED, alert.scope, "stale alert: last seen longer ago than the policy's TTL",
                        policy=policy, alert=alert)]
     scope = policy.target_scope(alert.scope)
-    key = scope.key()
-    if not key:
+    pin_field = alert.scope.version_field if policy.action == ActionKind.PIN_VERSION else None
+    key = directive_key(scope, policy.action, pin_field)
+    if not scope.key():
         return [Action(Outcome.NOTED, alert.scope, f"alert scope has none of {list(policy.target)}",
                        policy=policy, alert=alert)]
     on_key = [d for d in active if d.key() == key]
@@ -198,6 +233,11 @@ def decide_actions(alert: Alert, active: Sequence[Directive], policies: Policies
         if not chain:
             return [Action(Outcome.SKIPPED, scope, f"no fallback model for {scope.model}", policy=policy, alert=alert)]
         extra = {"to_model": chain[0], "chain": list(chain[1:])}
+    elif policy.action == ActionKind.PIN_VERSION:
+        if pin_field not in PIN_FIELDS or not alert.scope.old_version:
+            return [Action(Outcome.SKIPPED, scope, "pin_version needs the alert's version_field and old_version",
+                           policy=policy, alert=alert)]
+        extra = {"pin_field": pin_field, "pin_value": alert.scope.old_version}
     elif policy.action == ActionKind.DISABLE_TOOL and scope.tool_name is None:
         return [Action(Outcome.SKIPPED, scope, "disable_tool needs a tool_name in the scope", policy=policy,
                        alert=alert)]

@@ -5,17 +5,16 @@ one), loading, dumping and versioning (``revise``). The decisions that use the p
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
 from dataclasses import replace
 from importlib import resources
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flyball.schemas import MAX_BURST, MAX_MODEL, MAX_RATE, MAX_TTL_S, ActionKind, AlertKind
 from flyball.schemas.alerts import SCOPE_FIELDS
 
+from .documents import MAX_DEPTH, load_document, validate_document
 from .errors import PolicyError
 from .policy import Policies, Policy
 
@@ -89,13 +88,7 @@ class PoliciesSpec(BaseModel):
 
 def parse_policies(data: Any) -> Policies:
     """Policies from decoded JSON/YAML; a ValueError names the offending field."""
-    if isinstance(data, list):
-        data = {"policies": data}
-    try:
-        spec = PoliciesSpec.model_validate(data)
-    except ValidationError as exc:
-        errors = "; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise PolicyError(f"invalid policies: {errors}") from None
+    spec = validate_document(PoliciesSpec, data, "policies", list_key="policies", error=PolicyError)
     return Policies(
         policies=tuple(Policy(
             policy_id=p.policy_id, alert_kind=p.alert_kind, action=p.action, version=p.version,
@@ -109,47 +102,14 @@ def parse_policies(data: Any) -> Policies:
     )
 
 
-def _loc(loc: Iterable[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "policies"
 
 
-MAX_POLICY_DEPTH = 32  # a policies document is 4 levels deep; parsers recurse per level
-
-
-def _check_depth(text: str, limit: int = MAX_POLICY_DEPTH) -> None:
-    """Refuse, before any parser recurses into it, a document nested deeper than ``limit``:
-    flow brackets (JSON, YAML ``[...]``/``{...}``, counted even inside strings, which only errs
-    on the side of refusing) and block indentation (each YAML level indents at least one more
-    column)."""
-    depth = deepest = 0
-    for char in text:
-        if char in "[{":
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-        elif char in "]}":
-            depth -= 1
-    indent = max((len(line) - len(line.lstrip(" -")) for line in text.splitlines()), default=0)
-    if deepest > limit or indent > 4 * limit:
-        raise PolicyError(f"policies: nested deeper than {limit} levels")
+MAX_POLICY_DEPTH = MAX_DEPTH  # a policies document is 4 levels deep; parsers recurse per level
 
 
 def load_policies(text: str) -> Policies:
     """Policies from the text of a YAML (or JSON) file, at most ``MAX_POLICY_DEPTH`` deep."""
-    import yaml
-
-    _check_depth(text)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise PolicyError(f"policies file is neither JSON nor YAML: {exc}") from None
-    return parse_policies(data if data is not None else {})
+    return parse_policies(load_document(text, "policies", limit=MAX_POLICY_DEPTH, error=PolicyError))
 
 
 def dump_policies(policies: Policies) -> dict[str, Any]:

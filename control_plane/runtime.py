@@ -28,6 +28,7 @@ from flyball.stream_processors.ingest import IngestService, tune_gc_for_batches
 from flyball.stream_processors.detectors import Detectors, SensitivityTable
 from flyball.stream_processors.kafka import KafkaClients
 from flyball.stream_processors.pipeline import Pipeline
+from flyball.stream_processors.releases import ReleaseComparator, ReleaseParams
 from flyball.stream_processors.budgets import BudgetTracker
 from flyball.stream_processors.catalog import load_catalog
 from flyball.stream_processors.pricing import PriceBook
@@ -105,6 +106,7 @@ class System:
     ingest: IngestService | None = None
     control: ControlLoop | None = None
     policies: Policies | None = None  # None: FLYBALL_POLICIES_FILE or the shipped defaults (see plane.py)
+    releases: ReleaseParams | None = None  # None: the defaults, per tenant if FLYBALL_RELEASES_PER_TENANT
     plane: ControlPlane | None = None
     book: PriceBook = field(default_factory=PriceBook)
     finance: Finance | None = None
@@ -147,7 +149,10 @@ class System:
             lateness = timedelta(seconds=s.allowed_lateness_s)
             budgets = BudgetTracker(self.finance.budget_list, asks=True, lateness=lateness)
             detectors = Detectors(sensitivity=load_sensitivity(s.detection_file))
-            pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness, detectors=detectors)
+            params = self.releases or ReleaseParams(per_tenant=s.releases_per_tenant)
+            releases = ReleaseComparator(params)
+            pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness, detectors=detectors,
+                                releases=releases)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
                                         checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id,
@@ -177,8 +182,9 @@ class System:
             keys.add(self.admin_key, Principal(key_id="admin", role=Role.ADMIN, name="bootstrap admin"))
             app = create_app(self._deps(keys))
             port = s.api_port or free_port()
+            # a console tab holds an event stream open: at shutdown it gets 5 s, then is cut
             self._server = _Server(uvicorn.Config(app, host=s.api_host, port=port, log_level="warning",
-                                                  access_log=False, lifespan="off"))
+                                                  access_log=False, lifespan="off", timeout_graceful_shutdown=5))
             serving = sup.spawn("api", self._server.serve())
             self.api_url = f"http://{s.api_host}:{port}"
             while not self._server.started:

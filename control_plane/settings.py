@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     finance_reload_s: float = 30.0  # a `flyball worker` without the API re-reads prices and budgets this often
     detection_file: Path | None = None  # detector sensitivity per kind and tenant (docs/DETECTION.md)
     detector_checkpoint_s: float = 30.0  # how often the worker saves detector baselines (after a commit)
+    # release comparisons per tenant+feature instead of per feature (GET /v1/versions, pin scope)
+    releases_per_tenant: bool = False
     worker_id: str = ""  # a stable id per worker replica (e.g. the StatefulSet ordinal): its own checkpoint row
     # OTLP/HTTP ingest (POST /v1/traces): where a span names its tenant and feature (span
     # attributes first, then resource attributes; first name found wins), and the body cap

@@ -17,7 +17,6 @@ and ``flyball replay`` (``slo_replay.py``, in event time) call the same function
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,10 +26,12 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flyball.schemas import Alert, AlertKind, Scope
 from flyball.schemas.events import CallStatus
+
+from .documents import load_document, validate_document
 
 SLO_NAMESPACE = uuid.UUID("0b7f4c52-6f0e-4a8e-9d42-51c1f0a9e3d7")
 DEFAULT_FAILURES = (CallStatus.ERROR, CallStatus.TIMEOUT, CallStatus.RATE_LIMITED)
@@ -145,35 +146,15 @@ class Subject:
 
 def parse_slos(data: Any) -> SLOs:
     """SLOs from decoded JSON/YAML; a ValueError names the offending field."""
-    if isinstance(data, list):
-        data = {"slos": data}
-    try:
-        spec = SLOFile.model_validate(data)
-    except ValidationError as exc:
-        errors = "; ".join(f"{_loc(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise ValueError(f"invalid SLOs: {errors}") from None
+    spec = validate_document(SLOFile, data, "SLOs", list_key="slos", error=ValueError)
     return SLOs(slos=tuple(spec.slos), version=spec.version)
 
 
-def _loc(loc: Iterable[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "slos"
 
 
 def load_slos(text: str) -> SLOs:
-    """SLOs from the text of a YAML (or JSON) file."""
-    import yaml
-
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"SLO file is neither JSON nor YAML: {exc}") from None
-    return parse_slos(data if data is not None else {})
+    """SLOs from the text of a YAML (or JSON) file, at most ``MAX_DEPTH`` deep."""
+    return parse_slos(load_document(text, "SLO"))
 
 
 def dump_slos(slos: SLOs) -> dict[str, Any]:

@@ -12,10 +12,7 @@ notifications and audit like every other alert.
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,67 +22,31 @@ from flyball.schemas import Alert, AlertKind
 
 from .slo import LONGEST, SLO, Counts, SLOs, Subject, assess, dump_slos, floor_minute, load_slos, parse_slos, revise, window_counts
 from .slo_sql import sli_conditions
-from .state import ControlState, sha256, utc
+from .state import VersionedRegistry, utc
 
 log = structlog.get_logger(__name__)
-VERSION_COLUMNS = ["version", "at", "actor", "source", "sha256", "body"]
-
-
-@dataclass(frozen=True, slots=True)
-class SLOVersion:
-    version: int
-    at: datetime
-    actor: str
-    source: str
-    sha256: str
-    body: str
-
-
-class SLORegistry:
+class SLORegistry(VersionedRegistry[SLOs]):
     """The SLOs in force, versioned in ``slo_versions`` and audited in ``actions`` (decision
-    ``slos_updated``). Like the policies: the file (or the shipped defaults) is in force at start
-    unless it is unchanged since it was last loaded, in which case the latest stored version
-    (perhaps a ``PUT /v1/slos``) stays in force."""
+    ``slos_updated``), like the policies."""
 
-    def __init__(self, state: ControlState, current: SLOs) -> None:
-        self.state = state
-        self.current = current
+    name = "slos"
+    title = "SLOs"
+    table = "slo_versions"
 
-    async def versions(self, limit: int = 100) -> list[SLOVersion]:
-        rows = await self.state.store.run(self.state.store.query,
-                                          "SELECT version, at, actor, source, sha256, body FROM slo_versions "
-                                          "ORDER BY version DESC, at DESC LIMIT {limit:UInt32}", {"limit": limit})
-        return [SLOVersion(int(v), utc(at) or at, actor, source, digest, body) for v, at, actor, source, digest, body in rows]
+    def load(self, text: str) -> SLOs:
+        return load_slos(text)
 
-    async def bootstrap(self, text: str, *, source: str, now: datetime) -> SLOs:
-        versions = await self.versions(limit=500)
-        digest = sha256(text)
-        last_file = next((v for v in versions if v.actor.startswith("file:")), None)
-        if versions and last_file is not None and last_file.sha256 == digest:
-            self.current = parse_slos(json.loads(versions[0].body))
-        else:
-            loaded = load_slos(text)
-            if versions:
-                loaded = revise(parse_slos(json.loads(versions[0].body)), loaded)
-            await self._save(loaded, actor=f"file:{source}", source=source, digest=digest, now=now, before=None,
-                             reason=f"loaded from {source}")
-        return self.current
+    def parse(self, data: Any) -> SLOs:
+        return parse_slos(data)
 
-    async def put(self, new: SLOs, *, actor: str, text: str, now: datetime) -> SLOs:
-        await self._save(revise(self.current, new), actor=actor, source="api", digest=sha256(text), now=now,
-                         before=self.current, reason="SLOs replaced through the API")
-        return self.current
+    def dump(self, document: SLOs) -> dict[str, Any]:
+        return dump_slos(document)
 
-    async def _save(self, slos: SLOs, *, actor: str, source: str, digest: str, now: datetime, before: SLOs | None,
-                    reason: str) -> None:
-        body = json.dumps(dump_slos(slos))
-        store = self.state.store
-        await store.run(store.insert, "slo_versions", [[slos.version, now, actor, source, digest, body]],
-                        VERSION_COLUMNS)
-        row = (str(uuid.uuid4()), now, "slos_updated", "", "", "", "", f"slos@v{slos.version}", actor, reason,
-               json.dumps(dump_slos(before)) if before else "", body, "")
-        await store.run(store.write_actions, [row])  # the change is in force once stored, then audited
-        self.current = slos
+    def revise(self, old: SLOs, new: SLOs) -> SLOs:
+        return revise(old, new)
+
+    def version_of(self, document: SLOs) -> int:
+        return document.version
 
 
 # ------------------------------------------------------------------ the rollup
@@ -127,7 +88,8 @@ class SLORollup:
                 rows = self.store.call(self.store.query,
                                        "SELECT count(), max(computed_at) FROM slo_minute WHERE slo_id = {i:String} "
                                        "AND slo_version = {v:UInt32}", {"i": slo.slo_id, "v": slo.version})
-                since = utc(rows[0][1]) - timedelta(seconds=10) if rows and rows[0][0] else EPOCH
+                last = utc(rows[0][1]) if rows and rows[0][0] else None
+                since = last - timedelta(seconds=10) if last is not None else EPOCH
             sql, params = refresh_sql(slo)
             params |= {"lo": floor_minute(now) - max(slo.window, LONGEST), "hi": now + timedelta(days=1),
                        "since": since}

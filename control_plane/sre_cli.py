@@ -1,4 +1,4 @@
-"""`flyball alerts|directives|actions|revert|pin|extend|approve|reject|ack|silence|policies`:
+"""`flyball alerts|directives|actions|revert|pin|extend|approve|reject|ack|silence|policies|versions`:
 the SRE workflow from a terminal, as an HTTP client of the API (``FLYBALL_API_URL`` and
 ``FLYBALL_API_KEY``; "only the clients talk to the API")."""
 
@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import yaml
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .finance_cli import ApiError, _check
 
 
 class ClientSettings(BaseSettings):
@@ -20,10 +23,6 @@ class ClientSettings(BaseSettings):
 
     api_url: str = "http://127.0.0.1:8000"
     api_key: SecretStr | None = None
-
-
-class ApiError(Exception):
-    pass
 
 
 def _request(method: str, path: str, *, params: dict[str, Any] | None = None, json: Any = None,
@@ -38,13 +37,7 @@ def _request(method: str, path: str, *, params: dict[str, Any] | None = None, js
                           json=json, content=content, headers=headers, timeout=15)
     except httpx.HTTPError as exc:
         raise ApiError(f"cannot reach {s.api_url}: {exc}") from exc
-    if r.status_code >= 400:
-        try:
-            detail = r.json().get("detail", r.text)
-        except ValueError:
-            detail = r.text
-        raise ApiError(f"HTTP {r.status_code}: {detail}")
-    return r.json()
+    return _check(r).json()
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -71,11 +64,36 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_versions(args: argparse.Namespace) -> int:
+    """A feature's live versions side by side: share, verdict, and each metric as new vs incumbent."""
+    out = _request("GET", "/v1/versions", params={"feature": args.feature, "tenant_id": args.tenant,
+                                                  "dimension": args.dimension})
+    if args.json:
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    rows = out["versions"]
+    for r in rows:
+        r["share"] = f"{r['share']:.1%}"
+        r["regressed"] = ",".join(m["metric"] for m in r["metrics"] if m.get("regression")) or None
+        r["vs"] = r["incumbent"]
+    where = (args.feature or "all features") + (f" (tenant {out['tenant_id']})" if out.get("tenant_id") else "")
+    print(f"{where}: {len(rows)} live version(s) as of {out['as_of'] or '-'} (window {out['window_s'] or '-'} s)")
+    print(_table(rows, ["feature", "dimension", "version", "role", "calls", "share", "vs", "verdict", "calls_new",
+                        "calls_old", "regressed"]))
+    for r in rows:
+        if r["metrics"]:
+            print(f"\n{r['feature']} {r['dimension']} {r['version']} vs {r['incumbent']}:")
+            print(_table([{**m, "interval": f"[{m['interval'][0]}, {m['interval'][1]}]"} for m in r["metrics"]],
+                         ["metric", "new", "old", "effect", "min_effect", "interval", "p_value", "regression"]))
+    return 0
+
+
 def cmd_directives(args: argparse.Namespace) -> int:
     rows = _request("GET", "/v1/directives", params={"state": args.state, "tenant_id": args.tenant})
     for r in rows:
         r["limit"] = (f"{r['rate_per_s']}/s burst {r['burst']}" if r.get("rate_per_s") is not None
-                      else (f"-> {r['to_model']}" if r.get("to_model") else ""))
+                      else (f"-> {r['to_model']}" if r.get("to_model")
+                            else (f"{r['pin_field']}={r['pin_value']}" if r.get("pin_field") else "")))
     print(_table(rows, ["directive_id", "action", "state", "scope", "limit", "expires_at", "actor", "pinned",
                         "policy_id"]))
     return 0
@@ -167,6 +185,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--for", dest="seconds", type=int, default=3600, help="seconds (default 3600)")
     p.add_argument("--note", default="")
     p.set_defaults(fn=_guarded(cmd_silence))
+    p = sub.add_parser("versions", help="a feature's live prompt/model/config versions and their release verdicts")
+    p.add_argument("--feature", help="one feature (default: every feature with live versions)")
+    p.add_argument("--tenant")
+    p.add_argument("--dimension", choices=["prompt_version", "model", "config_version"])
+    p.add_argument("--json", action="store_true", help="the API's JSON answer")
+    p.set_defaults(fn=_guarded(cmd_versions))
     p = sub.add_parser("policies", help="show the policies in force, or replace them (--put FILE, admin)")
     p.add_argument("--put", type=Path, metavar="FILE")
     p.set_defaults(fn=_guarded(cmd_policies))

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 from flyball.stream_processors.ports import ControlStore
 
@@ -24,6 +24,9 @@ from .policy_file import dump_policies, load_policies, parse_policies, revise
 KEY_COLUMNS = ["key_hash", "key_id", "role", "tenant_id", "name", "created_by", "created_at", "revoked_at",
                "updated_at"]
 MARK_COLUMNS = ["mark_id", "at", "alert_id", "alert_key", "mark", "actor", "until", "note"]
+VERSION_COLUMNS = ("version", "at", "actor", "source", "sha256", "body")
+VERSION_TABLES = ("policy_versions", "slo_versions")
+D = TypeVar("D")
 DELIVERY_COLUMNS = ["delivery_id", "at", "target", "format", "event", "dedupe_key", "attempt", "status_code", "ok",
                     "error"]
 
@@ -39,7 +42,9 @@ def sha256(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyVersion:
+class DocumentVersion:
+    """One stored version of a versioned document (the policies, the SLOs)."""
+
     version: int
     at: datetime
     actor: str
@@ -88,17 +93,23 @@ class ControlState:
                                  created_at=utc(created_at), created_by=created_by, revoked_at=utc(revoked_at)))
         return out
 
-    # -------------------------------------------------------------- policy versions
-    async def save_policies(self, version: PolicyVersion) -> None:
+    # -------------------------------------------------------------- document versions
+    async def save_version(self, table: str, version: DocumentVersion) -> None:
+        """Store a version of a document in its table (``policy_versions``, ``slo_versions``)."""
         row = [version.version, version.at, version.actor, version.source, version.sha256, version.body]
-        await self.store.run(self._insert, "policy_versions", [row],
-                             ["version", "at", "actor", "source", "sha256", "body"])
+        await self.store.run(self._insert, table, [row], list(VERSION_COLUMNS))
 
-    async def policy_versions(self, limit: int = 100) -> list[PolicyVersion]:
-        rows = await self._query("SELECT version, at, actor, source, sha256, body FROM policy_versions "
+    async def versions(self, table: str, limit: int = 100) -> list[DocumentVersion]:
+        """The stored versions of a document, newest first."""
+        if table not in VERSION_TABLES:
+            raise ValueError(f"{table}: not a table of document versions")
+        rows = await self._query(f"SELECT {', '.join(VERSION_COLUMNS)} FROM {table} "
                                  "ORDER BY version DESC, at DESC LIMIT {limit:UInt32}", {"limit": limit})
-        return [PolicyVersion(int(v), utc(at) or at, actor, source, digest, body)
+        return [DocumentVersion(int(v), utc(at) or at, actor, source, digest, body)
                 for v, at, actor, source, digest, body in rows]
+
+    async def policy_versions(self, limit: int = 100) -> list[DocumentVersion]:
+        return await self.versions("policy_versions", limit)
 
     # -------------------------------------------------------------- alert marks
     async def save_mark(self, mark: Mark) -> None:
@@ -160,47 +171,94 @@ class AlertMarks:
                 "silenced_until": silence.until.isoformat() if silence and silence.until else None}
 
 
-class PolicyRegistry:
-    """The policies in force, versioned in ``policy_versions`` and audited in ``actions``.
+class VersionedRegistry(Generic[D]):
+    """A document in force (the policies, the SLOs), versioned in its table and audited in
+    ``actions`` (decision ``<name>_updated``).
 
-    At start the policies file is in force unless it is unchanged since it was last loaded, in
-    which case the latest stored version (perhaps a ``PUT /v1/policies``) stays in force: API
-    changes survive restarts until someone edits the file.
+    At start the file is in force unless it is unchanged since it was last loaded, in which case
+    the latest stored version (perhaps a ``PUT`` through the API) stays in force: API changes
+    survive restarts until someone edits the file. A subclass names the document and its table
+    and says how to load, parse, dump and revise it.
     """
 
-    def __init__(self, state: ControlState, current: Policies,
-                 on_change: Callable[[Policies], None] = lambda _: None) -> None:
+    name: ClassVar[str]  # "policies", "slos": the audit's decision and policy_id prefix
+    title: ClassVar[str]  # "policies", "SLOs": in the audit's reasons
+    table: ClassVar[str]
+
+    def __init__(self, state: ControlState, current: D, on_change: Callable[[D], None] = lambda _: None) -> None:
         self.state = state
         self.current = current
         self.on_change = on_change
 
-    async def bootstrap(self, text: str, *, source: str, now: datetime) -> Policies:
-        versions = await self.state.policy_versions(limit=500)
+    def load(self, text: str) -> D:
+        raise NotImplementedError
+
+    def parse(self, data: Any) -> D:
+        raise NotImplementedError
+
+    def dump(self, document: D) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def revise(self, old: D, new: D) -> D:
+        raise NotImplementedError
+
+    def version_of(self, document: D) -> int:
+        raise NotImplementedError
+
+    async def versions(self, limit: int = 100) -> list[DocumentVersion]:
+        return await self.state.versions(self.table, limit)
+
+    async def bootstrap(self, text: str, *, source: str, now: datetime) -> D:
+        versions = await self.versions(limit=500)
         digest = sha256(text)
         last_file = next((v for v in versions if v.actor.startswith("file:")), None)
         if versions and last_file is not None and last_file.sha256 == digest:
-            self.current = parse_policies(json.loads(versions[0].body))
+            self.current = self.parse(json.loads(versions[0].body))
         else:
-            loaded = load_policies(text)
+            loaded = self.load(text)
             if versions:
-                loaded = revise(parse_policies(json.loads(versions[0].body)), loaded)
+                loaded = self.revise(self.parse(json.loads(versions[0].body)), loaded)
             await self._save(loaded, actor=f"file:{source}", source=source, digest=digest, now=now,
                              before=None, reason=f"loaded from {source}")
         self.on_change(self.current)
         return self.current
 
-    async def put(self, new: Policies, *, actor: str, text: str, now: datetime) -> Policies:
+    async def put(self, new: D, *, actor: str, text: str, now: datetime) -> D:
         before = self.current
-        await self._save(revise(before, new), actor=actor, source="api", digest=sha256(text), now=now, before=before,
-                         reason="policies replaced through the API")
+        await self._save(self.revise(before, new), actor=actor, source="api", digest=sha256(text), now=now,
+                         before=before, reason=f"{self.title} replaced through the API")
         self.on_change(self.current)
         return self.current
 
-    async def _save(self, policies: Policies, *, actor: str, source: str, digest: str, now: datetime,
-                    before: Policies | None, reason: str) -> None:
-        body = json.dumps(dump_policies(policies))
-        await self.state.save_policies(PolicyVersion(policies.version, now, actor, source, digest, body))
-        row = (str(uuid.uuid4()), now, "policies_updated", "", "", "", "", f"policies@v{policies.version}", actor,
-               reason, json.dumps(dump_policies(before)) if before else "", body, "")
-        await self.state.store.run(self.state.store.write_actions, [row])
-        self.current = policies
+    async def _save(self, document: D, *, actor: str, source: str, digest: str, now: datetime,
+                    before: D | None, reason: str) -> None:
+        body = json.dumps(self.dump(document))
+        version = self.version_of(document)
+        await self.state.save_version(self.table, DocumentVersion(version, now, actor, source, digest, body))
+        row = (str(uuid.uuid4()), now, f"{self.name}_updated", "", "", "", "", f"{self.name}@v{version}", actor,
+               reason, json.dumps(self.dump(before)) if before is not None else "", body, "")
+        await self.state.store.run(self.state.store.write_actions, [row])  # in force once stored, then audited
+        self.current = document
+
+
+class PolicyRegistry(VersionedRegistry[Policies]):
+    """The policies in force, versioned in ``policy_versions``."""
+
+    name = "policies"
+    title = "policies"
+    table = "policy_versions"
+
+    def load(self, text: str) -> Policies:
+        return load_policies(text)
+
+    def parse(self, data: Any) -> Policies:
+        return parse_policies(data)
+
+    def dump(self, document: Policies) -> dict[str, Any]:
+        return dump_policies(document)
+
+    def revise(self, old: Policies, new: Policies) -> Policies:
+        return revise(old, new)
+
+    def version_of(self, document: Policies) -> int:
+        return document.version

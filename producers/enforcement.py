@@ -15,6 +15,13 @@ of directives, and with no string building. What ``guard`` decides:
 - ``reroute``: the effective model is the first of ``[to_model, *chain]`` that is not itself
   rerouted; if all are, the reroute of the first unvisited one is followed. A loop stops at
   the last model not yet visited; the chain never cycles.
+- ``pin_version``: the answer names the version to use for the scope: ``d.prompt_version``,
+  ``d.config_version`` (None when no pin is in force: use your own), or ``d.model`` (a model pin
+  replaces the requested model before reroutes apply, so ``d.model`` keeps meaning "the model to
+  call": a pinned model that is itself rerouted is rerouted). When pins of one dimension on a
+  feature-wide and a tenant+feature scope both match, the more specific scope wins.
+- ``strict_safety``: ``d.safety_level == "strict"``; None when no such directive is in force
+  (the caller's own default applies). Settings never refuse a call.
 - Request-scoped directives (``request_id``, e.g. a runaway agent loop): matched by the
   ``request_id`` passed to ``guard``, in a separate index so per-request ids never enter the
   answer cache; ``tenant_id`` in such a scope must match too when set.
@@ -35,6 +42,7 @@ from typing import Any, NamedTuple
 from flyball.schemas import (
     DIRECTIVES,
     MAX_TTL_S,
+    SETTINGS,
     ActionKind,
     Directive,
     DirectiveState,
@@ -61,6 +69,9 @@ class Decision(NamedTuple):
     reason: str = ""
     directive_ids: tuple[str, ...] = ()
     stale: bool = False
+    prompt_version: str | None = None  # pin_version: the prompt version to use; None: unpinned
+    config_version: str | None = None  # pin_version: the config version to use; None: unpinned
+    safety_level: str | None = None  # "strict" under a strict_safety directive, else None
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -96,6 +107,7 @@ class _Entry:
     targets: tuple[str, ...] = ()
     tokens: float = -1.0  # -1: bucket not started (full on first use)
     updated: float = 0.0
+    specificity: int = 0  # settings: scope fields matched (the most specific pin wins)
 
 
 def _share(rate: float, directive: Directive) -> float:
@@ -114,6 +126,15 @@ def _shape_of(values: dict[str, Any]) -> tuple[int, ...] | None:
     if not values or any(name not in _INDEX for name in values):
         return None
     return tuple(sorted(_INDEX[name] for name in values))
+
+
+def _setting_shape(values: dict[str, Any]) -> tuple[int, ...] | None:
+    """A setting's scope shape: its request fields; the version fields describe the pin, they
+    do not narrow the match. () matches every call."""
+    matched = {k: v for k, v in values.items() if k not in ("version_field", "old_version", "new_version")}
+    if not matched:
+        return ()
+    return _shape_of(matched)
 
 
 def _getter(shape: tuple[int, ...]) -> Any:
@@ -141,12 +162,18 @@ class DirectiveView:
     _lookups: tuple[tuple[Any, dict[Any, _Entry]], ...] = ()
     _plans: dict[tuple[Any, ...], _Plan] = field(default_factory=dict)
     _requests: dict[str, _Entry] = field(default_factory=dict)  # request_id -> entry
+    # pin_version / strict_safety, apart from the restrictions: several may share a scope
+    _settings: dict[tuple[int, ...], dict[Any, dict[str, _Entry]]] = field(default_factory=dict)
+    _setting_lookups: tuple[tuple[Any, dict[Any, dict[str, _Entry]]], ...] = ()
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def apply(self, directive: Directive, *, now: float | None = None) -> None:
         key = directive.key()
         values = directive.scope.compact()
         request_id = values.get("request_id")
+        if directive.action in SETTINGS:
+            self._apply_setting(directive, key, values, now)
+            return
         shape = _shape_of(values)
         if request_id is not None:
             if directive.state == DirectiveState.ACTIVE:
@@ -172,6 +199,28 @@ class DirectiveView:
             if shape is not None:
                 self._tables.setdefault(shape, {})[_key(shape, values)] = entry
         self._lookups = tuple((_getter(s), t) for s, t in sorted(self._tables.items()) if t)
+        self._plans = {}
+        if now is not None:
+            self.updated_at = now
+
+    def _apply_setting(self, directive: Directive, key: str, values: dict[str, Any], now: float | None) -> None:
+        shape = _setting_shape(values)
+        matched = {k: v for k, v in values.items() if k in _INDEX}
+        slot = None if shape is None else (_key(shape, matched) if shape else None)
+        if directive.state != DirectiveState.ACTIVE:
+            self.by_key.pop(key, None)
+            self._entries.pop(key, None)
+            if shape is not None:
+                self._settings.get(shape, {}).get(slot, {}).pop(key, None)
+        else:
+            self.by_key[key] = directive
+            entry = _Entry(directive, directive.directive_id, directive.action, directive.expires_at.timestamp(),
+                           specificity=len(matched))
+            self._entries[key] = entry
+            if shape is not None:
+                self._settings.setdefault(shape, {}).setdefault(slot, {})[key] = entry
+        self._setting_lookups = tuple((_getter(s) if s else _everything, t) for s, t in sorted(self._settings.items())
+                                      if any(t.values()))
         self._plans = {}
         if now is not None:
             self.updated_at = now
@@ -250,6 +299,28 @@ class DirectiveIntake:
         return directive
 
 
+def _everything(request: tuple[Any, ...]) -> None:
+    return None  # the slot of a setting whose scope is empty
+
+
+def _settings_of(view: DirectiveView, request: tuple[Any, ...], now: float) -> list[_Entry]:
+    hits: list[_Entry] = []
+    for getter, table in view._setting_lookups:
+        entries = table.get(getter(request))
+        if entries:
+            hits.extend(e for e in entries.values() if e.expires > now)
+    return hits
+
+
+def pins_in_force(view: DirectiveView, *, tenant_id: str, feature: str | None, now: float) -> dict[str, str]:
+    """The versions pinned for a tenant's feature (``prompt_version``, ``model``,
+    ``config_version``) and ``safety_level``; takes no token from any bucket."""
+    if not view._setting_lookups:
+        return {}
+    settings = _settings_of(view, (tenant_id, feature, None, None, None), now)
+    return _pins(settings) if settings else {}
+
+
 def _matches(view: DirectiveView, request: tuple[Any, ...], now: float) -> list[_Entry]:
     hits = []
     for getter, table in view._lookups:
@@ -276,25 +347,26 @@ def enforce(view: DirectiveView, *, tenant_id: str, feature: str | None = None, 
             tool: str | None = None, provider: str | None = None, request_id: str | None = None, now: float,
             staleness: Staleness | None = None) -> Decision:
     """What the view says about one call at ``now`` (token buckets are taken from)."""
-    return decide(view, (tenant_id, feature, provider, model, tool), now, staleness, request_id)
+    return enforce_tuple(view, (tenant_id, feature, provider, model, tool), now, staleness, request_id)
 
 
-def decide(view: DirectiveView, request: tuple[Any, ...], now: float, staleness: Staleness | None,
-           request_id: str | None = None) -> Decision:
+def enforce_tuple(view: DirectiveView, request: tuple[Any, ...], now: float, staleness: Staleness | None,
+                  request_id: str | None = None) -> Decision:
     """``enforce`` with the request as a tuple in ``REQUEST_FIELDS`` order: the hot path."""
     if request_id is not None and view._requests:
         entry = view._requests.get(request_id)
         if entry is not None and entry.expires > now and entry.directive.scope.tenant_id in (None, request[0]):
-            base = decide(view, request, now, staleness)
+            base = enforce_tuple(view, request, now, staleness)
             if not base.allowed:
                 return base
             ids = (*base.directive_ids, entry.directive_id)
             if entry.action in (ActionKind.BLOCK, ActionKind.DISABLE_TOOL):
-                return Decision(False, base.model, entry.expires - now, "request blocked", ids, base.stale)
+                return base._replace(allowed=False, retry_after_s=entry.expires - now, reason="request blocked",
+                                     directive_ids=ids)
             if entry.action is ActionKind.THROTTLE:
                 wait = _take(view, (entry,), now)
                 if wait is not None:
-                    return Decision(False, base.model, wait, "throttled", ids, base.stale)
+                    return base._replace(allowed=False, retry_after_s=wait, reason="throttled", directive_ids=ids)
             return base._replace(directive_ids=ids)
     stale = False
     if staleness is not None:
@@ -306,7 +378,7 @@ def decide(view: DirectiveView, request: tuple[Any, ...], now: float, staleness:
                     if all(request[_INDEX[k]] == v for k, v in scope.items()):
                         return Decision(False, request[3], staleness.max_age_s,
                                         "directives stale: fail-closed for a high-risk scope", (), True)
-    if not view._lookups:
+    if not view._lookups and not view._setting_lookups:
         return _allow(request[3], stale)
     plans = view._plans  # a reader stores into the dict it read: apply() swaps in a new one
     plan = plans.get(request)
@@ -316,15 +388,35 @@ def decide(view: DirectiveView, request: tuple[Any, ...], now: float, staleness:
             plans.clear()
         plans[request] = plan
     if plan.refuse is not None:
-        return Decision(False, plan.effective, plan.refuse.expires - now, plan.reason, plan.ids, stale)
+        return Decision(False, plan.effective, plan.refuse.expires - now, plan.reason, plan.ids, stale,
+                        *plan.allow[6:])
     if plan.throttles:
         wait = _take(view, plan.throttles, now)
         if wait is not None:
-            return Decision(False, plan.effective, wait, "throttled", plan.ids, stale)
+            return Decision(False, plan.effective, wait, "throttled", plan.ids, stale, *plan.allow[6:])
     return plan.allow._replace(stale=True) if stale else plan.allow
 
 
+def _pins(settings: list[_Entry]) -> dict[str, str]:
+    """What the settings in force say: the most specific directive per pinned dimension."""
+    out: dict[str, str] = {}
+    best: dict[str, tuple[int, float, str]] = {}
+    for entry in settings:
+        d = entry.directive
+        name, value = ("safety_level", "strict") if entry.action is ActionKind.STRICT_SAFETY else (d.pin_field, d.pin_value)
+        if name is None or value is None:  # pragma: no cover - the schema requires both for a pin
+            continue
+        rank = (entry.specificity, d.created_at.timestamp(), entry.directive_id)
+        if name not in best or rank > best[name]:
+            best[name], out[name] = rank, value
+    return out
+
+
 def _plan(view: DirectiveView, request: tuple[Any, ...], now: float) -> _Plan:
+    settings = _settings_of(view, request, now) if view._setting_lookups else []
+    pins = _pins(settings) if settings else {}
+    if "model" in pins and request[3] != pins["model"]:
+        request = (*request[:3], pins["model"], request[4])  # the pinned model is the one requested
     tenant_id, feature, provider, model, tool = request
     hits = _matches(view, request, now)
     effective = model
@@ -337,8 +429,8 @@ def _plan(view: DirectiveView, request: tuple[Any, ...], now: float) -> _Plan:
         # directives scoped to the model actually used apply too (a throttle on the fallback)
         rerouted = (tenant_id, feature, provider, effective, tool)
         hits = hits + [h for h in _matches(view, rerouted, now) if all(h is not x for x in hits)]
-    ids = tuple([e.directive_id for e in hits])
-    valid_until = min([e.expires for e in hits], default=float("inf"))
+    ids = tuple([e.directive_id for e in hits] + [e.directive_id for e in settings])
+    valid_until = min([e.expires for e in hits] + [e.expires for e in settings], default=float("inf"))
     refuse, reason, throttles = None, "", []
     for entry in hits:
         action = entry.action
@@ -350,7 +442,11 @@ def _plan(view: DirectiveView, request: tuple[Any, ...], now: float) -> _Plan:
             break
         if action is ActionKind.THROTTLE:
             throttles.append(entry)
-    allow = Decision(True, effective, None, "", ids, False) if hits else _allow(model, False)
+    if settings:
+        allow = Decision(True, effective, None, "", ids, False, pins.get("prompt_version"), pins.get("config_version"),
+                         pins.get("safety_level"))
+    else:
+        allow = Decision(True, effective, None, "", ids, False) if hits else _allow(model, False)
     return _Plan(valid_until, effective, ids, refuse, reason, tuple(throttles), allow)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from flyball.schemas import KeySet
 
 from .buffer import Record, SpillLocked, SpillLog, open_lane
-from .enforcement import Decision, DirectiveIntake, DirectiveView, Staleness, decide
+from .enforcement import Decision, DirectiveIntake, DirectiveView, Staleness, enforce_tuple, pins_in_force
 from .ids import new_event_id
 from .sender import Counters, Sender
 from .settings import ShimSettings
@@ -140,7 +140,22 @@ class Telemetry(Sender):
                 "reasoning_tokens": reasoning_tokens, "latency_ms": latency_ms, "status": status}
         if fields:
             body.update(fields)
+        if self.view._setting_lookups:
+            self._record_pins(body)
         return self._put(body)
+
+    def _record_pins(self, body: dict[str, Any]) -> None:
+        """An llm_call that names no prompt_version / config_version records the one pinned for
+        its tenant's feature, so the release comparison sees a rollback take effect. A version
+        the caller names is kept as given (the event says what was called)."""
+        try:
+            pins = pins_in_force(self.view, tenant_id=body["tenant_id"], feature=body.get("feature") or None,
+                                 now=time.time())
+            for name in ("prompt_version", "config_version"):
+                if name in pins and not body.get(name) and not (body.get("attributes") or {}).get(name):
+                    body[name] = pins[name]
+        except Exception:  # the shim never raises into product code (a bad attributes value, ...)
+            log.debug("pinned versions not recorded", exc_info=True)
 
     def emit_tool_call(self, *, tenant_id: str, tool_name: str, feature: str = "", status: str = "ok",
                        latency_ms: float = 0.0, **fields: Any) -> str:
@@ -208,7 +223,10 @@ class Telemetry(Sender):
         An exception sets ``status`` (timeout, rate_limited, filtered, cancelled, error) and
         ``error_type``, and is re-raised. As a decorator, the return value is recorded (a
         returned stream is wrapped, see ``streams.py``)."""
-        return CallTracker(self, "llm_call", {"tenant_id": tenant_id, "provider": provider, "model": model, **fields})
+        body = {"tenant_id": tenant_id, "provider": provider, "model": model, **fields}
+        if self.view._setting_lookups:
+            self._record_pins(body)
+        return CallTracker(self, "llm_call", body)
 
     def track_tool_call(self, *, tenant_id: str, tool_name: str, **fields: Any) -> CallTracker:
         return CallTracker(self, "tool_call", {"tenant_id": tenant_id, "tool_name": tool_name, **fields})
@@ -220,7 +238,7 @@ class Telemetry(Sender):
     def guard(self, *, tenant_id: str, feature: str | None = None, model: str | None = None,
               tool: str | None = None, provider: str | None = None, request_id: str | None = None) -> Decision:
         try:
-            return decide(self.view, (tenant_id, feature, provider, model, tool), time.time(), self.staleness,
+            return enforce_tuple(self.view, (tenant_id, feature, provider, model, tool), time.time(), self.staleness,
                           request_id)
         except Exception:  # noqa: BLE001 - fail open, never raise into product code
             return Decision(allowed=True, model=model, reason="guard error")

@@ -1,7 +1,19 @@
 """Contracts shared by every flyball package: events, alerts, directives (pydantic v2)."""
 
 from .alerts import Alert, AlertKind, Scope, scope_key
-from .directives import MAX_BURST, MAX_CHAIN, MAX_MODEL, MAX_RATE, MAX_TTL_S, ActionKind, Directive, DirectiveState
+from .directives import (
+    MAX_BURST,
+    MAX_CHAIN,
+    MAX_MODEL,
+    MAX_RATE,
+    MAX_TTL_S,
+    PIN_FIELDS,
+    SETTINGS,
+    ActionKind,
+    Directive,
+    DirectiveState,
+    directive_key,
+)
 from .events import (
     EVENT_ADAPTER,
     SCHEMA_VERSION,
@@ -32,7 +44,9 @@ __all__ = [
     "MAX_MODEL",
     "MAX_RATE",
     "MAX_TTL_S",
+    "PIN_FIELDS",
     "SCHEMA_VERSION",
+    "SETTINGS",
     "ActionKind",
     "Alert",
     "AlertKind",
@@ -50,6 +64,7 @@ __all__ = [
     "Scope",
     "SignatureError",
     "ToolCall",
+    "directive_key",
     "normalize_service_tier",
     "parse_event",
     "scope_key",

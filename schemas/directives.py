@@ -9,9 +9,9 @@ shim that starts late still learns that nothing is in force for that scope.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from .alerts import Scope
 
@@ -31,6 +31,16 @@ class ActionKind(StrEnum):
     REROUTE = "reroute"
     DISABLE_TOOL = "disable_tool"
     BLOCK = "block"
+    # settings, not restrictions: guard() tells the caller which version to use, or how strict
+    # its safety filter must be; they live next to a throttle/reroute/block on the same scope
+    PIN_VERSION = "pin_version"
+    STRICT_SAFETY = "strict_safety"
+
+
+# the actions that are settings: their directive key names the action (see ``directive_key``)
+SETTINGS = frozenset({ActionKind.PIN_VERSION, ActionKind.STRICT_SAFETY})
+PinField = Literal["prompt_version", "model", "config_version"]
+PIN_FIELDS: tuple[str, ...] = ("prompt_version", "model", "config_version")
 
 
 class DirectiveState(StrEnum):
@@ -68,9 +78,36 @@ class Directive(BaseModel):
     pinned: bool = False
     # ``kind|scope key`` of the alert that caused it: automatic revert follows that alert's resolution
     alert_key: str | None = None
+    # pin_version: the version dimension to pin and the value guard() hands back for it
+    pin_field: PinField | None = None
+    pin_value: ModelName | None = None
     # increases with every publication on its scope (microseconds of the publishing clock, or
     # the previous version + 1): a shim refuses a message not newer than the last it applied
     version: int = Field(default=0, ge=0)
 
+    @model_validator(mode="after")
+    def _pin_complete(self) -> Directive:
+        if self.action == ActionKind.PIN_VERSION:
+            if self.pin_field is None or self.pin_value is None:
+                raise ValueError("pin_version needs pin_field and pin_value")
+            if self.scope.version_field not in (None, self.pin_field):
+                raise ValueError(f"pin_version: scope.version_field {self.scope.version_field!r} is not "
+                                 f"pin_field {self.pin_field!r}")
+        elif self.pin_field is not None or self.pin_value is not None:
+            raise ValueError(f"pin_field and pin_value belong to pin_version, not {self.action}")
+        return self
+
     def key(self) -> str:
-        return self.scope.key()
+        return directive_key(self.scope, self.action, self.pin_field)
+
+
+def directive_key(scope: Scope, action: ActionKind, pin_field: str | None = None) -> str:
+    """The compacted topic's key: the scope key for the restrictions (one of throttle, reroute,
+    disable_tool, block per scope), plus the action (and the pinned dimension) for the settings,
+    so a pin or a strict-safety switch never replaces a restriction on the same scope, nor a pin
+    of one dimension a pin of another."""
+    key = scope.key()
+    if action not in SETTINGS:
+        return key
+    suffix = f"action={action}" + (f"|pin_field={pin_field}" if pin_field else "")
+    return f"{key}|{suffix}" if key else suffix

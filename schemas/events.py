@@ -125,7 +125,7 @@ def _microseconds(value: Any, handler: ValidatorFunctionWrapHandler) -> datetime
     """A ``ts`` text with more than 6 fractional digits (Go's and Java's nanosecond times have 9)
     is rounded to the microsecond, half up on the 7th digit, as the worker's fast decoder
     (msgspec, ``stream_processors/decode.py``) reads it; pydantic alone would truncate."""
-    ts = handler(value)
+    ts: datetime = handler(value)  # the handler of a datetime field returns one
     if type(value) is str and len(value) > 26 and value[19] == "." and value[20:27].isdigit() and value[26] >= "5":
         try:
             return ts + timedelta(microseconds=1)

@@ -165,6 +165,12 @@ _DECODER = msgspec.json.Decoder(Union[tuple(FAST_KINDS.values())])  # noqa: UP00
 _INT64 = 2**63
 
 
+def id_key(event_id: str) -> int:
+    """A validated event id (a lowercase UUID) as the 128-bit int it spells: what the in-memory
+    id tables keep (44 bytes an id, against 85 for the string)."""
+    return int(event_id.replace("-", ""), 16)
+
+
 def _fast(raw: bytes, now: datetime | None) -> Any:
     """The event, or None when the fast path is not sure (the models then decide)."""
     try:
@@ -202,20 +208,26 @@ def _fast(raw: bytes, now: datetime | None) -> Any:
 # ``":`` occurs once per key written without space before its colon, and more often only if
 # a string contains ``\":``. So with no space before any colon, that count equals the
 # distinct keys exactly when no key repeats; anything else is left to the models.
+# The Struct decode has already succeeded, so every top-level value but ``attributes`` is a
+# scalar: the distinct keys are the top level's and the attributes' (deeper keys only make the
+# count larger, and the models decide).
+# Compact JSON (what the shim and most encoders send) has no whitespace byte at all, which one
+# pass of ``bytes.translate`` shows in about half the time of the regex search it then spares.
 _KEYS = msgspec.json.Decoder(dict[str, Any])
 _SPACED_COLON = re.compile(rb'"[ \t\r\n]+:')
+_WHITESPACE = b" \t\r\n"
 
 
 def _keys_unique(raw: bytes, keys: dict[str, Any]) -> bool:
+    attributes = keys.get("attributes")
     distinct = len(keys)
-    for value in keys.values():
-        if type(value) is dict:
-            if any(type(v) in (dict, list) for v in value.values()):
-                return False
-            distinct += len(value)
-        elif type(value) is list:
+    if attributes is not None:
+        if type(attributes) is not dict:
             return False
-    return raw.count(b'":') == distinct and _SPACED_COLON.search(raw) is None
+        distinct += len(attributes)
+    if raw.count(b'":') != distinct:
+        return False
+    return len(raw.translate(None, _WHITESPACE)) == len(raw) or _SPACED_COLON.search(raw) is None
 
 
 def _plain(attributes: dict[str, Any]) -> bool:

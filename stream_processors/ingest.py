@@ -38,6 +38,7 @@ from .errors import PermanentError, TemporaryError, with_retry
 from .kafka import KafkaClients
 from .pipeline import BatchResult, DeadLetter, Pipeline
 from .ports import KafkaClientFactory, WorkerStore
+from .releases import VersionRow
 
 log = structlog.get_logger(__name__)
 # refusals about one record (its size), not about the broker: the record is sent again smaller
@@ -76,6 +77,23 @@ ALERT_COLUMNS = ("alert_id", "kind", "scope_key", "scope", "severity", "status",
 def alert_row(alert: Alert, now: datetime) -> tuple[object, ...]:
     return (alert.alert_id, str(alert.kind), alert.scope.key(), alert.scope.model_dump_json(exclude_none=True),
             alert.severity, alert.status, alert.first_seen, alert.last_seen, alert.model_dump_json(), now)
+
+
+VERSION_COLUMNS = ("feature", "tenant_id", "dimension", "version", "calls", "share", "role", "incumbent", "verdict",
+                   "started", "decided_at", "calls_new", "calls_old", "metrics", "window_s", "as_of", "recorded_at")
+
+
+def version_row(row: VersionRow, now: datetime) -> tuple[object, ...]:
+    """A ``release_versions`` row: the version's traffic and, for a candidate, its comparison."""
+    comp = row.comparison or {}
+
+    def at(text: str | None) -> datetime | None:
+        return datetime.fromisoformat(text) if text else None
+
+    return (row.feature, row.tenant_id, row.dimension, row.version, row.calls, row.share, row.role,
+            comp.get("old_version", ""), comp.get("verdict", ""), at(comp.get("started")), at(comp.get("decided_at")),
+            comp.get("calls_new", 0), comp.get("calls_old", 0), orjson.dumps(comp.get("metrics", [])).decode(),
+            int(row.window_s), datetime.fromtimestamp(row.as_of, UTC), now)
 
 
 class IngestService:
@@ -119,6 +137,8 @@ class IngestService:
         self.stall_after_s = 60.0  # not working when the last successful poll is older than this
         self._polled_at = float("-inf")
         self._ticked_at = float("-inf")
+        self.versions_interval_s = 5.0  # release comparisons are written at most this often
+        self._versions_at = float("-inf")
 
     async def start(self) -> None:
         await self._restore_detectors()
@@ -211,6 +231,7 @@ class IngestService:
             await self._dead_letter(result, now)
         if result.alerts:
             await self._publish_alerts(result.alerts, now)
+        await self._write_versions(now)
         s = self.stats
         s.batches += 1
         s.events += len(raws)
@@ -282,6 +303,7 @@ class IngestService:
         backfill of old events is left alone); events arriving later with older timestamps are
         judged as usual.
         """
+        await self._write_versions(self.clock())
         mono = time.monotonic()
         if mono - self._ticked_at < 5.0 or self.pipeline.watermark is None:
             return
@@ -290,10 +312,26 @@ class IngestService:
         target = now - timedelta(seconds=self.idle_lag_s)
         if not timedelta(0) < target - self.pipeline.watermark <= timedelta(hours=1):
             return  # not idle, or a backfill far behind the clock: event time is the events' own
-        alerts = self.pipeline.detectors.advance(target)
+        alerts = self.pipeline.detectors.advance(target) + self.pipeline.releases.advance(target)
         if alerts:
             await self._publish_alerts(alerts, now)
             self.stats.alerts += len(alerts)
+
+    async def _write_versions(self, now: datetime) -> None:
+        """The release comparison's view of the groups that took traffic (``GET /v1/versions``),
+        at most every ``versions_interval_s``; a failed write costs a refresh, never the batch."""
+        mono = time.monotonic()
+        if mono - self._versions_at < self.versions_interval_s or self.pipeline.watermark is None:
+            return
+        self._versions_at = mono
+        rows = [version_row(r, now) for r in self.pipeline.releases.versions(self.pipeline.watermark)]
+        if not rows:
+            return
+        try:
+            await self._write("release versions insert",
+                              lambda batch: self.store.insert("release_versions", batch, VERSION_COLUMNS), rows)
+        except (PermanentError, TemporaryError) as exc:
+            log.warning("release_versions_write_failed", rows=len(rows), error=str(exc)[:300])
 
     # ---------------------------------------------------------------- detector state
     # The detectors' baselines (a detector needs minutes of history before it may alert) are

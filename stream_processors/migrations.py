@@ -1,6 +1,6 @@
 """The worker's ClickHouse tables (events, alerts, detector state and the views over them),
-as numbered migrations. Versions are global across packages (the control plane owns 3, 11-14
-and 30-39: ``flyball.control_plane.migrations``); ``ClickHouseStore.migrate`` applies each
+as numbered migrations (the worker's: 1, 2, 10, 20-27, 40, 70, 80). Versions are global across
+packages (the control plane owns 3, 11-14 and 30-39: ``flyball.control_plane.migrations``); ``ClickHouseStore.migrate`` applies each
 version once, in list order, and records it in ``schema_migrations``.
 """
 
@@ -117,5 +117,38 @@ MIGRATIONS: list[tuple[int, str]] = [
         ADD COLUMN IF NOT EXISTS score Nullable(Float64),
         ADD COLUMN IF NOT EXISTS target_event_id String DEFAULT '',
         ADD COLUMN IF NOT EXISTS outcome LowCardinality(String) DEFAULT ''
+    """),
+    # release safety: each live version's traffic in the last hour (event time) per feature
+    # (tenant_id '' when comparisons are feature-wide) and dimension, and for a candidate its
+    # comparison against the incumbent (verdict, per-metric evidence as JSON); the latest
+    # snapshot (in event time) per version wins (GET /v1/versions)
+    (80, """
+    CREATE TABLE IF NOT EXISTS release_versions (
+        feature String,
+        tenant_id String,
+        dimension LowCardinality(String),
+        version String,
+        calls UInt64,
+        share Float64,
+        role LowCardinality(String),
+        incumbent String,
+        verdict LowCardinality(String),
+        started Nullable(DateTime64(3, 'UTC')),
+        decided_at Nullable(DateTime64(3, 'UTC')),
+        calls_new UInt64,
+        calls_old UInt64,
+        metrics String,
+        window_s UInt32,
+        as_of DateTime64(3, 'UTC'),
+        recorded_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(as_of)
+    ORDER BY (feature, tenant_id, dimension, version)
+    """),
+    # the console: a retrieval's result count (0 with status ok = an empty retrieval; NULL for rows
+    # stored before this column) and the caller's user id hash (llm_call, feedback) for top users
+    (70, """
+    ALTER TABLE events
+        ADD COLUMN IF NOT EXISTS results_count Nullable(UInt32),
+        ADD COLUMN IF NOT EXISTS user_id_hash String DEFAULT ''
     """),
 ]

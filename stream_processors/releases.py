@@ -56,6 +56,7 @@ from typing import Any
 
 from flyball.schemas import Alert, AlertKind, Scope
 
+from .decode import id_key
 from .detectors.base import AlertBook, Evidence
 
 DIMENSIONS = ("prompt_version", "model", "config_version")
@@ -417,8 +418,11 @@ class ReleaseComparator:
         self.comparisons: dict[tuple[tuple[str, str], str, str], Comparison] = {}  # (group, dim, new)
         self.finished: list[Comparison] = []
         self._by_request: OrderedDict[tuple[str, str], tuple[tuple[str, str], tuple[str, str, str]]] = OrderedDict()
-        self._by_event: OrderedDict[str, tuple[tuple[str, str], tuple[str, str, str]]] = OrderedDict()
+        # event id (as an int: id_key) -> link; each link is one shared tuple per (group, versions)
+        self._by_event: OrderedDict[int, tuple[tuple[str, str], tuple[str, str, str]]] = OrderedDict()
+        self._links: dict[tuple[tuple[str, str], tuple[str, str, str]], tuple[tuple[str, str], tuple[str, str, str]]] = {}
         self._pending: OrderedDict[tuple[str, str], list[tuple[Any, float]]] = OrderedDict()
+        self._dirty: set[tuple[str, str]] = set()  # groups with traffic since the last ``versions``
 
     # -- input ---------------------------------------------------------------------------------
     def observe(self, events: Iterable[tuple[Any, float | None]]) -> list[Alert]:
@@ -446,6 +450,7 @@ class ReleaseComparator:
         group = self.groups.get(group_key)
         if group is None:
             group = self.groups[group_key] = _Group()
+        self._dirty.add(group_key)
         for dim, value in zip(DIMENSIONS, versions, strict=True):
             if value:
                 totals = group.totals[dim]
@@ -455,10 +460,11 @@ class ReleaseComparator:
                     self._maybe_open(group_key, group, dim, value, t)
                 totals[value] = n + 1
         self._apply_at(event, cost, t, group_key, group, versions, touched)
-        self._remember(self._by_event, event.event_id, (group_key, versions))
+        link = self._link(group_key, versions)
+        self._remember(self._by_event, id_key(event.event_id), link)
         if event.request_id:
             rkey = (event.tenant_id, event.request_id)
-            self._remember(self._by_request, rkey, (group_key, versions))
+            self._remember(self._by_request, rkey, link)
             waiting = self._pending.pop(rkey, None)
             if waiting:
                 for other, _ in waiting:
@@ -467,7 +473,7 @@ class ReleaseComparator:
     def _joined(self, event: Any, touched: dict[Any, bool]) -> None:
         link = None
         if event.event_type == "feedback" and getattr(event, "target_event_id", ""):
-            link = self._by_event.get(event.target_event_id)
+            link = self._by_event.get(id_key(event.target_event_id))
         if link is None and event.request_id:
             link = self._by_request.get((event.tenant_id, event.request_id))
             if link is None:  # its llm_call may come later (a retrieval precedes the model call)
@@ -506,6 +512,17 @@ class ReleaseComparator:
                 elif value == comp.old and t >= comp.started:
                     comp.old_live.add(event, cost, t)
                     touched.setdefault(key, False)
+
+    def _link(self, group_key: tuple[str, str], versions: tuple[str, str, str]) -> tuple[tuple[str, str], tuple[str, str, str]]:
+        """The one shared tuple for this (group, versions): the join tables hold references, not
+        a tuple and its strings per event (about 450 bytes an event less at ``max_joins``)."""
+        link = (group_key, versions)
+        shared = self._links.get(link)
+        if shared is None:
+            if len(self._links) >= self.params.max_joins:
+                self._links.clear()  # bounded; the tables keep the links they hold
+            shared = self._links[link] = link
+        return shared
 
     def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
         table[key] = value
@@ -584,6 +601,54 @@ class ReleaseComparator:
     def report(self) -> list[dict[str, Any]]:
         """The comparisons open now and the last finished ones (newest first)."""
         return [c.report() for c in list(self.comparisons.values()) + self.finished[::-1]]
+
+    def versions(self, watermark: datetime, *, window_s: float = 3600.0) -> list[VersionRow]:
+        """One row per (group, dimension, version) of the groups that took traffic since the last
+        call (then forgotten until they take traffic again): the version's calls in the
+        ``window_s`` before ``watermark`` and its share of the dimension, and, for a candidate, its
+        comparison against the incumbent (verdict and per-metric evidence). What the worker
+        persists for ``GET /v1/versions``."""
+        w = watermark.timestamp()
+        lo = int((w - window_s) // 60)
+        latest: dict[tuple[tuple[str, str], str, str], Comparison] = {}
+        incumbents: dict[tuple[tuple[str, str], str, str], Comparison] = {}
+        for comp in [*self.finished, *self.comparisons.values()]:  # open ones last: they win
+            latest[(comp.group, comp.dimension, comp.new)] = comp
+            incumbents[(comp.group, comp.dimension, comp.old)] = comp
+        rows = []
+        for group_key in sorted(self._dirty):
+            group = self.groups.get(group_key)
+            if group is None:
+                continue
+            for dim in DIMENSIONS:
+                calls = {v: group.since(dim, v, lo).calls for v in group.totals[dim]}
+                total = sum(calls.values())
+                for value, n in sorted(calls.items()):
+                    candidate = latest.get((group_key, dim, value))
+                    role = "candidate" if candidate is not None else (
+                        "incumbent" if (group_key, dim, value) in incumbents else "")
+                    rows.append(VersionRow(
+                        tenant_id=group_key[0], feature=group_key[1], dimension=dim, version=value, calls=n,
+                        share=n / total if total else 0.0, role=role, as_of=w, window_s=window_s,
+                        comparison=candidate.report() if candidate is not None else None))
+        self._dirty.clear()
+        return rows
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    """One version's traffic (and, for a candidate, its comparison) in one group."""
+
+    tenant_id: str  # "" when comparisons are feature-wide
+    feature: str
+    dimension: str
+    version: str
+    calls: int
+    share: float
+    role: str  # candidate | incumbent | "" (the only version, or never compared)
+    as_of: float  # event time (seconds) of the snapshot
+    window_s: float
+    comparison: dict[str, Any] | None
 
 
 def _config_version(event: Any) -> str:

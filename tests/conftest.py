@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import UTC, datetime
 
@@ -50,3 +51,13 @@ def broker_address(name: str) -> str:
 def bootstrap(request: pytest.FixtureRequest) -> str:
     """The bootstrap address of each real broker in turn."""
     return broker_address(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaks(request: pytest.FixtureRequest) -> object:
+    """Collect garbage after every test that opens sockets, processes or files, so an object it leaked
+    raises its ResourceWarning (an error, see pyproject) in that test rather than in whichever later
+    test happens to trigger a collection. Unit tests are pure and many: they skip the collection."""
+    yield
+    if "tests/unit/" not in request.node.nodeid:
+        gc.collect()

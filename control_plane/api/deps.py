@@ -4,13 +4,14 @@ No `from __future__ import annotations` in the route modules: FastAPI must resol
 signatures, which refer to dependencies built at run time.
 """
 
+import functools
 import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +26,7 @@ from ..policy import Policies
 from ..state import AlertMarks, ControlState
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,6 +56,12 @@ class Deps:
     async def query(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         store = self.the_store()
         return await store.run(store.query, sql, params)
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(store.query, *args, **kwargs)`` on the store's ClickHouse thread (the reads of
+        :mod:`control_plane.queries`)."""
+        store = self.the_store()
+        return await store.run(functools.partial(fn, store.query, *args, **kwargs))
 
     def persisted(self) -> ControlState:
         if self.state is None:
@@ -128,6 +136,13 @@ def tenant_scope(p: Principal, tenant_id: str | None) -> str | None:
     if tenant_id is not None and tenant_id != p.tenant_id:
         raise HTTPException(403, "this key is bound to a different tenant")
     return p.tenant_id
+
+
+def aware(value: datetime, name: str) -> datetime:
+    """A time a request gave, in UTC; one without a UTC offset is refused (422 naming ``name``)."""
+    if value.tzinfo is None:
+        raise HTTPException(422, f"{name}: needs a UTC offset (e.g. 2026-03-01T00:00:00Z)")
+    return value.astimezone(UTC)
 
 
 def as_utc(value: datetime) -> datetime:

@@ -27,11 +27,9 @@ from flyball.stream_processors.pricing import entry_to_dict
 from ..auth import Principal, Role
 from ..escaping import csv_text
 from ..finance import Finance, budget_status
-from .deps import Auth, Deps, actor, as_utc, dec_text, ordered, tenant_scope
-
-DIMENSIONS = ("tenant_id", "feature", "provider", "model", "prompt_version", "service_tier")
-TIME_BUCKETS = {"hour": "toStartOfHour(ts)", "day": "toDate(ts)", "month": "toStartOfMonth(ts)"}
-GROUPABLE = (*DIMENSIONS, *TIME_BUCKETS)
+from ..queries import GROUPABLE, SPEND_COLUMNS, TIME_BUCKETS
+from ..queries import spend as spend_query
+from .deps import Auth, Deps, actor, as_utc, aware, dec_text, ordered, tenant_scope
 
 
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
@@ -62,12 +60,6 @@ class RepriceBody(BaseModel):
         return self
 
 
-def _aware(value: datetime, name: str) -> datetime:
-    if value.tzinfo is None:
-        raise HTTPException(422, f"{name}: needs a UTC offset (e.g. 2026-03-01T00:00:00Z)")
-    return value.astimezone(UTC)
-
-
 def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
     holder: list[Finance] = []
 
@@ -84,6 +76,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         p: Annotated[Principal, Depends(auth.require(Role.FINANCE, Role.SRE))],
         tenant_id: str | None = None, feature: str | None = None, provider: str | None = None,
         model: str | None = None, prompt_version: str | None = None, service_tier: str | None = None,
+        environment: str | None = None,
         from_: Annotated[PlausibleTime | None, Query(alias="from")] = None,
         to: PlausibleTime | None = None,
         group_by: Annotated[list[str] | None, Query()] = None,
@@ -97,32 +90,13 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
             if g not in GROUPABLE:
                 raise HTTPException(422, f"group_by: unknown value {g[:40]!r} (one of {', '.join(GROUPABLE)})")
         groups = list(dict.fromkeys(groups))
-        where, params = ["event_type = 'llm_call'"], dict[str, Any]()
-        filters = (("tenant_id", tenant), ("feature", feature), ("provider", provider), ("model", model),
-                   ("prompt_version", prompt_version), ("service_tier", service_tier))
-        for name, value in filters:
-            if value is not None:
-                where.append(f"{name} = {{{name}:String}}")
-                params[name] = value
-        if from_ is not None:
-            where.append("ts >= {from_ts:DateTime64(3, 'UTC')}")
-            params["from_ts"] = _aware(from_, "from")
-        if to is not None:
-            where.append("ts < {to_ts:DateTime64(3, 'UTC')}")
-            params["to_ts"] = _aware(to, "to")
-        cols = [f"toString({TIME_BUCKETS[g]}) AS {g}" if g in TIME_BUCKETS else g for g in groups]
-        select = ", ".join([*cols, "count() AS events", "toString(sumOrNull(cost_usd)) AS cost_usd",
-                            "countIf(unpriced = 1) AS unpriced_events", "countIf(late = 1) AS late_events"])
-        sql = f"SELECT {select} FROM events FINAL WHERE {' AND '.join(where)}"
-        if groups:
-            sql += f" GROUP BY {', '.join(groups)} ORDER BY {', '.join(groups)}"
-        # duplicates share (tenant, day, event_id), hence a month partition: FINAL need not merge across partitions
-        sql += " SETTINGS do_not_merge_across_partitions_select_final = 1"
-        rows = await deps.query(sql, params)
-        names = [*groups, "events", "cost_usd", "unpriced_events", "late_events"]
+        filters = {"tenant_id": tenant, "feature": feature, "provider": provider, "model": model,
+                   "prompt_version": prompt_version, "service_tier": service_tier, "environment": environment}
+        rows = await deps.read(spend_query, filters, groups, from_ts=None if from_ is None else aware(from_, "from"),
+                               to_ts=None if to is None else aware(to, "to"))
+        names = [*groups, *SPEND_COLUMNS]
         items = []
-        for row in rows:
-            item = dict(zip(names, row, strict=True))
+        for item in rows:
             if not groups and int(item["events"]) == 0:
                 continue
             item["cost_usd"] = dec_text(item["cost_usd"])
@@ -150,7 +124,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         """End-of-period spend per tenant with a confidence interval (median/Theil-Sen daily
         rate, robust to a single spike day). ``at`` defaults to now."""
         tenant = tenant_scope(p, tenant_id)
-        now = _aware(at, "at") if at is not None else datetime.now(UTC)
+        now = aware(at, "at") if at is not None else datetime.now(UTC)
         start, end = period_bounds(period, now)
         daily = await asyncio.to_thread(fin().daily_spend, tenant_id=tenant, start=start, end=now)
         if tenant is not None:
@@ -246,7 +220,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
     async def reprice(body: RepriceBody,
                       p: Annotated[Principal, Depends(auth.require(Role.ADMIN, global_only=True))]) -> dict[str, Any]:
         """Recompute stored costs in [from, to) with the current catalog; history in ``reprices``."""
-        start, end = _aware(body.from_, "from"), _aware(body.to, "to")
+        start, end = aware(body.from_, "from"), aware(body.to, "to")
         if end <= start:
             raise HTTPException(422, "to: must be after from")
         summary = await asyncio.to_thread(fin().reprice, start=start, end=end, actor=actor(p), provider=body.provider,

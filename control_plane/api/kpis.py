@@ -19,14 +19,8 @@ from ..auth import Principal, Role
 from ..kpi_rollup import KPIRollup
 from ..kpis import CSV_HEADER, Span, csv_rows, kpis
 from ..report import build, month_bounds
-from .deps import Auth, Deps, tenant_scope
+from .deps import Auth, Deps, aware, tenant_scope
 from .slos import RegistryHolder
-
-
-def _aware(value: datetime, name: str) -> datetime:
-    if value.tzinfo is None:
-        raise HTTPException(422, f"{name}: needs a UTC offset (e.g. 2026-11-01T00:00:00Z)")
-    return value.astimezone(UTC)
 
 
 def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
@@ -63,8 +57,8 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         store()
         tenant = tenant_scope(p, tenant_id)
         now = datetime.now(UTC)
-        start = _aware(from_, "from") if from_ is not None else datetime(now.year, now.month, 1, tzinfo=UTC)
-        end = _aware(to, "to") if to is not None else now
+        start = aware(from_, "from") if from_ is not None else datetime(now.year, now.month, 1, tzinfo=UTC)
+        end = aware(to, "to") if to is not None else now
         if end <= start:
             raise HTTPException(422, "to: must be after from")
         if end - start > (datetime(2000, 12, 31, tzinfo=UTC) - datetime(2000, 1, 1, tzinfo=UTC)):

@@ -2,13 +2,14 @@
 admin; versioned and audited like the policies) and their version history."""
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 
 from ..auth import Principal, Role
-from ..slo import SHIPPED_SLOS_TEXT, SLOs, dump_slos, load_slos
+from ..slo import EVERY, SHIPPED_SLOS_TEXT, SLOs, dump_slos, load_slos
 from ..slo_live import SLORegistry
 from .deps import Auth, Deps, actor
 
@@ -37,9 +38,14 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
     app.state.slo_registry = holder  # the KPI routes read the same SLOs
 
     @app.get("/v1/slos", tags=["sre"])
-    async def slos(_: Annotated[Principal, Depends(auth.require(Role.SRE, Role.FINANCE))]) -> dict[str, Any]:
-        """The SLOs in force (``PUT /v1/slos`` as admin to change them)."""
-        return dump_slos((await holder.get()).current)
+    async def slos(p: Annotated[Principal, Depends(auth.require(Role.SRE, Role.FINANCE))]) -> dict[str, Any]:
+        """The SLOs in force (``PUT /v1/slos`` as admin to change them). A key bound to a tenant
+        sees those that apply to it: all tenants', every tenant's (``"*"``) and its own."""
+        current = (await holder.get()).current
+        if p.tenant_id is not None:
+            current = dataclasses.replace(current, slos=tuple(s for s in current.slos
+                                                               if s.tenant_id in (None, EVERY, p.tenant_id)))
+        return dump_slos(current)
 
     @app.put("/v1/slos", tags=["admin"])
     async def put_slos(request: Request,

@@ -5,21 +5,19 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import Body, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from flyball.schemas.events import PlausibleTime
 from flyball.schemas import MAX_BURST, MAX_CHAIN, MAX_MODEL, MAX_RATE, MAX_TTL_S, ActionKind, Alert, Directive, DirectiveState, Scope
 
+from .. import queries
 from ..auth import Principal, Role
 from ..policy import Action
 from ..policy_file import dump_policies
 from ..state import Mark, utc
 from .deps import Auth, Deps, actor, ordered, tenant_scope
 
-ACTION_COLUMNS = ["action_id", "at", "decision", "directive_id", "scope_key", "tenant_id", "alert_id",
-                  "policy_id", "actor", "reason", "before", "after", "evidence"]
 WEEK_S = 7 * 86_400
 
 
@@ -47,6 +45,9 @@ class CreateDirective(BaseModel):
                                                                                 max_length=MAX_CHAIN)
     reason: str = Field(default="", max_length=1000)
     pinned: bool = False
+    # pin_version: the dimension to pin and the version guard() hands back for it
+    pin_field: Literal["prompt_version", "model", "config_version"] | None = None
+    pin_value: str | None = Field(default=None, min_length=1, max_length=MAX_MODEL)
 
 
 def known_models(deps: Deps) -> frozenset[str]:
@@ -77,27 +78,16 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
     ) -> list[dict[str, Any]]:
         """Alerts, newest first, each with its acknowledgement and silence (if any)."""
         tenant = tenant_scope(p, tenant_id)
-        where: list[str] = ["1"]
-        params: dict[str, Any] = {"limit": limit}
-        for name, value in (("status", status), ("kind", kind), ("severity", severity)):
-            if value:
-                where.append(f"{name} = {{{name}:String}}")
-                params[name] = value
-        if tenant:
-            where.append("JSONExtractString(scope, 'tenant_id') = {tenant:String}")
-            params["tenant"] = tenant
-        sql = (f"SELECT body, kind, scope_key FROM alerts FINAL WHERE {' AND '.join(where)} "
-               "ORDER BY last_seen DESC LIMIT {limit:UInt32}")
+        found = await deps.read(queries.alerts, limit=limit, status=status, kind=kind, severity=severity, tenant_id=tenant)
         at = now()
-        out = [deps.marks.annotate(orjson.loads(body), alert_key=f"{k}|{key}", now=at)
-               for body, k, key in await deps.query(sql, params)]
+        out = [deps.marks.annotate(body, alert_key=key, now=at) for body, key in found]
         if acknowledged is not None:
             out = [a for a in out if (a["acknowledged_by"] is not None) == acknowledged]
         return out
 
     async def find_alert(alert_id: str, p: Principal) -> Alert:
-        rows = await deps.query("SELECT body FROM alerts FINAL WHERE alert_id = {id:String} LIMIT 1", {"id": alert_id})
-        found = Alert.model_validate_json(rows[0][0]) if rows else None
+        body = await deps.read(queries.alert_body, alert_id)
+        found = Alert.model_validate_json(body) if body is not None else None
         if found is None or (p.tenant_id is not None and found.scope.tenant_id != p.tenant_id):
             raise HTTPException(404, "no alert with this id")
         return found
@@ -177,6 +167,13 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
             raise HTTPException(422, "to_model: a reroute needs a target model")
         if body.action == ActionKind.DISABLE_TOOL and not body.scope.tool_name:
             raise HTTPException(422, "scope.tool_name: disable_tool needs a tool")
+        if body.action == ActionKind.PIN_VERSION and (body.pin_field is None or body.pin_value is None):
+            raise HTTPException(422, f"{'pin_field' if body.pin_field is None else 'pin_value'}: "
+                                "pin_version needs the dimension to pin and its value")
+        if body.action != ActionKind.PIN_VERSION and (body.pin_field is not None or body.pin_value is not None):
+            raise HTTPException(422, "pin_field: only a pin_version takes pin_field and pin_value")
+        if body.action == ActionKind.PIN_VERSION and body.scope.version_field not in (None, body.pin_field):
+            raise HTTPException(422, "scope.version_field: must be absent or equal pin_field")
         if body.scope.tenant_id is None and body.scope.request_id is None and p.role != Role.ADMIN:
             raise HTTPException(403, "scope.tenant_id: a directive on every tenant needs an admin key")
         if body.action == ActionKind.REROUTE:
@@ -189,7 +186,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
             directive_id=str(uuid.uuid4()), action=body.action, scope=body.scope, rate_per_s=body.rate_per_s,
             burst=body.burst, to_model=body.to_model, chain=body.chain, created_at=at,
             expires_at=at + timedelta(seconds=body.ttl_s), reason=body.reason or "manual", actor=actor(p),
-            pinned=body.pinned)
+            pinned=body.pinned, pin_field=body.pin_field, pin_value=body.pin_value)
         return answer(await loop().create(directive), "")
 
     @app.post("/v1/directives/{directive_id}/revert", tags=["sre"])
@@ -234,31 +231,11 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         """The audit log, newest first: one row per decision, with evidence and before/after."""
         ordered(from_, to)
         tenant = tenant_scope(p, tenant_id)
-        where: list[str] = ["1"]
-        params: dict[str, Any] = {"limit": limit}
-        for name, value in (("tenant_id", tenant), ("decision", decision), ("directive_id", directive_id),
-                            ("alert_id", alert_id), ("actor", actor_)):
-            if value:
-                where.append(f"{name} = {{{name}:String}}")
-                params[name] = value
-        if policy_id:
-            where.append("(policy_id = {policy_id:String} OR startsWith(policy_id, {policy_prefix:String}))")
-            params |= {"policy_id": policy_id, "policy_prefix": policy_id + "@"}
-        if from_ is not None:
-            where.append("at >= {from_ts:DateTime64(3, 'UTC')}")
-            params["from_ts"] = from_
-        if to is not None:
-            where.append("at < {to_ts:DateTime64(3, 'UTC')}")
-            params["to_ts"] = to
-        sql = (f"SELECT {', '.join(ACTION_COLUMNS)} FROM actions WHERE {' AND '.join(where)} "
-               "ORDER BY at DESC, action_id LIMIT {limit:UInt32}")
-        out = []
-        for row in await deps.query(sql, params):
-            item = dict(zip(ACTION_COLUMNS, row, strict=True))
+        filters = {"tenant_id": tenant, "decision": decision, "directive_id": directive_id, "alert_id": alert_id,
+                   "actor": actor_}
+        out = await deps.read(queries.actions, filters, limit=limit, policy_id=policy_id, from_ts=from_, to_ts=to)
+        for item in out:
             item["at"] = _iso(item["at"])
-            for name in ("before", "after", "evidence"):
-                item[name] = orjson.loads(item[name]) if item[name] else None
-            out.append(item)
         return out
 
     # ------------------------------------------------------------------ policies (read)

@@ -27,7 +27,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import orjson
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
@@ -39,7 +39,7 @@ from flyball.stream_processors.forecast import forecast as forecast_spend
 from ..api.deps import dec_text
 from ..auth import Principal, Role
 from ..state import utc
-from . import queries
+from . import live, queries
 from .session import COOKIE, Session, Sessions, csrf_ok
 
 LOGIN_COOKIE = "flyball_login"
@@ -48,10 +48,11 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 TABLE_MAX = 200  # rows of a spend table on screen (top by cost); the CSV link says when there are more
 PAGES = (("health", "Health", (Role.SRE,)), ("incidents", "Incidents", (Role.SRE,)),
          ("control", "Control", (Role.SRE,)), ("spend", "Spend", (Role.FINANCE, Role.SRE)),
-         ("requests", "Request", (Role.SRE,)))
+         ("versions", "Versions", (Role.SRE,)), ("requests", "Request", (Role.SRE,)))
 ALERT_ACTIONS = {"ack", "silence"}
 DIRECTIVE_ACTIONS = {"revert", "pin", "extend", "approve", "reject"}
-SPEND_GROUPS = ("tenant_id", "feature", "model", "provider", "prompt_version", "day")
+VERSION_DIMENSIONS = ("prompt_version", "model", "config_version")
+SPEND_GROUPS = ("tenant_id", "feature", "model", "provider", "prompt_version", "environment", "day")
 
 
 class ConsoleError(Exception):
@@ -154,12 +155,15 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         return await deps.store.run(fn, *args)
 
     # ------------------------------------------------------------------ sessions
-    def session_of(request: Request) -> Session | None:
-        s = sessions.get(request.cookies.get(COOKIE), now=clock())
+    def session_of_sid(sid: str | None) -> Session | None:
+        s = sessions.get(sid, now=clock())
         if s is not None and auth.keys.lookup(s.key) is None:  # the key was revoked: so is the session
             sessions.close(s.sid)
             return None
         return s
+
+    def session_of(request: Request) -> Session | None:
+        return session_of_sid(request.cookies.get(COOKIE))
 
     def same_origin(request: Request) -> bool:
         fetch_site = request.headers.get("sec-fetch-site")
@@ -392,10 +396,11 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
     @app.get("/ui/control", include_in_schema=False)
     @page("control")
     async def control(request: Request, s: Session, api: Api) -> Response:
-        directives, policies = await asyncio.gather(api.get("/v1/directives", {"state": "all"}), api.get("/v1/policies"))
+        directives, policies, dry, changes = await asyncio.gather(
+            api.get("/v1/directives", {"state": "all"}), api.get("/v1/policies"),
+            api.get("/v1/actions", {"decision": "dry_run", "limit": 50}),
+            api.get("/v1/actions", {"decision": "policies_updated", "limit": 5}))
         now = now_dt()
-        dry = await api.get("/v1/actions", {"decision": "dry_run", "limit": 50})
-        changes = await api.get("/v1/actions", {"decision": "policies_updated", "limit": 5})
         scopes: dict[str, list[dict[str, Any]]] = {}
         for d in _with_ttl(directives, now):
             key = ", ".join(f"{k}={v}" for k, v in d["scope"].items() if v) or "(global)"
@@ -414,23 +419,23 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         if by not in ("model", "feature"):
             raise ValueError("by: one of model, feature")
         prev_start = f.start - timedelta(seconds=f.seconds)
-        rows_now = await q_sync(queries.spend_rows, f, [group])
-        rows_before = await q_sync(queries.spend_rows, f, [group], start=prev_start, end=f.start)
         tenant_args = {"tenant_id": f.tenant_id} if f.tenant_id else None
-        budgets = await api.get("/v1/budgets", tenant_args)
-        forecast = await month_forecast(f)
+        rows_now, rows_before, budgets, forecast, split, users = await asyncio.gather(
+            q_sync(queries.spend_rows, f, [group]),
+            q_sync(queries.spend_rows, f, [group], start=prev_start, end=f.start),
+            api.get("/v1/budgets", tenant_args), month_forecast(f),
+            q_sync(queries.tokens_split, f, cache_saving(f.end)), q_sync(queries.top_users, f))
         total = sum((Decimal(r["cost_usd"]) for r in rows_now), Decimal(0))
         body = {"total_usd": dec_text(total), "events": sum(int(r["events"]) for r in rows_now), "rows": rows_now}
         rows = sorted(rows_now, key=lambda r: (-Decimal(r["cost_usd"]), str(r[group])))
         movers = queries.top_movers(rows_now, rows_before, group) if group != "day" else []
-        split = await q_sync(queries.tokens_split, f, cache_saving(f.end))
         unpriced = [m for m in split["models"] if m["unpriced_calls"]]
         args = filter_args(request, s)
         csv_args = {**args, "group_by": group, "end": f.end.isoformat()}
         calls = int(body["events"])
         return render(request, s, "spend.html", "spend", body=body, rows=rows[:TABLE_MAX], n_rows=len(rows),
                       group=group, groups=SPEND_GROUPS, by=by, movers=movers, budgets=budgets,
-                      forecast=forecast, split=split, unpriced=unpriced, args=args, csv_args=csv_args,
+                      forecast=forecast, split=split, unpriced=unpriced, users=users, args=args, csv_args=csv_args,
                       ranges=list(queries.RANGES), f=f,
                       avg_cost=(Decimal(body["total_usd"]) / calls) if calls else None,
                       dims=[d for d in queries.FILTERS if not (d == "tenant_id" and s.principal.tenant_id)])
@@ -469,6 +474,26 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         text = queries.spend_csv(await q_sync(queries.spend_rows, f, groups), groups)
         name = f"flyball-spend-{group}-{f.start:%Y%m%dT%H%M}-{f.end:%Y%m%dT%H%M}.csv"
         return Response(text, media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/ui/versions", include_in_schema=False)
+    @page("versions")
+    async def versions_page(request: Request, s: Session, api: Api) -> Response:
+        """The release comparison: ``GET /v1/versions`` itself (its query, roles and tenant
+        binding), grouped per feature and dimension for the page."""
+        qp = request.query_params
+        chosen = {n: (qp.get(n) or "").strip() or None for n in ("feature", "dimension", "tenant_id")}
+        if chosen["dimension"] is not None and chosen["dimension"] not in VERSION_DIMENSIONS:
+            raise ValueError(f"dimension: one of {', '.join(VERSION_DIMENSIONS)}")
+        scope = {"tenant_id": chosen["tenant_id"]} if chosen["tenant_id"] else None
+        everything, body = await asyncio.gather(
+            api.get("/v1/versions", scope), api.get("/v1/versions", {k: v for k, v in chosen.items() if v}))
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for v in body["versions"]:
+            groups.setdefault((v["feature"], v["dimension"]), []).append(v)
+        features = sorted({str(v["feature"]) for v in everything["versions"]}
+                          | ({chosen["feature"]} if chosen["feature"] else set()))
+        return render(request, s, "versions.html", "versions", body=body, groups=groups, features=features,
+                      dimensions=VERSION_DIMENSIONS, chosen=chosen, ago=lambda v: _ago(v, now_dt()))
 
     @app.get("/ui/requests", include_in_schema=False)
     @page("requests")
@@ -531,6 +556,30 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         data["baseline"], data["threshold"] = _num(alert.baseline), _num(alert.threshold)
         data["per_window"] = alert.window_s
         return as_json(data)
+
+    versions = live.LiveVersions(q)
+
+    @app.get("/ui/live", include_in_schema=False)
+    async def live_stream(request: Request) -> Response:
+        """Server-sent events: which live part of the pages changed (same session, roles and
+        tenant scope as the pages; the page polls instead when this answers an error)."""
+        s = session_of(request)
+        if s is None:
+            return Response(b'{"detail":"log in first"}', 401, media_type="application/json")
+        if not nav(s.principal):
+            return Response(b'{"detail":"role may not see this"}', 403, media_type="application/json")
+        if deps.store is None:
+            return Response(b'{"detail":"no ClickHouse store in this process"}', 503, media_type="application/json")
+        if versions.streams >= live.MAX_STREAMS:
+            return Response(b'{"detail":"too many live streams: polling"}', 503, media_type="application/json")
+        sid = s.sid
+
+        def alive() -> bool:
+            return session_of_sid(sid) is not None
+
+        body = live.stream(versions, s.principal.tenant_id, alive=alive)
+        return StreamingResponse(body, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/ui/data/suggest", include_in_schema=False)
     @feed("")

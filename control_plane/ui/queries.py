@@ -28,32 +28,50 @@ log = structlog.get_logger(__name__)
 
 Query = Callable[[str, dict[str, Any]], Sequence[Sequence[Any]]]
 
-FILTERS = ("tenant_id", "feature", "provider", "model", "prompt_version")
+FILTERS = ("tenant_id", "feature", "provider", "model", "prompt_version", "environment")
 RANGES: dict[str, int] = {"15m": 900, "1h": 3600, "6h": 21_600, "24h": 86_400, "7d": 604_800, "30d": 2_592_000}
 TOP_N = 8  # series on a stacked chart; the rest is "other"
 
 _ROLLUP_SELECT = (
     "SELECT tenant_id, toStartOfMinute(ts) AS minute, event_type, feature, provider, model, prompt_version, status, "
     "category, count(), countIf(unpriced = 1), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
-    "sum(cache_write_tokens), sum(ifNull(cost_usd, toDecimal128(0, 12))), quantileTDigestState(0.95)(latency_ms), "
-    "now64(3), service_tier, countIf(late = 1) FROM events FINAL WHERE {where} "
-    "GROUP BY tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier")
+    "sum(cache_write_tokens), sum(ifNull(cost_usd, toDecimal128(0, 12))), quantileBFloat16State(0.95)(latency_ms), "
+    "now64(3), service_tier, countIf(late = 1), environment, "
+    "quantileBFloat16StateIf(0.95)(ifNull(ttft_ms, 0), status = 'ok' AND stream = 1 AND isNotNull(ttft_ms)), "
+    "countIf(event_type = 'retrieval' AND status = 'ok' AND results_count = 0) FROM events FINAL WHERE {where} "
+    "GROUP BY tenant_id, minute, event_type, feature, provider, model, prompt_version, status, category, service_tier, "
+    "environment")
 
 
 _TIER_SELECT = (
     "SELECT tenant_id, {bucket}(minute) AS b, event_type, feature, provider, model, prompt_version, status, category, "
     "sum(events), sum(unpriced_events), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
-    "sum(cache_write_tokens), sum(cost_usd), quantileTDigestMergeState(0.95)(latency_p95), now64(3), service_tier, "
-    "sum(late_events) FROM {source} FINAL WHERE minute >= {{lo:DateTime('UTC')}} AND (tenant_id, {bucket}(minute)) IN "
+    "sum(cache_write_tokens), sum(cost_usd), quantileBFloat16MergeState(0.95)(latency_p95), now64(3), service_tier, "
+    "sum(late_events), environment, quantileBFloat16MergeState(0.95)(ttft_p95), sum(empty_retrievals) "
+    "FROM {source} FINAL WHERE minute >= {{lo:DateTime('UTC')}} AND (tenant_id, {bucket}(minute)) IN "
     "(SELECT DISTINCT tenant_id, {bucket}(m) FROM ({dirty})) "
-    "GROUP BY tenant_id, b, event_type, feature, provider, model, prompt_version, status, category, service_tier")
+    "GROUP BY tenant_id, b, event_type, feature, provider, model, prompt_version, status, category, service_tier, "
+    "environment")
+
+# top users: each (tenant, day) that received rows, recomputed whole from events FINAL
+_USER_SELECT = (
+    "SELECT tenant_id, user_id_hash, d, n, failed, usd, row_number() OVER (PARTITION BY tenant_id, d "
+    "ORDER BY usd DESC, user_id_hash), {{at:DateTime64(3, 'UTC')}} FROM (SELECT tenant_id, user_id_hash, toDate(ts) AS d, count() AS n, "
+    "countIf(status != 'ok') AS failed, sum(ifNull(cost_usd, toDecimal128(0, 12))) AS usd FROM events FINAL "
+    "WHERE event_type = 'llm_call' AND user_id_hash != '' AND ts >= {{lo:DateTime('UTC')}} "
+    "AND (tenant_id, toDate(ts)) IN (SELECT DISTINCT tenant_id, toDate(m) FROM ({dirty})) "
+    "GROUP BY tenant_id, user_id_hash, d)")
+_USER_TOP = ("SELECT tenant_id, day, user_id_hash, cost_usd, computed_at FROM console_user_day "
+             "WHERE day >= {lo:Date} AND computed_at = {at:DateTime64(3, 'UTC')} AND day_rank <= {k:UInt64}")
+USER_CANDIDATES = 100  # a range's top users are looked for among each tenant-day's 100 costliest
 
 
 def refresh_rollup(store: Any, since: datetime) -> int:
     """Recompute the console's rollups for every (tenant, minute) that received rows since
     ``since``: ``console_minute`` from ``events FINAL``, then the hours and days around those
     minutes from the tier below (``console_hour``, ``console_day``: exact sums, merged latency
-    digests). Run on the store's ClickHouse thread. Returns the (tenant, minute) pairs."""
+    digests), and the users' spend of the days around them (``console_user_day``). Run on the
+    store's ClickHouse thread. Returns the (tenant, minute) pairs."""
     dirty = ("SELECT DISTINCT tenant_id, toStartOfMinute(ts) AS m FROM events "
              "WHERE ingested_at >= {since:DateTime64(3, 'UTC')}")
     lo = store.query(f"SELECT min(m), count() FROM ({dirty})", {"since": since})
@@ -67,13 +85,17 @@ def refresh_rollup(store: Any, since: datetime) -> int:
                                          ("console_day", "console_hour", "toStartOfDay", _day(low))):
         store.command(f"INSERT INTO {table} " + _TIER_SELECT.format(bucket=bucket, source=source, dirty=dirty),
                       {"since": since, "lo": start})
+    at = datetime.now(UTC)  # one version for both user tables: the top list is read from this round's rows
+    store.command("INSERT INTO console_user_day " + _USER_SELECT.format(dirty=dirty),
+                  {"since": since, "lo": _day(low), "at": at})
+    store.command("INSERT INTO console_user_top " + _USER_TOP, {"lo": _day(low).date(), "at": at, "k": USER_CANDIDATES})
     return int(lo[0][1])
 
 
 def mark_complete(store: Any, since: datetime) -> None:
     """Every row ingested before ``since`` is in the rollups (the refresh that started then has
     finished): exact spend may read them for (tenant, day) pairs with no row ingested since."""
-    store.insert("console_rollup_state", [[since]], ["complete_since"])
+    store.insert("console_rollup_mark", [[since]], ["complete_since"])
 
 
 def _hour(t: datetime) -> datetime:
@@ -89,11 +111,11 @@ async def rollup_loop(store: Any, interval_s: float) -> None:
     the previous round (with a 10 s overlap for rows inserted while it ran)."""
     since = datetime(1970, 1, 1, tzinfo=UTC)
     try:  # after a restart, go on from where the rollups were complete
-        found = await store.run(store.query, "SELECT max(complete_since), count() FROM console_rollup_state", {})
+        found = await store.run(store.query, "SELECT max(complete_since), count() FROM console_rollup_mark", {})
         if found and found[0][1]:
             since = _utc(found[0][0])
     except Exception as exc:  # noqa: BLE001 - without the mark, rebuild from the start
-        log.warning("console_rollup_state_unreadable", error=str(exc)[:300])
+        log.warning("console_rollup_mark_unreadable", error=str(exc)[:300])
     while True:
         started = datetime.now(UTC)
         try:
@@ -120,6 +142,7 @@ class Filters:
     provider: str | None = None
     model: str | None = None
     prompt_version: str | None = None
+    environment: str | None = None
     range: str = "1h"
     end: datetime = field(default_factory=lambda: datetime.now(UTC))
     begin: datetime | None = None  # an explicit start (e.g. a calendar month) instead of the range
@@ -179,10 +202,10 @@ def health(q: Query, f: Filters) -> dict[str, Any]:
     where, params = f.where()
     b = _bucket(f)
     rows = q(f"SELECT {b} AS t, event_type, status, category, sum(events), sum(input_tokens + output_tokens), "
-             f"toFloat64(sum(cost_usd)) FROM {f.table} FINAL WHERE {where} "
+             f"toFloat64(sum(cost_usd)), sum(empty_retrievals) FROM {f.table} FINAL WHERE {where} "
              "GROUP BY t, event_type, status, category ORDER BY t", params)
-    lat = q(f"SELECT {b} AS t, quantileTDigestMerge(0.95)(latency_p95) FROM {f.table} FINAL "
-            f"WHERE {where} AND event_type = 'llm_call' GROUP BY t ORDER BY t", params)
+    lat = q(f"SELECT {b} AS t, quantileBFloat16Merge(0.95)(latency_p95), quantileBFloat16Merge(0.95)(ttft_p95) "
+            f"FROM {f.table} FINAL WHERE {where} AND event_type = 'llm_call' GROUP BY t ORDER BY t", params)
     axis = _axis(f)
     per_min = f.step_s / 60
     calls: dict[int, float] = {}
@@ -193,10 +216,13 @@ def health(q: Query, f: Filters) -> dict[str, Any]:
     cost: dict[int, float] = {}
     safety: dict[str, dict[int, float]] = {}
     retrieval_failed: dict[int, float] = {}
-    for t, etype, status, category, n, toks, usd in rows:
+    outcomes: dict[str, dict[int, float]] = {"successful": {}, "failed": {}}
+    for t, etype, status, category, n, toks, usd, empty in rows:
         t, n = int(t), float(n)
         if etype == "llm_call":
             calls[t] = calls.get(t, 0) + n
+            side = outcomes["successful" if status == "ok" else "failed"]
+            side[t] = side.get(t, 0) + n / per_min
             tokens[t] = tokens.get(t, 0) + float(toks) / per_min
             cost[t] = cost.get(t, 0) + float(usd) / per_min
             klass = {"error": "provider_error", "timeout": "timeout", "rate_limited": "rate_limited"}.get(status)
@@ -208,9 +234,12 @@ def health(q: Query, f: Filters) -> dict[str, Any]:
                 classes["tool_error"][t] = classes["tool_error"].get(t, 0) + n
         elif etype == "retrieval":
             retrievals[t] = retrievals.get(t, 0) + n
-            if status != "ok":  # results_count is not stored: an empty result with status ok is not seen here
+            if status != "ok":
                 classes["retrieval_error"][t] = classes["retrieval_error"].get(t, 0) + n
-                retrieval_failed[t] = retrieval_failed.get(t, 0) + n
+            if empty:  # status ok with results_count 0
+                classes["empty_retrieval"][t] = classes["empty_retrieval"].get(t, 0) + float(empty)
+            if status != "ok" or empty:  # failed or came back empty
+                retrieval_failed[t] = retrieval_failed.get(t, 0) + (n if status != "ok" else float(empty))
         elif etype == "safety_trigger":
             cat = category or "other"
             safety.setdefault(cat, {})[t] = safety.setdefault(cat, {}).get(t, 0) + n / per_min
@@ -221,21 +250,26 @@ def health(q: Query, f: Filters) -> dict[str, Any]:
         return {t: 100.0 * num.get(t, 0) / d for t, d in den.items() if d}
 
     denominators = {"provider_error": calls, "timeout": calls, "rate_limited": calls, "tool_error": tools,
-                    "retrieval_error": retrievals, "safety_block": calls}
-    latency = {int(t): float(v) for t, v in lat if v == v}  # NaN when a bucket has no calls
+                    "retrieval_error": retrievals, "empty_retrieval": retrievals, "safety_block": calls}
+    latency = {int(t): float(v) for t, v, _ in lat if v == v}  # NaN when a bucket has no calls
+    ttft = {int(t): float(v) for t, _, v in lat if v == v}  # NaN when a bucket has no streamed call
     return {
         "axis": axis, "step_s": f.step_s,
         "charts": {
             "latency": {"unit": "ms", "title": "p95 latency of LLM calls",
                         "series": {"p95 latency": _series(axis, latency)}},
+            "ttft": {"unit": "ms", "title": "p95 time to first token (successful streamed calls)",
+                     "series": {"p95 TTFT": _series(axis, ttft)}},
+            "outcomes": {"unit": "calls/min", "title": "successful vs failed LLM calls",
+                         "series": {k: _series(axis, v) for k, v in outcomes.items()}},
             "errors": {"unit": "%", "title": "error rate by class",
                        "series": {ERROR_CLASSES[k]: _series(axis, rate(v, denominators[k])) for k, v in classes.items()}},
             "tokens": {"unit": "tokens/min", "title": "tokens per minute", "series": {"tokens": _series(axis, tokens)}},
             "cost": {"unit": "USD/min", "title": "cost per minute", "series": {"cost": _series(axis, cost)}},
             "safety": {"unit": "triggers/min", "title": "safety triggers by category",
                        "series": {c: _series(axis, v) for c, v in sorted(safety.items())}},
-            "retrieval": {"unit": "%", "title": "retrieval failure rate",
-                          "series": {"failed": _series(axis, rate(retrieval_failed, retrievals))}},
+            "retrieval": {"unit": "%", "title": "retrieval failure rate (errors or empty results)",
+                          "series": {"failed or empty": _series(axis, rate(retrieval_failed, retrievals))}},
         },
         "totals": {"llm_calls": int(sum(calls.values())), "tool_calls": int(sum(tools.values())),
                    "retrievals": int(sum(retrievals.values()))},
@@ -243,7 +277,8 @@ def health(q: Query, f: Filters) -> dict[str, Any]:
 
 
 ERROR_CLASSES = {"provider_error": "provider errors", "timeout": "timeouts", "rate_limited": "rate limits",
-                 "tool_error": "tool errors", "retrieval_error": "retrieval errors", "safety_block": "safety blocks"}
+                 "tool_error": "tool errors", "retrieval_error": "retrieval errors",
+                 "empty_retrieval": "empty retrievals", "safety_block": "safety blocks"}
 
 
 def markers(q: Query, f: Filters) -> list[dict[str, Any]]:
@@ -304,7 +339,8 @@ def tokens_split(q: Query, f: Filters, cache_saving: Callable[[str, str, int], D
     return {"models": out, "cache_saving_usd": saving}
 
 
-SPEND_GROUPS = ("tenant_id", "feature", "provider", "model", "prompt_version", "service_tier", "day", "month")
+SPEND_GROUPS = ("tenant_id", "feature", "provider", "model", "prompt_version", "service_tier", "environment", "day",
+                "month")
 _SPEND_BUCKETS = {"day": "toDate({t})", "month": "toStartOfMonth({t})"}
 
 
@@ -321,7 +357,7 @@ def spend_rows(q: Query, f: Filters, groups: Sequence[str], *, start: datetime |
     lo, hi = start or f.start, end or f.end
     first_day = _day(lo) if _day(lo) == lo else _day(lo) + timedelta(days=1)
     last_day = _day(hi)  # exclusive: [first_day, last_day) are whole days inside [lo, hi)
-    wm = q("SELECT max(complete_since), count() FROM console_rollup_state", {})
+    wm = q("SELECT max(complete_since), count() FROM console_rollup_mark", {})
     params: dict[str, Any] = {"lo": lo, "hi": hi, "d0": first_day, "d1": last_day}
     filt = []
     for name in FILTERS:
@@ -410,6 +446,36 @@ def top_movers(rows_now: Sequence[dict[str, Any]], rows_before: Sequence[dict[st
     return moves[:n]
 
 
+def top_users(q: Query, f: Filters, n: int = 10) -> dict[str, Any]:
+    """The ``n`` users (``user_id_hash`` of their LLM calls) that cost most in the UTC days the
+    range touches, always as top-N (there may be millions of users): candidates are ranked by
+    what they cost on the days they were among their tenant's ``USER_CANDIDATES`` costliest
+    (``console_user_top``, a small table), then the shown calls and cost are each candidate's
+    exact sums over all those days (``console_user_day`` by primary key, each event once).
+    Within the tenant scope; the other filters do not apply."""
+    first, last = f.start.date(), (f.end - timedelta(microseconds=1)).date()
+    params: dict[str, Any] = {"d0": first, "d1": last, "n": n, "c": 3 * n}
+    tenant = ""
+    if f.tenant_id:
+        tenant = " AND tenant_id = {t:String}"
+        params["t"] = f.tenant_id
+    days = "day >= {d0:Date} AND day <= {d1:Date}" + tenant
+    found = q(f"SELECT tenant_id, user_id_hash FROM console_user_top FINAL WHERE {days} "
+              "GROUP BY tenant_id, user_id_hash ORDER BY sum(cost_usd) DESC, tenant_id, user_id_hash "
+              "LIMIT {c:UInt32}", params)
+    rows: Sequence[Sequence[Any]] = []
+    if found:
+        params["cands"] = [(str(t), str(u)) for t, u in found]
+        rows = q(f"SELECT tenant_id, user_id_hash, sum(events), sum(failed_events), sum(cost_usd) FROM console_user_day "
+                 f"FINAL WHERE {days} AND (tenant_id, user_id_hash) IN {{cands:Array(Tuple(String, String))}} "
+                 "GROUP BY tenant_id, user_id_hash ORDER BY sum(cost_usd) DESC, tenant_id, user_id_hash "
+                 "LIMIT {n:UInt32}", params)
+    users = [{"tenant_id": str(t), "user_id_hash": str(u), "calls": int(c), "failed_calls": int(x),
+              "cost_usd": _dec_text(usd)} for t, u, c, x, usd in rows]
+    return {"first_day": first.isoformat(), "last_day": last.isoformat(), "users": users,
+            "candidates": USER_CANDIDATES}
+
+
 def request_chain(q: Query, ident: str, tenant_id: str | None, limit: int = 500) -> list[dict[str, Any]]:
     """Every event of one request or trace (by ``request_id`` or ``trace_id``), oldest first;
     ids, fields, tokens, cost, latency and status, never text."""
@@ -488,7 +554,7 @@ def alert_series(q: Query, scope: dict[str, Any], metric: str, first_seen: datet
         params["s_category"] = scope["category"]
         expr, unit, etype = "toFloat64(sum(events))", "triggers/min", "safety_trigger"
     elif "latency" in m:
-        expr, unit, etype = "quantileTDigestMerge(0.95)(latency_p95)", "ms (p95)", "llm_call"
+        expr, unit, etype = "quantileBFloat16Merge(0.95)(latency_p95)", "ms (p95)", "llm_call"
     elif "error" in m or "fail" in m:
         expr, unit, etype = "100 * sumIf(events, status != 'ok') / sum(events)", "% failed", ""
     else:

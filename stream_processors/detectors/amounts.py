@@ -54,11 +54,14 @@ class AmountParams:
 class _Series:
     newest: int
     absorbed: int                # the newest window folded into the baseline
-    windows: dict[int, list[Any]] = field(default_factory=dict)  # w -> [amount, peak, calls seen]
+    windows: dict[int, list[Any]] = field(default_factory=dict)  # w -> [amount, peak, calls]
     mean: float = 0.0            # EWMA of the amount per window (not bias-corrected)
     sq: float = 0.0              # EWMA of its square
     weight: float = 0.0          # 1 - decay**n: the bias correction
     history: int = 0             # windows absorbed
+    calls: float = 0.0           # EWMA of the calls per window (same decay and weight as ``mean``)
+    spread: float = 0.0          # EWMA, over windows with calls, of (amount - calls x per-call mean)^2 / calls
+    spread_weight: float = 0.0   # its weight (the sum of the decays of those windows)
     scope_key: str | None = None  # derived
 
 
@@ -98,9 +101,9 @@ class AmountSpikeDetector:
             text = s.scope_key = self.scope_of(key).key()
         return text
 
-    def observe_at(self, key: str, window: int, amount: Decimal | int, peak: Decimal | int, first_ts: datetime,
-                   last_ts: datetime, event_ids: list[str], suppressed: Callable[[], bool] | None = None
-                   ) -> Alert | None:
+    def observe_at(self, key: str, window: int, amount: Decimal | int, peak: Decimal | int, calls_in: int,
+                   first_ts: datetime, last_ts: datetime, event_ids: list[str],
+                   suppressed: Callable[[], bool] | None = None) -> Alert | None:
         p = self.params
         longest = p.spans[-1]
         s = self.state.get(key)
@@ -110,12 +113,12 @@ class AmountSpikeDetector:
             return None  # too late to be evidence of anything current (still counted in spend)
         acc = s.windows.get(window)
         if acc is None:
-            s.windows[window] = [amount, peak, len(event_ids)]
+            s.windows[window] = [amount, peak, calls_in]
         else:
             acc[0] += amount
             if peak > acc[1]:
                 acc[1] = peak
-            acc[2] += len(event_ids)
+            acc[2] += calls_in
         if window > s.newest:
             s.newest = window
             self._absorb(s, key)
@@ -142,34 +145,51 @@ class AmountSpikeDetector:
                     if top > peaks[j]:
                         peaks[j] = top
                     calls[j] += n
-        best: tuple[float, int, float, float] | None = None
+        # per call: the usual amount of one call and its variance, from the windows' residuals
+        per_call = s.mean / s.calls if s.calls > 0 else 0.0
+        phi_call = s.spread / s.spread_weight / per_call if s.spread_weight > 0 and per_call > 0 else 0.0
+        best: tuple[float, int, float, float, bool] | None = None
         for j, span in enumerate(spans):
             if calls[j] < sens.min_events:
                 continue
             total = float(sums[j])
             judged = total - float(peaks[j]) if p.leave_one_out else total
+            # per unit of time: the amount against the span's usual amount (a flood of calls,
+            # pricier calls, bigger calls alike)
             mu = span * m
-            if judged < sens.min_ratio * mu:
-                continue
-            pval = tail_p(judged / phi, sens.null_ratio * mu / phi)
-            if pval < sens.p_value and (best is None or pval < best[0]):
-                best = (pval, j, judged, mu)
+            if judged >= sens.min_ratio * mu:
+                pval = tail_p(judged / phi, sens.null_ratio * mu / phi)
+                if pval < sens.p_value and (best is None or pval < best[0]):
+                    best = (pval, j, judged, mu, False)
+            # per call: the amount against what the span's calls usually amount to (bigger or
+            # pricier calls, whatever the traffic: a busy hour or a burst of calls is not this)
+            if sens.call_ratio and phi_call > 0:
+                n = calls[j] - 1 if p.leave_one_out else calls[j]
+                expected = n * per_call
+                if n > 0 and judged >= sens.call_ratio * expected:
+                    pval = tail_p(judged / phi_call, sens.call_null * expected / phi_call)
+                    if pval < sens.p_value and (best is None or pval < best[0]):
+                        best = (pval, j, judged, expected, True)
         if best is None:
             return None
         if suppressed is not None and not self.book.is_open(self.kind, self._text(s, key)) and suppressed():
             return None
-        pval, j, judged, mu = best
+        pval, j, judged, mu, by_call = best
         span = spans[j]
+        floor = sens.call_ratio if by_call else sens.min_ratio
         ratio = judged / mu
         scope = self.scope_of(key)
         observed = sums[j]
+        usual = (f"{ratio:.1f}x what its {calls[j]} calls usually use ({mu:.6g})" if by_call
+                 else f"{ratio:.1f}x its usual {mu:.6g}")
         ev = Evidence(
-            severity="critical" if ratio >= 3 * sens.min_ratio else "warning", metric=self.metric,
-            observed=str(observed), baseline=fmt(mu), threshold=fmt(sens.min_ratio * mu),
-            score=ratio / sens.min_ratio, p_value=pval, window_s=span * BASE_WINDOW_S,
+            severity="critical" if ratio >= 3 * floor else "warning",
+            metric=self.metric.replace("_window", "_call") if by_call else self.metric,
+            observed=str(observed), baseline=fmt(mu), threshold=fmt(floor * mu),
+            score=ratio / floor, p_value=pval, window_s=span * BASE_WINDOW_S,
             first_ts=first_ts.timestamp(), last_ts=last_ts.timestamp(), event_ids=list(event_ids),
             summary=f"{scope.key()} used {observed} {self.unit} in the last {span * BASE_WINDOW_S}s, "
-                    f"{ratio:.1f}x its usual {mu:.6g} (without its largest call; p={pval:.2g})",
+                    f"{usual} (without its largest call; p={pval:.2g})",
         )
         return self.book.fire(self.kind, scope, ev, confirm=sens.confirmations(pval), confirm_s=sens.confirm_s)
 
@@ -189,12 +209,18 @@ class AmountSpikeDetector:
         else:
             done = sorted(w for w in windows if w <= upto)
         for w in done:
-            a = float(s.windows.pop(w)[0])
+            a_w, _, n = s.windows.pop(w)
+            a = float(a_w)
             if learn:
                 gap = w - last  # the empty windows since the last one, then this one
                 d = decay ** gap
+                if n and s.calls > 0:  # residual against the per-call mean learned so far
+                    r = a - n * s.mean / s.calls
+                    s.spread = s.spread * d + r * r / n
+                    s.spread_weight = s.spread_weight * d + 1.0
                 s.mean = s.mean * d + (1 - decay) * a
                 s.sq = s.sq * d + (1 - decay) * a * a
+                s.calls = s.calls * d + (1 - decay) * n
                 s.weight = 1.0 - (1.0 - s.weight) * d  # every window, empty or not, weighs 1 - decay
                 s.history += gap
             last = w
@@ -204,6 +230,9 @@ class AmountSpikeDetector:
                 d = decay ** gap
                 s.mean *= d
                 s.sq *= d
+                s.calls *= d
+                s.spread *= d
+                s.spread_weight *= d
                 s.weight = 1.0 - (1.0 - s.weight) * d
                 s.history += gap
             last = upto
@@ -215,7 +244,7 @@ class AmountSpikeDetector:
 
     def snapshot(self) -> list[Any]:
         return [[k, s.newest, s.absorbed, {str(w): [str(a), str(t), n] for w, (a, t, n) in s.windows.items()},
-                 s.mean, s.sq, s.weight, s.history] for k, s in self.state.items()]
+                 s.mean, s.sq, s.weight, s.history, s.calls, s.spread, s.spread_weight] for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
         self.state = {}
@@ -227,10 +256,12 @@ class AmountSpikeDetector:
         tenant here); their open alerts stay with the replica that opened them. The number taken."""
         num = Decimal if self.unit == "USD" else int
         taken = 0
-        for k, newest, absorbed, windows, mean, sq, weight, history in data:
+        for k, newest, absorbed, windows, mean, sq, weight, history, *per_call in data:
             if k in self.state or not owns(k.split(KEY_SEP, 1)[0]):
                 continue
+            # a snapshot from before the per-call baseline: that baseline starts empty
+            calls, spread, spread_weight = per_call or (0.0, 0.0, 0.0)
             self.state[k] = _Series(newest, absorbed, {int(w): [num(a), num(t), n] for w, (a, t, n) in windows.items()},
-                                    mean, sq, weight, history)
+                                    mean, sq, weight, history, calls, spread, spread_weight)
             taken += 1
         return taken

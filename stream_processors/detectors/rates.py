@@ -106,13 +106,14 @@ class BinomialParams:
               0.3-point wobble that is significant but not actionable; ``confirm`` abnormal windows.
     """
 
-    spans: tuple[int, ...] = (6, 30, 90)
+    spans: tuple[int, ...] = (6, 30, 90, 360)
     half_life_windows: float = 360.0
     prior_rate: float = 0.02
     prior_n: float = 20.0
+    prior_fleet_n: float = 200.0
     min_delta: float = 0.02
     min_history_n: float = 30.0
-    min_history: int = 360
+    min_history: int = 720
 
 
 @dataclass(slots=True)
@@ -140,6 +141,18 @@ class BinomialRateDetector(_ScopedDetector):
     params: BinomialParams = field(default_factory=BinomialParams)
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _RateState] = field(default_factory=dict)
+    # the sums of every scope's decayed baseline (calls, then failures per class): the fleet's
+    # share, the prior of a young scope (derived: recomputed on restore and eviction)
+    fleet: list[float] = field(default_factory=list)
+
+    def prior(self) -> float:
+        """The prior failure share (all classes) of a scope: the fleet's (every scope of this
+        detector pooled) once it has ``prior_fleet_n`` calls, else ``prior_rate``."""
+        p = self.params
+        fleet = self.fleet
+        if fleet and fleet[0] >= p.prior_fleet_n:
+            return sum(fleet[1:]) / fleet[0]
+        return p.prior_rate
 
     def observe(self, key: tuple[str, ...], window: int, counts: list[int], first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
@@ -171,6 +184,8 @@ class BinomialRateDetector(_ScopedDetector):
         sens = self.sensitivity.of(self.kind)
         least = sens.min_events
         young = s.base_n < p.min_history_n or newest - s.since < p.min_history
+        if young and (not self.fleet or self.fleet[0] < p.prior_fleet_n):
+            return None  # cold start with nothing to compare against: no verdict
         bar = sens.p_value ** 2 if young else sens.p_value  # cold start: overwhelming evidence only
         best: tuple[float, int, float, float, int, int, int] | None = None
         for span in dict.fromkeys(p.spans):  # each span once, in order (as the dict of sums was)
@@ -186,18 +201,19 @@ class BinomialRateDetector(_ScopedDetector):
             else:
                 sums = _sum_above(windows, width, newest - span)
             n, *ks = sums
-            if max(ks) < least:
+            k = sum(ks)
+            if k < least:
                 continue
-            for i, k in enumerate(ks):
-                if k < least:
-                    continue
-                p0 = (s.base_k[i] + p.prior_rate * p.prior_n) / (s.base_n + p.prior_n)
-                limit = max(p0 + p.min_delta, sens.min_ratio * p0)
-                if k / n < limit:
-                    continue
-                pval = float(binom.sf(k - 1, n, min(0.5, sens.null_ratio * p0)))
-                if pval < bar and (best is None or pval < best[0]):
-                    best = (pval, i, p0, limit, k, n, span)
+            # the failures of every class together against the scope's usual failure share (one
+            # test, not one per class: a class's own share can be tiny, and three classes would
+            # be three chances of a fluke); the alert names the class with the most failures
+            p0 = (sum(s.base_k) + self.prior() * p.prior_n) / (s.base_n + p.prior_n)
+            limit = max(p0 + p.min_delta, sens.min_ratio * p0)
+            if k / n < limit:
+                continue
+            pval = float(binom.sf(k - 1, n, min(0.5, sens.null_ratio * p0)))
+            if pval < bar and (best is None or pval < best[0]):
+                best = (pval, ks.index(max(ks)), p0, limit, k, n, span)
         if best is None:
             return None
         pval, i, p0, limit, k, n, span = best
@@ -208,8 +224,8 @@ class BinomialRateDetector(_ScopedDetector):
             severity="critical" if rate >= p0 + 0.25 else "warning", metric=f"{cls}_rate",
             observed=fmt(rate), baseline=fmt(p0), threshold=fmt(limit), score=rate / limit, p_value=pval,
             window_s=span * BASE_WINDOW_S, first_ts=first_ts, last_ts=last_ts, event_ids=event_ids,
-            summary=f"{scope.key()}: {k} of {n} {cls} in the last {span * BASE_WINDOW_S}s "
-                    f"({rate:.1%}, baseline {p0:.2%}, p={pval:.2g})",
+            summary=f"{scope.key()}: {k} of {n} failed in the last {span * BASE_WINDOW_S}s, most of them "
+                    f"{cls} ({rate:.1%}, baseline {p0:.2%}, p={pval:.2g})",
         )
         return self.book.fire(self.kind, scope, ev, confirm=sens.confirmations(pval), confirm_s=sens.confirm_s)
 
@@ -228,9 +244,27 @@ class BinomialRateDetector(_ScopedDetector):
                 for i, c in enumerate(counts):
                     totals[i] -= c
             if learn:
-                s.base_n = s.base_n * decay + counts[0]
+                fleet = self.fleet or self._refleet()
+                new = s.base_n * decay + counts[0]
+                fleet[0] += new - s.base_n
+                s.base_n = new
                 for i in range(len(s.base_k)):
-                    s.base_k[i] = s.base_k[i] * decay + counts[i + 1]
+                    new = s.base_k[i] * decay + counts[i + 1]
+                    fleet[i + 1] += new - s.base_k[i]
+                    s.base_k[i] = new
+
+    def _refleet(self) -> list[float]:
+        fleet = [0.0] * (len(self.classes) + 1)
+        for s in self.state.values():
+            fleet[0] += s.base_n
+            for i, k in enumerate(s.base_k):
+                fleet[i + 1] += k
+        self.fleet = fleet
+        return fleet
+
+    def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
+        _ScopedDetector.evict(self, newest_window, idle_windows)
+        self._refleet()
 
     def snapshot(self) -> list[Any]:
         return [[list(k), s.newest, _windows_out(s.windows), s.base_n, s.base_k, s.since]
@@ -239,6 +273,7 @@ class BinomialRateDetector(_ScopedDetector):
     def restore(self, data: list[Any]) -> None:
         self.state = {tuple(k): _RateState(newest, _windows_in(windows), base_n, list(base_k), since)
                       for k, newest, windows, base_n, base_k, since in data}
+        self._refleet()
 
 
 # ---------------------------------------------------------------------------------- poisson
@@ -254,21 +289,24 @@ class PoissonParams:
               the Gamma-Poisson posterior mean rate. A new scope starts at ``prior_rate`` (one
               trigger an hour) worth ``prior_windows`` (5 minutes) of evidence, and its own history
               takes over as it grows; a quiet scope's rate is its own, not a fixed floor; a scope
-              is judged at the kind's ``p_value`` ``min_history`` windows (1 hour) after its first
-              trigger; before (cold start), only on overwhelming evidence (p < ``p_value`` squared:
-              a never-seen feature that suddenly fires a dozen triggers a minute);
-    test      exact one-sided Poisson test of each span's count k (the last 1, 5 and 15 minutes)
-              against mu = span x lambda: P(X >= k | mu) < the kind's ``p_value``;
+              is judged at the kind's ``p_value`` ``min_history`` windows (2 hours: an hour of
+              baseline beyond the longest span) after its first trigger; before (cold start), only
+              its last minute, against its whole life before that minute, on overwhelming
+              evidence (p < ``p_value`` squared: a never-seen feature that suddenly fires a dozen
+              triggers a minute, not one whose usual rate is still unknown);
+    test      exact one-sided Poisson test of each span's count k (the last 1, 5, 15 and 60
+              minutes) against ``null_ratio`` x mu, mu = span x lambda: P(X >= k) < the kind's
+              ``p_value``;
     floors    k >= the kind's ``min_events`` and k >= ``min_ratio`` x mu (``Sensitivity``);
               ``ceiling`` (per 60 s) alerts whatever the baseline, for a scope whose baseline has
               itself grown unacceptable.
     """
 
-    spans: tuple[int, ...] = (6, 30, 90)
+    spans: tuple[int, ...] = (6, 30, 90, 360)
     half_life_windows: float = 360.0
     prior_rate: float = 1 / 360
     prior_windows: float = 30.0
-    min_history: int = 360
+    min_history: int = 720
     ceiling: int | None = 120
 
 
@@ -313,12 +351,22 @@ class PoissonBurstDetector(_ScopedDetector):
             s.newest = window
             self._absorb(s, key)
         sens = self.sensitivity.of(self.kind, key[0])
-        bar = sens.p_value if s.history >= p.min_history else sens.p_value ** 2  # cold start: overwhelming only
-        lam = self.rate(s)
         newest = s.newest
+        if s.history >= p.min_history:
+            bar, lam, spans = sens.p_value, self.rate(s), p.spans
+        else:
+            # cold start: no baseline beyond the spans yet. Only the last minute is judged, against
+            # the scope's whole life before it (its windows still in the spans count), and only on
+            # overwhelming evidence: a feature that suddenly fires a dozen triggers a minute, not
+            # one whose usual rate is still unknown
+            first = p.spans[0]
+            before = s.count + sum(x for w, x in s.windows.items() if w <= newest - first)
+            exposure = s.exposure + max(0, min(s.history, p.spans[-1]) - first)
+            bar, spans = sens.p_value ** 2, p.spans[:1]
+            lam = (before + p.prior_rate * p.prior_windows) / (exposure + p.prior_windows)
         best: tuple[float, int, float, int] | None = None
         ceiling = False
-        for span in p.spans:
+        for span in spans:
             k = sum(x for w, x in s.windows.items() if w > newest - span)
             mu = span * lam
             if span == p.spans[0] and p.ceiling is not None and k >= p.ceiling:

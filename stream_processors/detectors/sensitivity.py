@@ -52,6 +52,8 @@ class Sensitivity:
     null_ratio: float = 1.0
     confirm: int = 2
     confirm_s: float = 300.0
+    call_ratio: float = 0.0   # amounts only: floor of the amount per call (x usual); 0 = not judged per call
+    call_null: float = 1.0    # amounts only: what the per-call test rules out (x usual)
 
     def merged(self, overrides: Mapping[str, Any]) -> Sensitivity:
         known = {f.name for f in fields(self)}
@@ -64,6 +66,8 @@ class Sensitivity:
             raise ValueError(f"detection settings: p_value must be in (0, 1), got {out.p_value}")
         if out.min_ratio < 1 or out.null_ratio < 1 or out.min_events < 1 or out.confirm < 1 or out.confirm_s <= 0:
             raise ValueError("detection settings: min_ratio >= 1, min_events >= 1, confirm >= 1, confirm_s > 0")
+        if (out.call_ratio and out.call_ratio < 1) or out.call_null < 1:
+            raise ValueError("detection settings: call_ratio is 0 (off) or >= 1, call_null >= 1")
         return out
 
     def confirmations(self, p_value: float | None) -> int:
@@ -78,12 +82,12 @@ class Sensitivity:
 # 2.5x the usual, a safety-trigger rate at least 3x, a p95 at least 1.5x (latency keeps its own
 # +250 ms floor). A runaway request is judged by its own floors (RunawayParams), not tested.
 DEFAULTS: dict[str, Sensitivity] = {
-    "cost_spike": Sensitivity(min_ratio=2.5, min_events=4, null_ratio=1.5),
-    "token_spike": Sensitivity(min_ratio=2.5, min_events=4, null_ratio=1.5),
-    "error_rate": Sensitivity(min_ratio=2.5, min_events=3),
-    "tool_failure": Sensitivity(min_ratio=2.5, min_events=3),
-    "retrieval_failure": Sensitivity(min_ratio=2.5, min_events=3),
-    "safety_burst": Sensitivity(min_ratio=3.0, min_events=3),
+    "cost_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
+    "token_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
+    "error_rate": Sensitivity(min_ratio=2.0, min_events=3),
+    "tool_failure": Sensitivity(min_ratio=2.0, min_events=3),
+    "retrieval_failure": Sensitivity(min_ratio=2.0, min_events=3),
+    "safety_burst": Sensitivity(min_ratio=3.0, min_events=3, null_ratio=2.0),
     "latency": Sensitivity(p_value=1e-6, min_ratio=1.5, min_events=12),
     "runaway_loop": Sensitivity(confirm=1),
 }

@@ -33,7 +33,7 @@ _ZERO = Decimal(0)
 LLM_FAILURES = ("error", "timeout", "rate_limited")
 _FAILURE_SLOT = {status: 1 + i for i, status in enumerate(LLM_FAILURES)}  # models[...] index of its count
 # where each BatchWindows list's ids end (ids start after the fixed fields)
-_USAGE_IDS_END = 6 + MAX_IDS
+_USAGE_IDS_END = 7 + MAX_IDS
 _MODEL_IDS_END = 8 + MAX_IDS
 _TOOL_IDS_END = 5 + MAX_IDS
 _SAFETY_IDS_END = 3 + MAX_IDS
@@ -47,7 +47,7 @@ _CACHE_LIMIT_S = 2**33
 class BatchWindows:
     """One batch's events summed per (scope, 10 s window). Flat lists, not objects, for speed:
 
-    usage[(tenant, feature, w)]        = [cost, tokens, first, last, max cost, max tokens, *ids]
+    usage[(tenant, feature, w)]        = [cost, tokens, first, last, max cost, max tokens, calls, *ids]
     requests[(tenant, feature, rid)]   = i: r_calls[i], r_tokens[i], r_first[i], r_last[i]; the ids of
                                          request i are r_ids[j] for each j with r_owner[j] == i
     models[(provider, model, w)]       = [calls, errors, timeouts, rate_limited, latencies, ttfts, first, last, *ids]
@@ -140,13 +140,14 @@ class BatchWindows:
             u = usage.get(key)
             if u is None:
                 c = cost if cost is not None else _ZERO
-                usage[key] = [c, tokens, ts, ts, c, tokens, eid]
+                usage[key] = [c, tokens, ts, ts, c, tokens, 1, eid]
             else:
                 if cost is not None:
                     u[0] += cost
                     if cost > u[4]:
                         u[4] = cost
                 u[1] += tokens
+                u[6] += 1
                 if tokens > u[5]:
                     u[5] = tokens
                 if ts < u[2]:
@@ -367,7 +368,7 @@ class Detectors:
             tenant, _, w = k
             x = tenants.get((tenant, w))
             if x is None:
-                tenants[(tenant, w)] = [u[0], u[1], u[2], u[3], u[4], u[5], u[6:]]
+                tenants[(tenant, w)] = [u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7:]]
             else:
                 x[0] += u[0]
                 x[1] += u[1]
@@ -379,11 +380,12 @@ class Detectors:
                     x[4] = u[4]
                 if u[5] > x[5]:
                     x[5] = u[5]
-                if len(x[6]) < MAX_IDS:
-                    x[6] = x[6] + u[6:6 + MAX_IDS - len(x[6])]
+                x[6] += u[6]
+                if len(x[7]) < MAX_IDS:
+                    x[7] = x[7] + u[7:7 + MAX_IDS - len(x[7])]
         for (tenant, w), x in tenants.items():
             for det, amount, peak in ((self.cost, x[0], x[4]), (self.tokens, x[1], x[5])):
-                alert = det.observe_at(tenant, w, amount, peak, x[2], x[3], x[6])
+                alert = det.observe_at(tenant, w, amount, peak, x[6], x[2], x[3], x[7])
                 if alert is not None:
                     out.append(alert)
         for k in keys:
@@ -394,7 +396,7 @@ class Detectors:
             key = tenant + KEY_SEP + feature
             for det, parent, amount, peak in ((self.cost_feature, self.cost, u[0], u[4]),
                                               (self.tokens_feature, self.tokens, u[1], u[5])):
-                alert = det.observe_at(key, w, amount, peak, u[2], u[3], u[6:],
+                alert = det.observe_at(key, w, amount, peak, u[6], u[2], u[3], u[7:],
                                        suppressed=lambda parent=parent, tenant=tenant: parent.is_open(tenant))
                 if alert is not None:
                     out.append(alert)

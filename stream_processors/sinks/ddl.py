@@ -29,7 +29,7 @@ from typing import Final
 # the event-time column each table ages by
 TIME_COLUMNS: Final = {
     "events": "ts", "alerts": "last_seen", "actions": "at", "spend_minute": "minute", "price_changes": "at",
-    "reprices": "at", "alert_marks": "at", "webhook_deliveries": "at",
+    "reprices": "at", "alert_marks": "at", "webhook_deliveries": "at", "release_versions": "as_of",
 }
 _CREATE_TABLE = re.compile(
     r"^\s*CREATE TABLE IF NOT EXISTS (?P<name>\w+)\s*(?P<columns>\(.*\))\s*ENGINE\s*=\s*(?P<engine>\w+)"
@@ -67,6 +67,8 @@ def transform(sql: str, options: DdlOptions) -> list[str]:
         return _create_table(m, options, on)
     if m := _ALTER.match(sql):
         local = m["name"] + options.local_suffix
+        if m["rest"].lstrip().startswith("ADD INDEX"):  # a data-skipping index belongs to the stored table only
+            return [f"ALTER TABLE {local}{on}{m['rest']}"]
         return [f"ALTER TABLE {local}{on}{m['rest']}", f"ALTER TABLE {m['name']}{on}{m['rest']}"]
     if m := _CREATE_VIEW.match(sql):
         return [f"CREATE {m['kind']} IF NOT EXISTS {m['name']}{on}{m['rest']}"]

@@ -56,8 +56,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     env.pop("FLYBALL_KAFKA_BOOTSTRAP", None)
     env.pop("FLYBALL_CLICKHOUSE_URL", None)
     log = tmp / "up.log"
-    proc = subprocess.Popen([sys.executable, "-m", "flyball.control_plane.cli", "up", "--data-dir", str(tmp / "d")],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with log.open("w") as out:  # the child has its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "flyball.control_plane.cli", "up", "--data-dir", str(tmp / "d")],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     traffic = None
     try:
@@ -67,13 +68,13 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             time.sleep(0.2)
         match = re.search(r"Kafka bootstrap: (\S+)", log.read_text())
         assert match, log.read_text()
-        admin = httpx.Client(base_url=url, headers={"Authorization": "Bearer k-console-admin"}, timeout=15)
         keys = {}
-        for name, body in {"sre": {"role": "sre"}, "finance": {"role": "finance"},
-                           "acme": {"role": "sre", "tenant_id": "acme", "name": "acme on-call"}}.items():
-            r = admin.post("/v1/keys", json=body)
-            assert r.status_code == 201, r.text
-            keys[name] = r.json()["key"]
+        with httpx.Client(base_url=url, headers={"Authorization": "Bearer k-console-admin"}, timeout=15) as admin:
+            for name, body in {"sre": {"role": "sre"}, "finance": {"role": "finance"},
+                               "acme": {"role": "sre", "tenant_id": "acme", "name": "acme on-call"}}.items():
+                r = admin.post("/v1/keys", json=body)
+                assert r.status_code == 201, r.text
+                keys[name] = r.json()["key"]
         traffic = Traffic(match.group(1))
         traffic.backfill(minutes=80)  # the detectors judge a scope after an hour of its own history
         traffic.start()
@@ -86,6 +87,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +127,17 @@ def test_sre_watches_an_alert_appear_opens_it_and_reverts_its_directive(browser:
     page = login(browser, console, console.keys["sre"])
     assert "/ui/health" in page.url
     expect(page.locator("#chart-latency canvas")).to_be_visible(timeout=20_000)  # uPlot drew the chart
+    for chart in ("ttft", "outcomes", "retrieval"):  # streamed calls' TTFT, ok vs failed, failed or empty retrievals
+        expect(page.locator(f"#chart-{chart} canvas")).to_be_visible()
+    ttft = page.request.get(console.url + "/ui/data/health?range=1h").json()["charts"]["ttft"]["series"]["p95 TTFT"]
+    assert [v for v in ttft if v is not None], "streamed calls have a p95 TTFT"
     shot(page, "health-1280")
     page.get_by_role("link", name="Incidents").click()
     page.wait_for_url(re.compile("/ui/incidents"))
     # a marker in the window object survives only if the page is never reloaded
     page.evaluate("window.notReloaded = true")
+    # live updates come from the server-sent event stream, not from polling
+    expect(page.locator("body")).to_have_attribute("data-live-mode", "stream", timeout=15_000)
     expect(page.get_by_role("link", name="cost_spike")).to_have_count(0)
     console.traffic.spike("globex")
     try:
@@ -170,7 +178,7 @@ def test_sre_watches_an_alert_appear_opens_it_and_reverts_its_directive(browser:
     shot(page, "request-1280")
     page.context.close()
     phone = login(browser, console, console.keys["sre"], width=390, height=844)
-    for path in ("/ui/incidents", "/ui/health", "/ui/spend", "/ui/control"):
+    for path in ("/ui/incidents", "/ui/health", "/ui/spend", "/ui/control", "/ui/versions"):
         phone.goto(console.url + path)
         phone.wait_for_timeout(500)
         width = phone.evaluate("document.documentElement.scrollWidth")
@@ -221,6 +229,7 @@ def test_finance_csv_equals_the_api_to_the_cent(browser: Any, console: Console) 
     assert shown == {r["tenant_id"]: r["cost_usd"] for r in rows}
     assert sum(Decimal(r["cost_usd"]) for r in rows) == Decimal(body["total_usd"])
     expect(table.locator("tfoot")).to_contain_text(body["total_usd"])
+    expect(page.locator("#top-users tbody tr")).to_have_count(10)  # always top-N: 120 users send calls
     # finance may read spend but not act on directives: refused by the server, not just hidden
     r = page.request.get(console.url + "/ui/incidents")
     assert r.status == 403
@@ -238,7 +247,8 @@ def test_tenant_bound_key_never_sees_another_tenant(browser: Any, console: Conso
     paths = ["/ui/health", "/ui/health?range=30d", "/ui/incidents", "/ui/control", "/ui/spend",
              "/ui/spend?group_by=feature", "/ui/spend?group_by=model&by=feature", "/ui/spend?range=7d",
              "/ui/requests", f"/ui/requests?id={console.traffic.request_ids[1]}",  # a globex request
-             f"/ui/alerts/{other_alerts[0]}", "/ui/health?tenant_id=globex"]
+             f"/ui/alerts/{other_alerts[0]}", "/ui/health?tenant_id=globex", "/ui/versions",
+             "/ui/versions?feature=support-bot"]
     for path in paths:
         page.goto(console.url + path)
         page.wait_for_timeout(700)  # let the charts and suggestions load
@@ -274,5 +284,46 @@ def test_tenant_bound_key_never_sees_another_tenant(browser: Any, console: Conso
         .filter(e => !(e.getAttribute('aria-label') || (e.labels && e.labels.length) || e.textContent.trim()))
         .map(e => e.outerHTML)""")
     assert not unnamed, unnamed
+    assert not page.errors, page.errors
+    # without the event stream (a proxy that refuses it), the page falls back to polling
+    page.route("**/ui/live", lambda route: route.abort())
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/ui/incidents") else None)
+    page.goto(console.url + "/ui/incidents")
+    from playwright.sync_api import expect
+
+    expect(page.locator("body")).to_have_attribute("data-live-mode", "polling", timeout=15_000)
+    page.wait_for_timeout(6_000)
+    assert len(polls) >= 2, polls  # the page load, then at least one refresh of its live regions
+    page.context.close()
+
+
+def test_sre_compares_the_live_versions_of_a_feature(browser: Any, console: Console) -> None:
+    """The worker's release_versions rows for the demo traffic, through the console's Versions
+    page: the feature picked in the select, its model with the whole share, as GET /v1/versions says."""
+    from playwright.sync_api import expect
+
+    with console.api(console.keys["sre"]) as api:
+        body: dict[str, Any] = {}
+        for _ in range(60):
+            body = api.get("/v1/versions", params={"feature": "support-bot", "dimension": "model"}).json()
+            if body["versions"]:
+                break
+            time.sleep(1.0)
+    assert [(v["version"], v["share"]) for v in body["versions"]] == [("gpt-4o-mini", 1.0)], body
+    page = login(browser, console, console.keys["sre"])
+    page.get_by_role("navigation", name="console pages").get_by_role("link", name="Versions").click()
+    page.wait_for_url(re.compile("/ui/versions"))
+    page.get_by_label("feature", exact=True).select_option("support-bot")
+    page.get_by_label("dimension", exact=True).select_option("model")
+    page.get_by_role("button", name="apply").click()
+    page.wait_for_url(re.compile(r"feature=support-bot"))
+    section = page.get_by_role("region", name="versions of support-bot by model")
+    row = section.locator("tr.version-row")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("gpt-4o-mini")
+    expect(row).to_contain_text("100.0%")
+    expect(row.locator("td.num").first).to_have_text(re.compile(r"^[1-9]\d*$"))  # its calls
+    shot(page, "versions-1280")
     assert not page.errors, page.errors
     page.context.close()

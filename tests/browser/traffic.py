@@ -1,5 +1,6 @@
 """Demo-like traffic for the console's browser tests: three tenants, each request a chain
-(retrieval -> model call -> tool call, sometimes a safety trigger), eighty minutes of backfilled
+(retrieval, a tenth of them empty -> a streamed model call by one of 40 users per tenant -> tool
+call, sometimes a safety trigger), eighty minutes of backfilled
 history, then live traffic from a thread; ``spike(tenant)`` starts a runaway batch job (as in
 ``flyball demo``) that the shipped cost-spike policy throttles. The product service asks
 ``guard()`` first and skips refused calls, as a real one should."""
@@ -31,11 +32,12 @@ class Traffic:
         rng, rid = self.rng, f"req-{uuid.uuid4().hex[:12]}"
         extra = {"ts": ts} if ts is not None else {}
         common = {"tenant_id": tenant, "feature": "support-bot", "request_id": rid, **extra}
-        self.tel.emit_retrieval(index_name="kb-articles", results_count=rng.randint(1, 8),
+        self.tel.emit_retrieval(index_name="kb-articles", results_count=rng.choice((0, 1, 3, 5, 8, 8, 8, 8, 8, 8)),
                                 latency_ms=rng.uniform(20, 80), status="ok" if rng.random() > 0.02 else "error", **common)
         self.tel.emit_llm_call(provider="openai", model="gpt-4o-mini", input_tokens=rng.randint(800, 1600),
                                output_tokens=rng.randint(150, 400), cache_read_tokens=rng.choice((0, 0, 512)),
-                               latency_ms=rng.uniform(400, 1200), ttft_ms=rng.uniform(150, 300),
+                               latency_ms=rng.uniform(400, 1200), ttft_ms=rng.uniform(150, 300), stream=True,
+                               user_id=f"{tenant}-user-{rng.randint(1, 40)}",
                                status="ok" if rng.random() > 0.02 else "timeout", **common)
         self.tel.emit_tool_call(tool_name="order-lookup", latency_ms=rng.uniform(30, 120),
                                 status="ok" if rng.random() > 0.03 else "error", **common)

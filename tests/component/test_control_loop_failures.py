@@ -5,6 +5,8 @@ audited as failed, is not in force, and its alert is not committed but read agai
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -38,6 +40,25 @@ async def _loop(producer: FakeProducer, audit: FakeAuditLog, consumer: FakeConsu
     return loop
 
 
+@asynccontextmanager
+async def running(loop: ControlLoop) -> AsyncIterator[asyncio.Task[None]]:
+    """The loop's consume task, stopped (and awaited) when the block ends."""
+    task = asyncio.create_task(loop.run())
+    try:
+        yield task
+    finally:
+        await loop.stop()
+        await asyncio.wait_for(task, 5)
+
+
+async def until(check: Callable[[], bool], tries: int = 200) -> None:
+    """Wait (at most ``tries`` x 10 ms) for ``check``; the assertions after it say what was missing."""
+    for _ in range(tries):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_a_directive_is_published_then_audited_as_applied() -> None:
     producer, audit = FakeProducer(), FakeAuditLog()
     loop = await _loop(producer, audit)
@@ -66,15 +87,8 @@ async def test_the_alert_of_an_unpublished_directive_is_not_committed_and_is_rea
     producer = FakeProducer(fail_with=[TemporaryError("broker down")] * 2)
     audit = FakeAuditLog()
     loop = await _loop(producer, audit, consumer)
-    task = asyncio.create_task(loop.run())
-    try:
-        for _ in range(200):
-            if len(producer.on(DIRECTIVES)) == 2:
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        await loop.stop()
-        await asyncio.wait_for(task, 5)
+    async with running(loop):
+        await until(lambda: len(producer.on(DIRECTIVES)) == 2)
     # nothing was committed before acme's directive was out (the first commit carrying an offset
     # covers both alerts; the empty one is the starting position recorded at assignment)
     first_with_offsets = next(c for c in consumer.commits if c)
@@ -90,16 +104,9 @@ async def test_a_permanent_publish_failure_is_audited_and_the_loop_moves_on() ->
     producer = FakeProducer(fail_with=[PermanentError("kafka: MessageSizeTooLargeError")])
     audit = FakeAuditLog()
     loop = await _loop(producer, audit, consumer)
-    task = asyncio.create_task(loop.run())
-    try:
-        for _ in range(200):
-            if producer.on(DIRECTIVES):
-                break
-            await asyncio.sleep(0.01)
+    async with running(loop):
+        await until(lambda: bool(producer.on(DIRECTIVES)))
         await asyncio.sleep(0.05)
-    finally:
-        await loop.stop()
-        await asyncio.wait_for(task, 5)
     assert [Directive.model_validate_json(s.value or b"").scope.tenant_id for s in producer.on(DIRECTIVES)] == ["globex"]
     assert audit.decisions() == ["failed", "applied"]
     assert {tp: 2} in consumer.commits
@@ -122,20 +129,10 @@ async def test_a_failed_commit_does_not_stop_the_loop_and_the_next_commit_covers
                             fail_commits=[CommitFailedError("rebalanced")])
     producer, audit = FakeProducer(), FakeAuditLog()
     loop = await _loop(producer, audit, consumer)
-    task = asyncio.create_task(loop.run())
-    try:
-        for _ in range(200):
-            if producer.on(DIRECTIVES):
-                break
-            await asyncio.sleep(0.01)
+    async with running(loop) as task:
+        await until(lambda: bool(producer.on(DIRECTIVES)))
         consumer.add(_alert("globex").model_dump_json().encode())
-        for _ in range(200):
-            if {tp: 2} in consumer.commits:
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        await loop.stop()
-        await asyncio.wait_for(task, 5)
+        await until(lambda: {tp: 2} in consumer.commits)
     assert not task.cancelled() and task.exception() is None
     assert {tp: 2} in consumer.commits and {tp: 1} not in consumer.commits  # the first commit failed
     assert audit.decisions() == ["applied", "applied"]

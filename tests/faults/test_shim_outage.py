@@ -48,7 +48,17 @@ class Shim:
     def close(self, timeout: float) -> dict[str, Any]:
         answer = self.ask(f"close {timeout}")
         assert self.proc.wait(timeout=timeout + 30) == 0
+        self.release()
         return answer
+
+    def release(self) -> None:
+        """Kill the driver if it still runs and close its pipes (each would leak a descriptor)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 def brokers(*args: str) -> None:
@@ -93,23 +103,30 @@ def test_outage_with_a_shim_restart_loses_nothing_and_keeps_per_tenant_order(tmp
     tag = f"fault-{uuid.uuid4().hex[:8]}"
     spill = tmp_path / "spill"
 
-    first = Shim(bootstrap, spill, tag)
-    first.ask("emit 0 4000 2")
-    assert first.ask("flush 30")["flushed"], "events did not reach Kafka before the outage"
-    brokers("stop", "--keep-data")
-    outage_started = time.monotonic()
+    shims: list[Shim] = []
     try:
-        first.ask("emit 4000 11000 8")
-        left = first.close(1)["stats"]  # restart during the outage: what is unsent stays on disk
-        assert left["buffered"] + left["sent"] == 11000 and left["dropped"] == 0, left
-        second = Shim(bootstrap, spill, tag)
-        second.ask(f"emit 11000 {TOTAL} 10")
-        time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+        first = Shim(bootstrap, spill, tag)
+        shims.append(first)
+        first.ask("emit 0 4000 2")
+        assert first.ask("flush 30")["flushed"], "events did not reach Kafka before the outage"
+        brokers("stop", "--keep-data")
+        outage_started = time.monotonic()
+        try:
+            first.ask("emit 4000 11000 8")
+            left = first.close(1)["stats"]  # restart during the outage: what is unsent stays on disk
+            assert left["buffered"] + left["sent"] == 11000 and left["dropped"] == 0, left
+            second = Shim(bootstrap, spill, tag)
+            shims.append(second)
+            second.ask(f"emit 11000 {TOTAL} 10")
+            time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+        finally:
+            brokers("start", "--reuse")
+        answer = second.ask("flush 90")
+        assert answer["flushed"], answer
+        stats = second.close(10)["stats"]
     finally:
-        brokers("start", "--reuse")
-    answer = second.ask("flush 90")
-    assert answer["flushed"], answer
-    stats = second.close(10)["stats"]
+        for shim in shims:
+            shim.release()
     assert stats["dropped"] == 0 and stats["buffered"] == 0 and stats["replayed"] >= TOTAL - 11000
 
     records = asyncio.run(consume(bootstrap, tag, TOTAL, timeout=60))

@@ -8,11 +8,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from flyball.control_plane.app import Deps, create_app
+from flyball.control_plane.auth import KeyRing, RateLimiter, Role
 from flyball.control_plane.embedded import free_port
+from flyball.control_plane.migrations import ALL_MIGRATIONS
+from flyball.control_plane.policy_file import DEFAULT_POLICIES
+from flyball.control_plane.runtime import load_prices
+from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
 
 @contextmanager
@@ -35,6 +42,34 @@ def serve_app(app: Any, *, start_timeout: float = 30.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def keys_per_role(tenant: str) -> tuple[KeyRing, dict[str, str]]:
+    """A key ring with one unbound key per role (named by the role) and one bound to ``tenant``
+    (named ``role@tenant``), and their plain texts."""
+    keys = KeyRing()
+    plain: dict[str, str] = {}
+    for role in Role:
+        plain[str(role)], _ = keys.create(role)
+        plain[f"{role}@{tenant}"], _ = keys.create(role, tenant_id=tenant)
+    return keys, plain
+
+
+@contextmanager
+def served_api(path: Path, keys: KeyRing) -> Iterator[tuple[str, Any, ClickHouseStore]]:
+    """The API with the keys of ``keys`` over a fresh chDB store in ``path`` (every table, the
+    shipped policies and prices, no control loop, no write limit), served over real HTTP:
+    yields (base URL, app, store); the store is closed when the block ends."""
+    store = ClickHouseStore(f"chdb://{path}")
+    try:
+        store.migrate(ALL_MIGRATIONS)
+        book = load_prices(None)
+        app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES,
+                              prices=lambda: book, limiter=RateLimiter(per_minute=1e6, burst=10_000)))
+        with serve_app(app) as url:
+            yield url, app, store
+    finally:
+        store.close()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:

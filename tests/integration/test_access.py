@@ -17,10 +17,7 @@ from fastapi.routing import APIRoute
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, RateLimiter, Role
 from flyball.control_plane.policy_file import DEFAULT_POLICIES
-from flyball.control_plane.runtime import load_prices
-from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
-from flyball.control_plane.migrations import ALL_MIGRATIONS
-from tests.integration._helpers import serve_app
+from tests.integration._helpers import keys_per_role, serve_app, served_api
 
 PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 ALL = set(Role)
@@ -45,6 +42,7 @@ CONTRACT: dict[tuple[str, str], set[Role]] = {
     ("GET", "/v1/webhooks/deliveries"): SRE,
     ("GET", "/v1/spend"): {Role.FINANCE, Role.SRE, Role.ADMIN},
     ("GET", "/v1/requests/{request_id}"): SRE,
+    ("GET", "/v1/versions"): SRE,
 }
 GLOBAL_ONLY = {("PUT", "/v1/policies"), ("POST", "/v1/keys"), ("GET", "/v1/keys"), ("DELETE", "/v1/keys/{key_id}"),
                ("GET", "/v1/webhooks/deliveries"), ("GET", "/metrics")}
@@ -69,20 +67,9 @@ def routes(app: Any) -> list[tuple[str, str, APIRoute]]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], Any]]:
-    path: Path = tmp_path_factory.mktemp("ch")
-    store = ClickHouseStore(f"chdb://{path}")
-    store.migrate(ALL_MIGRATIONS)
-    book = load_prices(None)
-    keys = KeyRing()
-    plain: dict[str, str] = {}
-    for role in Role:
-        plain[str(role)], _ = keys.create(role)
-        plain[f"{role}@acme"], _ = keys.create(role, tenant_id="acme")
-    app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES,
-                          prices=lambda: book, limiter=RateLimiter(per_minute=1e6, burst=10_000)))
-    with serve_app(app) as url:
+    keys, plain = keys_per_role("acme")
+    with served_api(tmp_path_factory.mktemp("ch"), keys) as (url, app, _):
         yield url, plain, app
-    store.close()
 
 
 def test_every_route_x_role_x_tenant_binding(served: tuple[str, dict[str, str], Any]) -> None:

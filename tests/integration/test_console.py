@@ -9,20 +9,15 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from flyball.control_plane.app import Deps, create_app
-from flyball.control_plane.auth import KeyRing, RateLimiter, Role
-from flyball.control_plane.migrations import ALL_MIGRATIONS
-from flyball.control_plane.policy_file import DEFAULT_POLICIES
-from flyball.control_plane.runtime import load_prices
+from flyball.control_plane.auth import KeyRing, Role
 from flyball.control_plane.ui import queries
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
-from tests.integration._helpers import serve_app
+from tests.integration._helpers import served_api
 
 DAY0 = datetime(2026, 3, 1, tzinfo=UTC)
 COLUMNS = ["event_id", "ts", "event_type", "tenant_id", "feature", "request_id", "trace_id", "provider", "model",
@@ -50,19 +45,12 @@ def write(store: ClickHouseStore, rows: list[list[Any]]) -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str], ClickHouseStore]]:
-    path: Path = tmp_path_factory.mktemp("ch")
-    store = ClickHouseStore(f"chdb://{path}")
-    store.migrate(ALL_MIGRATIONS)
-    book = load_prices(None)
     keys = KeyRing()
     plain = {"sre": keys.create(Role.SRE)[0], "finance": keys.create(Role.FINANCE)[0],
              "service": keys.create(Role.SERVICE)[0], "acme": keys.create(Role.SRE, tenant_id="acme")[0],
              "admin": keys.create(Role.ADMIN)[0]}
-    app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES,
-                          prices=lambda: book, limiter=RateLimiter(per_minute=1e6, burst=10_000)))
-    with serve_app(app) as url:
+    with served_api(tmp_path_factory.mktemp("ch"), keys) as (url, _, store):
         yield url, plain, store
-    store.close()
 
 
 _clients: list[httpx.Client] = []
@@ -210,3 +198,207 @@ def test_request_chain_route_and_tenant_binding(served: tuple[str, dict[str, str
     assert fin.get(f"/v1/requests/{rid}").status_code == 403
     page = session(url, keys["sre"]).get("/ui/requests", params={"id": rid})
     assert page.status_code == 200 and page.text.count('class="wf ') == 3
+
+
+def test_health_ttft_empty_retrievals_outcomes_and_top_users(served: tuple[str, dict[str, str], ClickHouseStore]) -> None:
+    url, keys, store = served
+    t0 = DAY0 + timedelta(days=10, hours=4)
+    cols = ["event_id", "ts", "event_type", "tenant_id", "feature", "environment", "provider", "model", "output_tokens",
+            "latency_ms", "status", "cost_usd", "ttft_ms", "stream", "results_count", "user_id_hash", "index_name"]
+
+    def ev(**kw: Any) -> list[Any]:
+        row = {"event_id": str(uuid.uuid4()), "ts": t0, "event_type": "llm_call", "tenant_id": "initech",
+               "feature": "chat", "environment": "staging", "provider": "openai", "model": "gpt-4o", "output_tokens": 10,
+               "latency_ms": 900.0, "status": "ok", "cost_usd": Decimal("0.01"), "ttft_ms": None, "stream": 0,
+               "results_count": None, "user_id_hash": "", "index_name": "", **kw}
+        return [row[c] for c in cols]
+
+    rows = [ev(stream=1, ttft_ms=float(100 + i), user_id_hash="aa" * 8) for i in range(20)]  # streamed: TTFT ~100-119
+    rows += [ev(ttft_ms=5000.0, user_id_hash="bb" * 8, cost_usd=Decimal("0.5"))]  # not streamed: not in the TTFT series
+    rows += [ev(status="error", cost_usd=None, user_id_hash="bb" * 8)]
+    rows += [ev(event_type="retrieval", provider="", model="", index_name="kb", cost_usd=None, results_count=n)
+             for n in (0, 0, 3, 5)]  # two empty of four
+    rows += [ev(event_type="retrieval", provider="", model="", index_name="kb", cost_usd=None, status="error",
+                results_count=0)]  # a failed retrieval is a failure, not also an empty one
+    store.call(store.insert, "events", rows + rows[:3], cols)  # three redelivered: counted once
+    started = datetime.now(UTC)
+    store.call(queries.refresh_rollup, store, started - timedelta(minutes=5))
+    store.call(queries.mark_complete, store, started)
+    sre = session(url, keys["admin"])
+    window = {"start": (t0 - timedelta(hours=1)).isoformat(), "end": (t0 + timedelta(hours=1)).isoformat(),
+              "tenant_id": "initech"}
+    data = sre.get("/ui/data/health", params={**window, "environment": "staging"}).json()
+    charts = data["charts"]
+    ttft = [v for v in charts["ttft"]["series"]["p95 TTFT"] if v is not None]
+    assert len(ttft) == 1 and 110 <= ttft[0] <= 120  # streamed calls only: the 5,000 ms one is left out
+    empty = [v for v in charts["errors"]["series"]["empty retrievals"] if v is not None]
+    assert empty == [40.0]  # 2 of 5 retrievals
+    failed = [v for v in charts["retrieval"]["series"]["failed or empty"] if v is not None]
+    assert failed == [60.0]  # 2 empty + 1 error of 5
+    ok = sum(v for v in charts["outcomes"]["series"]["successful"] if v)
+    bad = sum(v for v in charts["outcomes"]["series"]["failed"] if v)
+    assert (ok, bad) == (21.0, 1.0)  # per minute, in the one minute bucket
+    other_env = sre.get("/ui/data/health", params={**window, "environment": "production"}).json()
+    assert other_env["totals"]["llm_calls"] == 0
+    page = sre.get("/ui/spend", params=window)
+    assert page.status_code == 200
+    users = re.findall(r"<tr><td><code>([0-9a-f]+)</code></td><td>initech</td><td class=\"num\">(\d+)</td>"
+                       r"<td class=\"num\">(\d+)</td><td class=\"num\">([0-9.]+)</td>", page.text)
+    assert users == [("bb" * 8, "2", "1", "0.5"), ("aa" * 8, "20", "0", "0.2")]  # by cost, duplicates once
+    # the environment filter reaches /v1/spend too, and the console's CSV still equals it
+    api = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {keys['admin']}"})
+    _clients.append(api)
+    for env in ("staging", "production"):
+        params = {"start": window["start"], "end": window["end"], "group_by": "tenant_id,environment", "environment": env}
+        ui = sre.get("/ui/spend.csv", params=params)
+        v1 = api.get("/v1/spend", params={"from": window["start"], "to": window["end"], "environment": env,
+                                          "group_by": "tenant_id,environment"}, headers={"Accept": "text/csv"})
+        assert ui.status_code == v1.status_code == 200 and ui.text == v1.text
+    assert "initech,staging,22,0.7," in v1.text or "initech,staging" not in v1.text
+    assert api.get("/v1/spend", params={"from": window["start"], "to": window["end"], "environment": "staging",
+                                        "tenant_id": "initech"}).json()["total_usd"] == "0.7"
+
+
+def _next_event(lines: Iterator[str]) -> str:
+    """The next event name on a server-sent-events stream."""
+    for line in lines:
+        if line.startswith("event: "):
+            return line[7:]
+    raise AssertionError("the stream ended")
+
+
+def test_live_stream_pushes_alert_changes_within_the_tenant_scope(
+        served: tuple[str, dict[str, str], ClickHouseStore]) -> None:
+    import threading
+    import time
+
+    from flyball.schemas import Alert, AlertKind, Scope
+
+    url, keys, store = served
+    with httpx.Client(base_url=url, timeout=10) as anon:
+        assert anon.get("/ui/live").status_code == 401
+
+    def alert_row(tenant: str) -> list[Any]:
+        at = datetime.now(UTC)
+        a = Alert(alert_id=str(uuid.uuid4()), kind=AlertKind.COST_SPIKE, scope=Scope(tenant_id=tenant),
+                  severity="warning", status="open", metric="cost_usd_per_window", observed="2", baseline="0.1",
+                  threshold="1", window_s=60, first_seen=at, last_seen=at)
+        return [a.alert_id, str(a.kind), a.key(), a.scope.model_dump_json(), a.severity, a.status, at, at,
+                a.model_dump_json(), at]
+
+    written: dict[str, float] = {}
+
+    def writes() -> None:
+        store.call(store.write_alerts, [alert_row("globex")])  # another tenant's alert: nothing for acme
+        time.sleep(3.0)
+        written["acme"] = time.monotonic()
+        store.call(store.write_alerts, [alert_row("acme")])
+
+    acme = session(url, keys["acme"])
+    with acme.stream("GET", "/ui/live", timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        assert next(lines).startswith("retry:")
+        assert _next_event(lines) == "hello"
+        writer = threading.Thread(target=writes)
+        writer.start()
+        try:
+            assert _next_event(lines) == "alerts"
+            received = time.monotonic()
+        finally:
+            writer.join()
+        assert received >= written["acme"]  # told of its own tenant's alert, not of the other's
+
+
+def test_top_users_sum_every_day_of_a_candidate_exactly(served: tuple[str, dict[str, str], ClickHouseStore],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    _, _, store = served
+    day = DAY0 + timedelta(days=20)
+    cols = ["event_id", "ts", "event_type", "tenant_id", "provider", "model", "output_tokens", "status", "cost_usd",
+            "user_id_hash"]
+
+    def ev(ts: datetime, user: str, usd: str) -> list[Any]:
+        return [str(uuid.uuid4()), ts, "llm_call", "umbrella", "openai", "gpt-4o", 1, "ok", Decimal(usd), user * 16]
+
+    # day 1: a leads, b second; day 2: b leads, a second; c is never first
+    rows = [ev(day, "a", "5"), ev(day, "b", "3"), ev(day, "c", "1"),
+            ev(day + timedelta(days=1), "b", "4.000000000001"), ev(day + timedelta(days=1), "a", "2"),
+            ev(day + timedelta(days=1), "c", "1")]
+    store.call(store.insert, "events", rows + rows[:2], cols)  # two redelivered: counted once
+    monkeypatch.setattr(queries, "USER_CANDIDATES", 1)  # only each day's costliest user is a candidate
+    started = datetime.now(UTC)
+    store.call(queries.refresh_rollup, store, started - timedelta(minutes=5))
+
+    def query(sql: str, params: dict[str, Any]) -> Any:
+        return store.call(store.query, sql, params)
+
+    f = queries.Filters(tenant_id="umbrella", begin=day, end=day + timedelta(days=2))
+    top = queries.top_users(query, f, n=5)
+    # a and b were each a day's first: both days count for both, exactly; c was never a candidate
+    assert [(u["user_id_hash"][0], u["calls"], u["cost_usd"]) for u in top["users"]] == [
+        ("b", 2, "7.000000000001"), ("a", 2, "7")]
+
+
+def test_versions_page_shows_live_versions_verdicts_and_evidence_within_the_tenant_scope(
+        served: tuple[str, dict[str, str], ClickHouseStore]) -> None:
+    """The Versions page renders ``GET /v1/versions`` (rows as the worker writes them): each live
+    version's share and calls, the candidate's verdict and per-metric evidence; a tenant-bound
+    key sees only its tenant's comparisons; a version_regression alert links to it."""
+    from flyball.schemas import Alert, AlertKind, Scope
+    from flyball.stream_processors.ingest import VERSION_COLUMNS, version_row
+    from flyball.stream_processors.releases import VersionRow
+
+    url, keys, store = served
+    now = datetime.now(UTC)
+    feature = f"checkout-{uuid.uuid4().hex[:6]}"
+    metric = {"metric": "failure_rate", "new": 0.31, "old": 0.02, "n_new": 400, "n_old": 7600, "effect": 0.29,
+              "min_effect": 0.02, "interval": [0.22, 0.36], "p_value": 0.00012, "regression": True}
+
+    def row(tenant: str, version: str, calls: int, share: float, verdict: str | None) -> tuple[object, ...]:
+        comparison = None if verdict is None else {
+            "old_version": "v1", "verdict": verdict, "started": (now - timedelta(minutes=20)).isoformat(),
+            "decided_at": now.isoformat() if verdict != "hold" else None, "calls_new": calls, "calls_old": 7600,
+            "metrics": [metric] if verdict == "rollback" else []}
+        return version_row(VersionRow(tenant_id=tenant, feature=feature, dimension="prompt_version", version=version,
+                                      calls=calls, share=share, role="candidate" if verdict else "incumbent",
+                                      as_of=now.timestamp(), window_s=3600.0, comparison=comparison), now)
+
+    rows = [row("", "v1", 7600, 0.95, None), row("", "v2-canary", 400, 0.05, "rollback"),
+            row("acme", "v1", 900, 0.9, None), row("acme", "v2-acme-only", 100, 0.1, "hold"),
+            row("globex", "v2-globex-only", 50, 0.5, "promote")]
+    store.call(store.insert, "release_versions", rows, VERSION_COLUMNS)
+
+    sre = session(url, keys["sre"])
+    page = sre.get("/ui/versions", params={"feature": feature})
+    assert page.status_code == 200, page.text
+    assert 'href="/ui/versions"' in page.text  # in the navigation
+    table = page.text.split('class="versions-table"', 1)[1]
+    assert table.index("v1") < table.index("v2-canary")  # most-used first
+    assert "95.0%" in table and "5.0%" in table and "7600" in table
+    assert ">rollback<" in table and "400/7600" in table
+    evidence = page.text.split('class="evidence-table"', 1)[1]
+    assert "failure_rate" in evidence and "0.31" in evidence and "[0.22, 0.36]" in evidence and ">yes<" in evidence
+    assert "v2-acme-only" not in page.text and "v2-globex-only" not in page.text  # feature-wide only
+    assert f'<option value="{feature}" selected' in page.text  # the feature select
+    globex = sre.get("/ui/versions", params={"feature": feature, "tenant_id": "globex"}).text
+    assert "v2-globex-only" in globex and ">promote<" in globex and "v2-canary" not in globex
+    assert sre.get("/ui/versions", params={"dimension": "nope"}).status_code == 422
+
+    acme = session(url, keys["acme"])
+    mine = acme.get("/ui/versions", params={"feature": feature})
+    assert mine.status_code == 200
+    assert "v2-acme-only" in mine.text and ">hold<" in mine.text
+    assert "v2-canary" not in mine.text and "globex" not in mine.text and 'name="tenant_id"' not in mine.text
+    other = acme.get("/ui/versions", params={"feature": feature, "tenant_id": "globex"})
+    assert other.status_code == 403 and "v2-globex-only" not in other.text
+    assert session(url, keys["finance"]).get("/ui/versions").status_code == 403
+
+    a = Alert(alert_id=str(uuid.uuid4()), kind=AlertKind.VERSION_REGRESSION, severity="critical", status="open",
+              scope=Scope(feature=feature, version_field="prompt_version", old_version="v1", new_version="v2-canary"),
+              metric="failure_rate", observed="0.31", baseline="0.02", threshold="0.04", window_s=3600,
+              first_seen=now, last_seen=now)
+    store.call(store.write_alerts, [[a.alert_id, str(a.kind), a.key(), a.scope.model_dump_json(), a.severity,
+                                     a.status, now, now, a.model_dump_json(), now]])
+    link = re.search(r'id="versions-link" href="([^"]+)"', sre.get(f"/ui/alerts/{a.alert_id}").text)
+    assert link and link.group(1).replace("&amp;", "&") == f"/ui/versions?feature={feature}&dimension=prompt_version"
+    assert "v2-canary" in sre.get(link.group(1).replace("&amp;", "&")).text

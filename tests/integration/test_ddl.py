@@ -46,6 +46,8 @@ def test_cluster_form_of_every_table() -> None:
     add = transform(dict(MIGRATIONS)[10], CLUSTER)
     assert [s.split()[2] for s in add] == ["events_local", "events"]  # a new column on both tables
     assert transform(dict(MIGRATIONS)[24], CLUSTER)[1].startswith("DROP TABLE IF EXISTS safety_rates_minute_local")
+    index = transform(dict(MIGRATIONS)[79], CLUSTER)  # a skipping index: on the stored table, not the Distributed one
+    assert len(index) == 1 and index[0].startswith("ALTER TABLE events_local ON CLUSTER")
     assert ttl_statements(CLUSTER) == [
         "ALTER TABLE events_local ON CLUSTER 'flyball_cluster' MODIFY TTL toDateTime(ts) + INTERVAL 400 DAY",
         "ALTER TABLE webhook_deliveries_local ON CLUSTER 'flyball_cluster' MODIFY TTL toDateTime(at) + INTERVAL 30 DAY"]

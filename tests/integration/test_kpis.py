@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import random
+import re
 import struct
 import uuid
 from collections import defaultdict
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +28,7 @@ import pytest
 
 from flyball.control_plane.app import Deps, create_app
 from flyball.control_plane.auth import KeyRing, Principal, Role
+from flyball.control_plane.kpis import Span, cache_saving, forecast_for
 from flyball.control_plane.runtime import load_prices
 from flyball.control_plane.slo import DEFAULT_SLOS
 from flyball.stream_processors.budgets import Period
@@ -160,7 +163,8 @@ def expected(events: list[dict[str, Any]], book: PriceBook, *, group_by: str | N
     negative = {rkey(e) for e in inside if e["event_type"] == "feedback" and e["score"] < 0 and e.get("request_id")}
     by_id = {e["event_id"]: e for e in calls}
     negative |= {rkey(by_id[e["target_event_id"]]) for e in inside if e["event_type"] == "feedback"
-                 and e["score"] < 0 and e.get("target_event_id") in by_id}
+                 and e["score"] < 0 and e.get("target_event_id") in by_id
+                 and by_id[e["target_event_id"]]["tenant_id"] == e["tenant_id"]}  # same tenant only
     explicit: dict[tuple[str, str], tuple[datetime, str, str]] = {}
     for e in inside:
         o = (e.get("attributes") or {}).get("outcome")
@@ -194,6 +198,7 @@ def expected(events: list[dict[str, Any]], book: PriceBook, *, group_by: str | N
 # ------------------------------------------------------------------ the system under test
 @dataclass
 class Env:
+    store: Any
     url: str
     keys: dict[str, str]
     events: list[dict[str, Any]]
@@ -267,7 +272,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: None,  # type: ignore[arg-type, return-value]
                           prices=lambda: book))
     with serve_app(app) as url:
-        yield Env(url, plain, events, book, [a for a, _ in made], mitigated)
+        yield Env(store, url, plain, events, book, [a for a, _ in made], mitigated)
     store.close()
 
 
@@ -467,3 +472,67 @@ def test_report_overall_equals_the_ungrouped_kpis(env: Env) -> None:
     if plain["forecast_usd"] is not None:
         # the forecast of the summed daily spend (the core is not additive over groups)
         assert Decimal(overall["forecast_usd"]) == Decimal(plain["forecast_usd"])
+
+
+# ------------------------------------------------------------------ the documented queries
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "KPIS.md"
+
+
+def documented_queries() -> dict[str, str]:
+    """The ``-- kpi: name`` queries of docs/KPIS.md (November 2026, per feature), as written."""
+    found = {}
+    for block in re.findall(r"```sql\n(.*?)```", DOCS.read_text(), re.S):
+        if m := re.match(r"-- kpi: (\w+)\n", block):
+            found[m.group(1)] = block[m.end():]
+    return found
+
+
+def check_against_documented_queries(store: Any, served: dict[str, Any], book: PriceBook) -> None:
+    """Every per-feature figure the rollups served equals what its documented query gives
+    straight from the events."""
+    docs = documented_queries()
+    assert set(docs) >= {"calls", "p95", "successful_outcomes", "daily_spend", "cache", "safety"}
+
+    def run(name: str) -> list[tuple[Any, ...]]:
+        return store.call(store.query, docs[name], {})  # type: ignore[no-any-return]
+
+    groups = {g["key"]: g for g in served["groups"]}
+    calls = run("calls")
+    assert sorted(groups) == [r[0] for r in calls]
+    for feature, n, error, timeout, limited, filtered, cancelled, cost, unpriced in calls:
+        g = groups[feature]
+        assert g["calls"] == n and g["unpriced_calls"] == unpriced
+        assert {c: v["calls"] for c, v in g["errors"].items()} == {c: v for c, v in (
+            ("error", error), ("timeout", timeout), ("rate_limited", limited), ("filtered", filtered),
+            ("cancelled", cancelled)) if v}
+        assert Decimal(g["cost_usd"]) == Decimal(cost)
+    for feature, latency, ttft in run("p95"):
+        assert groups[feature]["p95_latency_ms"] == round(latency, 3)
+        if groups[feature]["p95_ttft_ms"] is not None:
+            assert groups[feature]["p95_ttft_ms"] == round(ttft, 3)
+    outcomes = dict(run("successful_outcomes"))
+    assert {k: g["successful_outcomes"] for k, g in groups.items()} == {k: outcomes.get(k, 0) for k in groups}
+    for feature, inputs, cached, (models, tokens) in run("cache"):
+        got = groups[feature]["cache"]
+        assert (got["input_tokens"], got["cache_read_tokens"]) == (inputs, cached)
+        saved = [cache_saving(book, provider, model, n, END - timedelta(milliseconds=1))
+                 for (provider, model), n in zip(models, tokens, strict=True)]
+        assert Decimal(got["saved_usd"]) == sum((s for s in saved if s is not None), Decimal(0))
+        assert got["unpriced_cache_read_tokens"] == sum(n for s, n in zip(saved, tokens, strict=True) if s is None)
+    safety: dict[str, dict[str, int]] = defaultdict(dict)
+    for feature, category, n in run("safety"):
+        safety[feature][category] = n
+    assert {k: {c: v["triggers"] for c, v in g["safety"].items()} for k, g in groups.items()} == \
+        {k: safety.get(k, {}) for k in groups}
+    daily: dict[str, dict[date, Decimal]] = defaultdict(dict)
+    for feature, day, cost in run("daily_spend"):
+        daily[feature][day] = Decimal(cost)
+    span = Span(START, END, "feature")
+    for k, g in groups.items():
+        want = forecast_for(daily.get(k, {}), span)
+        assert (Decimal(g["forecast_usd"]) if g["forecast_usd"] is not None else None) == want
+
+
+def test_documented_queries_give_the_served_figures(env: Env) -> None:
+    served = env.get("/v1/kpis", params={"from": START.isoformat(), "to": END.isoformat(), "group_by": "feature"})
+    check_against_documented_queries(env.store, served.json(), env.book)

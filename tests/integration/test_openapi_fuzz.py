@@ -45,7 +45,8 @@ def api(tmp_path: Path) -> Any:
     env.pop("FLYBALL_CLICKHOUSE_URL", None)
     log = tmp_path / "up.log"
     cmd = [sys.executable, "-m", "flyball.control_plane.cli", "up", "--data-dir", str(tmp_path / "d")]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while "Press Ctrl-C" not in log.read_text():

@@ -95,3 +95,7 @@ async def test_three_shim_processes_together_admit_the_throttle_rate(system: Sys
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait(20)
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    pipe.close()

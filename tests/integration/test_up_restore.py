@@ -23,8 +23,9 @@ def start_up(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[byt
     env = {**os.environ, "FLYBALL_API_PORT": str(port), "FLYBALL_ADMIN_API_KEY": KEY, "FLYBALL_LOG_LEVEL": "warning"}
     env.pop("FLYBALL_KAFKA_BOOTSTRAP", None)
     env.pop("FLYBALL_CLICKHOUSE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "flyball.control_plane.cli", "up", "--data-dir", str(data_dir)],
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "flyball.control_plane.cli", "up", "--data-dir", str(data_dir)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
@@ -38,7 +39,11 @@ def start_up(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[byt
 
 def test_up_restores_directives_after_a_crash_and_shims_enforce_them(tmp_path: Path) -> None:
     port = free_port()
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as api:
+        check_restore(api, tmp_path, port)
+
+
+def check_restore(api: httpx.Client, tmp_path: Path, port: int) -> None:
     proc, first_bootstrap = start_up(tmp_path / "d", port, tmp_path / "up1.log")
     try:
         made = {}

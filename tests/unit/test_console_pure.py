@@ -71,3 +71,39 @@ def test_waterfall_bars_end_at_each_event_and_last_its_latency() -> None:
     bars = _waterfall(events)
     assert [(b["x"], b["w"], b["start_ms"]) for b in bars] == [(0.0, 9.091, 0.0), (18.182, 81.818, 200.0)]
     assert _waterfall([]) == []
+
+
+async def test_live_stream_names_what_changed_shares_lookups_and_ends_with_its_session() -> None:
+    import asyncio
+    from typing import Any
+
+    from flyball.control_plane.ui.live import LiveVersions, stream
+
+    state = {"alerts": 1, "actions": 1}
+    asked: list[tuple[str, dict[str, Any]]] = []
+    clock = [0.0]
+
+    async def query(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        asked.append((sql, params))
+        if "FROM alerts" in sql:
+            return [(state["alerts"], "t")]
+        if "FROM actions" in sql:
+            return [(state["actions"], "t")]
+        return [("mark",)]
+
+    versions = LiveVersions(query, ttl_s=1.0, clock=lambda: clock[0])
+    await asyncio.gather(*(versions.current("acme") for _ in range(5)))
+    assert len(asked) == 3  # five streams, one lookup of the three parts
+    assert all(p == {"t": "acme"} for sql, p in asked if "mark" not in sql and "rollup" not in sql)
+    alive = [True]
+    events = stream(versions, "acme", alive=lambda: alive[0], interval_s=0, heartbeat_s=1e9, clock=lambda: clock[0])
+    assert await anext(events) == b"retry: 2000\n\n"
+    assert await anext(events) == b"event: hello\ndata: {}\n\n"
+    assert versions.streams == 1
+    state["actions"] = 2  # a directive was issued
+    clock[0] += 2
+    assert await anext(events) == b"event: directives\ndata: {}\n\n"
+    alive[0] = False  # logged out: the stream ends
+    clock[0] += 2
+    assert [e async for e in events] == []
+    assert versions.streams == 0

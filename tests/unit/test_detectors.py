@@ -51,7 +51,8 @@ def feed_amounts(det: AmountSpikeDetector, tenant: str, windows: Iterable[tuple[
         if calls == 0:
             continue
         top = peak if peak is not None else amount / calls
-        alert = det.observe_at(tenant, w, amount, top, at_window(w), at_window(w), [f"e{w}-{i}" for i in range(calls)])
+        alert = det.observe_at(tenant, w, amount, top, calls, at_window(w), at_window(w),
+                               [f"e{w}-{i}" for i in range(min(calls, 10))])
         if alert is not None:
             out.append(alert)
     return out
@@ -187,6 +188,7 @@ def test_cost_token_and_runaway_alerts_of_one_tenant_at_one_time_are_one_inciden
 
 T0 = NOW.timestamp()
 B0 = int(T0) // BASE_WINDOW_S
+WARM = 2 * HOUR  # a failure-share scope is judged after an hour of baseline beyond its longest span (1 hour)
 
 
 def errors_detector() -> BinomialRateDetector:
@@ -213,8 +215,8 @@ def test_error_rate_at_baseline_never_alerts() -> None:
 
 def test_timeout_regression_opens_one_error_rate_alert_with_its_p_value() -> None:
     det = errors_detector()
-    feed_rates(det, [(B0 + i, [50, 1 if i % 2 else 0, 0, 0]) for i in range(360)])
-    alerts = feed_rates(det, [(B0 + 360 + i, [50, 0, 20, 0]) for i in range(3)])
+    feed_rates(det, [(B0 + i, [50, 1 if i % 2 else 0, 0, 0]) for i in range(WARM)])
+    alerts = feed_rates(det, [(B0 + WARM + i, [50, 0, 20, 0]) for i in range(3)])
     assert [(a.kind, a.scope, a.metric, a.status) for a in alerts[:1]] == [
         (AlertKind.ERROR_RATE, Scope(provider="openai", model="gpt-4o-mini"), "timeout_rate", "open")]
     assert alerts[0].p_value is not None and alerts[0].p_value < 1e-6
@@ -229,10 +231,11 @@ def test_significant_but_tiny_error_rate_wobble_does_not_alert() -> None:
 
 def test_error_rate_alert_resolves_after_resolve_s_of_normal_traffic() -> None:
     det = errors_detector()
-    feed_rates(det, [(B0 + i, [50, 0, 0, 0]) for i in range(360)])
-    (opened, *_) = feed_rates(det, [(B0 + 360, [50, 30, 0, 0]), (B0 + 361, [50, 30, 0, 0])])
-    assert det.book.sweep(T0 + 3600 + 60) == []
-    resolved = det.book.sweep(T0 + 3610 + 10 + det.book.resolve_s)  # after the second abnormal window
+    feed_rates(det, [(B0 + i, [50, 0, 0, 0]) for i in range(WARM)])
+    (opened, *_) = feed_rates(det, [(B0 + WARM, [50, 30, 0, 0]), (B0 + WARM + 1, [50, 30, 0, 0])])
+    start = T0 + WARM * BASE_WINDOW_S
+    assert det.book.sweep(start + 60) == []
+    resolved = det.book.sweep(start + 10 + 10 + det.book.resolve_s)  # after the second abnormal window
     assert [(a.alert_id, a.status) for a in resolved] == [(opened.alert_id, "resolved")]
 
 
@@ -336,13 +339,14 @@ def test_runaway_request_alerts_with_its_request_id_and_normal_requests_do_not()
 def test_detector_state_round_trips_through_json_and_keeps_baselines() -> None:
     det = Detectors()
     rates = det.errors
-    for i in range(360):
+    for i in range(WARM):
         rates.observe(("openai", "gpt-4o-mini"), B0 + i, [50, 0, 0, 0], 0.0, (B0 + i) * 10.0, [])
     restored = Detectors()
     restored.restore(orjson.loads(orjson.dumps(det.snapshot())))
     assert restored.snapshot() == det.snapshot()
-    restored.errors.observe(("openai", "gpt-4o-mini"), B0 + 360, [50, 30, 0, 0], 0.0, (B0 + 360) * 10.0, [])
-    alert = restored.errors.observe(("openai", "gpt-4o-mini"), B0 + 361, [50, 30, 0, 0], 0.0, (B0 + 361) * 10.0, [])
+    w = B0 + WARM
+    restored.errors.observe(("openai", "gpt-4o-mini"), w, [50, 30, 0, 0], 0.0, w * 10.0, [])
+    alert = restored.errors.observe(("openai", "gpt-4o-mini"), w + 1, [50, 30, 0, 0], 0.0, (w + 1) * 10.0, [])
     assert alert is not None and float(alert.baseline) < 0.01  # learnt, not the 2 % prior
 
 
@@ -404,7 +408,7 @@ def _recount(events: list[tuple[LLMCall, Decimal | None]]) -> tuple[dict[Any, li
     for e, cost in events:
         w = int(e.ts.timestamp()) // BASE_WINDOW_S
         tokens = e.input_tokens + e.output_tokens
-        u = usage.setdefault((e.tenant_id, e.feature, w), [None, 0, e.ts, e.ts, None, 0, []])
+        u = usage.setdefault((e.tenant_id, e.feature, w), [None, 0, e.ts, e.ts, None, 0, 0, []])
         if u[0] is None:
             u[0] = u[4] = cost if cost is not None else Decimal(0)
         elif cost is not None:
@@ -413,7 +417,8 @@ def _recount(events: list[tuple[LLMCall, Decimal | None]]) -> tuple[dict[Any, li
         u[1] += tokens
         u[5] = max(u[5], tokens)
         u[2], u[3] = min(u[2], e.ts), max(u[3], e.ts)
-        u[6].append(e.event_id)
+        u[6] += 1
+        u[7].append(e.event_id)
         m = models.setdefault((e.provider, e.model, w), [0, 0, 0, 0, [], [], e.ts, e.ts, []])
         m[0] += 1
         m[6], m[7] = min(m[6], e.ts), max(m[7], e.ts)
@@ -424,7 +429,7 @@ def _recount(events: list[tuple[LLMCall, Decimal | None]]) -> tuple[dict[Any, li
         elif e.status in ("error", "timeout", "rate_limited"):
             m[1 + ("error", "timeout", "rate_limited").index(e.status)] += 1
             m[8].append(e.event_id)
-    return ({k: [*u[:6], *u[6][:10]] for k, u in usage.items()},
+    return ({k: [*u[:7], *u[7][:10]] for k, u in usage.items()},
             {k: [*m[:8], *m[8][:10]] for k, m in models.items()})
 
 
@@ -457,3 +462,67 @@ def test_batch_windows_sums_equal_a_call_by_call_recount() -> None:
         for e, cost in events[half:]:
             b.add(e, cost)
         assert (b.usage, b.models) == _recount(events)
+
+
+# ------------------------------------------------------------------ per call, fleet prior
+
+
+def token_detector() -> AmountSpikeDetector:
+    return AmountSpikeDetector(AlertKind.TOKEN_SPIKE, AlertBook(), SensitivityTable(), metric="tokens_per_window",
+                               unit="tokens")
+
+
+def calls_of(rng: random.Random, start: int, n: int, calls_per_window: float, per_call: int) -> list[tuple[int, int, int]]:
+    """(window, tokens, calls): Poisson calls of log-normal size around ``per_call`` tokens."""
+    out = []
+    for i in range(n):
+        k = sum(1 for _ in range(40) if rng.random() < calls_per_window / 40)
+        out.append((start + i, sum(int(rng.lognormvariate(math.log(per_call), 0.5)) for _ in range(k)), k))
+    return out
+
+
+def feed_tokens(det: AmountSpikeDetector, windows: Iterable[tuple[int, int, int]]) -> list[Alert]:
+    out = []
+    for w, tokens, calls in windows:
+        if calls:
+            alert = det.observe_at("acme", w, tokens, tokens // calls, calls, at_window(w), at_window(w), [f"e{w}"])
+            if alert is not None:
+                out.append(alert)
+    return out
+
+
+def test_a_burst_of_calls_is_not_a_token_spike_but_bigger_calls_are() -> None:
+    """Twice the calls for ten minutes (a busy spell) stays below the 3x time floor and leaves the
+    size of a call alone; the same traffic with calls 3x their usual size alerts, per call."""
+    rng = random.Random(21)
+    det = token_detector()
+    feed_tokens(det, calls_of(rng, W0, 3 * HOUR, 1.0, 2_000))
+    start = W0 + 3 * HOUR
+    assert feed_tokens(det, calls_of(rng, start, 60, 2.0, 2_000)) == []
+    feed_tokens(det, calls_of(rng, start + 60, 2 * HOUR, 1.0, 2_000))
+    alerts = feed_tokens(det, calls_of(rng, start + 60 + 2 * HOUR, 60, 1.0, 6_000))
+    assert alerts and alerts[0].kind == AlertKind.TOKEN_SPIKE and alerts[0].metric == "tokens_per_call"
+
+
+def test_a_young_failure_scope_is_judged_against_the_fleets_share_and_not_at_all_without_one() -> None:
+    det = errors_detector()
+    # alone and young: no verdict, however many failures (nothing to compare against)
+    assert feed_rates(det, [(B0 + i, [20, 10, 0, 0]) for i in range(30)]) == []
+    # an older model of the fleet fails 10 % of the time: a new model at that share is normal
+    for i in range(WARM):
+        det.observe(("openai", "gpt-4o"), B0 + i, [50, 5, 0, 0], 0.0, (B0 + i) * 10.0, [])
+    young = [(B0 + WARM + i, [50, 5, 0, 0]) for i in range(30)]
+    assert [a for a in (det.observe(("openai", "o3"), w, c, w * 10.0, w * 10.0, []) for w, c in young) if a] == []
+    assert 0.08 < det.prior() < 0.12
+
+
+def test_a_young_safety_scope_alerts_on_a_sudden_flood_but_not_on_its_own_busy_rate() -> None:
+    """Before two hours of history a scope's last minute is judged against its own life so far:
+    a new feature that triggers about twice a minute from the start does not alert (the prior of
+    one an hour would have called that a burst); a dozen in one minute on top of it does."""
+    rng = random.Random(8)
+    det = safety_detector()
+    steady = [(B0 + i, 1) for i in range(HOUR) if rng.random() < 0.33]
+    assert feed_counts(det, steady) == []
+    alerts = feed_counts(det, [(B0 + HOUR + i, 6) for i in range(3)])
+    assert alerts and alerts[0].kind == AlertKind.SAFETY_BURST

@@ -176,3 +176,21 @@ def test_batching_moves_the_verdict_by_at_most_a_batch() -> None:
     assert a and b and a[0].scope == b[0].scope
     assert a[0].opened_at is not None and b[0].opened_at is not None
     assert abs((a[0].opened_at - b[0].opened_at).total_seconds()) <= 35
+
+
+def test_versions_snapshot_sets_each_version_beside_its_verdict_then_only_groups_with_new_traffic() -> None:
+    rng = random.Random(7)
+    comparator = ReleaseComparator(ReleaseParams())
+    events = traffic(rng, 1800, share=0.5, start=600, fail_old=0.01, fail_new=0.5)
+    run(comparator, events)
+    last = events[-1][0].ts
+    rows = {(r.dimension, r.version): r for r in comparator.versions(last)}
+    v1, v2 = rows[("prompt_version", "v1")], rows[("prompt_version", "v2")]
+    in_window = [e for e, _ in events if e.ts > last - timedelta(hours=1)]
+    assert v1.calls + v2.calls == len(in_window) == rows[("model", "gpt-4o-mini")].calls
+    assert v2.calls == sum(1 for e in in_window if e.prompt_version == "v2")
+    assert math.isclose(v1.share + v2.share, 1.0) and rows[("model", "gpt-4o-mini")].share == 1.0
+    assert (v1.role, v2.role, v1.comparison) == ("incumbent", "candidate", None)
+    assert v2.comparison is not None and v2.comparison["verdict"] == "rollback"
+    assert v2.comparison["old_version"] == "v1"
+    assert comparator.versions(last) == []  # nothing new since the last snapshot

@@ -194,3 +194,10 @@ def test_rules_follow_the_workbook_table() -> None:
     assert [(r.name, r.factor, r.long, r.short) for r in RULES] == [
         ("fast", Decimal("14.4"), H, 5 * M), ("slow", Decimal(6), 6 * H, 30 * M),
         ("ticket", Decimal(1), 72 * H, 6 * H)]
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"slos": ' + '{"a": ' * 50_000 + "1" + "}" * 50_001,
+                                  "slos:\n" + "".join(" " * i + "- \n" for i in range(1, 1200))])
+def test_a_deeply_nested_slo_file_is_refused_before_it_is_parsed(text: str) -> None:
+    with pytest.raises(ValueError, match="SLO: nested deeper than 32 levels"):
+        load_slos(text)

@@ -179,6 +179,37 @@
     Promise.all([refreshRegions(), drawAll()]).then(function () { setLive(true); }, function () { setLive(false); });
   }
 
+  // Live updates: server-sent events say which part changed (alerts, directives, chart data;
+  // a tick every 15 s refreshes the time-left counters); when the stream cannot be opened or
+  // keeps failing, the page polls every 5 s instead.
+  var polling = null, failures = 0;
+  function poll() {
+    if (polling) return;
+    polling = setInterval(tick, REFRESH_MS);
+    document.body.setAttribute("data-live-mode", "polling");
+  }
+  function refresh(what) {
+    if (document.hidden) return;
+    var jobs = [refreshRegions()];
+    if (what !== "tick") jobs.push(drawAll());
+    Promise.all(jobs).then(function () { setLive(true); }, function () { setLive(false); });
+  }
+  function stream() {
+    if (!window.EventSource) { poll(); return; }
+    var es = new EventSource("/ui/live");
+    es.addEventListener("hello", function () {
+      failures = 0; setLive(true);
+      document.body.setAttribute("data-live-mode", "stream");
+    });
+    ["alerts", "directives", "data", "tick"].forEach(function (part) {
+      es.addEventListener(part, function () { refresh(part); });
+    });
+    es.onerror = function () {
+      failures += 1; setLive(false);
+      if (es.readyState === EventSource.CLOSED || failures >= 3) { es.close(); poll(); }
+    };
+  }
+
   function suggest(input) {
     var list = document.getElementById("dl-" + input.getAttribute("data-suggest"));
     if (!list) return;
@@ -191,7 +222,7 @@
 
   document.addEventListener("DOMContentLoaded", function () {
     drawAll().then(function () { setLive(true); }, function () { setLive(false); });
-    setInterval(tick, REFRESH_MS);
+    stream();
     document.querySelectorAll("[data-suggest]").forEach(function (input) {
       input.addEventListener("focus", function () { suggest(input); });
       input.addEventListener("input", function () { suggest(input); });
