@@ -46,7 +46,7 @@ once the shim pins the old version, the alert resolves.
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 import math
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -170,32 +170,15 @@ class Stats:
     def add(self, event: Any, cost: float | None, t: float) -> None:
         kind = event.event_type
         if kind == "llm_call":
-            self.calls += 1
-            status = event.status.value if hasattr(event.status, "value") else str(event.status)
-            if status in FAILURES:
-                self.fail[status] = self.fail.get(status, 0) + 1
-            tokens = float(event.input_tokens + event.output_tokens)
-            self.tok_sum += tokens
-            self.tok_sq += tokens * tokens
-            if cost is not None:
-                self.cost_n += 1
-                self.cost_sum += cost
-                self.cost_sq += cost * cost
-            if status == "ok":
-                if event.latency_ms:
-                    self.lat[bisect.bisect_left(_EDGES, event.latency_ms)] += 1
-                    self.lat_n += 1
-                ttft = event.ttft_ms
-                if ttft is not None:
-                    self.ttft[bisect.bisect_left(_EDGES, ttft)] += 1
-                    self.ttft_n += 1
-        elif kind == "tool_call":
+            self.add_call(event, cost, t)
+            return
+        if kind == "tool_call":
             self.tool += 1
-            if event.status.value in FAILURES:
+            if event.status in FAILURES:
                 self.tool_fail += 1
         elif kind == "retrieval":
             self.retr += 1
-            if event.status.value != "ok" or event.results_count == 0:
+            if event.status != "ok" or event.results_count == 0:
                 self.retr_empty += 1
         elif kind == "safety_trigger":
             self.safety += 1
@@ -203,7 +186,36 @@ class Stats:
             self.fb_n += 1
             self.fb_sum += event.score
             self.fb_sq += event.score * event.score
-        self.last = max(self.last, t)
+        if t > self.last:
+            self.last = t
+
+    def add_call(self, event: Any, cost: float | None, t: float) -> None:
+        """One ``llm_call`` (the hot path: one per call, in every bucket and comparison it feeds).
+        ``status`` is a ``CallStatus`` (a ``StrEnum``) or its string: both compare as the string."""
+        self.calls += 1
+        status = event.status
+        if status != "ok":
+            if status in FAILURES:
+                name = str(status)
+                self.fail[name] = self.fail.get(name, 0) + 1
+        else:
+            latency = event.latency_ms
+            if latency:
+                self.lat[bisect_left(_EDGES, latency)] += 1
+                self.lat_n += 1
+            ttft = event.ttft_ms
+            if ttft is not None:
+                self.ttft[bisect_left(_EDGES, ttft)] += 1
+                self.ttft_n += 1
+        tokens = float(event.input_tokens + event.output_tokens)
+        self.tok_sum += tokens
+        self.tok_sq += tokens * tokens
+        if cost is not None:
+            self.cost_n += 1
+            self.cost_sum += cost
+            self.cost_sq += cost * cost
+        if t > self.last:
+            self.last = t
 
 
 def _p95_bin(hist: list[int], n: int) -> int:
@@ -423,6 +435,8 @@ class ReleaseComparator:
         self._links: dict[tuple[tuple[str, str], tuple[str, str, str]], tuple[tuple[str, str], tuple[str, str, str]]] = {}
         self._pending: OrderedDict[tuple[str, str], list[tuple[Any, float]]] = OrderedDict()
         self._dirty: set[tuple[str, str]] = set()  # groups with traffic since the last ``versions``
+        # group -> its open comparisons as (key, comparison, index of its dimension in a versions tuple)
+        self._open_by_group: dict[tuple[str, str], list[tuple[tuple[tuple[str, str], str, str], Comparison, int]]] = {}
 
     # -- input ---------------------------------------------------------------------------------
     def observe(self, events: Iterable[tuple[Any, float | None]]) -> list[Alert]:
@@ -442,23 +456,27 @@ class ReleaseComparator:
         return (event.tenant_id if self.params.per_tenant else "", event.feature)
 
     def _call(self, event: Any, cost: float | None, touched: dict[Any, bool]) -> None:
-        if not event.feature:
+        feature = event.feature
+        if not feature:
             return
-        group_key = self._group_of(event)
-        versions = (event.prompt_version, event.model, _config_version(event))
+        group_key = (event.tenant_id if self.params.per_tenant else "", feature)
+        attributes = event.attributes
+        # config_version travels in attributes (the models fold an unknown top-level field there)
+        versions = (event.prompt_version, event.model, _config_version(event) if attributes else "")
         t = event.ts.timestamp()
         group = self.groups.get(group_key)
         if group is None:
             group = self.groups[group_key] = _Group()
         self._dirty.add(group_key)
+        totals = group.totals
         for dim, value in zip(DIMENSIONS, versions, strict=True):
             if value:
-                totals = group.totals[dim]
-                n = totals.get(value)
+                counts = totals[dim]
+                n = counts.get(value)
                 if n is None:
                     n = 0
                     self._maybe_open(group_key, group, dim, value, t)
-                totals[value] = n + 1
+                counts[value] = n + 1
         self._apply_at(event, cost, t, group_key, group, versions, touched)
         link = self._link(group_key, versions)
         self._remember(self._by_event, id_key(event.event_id), link)
@@ -501,17 +519,23 @@ class ReleaseComparator:
         if bucket is None:
             bucket = minutes[minute] = Stats()
         bucket.add(event, cost, t)
-        if self.comparisons:
-            for key, comp in self.comparisons.items():
-                if key[0] != group_key:
-                    continue
-                value = versions[DIMENSIONS.index(comp.dimension)]
+        open_here = self._open_by_group.get(group_key)
+        if open_here:  # only this group's comparisons (most groups have none)
+            for key, comp, i in open_here:
+                value = versions[i]
                 if value == comp.new:
                     comp.new_stats.add(event, cost, t)
                     touched[key] = True
                 elif value == comp.old and t >= comp.started:
                     comp.old_live.add(event, cost, t)
                     touched.setdefault(key, False)
+
+    def _index(self) -> None:
+        """Rebuild the per-group index of the open comparisons (after one opens or ends)."""
+        index: dict[tuple[str, str], list[tuple[tuple[tuple[str, str], str, str], Comparison, int]]] = {}
+        for key, comp in self.comparisons.items():
+            index.setdefault(key[0], []).append((key, comp, DIMENSIONS.index(comp.dimension)))
+        self._open_by_group = index
 
     def _link(self, group_key: tuple[str, str], versions: tuple[str, str, str]) -> tuple[tuple[str, str], tuple[str, str, str]]:
         """The one shared tuple for this (group, versions): the join tables hold references, not
@@ -541,6 +565,7 @@ class ReleaseComparator:
         if recent[old].calls == 0:
             return
         self.comparisons[(group_key, dim, value)] = Comparison(group_key, dim, old, value, t, old_before=recent[old])
+        self._index()
 
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate(self, touched: dict[tuple[tuple[str, str], str, str], bool]) -> list[Alert]:
@@ -586,10 +611,14 @@ class ReleaseComparator:
         """Resolve regressions whose candidate stopped, end idle comparisons, forget old minutes."""
         w = watermark.timestamp()
         out = [a.model_copy(update={"verdict": "rollback"}) for a in self.book.sweep(w)]
+        ended = False
         for key, comp in list(self.comparisons.items()):
             if (w - max(comp.new_stats.last, comp.started) >= self.params.idle_s and not self.book.is_open(
                     AlertKind.VERSION_REGRESSION, comp.scope().key())) or comp.verdict == "promote":
                 self.finished.append(self.comparisons.pop(key))
+                ended = True
+        if ended:
+            self._index()
         self.finished = self.finished[-1000:]
         keep_from = int((w - self.params.baseline_s) // 60) - 1
         for group in self.groups.values():
