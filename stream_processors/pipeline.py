@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 from flyball.schemas import Alert, AlertKind, InvalidEvent, LLMCall, Scope
-from flyball.schemas.events import Envelope
+from flyball.schemas.events import CallStatus, Envelope
 
 from .detectors import BatchWindows, Detectors, alert_id_for
 from .budgets import BudgetTracker, SeedRequest, SeedTotals
@@ -40,6 +40,8 @@ EVENT_COLUMNS = (
 
 
 _ZERO = Decimal(0)
+# a status as the plain string the row stores (CallStatus.value, without the enum property's cost)
+_STATUS = {status: status.value for status in CallStatus}
 
 
 # What of a rejected input goes into its dead-letter record: the first DLQ_ORIGINAL_BYTES bytes
@@ -256,18 +258,18 @@ def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier
     kind: str = event.event_type  # type: ignore[attr-defined]
     if kind == "llm_call":
         e: LLMCall = event  # type: ignore[assignment]
-        provider, model, status, latency = e.provider, e.model, e.status.value, e.latency_ms
+        provider, model, status, latency = e.provider, e.model, _STATUS[e.status], e.latency_ms
         tokens = (e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens)
         twelve_hours = min(e.cache_write_12h_tokens, e.cache_write_tokens - one_hour)
         prompt_version = e.prompt_version or str(e.attributes.get("prompt_version", "")) if e.attributes else e.prompt_version
         ttft, stream, error_type, user = e.ttft_ms, 1 if e.stream else 0, e.error_type, e.user_id_hash
     elif kind == "tool_call":
-        tool, status, latency = event.tool_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
+        tool, status, latency = event.tool_name, _STATUS[event.status], event.latency_ms  # type: ignore[attr-defined]
         error_type = event.error_type  # type: ignore[attr-defined]
     elif kind == "safety_trigger":
         category, status = event.category, event.action  # type: ignore[attr-defined]
     elif kind == "retrieval":
-        index, status, latency = event.index_name, event.status.value, event.latency_ms  # type: ignore[attr-defined]
+        index, status, latency = event.index_name, _STATUS[event.status], event.latency_ms  # type: ignore[attr-defined]
         error_type, results = event.error_type, event.results_count  # type: ignore[attr-defined]
     elif kind == "feedback":
         score, target = event.score, event.target_event_id  # type: ignore[attr-defined]

@@ -456,13 +456,13 @@ class ReleaseComparator:
         return (event.tenant_id if self.params.per_tenant else "", event.feature)
 
     def _call(self, event: Any, cost: float | None, touched: dict[Any, bool]) -> None:
+        # the hot path (one per llm_call): _apply_at, _link and _remember written out inline
         feature = event.feature
         if not feature:
             return
         group_key = (event.tenant_id if self.params.per_tenant else "", feature)
-        attributes = event.attributes
         # config_version travels in attributes (the models fold an unknown top-level field there)
-        versions = (event.prompt_version, event.model, _config_version(event) if attributes else "")
+        versions = (event.prompt_version, event.model, _config_version(event) if event.attributes else "")
         t = event.ts.timestamp()
         group = self.groups.get(group_key)
         if group is None:
@@ -477,16 +477,41 @@ class ReleaseComparator:
                     n = 0
                     self._maybe_open(group_key, group, dim, value, t)
                 counts[value] = n + 1
-        self._apply_at(event, cost, t, group_key, group, versions, touched)
-        link = self._link(group_key, versions)
-        self._remember(self._by_event, id_key(event.event_id), link)
+        # the one shared tuple per (group, versions): the join tables hold references, not a
+        # tuple and its strings per event (about 450 bytes an event less at ``max_joins``)
+        link = (group_key, versions)
+        shared = self._links.get(link)
+        if shared is None:
+            if len(self._links) >= self.params.max_joins:
+                self._links.clear()  # bounded; the tables keep the links they hold
+            shared = self._links[link] = link
+        link = shared
+        minutes = group.minutes.get(versions)
+        if minutes is None:
+            minutes = group.minutes[versions] = {}
+        minute = int(t // 60)
+        bucket = minutes.get(minute)
+        if bucket is None:
+            bucket = minutes[minute] = Stats()
+        bucket.add_call(event, cost, t)
+        if group_key in self._open_by_group:
+            self._compared(event, cost, t, group_key, versions, touched)
+        max_joins = self.params.max_joins
+        by_event = self._by_event
+        by_event[id_key(event.event_id)] = link
+        if len(by_event) > max_joins:
+            by_event.popitem(last=False)
         if event.request_id:
             rkey = (event.tenant_id, event.request_id)
-            self._remember(self._by_request, rkey, link)
-            waiting = self._pending.pop(rkey, None)
-            if waiting:
-                for other, _ in waiting:
-                    self._apply(other, group_key, versions, touched)
+            by_request = self._by_request
+            by_request[rkey] = link
+            if len(by_request) > max_joins:
+                by_request.popitem(last=False)
+            if self._pending:
+                waiting = self._pending.pop(rkey, None)
+                if waiting:
+                    for other, _ in waiting:
+                        self._apply(other, group_key, versions, touched)
 
     def _joined(self, event: Any, touched: dict[Any, bool]) -> None:
         link = None
@@ -519,16 +544,20 @@ class ReleaseComparator:
         if bucket is None:
             bucket = minutes[minute] = Stats()
         bucket.add(event, cost, t)
-        open_here = self._open_by_group.get(group_key)
-        if open_here:  # only this group's comparisons (most groups have none)
-            for key, comp, i in open_here:
-                value = versions[i]
-                if value == comp.new:
-                    comp.new_stats.add(event, cost, t)
-                    touched[key] = True
-                elif value == comp.old and t >= comp.started:
-                    comp.old_live.add(event, cost, t)
-                    touched.setdefault(key, False)
+        if group_key in self._open_by_group:  # only this group's comparisons (most groups have none)
+            self._compared(event, cost, t, group_key, versions, touched)
+
+    def _compared(self, event: Any, cost: float | None, t: float, group_key: tuple[str, str],
+                  versions: tuple[str, str, str], touched: dict[Any, bool]) -> None:
+        """Feed the event to its group's open comparisons whose candidate or incumbent it served."""
+        for key, comp, i in self._open_by_group[group_key]:
+            value = versions[i]
+            if value == comp.new:
+                comp.new_stats.add(event, cost, t)
+                touched[key] = True
+            elif value == comp.old and t >= comp.started:
+                comp.old_live.add(event, cost, t)
+                touched.setdefault(key, False)
 
     def _index(self) -> None:
         """Rebuild the per-group index of the open comparisons (after one opens or ends)."""
@@ -536,22 +565,6 @@ class ReleaseComparator:
         for key, comp in self.comparisons.items():
             index.setdefault(key[0], []).append((key, comp, DIMENSIONS.index(comp.dimension)))
         self._open_by_group = index
-
-    def _link(self, group_key: tuple[str, str], versions: tuple[str, str, str]) -> tuple[tuple[str, str], tuple[str, str, str]]:
-        """The one shared tuple for this (group, versions): the join tables hold references, not
-        a tuple and its strings per event (about 450 bytes an event less at ``max_joins``)."""
-        link = (group_key, versions)
-        shared = self._links.get(link)
-        if shared is None:
-            if len(self._links) >= self.params.max_joins:
-                self._links.clear()  # bounded; the tables keep the links they hold
-            shared = self._links[link] = link
-        return shared
-
-    def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
-        table[key] = value
-        if len(table) > self.params.max_joins:
-            table.popitem(last=False)
 
     def _maybe_open(self, group_key: tuple[str, str], group: _Group, dim: str, value: str, t: float) -> None:
         """A value seen for the first time: a candidate if another value is established."""
