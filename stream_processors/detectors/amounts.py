@@ -48,6 +48,9 @@ class AmountParams:
     half_life_windows: float = 180.0
     min_history: int = 360
     leave_one_out: bool = True
+    # the memory of each span's over-dispersion (c below): a tenant's normal bursts come a few a
+    # day, so their size must be remembered for hours, not for the baseline's 30 minutes
+    burst_half_life_windows: float = 2160.0  # 6 hours
 
 
 @dataclass(slots=True)
@@ -62,7 +65,22 @@ class _Series:
     calls: float = 0.0           # EWMA of the calls per window (same decay and weight as ``mean``)
     spread: float = 0.0          # EWMA, over windows with calls, of (amount - calls x per-call mean)^2 / calls
     spread_weight: float = 0.0   # its weight (the sum of the decays of those windows)
+    # per span: the span's sum ending at ``absorbed`` (over the absorbed windows), and the two
+    # EWMAs whose ratio is its over-dispersion c (Var = phi mu + c mu^2, see ``_absorb``)
+    recent: dict[int, float] = field(default_factory=dict)  # absorbed amounts of the last ``longest`` windows
+    rolling: list[float] = field(default_factory=list)
+    excess: list[float] = field(default_factory=list)   # EWMA of (S - mu)^2 - phi mu
+    level: list[float] = field(default_factory=list)    # EWMA of mu^2
+    clean_from: int = 0          # the first window whose spans hold no window of an open alert
     scope_key: str | None = None  # derived
+
+    def burst(self, j: int) -> float:
+        """c of span ``j``: the squared relative size of the scope's own normal excursions over
+        that span beyond what independent windows explain (bursts, the lag of the baseline on the
+        daily ramp); 0 until learned."""
+        if j >= len(self.level) or self.level[j] <= 0:
+            return 0.0
+        return max(self.excess[j] / self.level[j], 0.0)
 
 
 def tail_p(k: float, mu: float) -> float:
@@ -158,7 +176,10 @@ class AmountSpikeDetector:
             # pricier calls, bigger calls alike)
             mu = span * m
             if judged >= sens.min_ratio * mu:
-                pval = tail_p(judged / phi, sens.null_ratio * mu / phi)
+                # quasi-Poisson with the NB2 variance at the null's mean: phi x null + c x null^2
+                null = sens.null_ratio * mu
+                disp = phi + s.burst(j) * null
+                pval = tail_p(judged / disp, null / disp)
                 if pval < sens.p_value and (best is None or pval < best[0]):
                     best = (pval, j, judged, mu, False)
             # per call: the amount against what the span's calls usually amount to (bigger or
@@ -194,48 +215,86 @@ class AmountSpikeDetector:
         return self.book.fire(self.kind, scope, ev, confirm=sens.confirmations(pval), confirm_s=sens.confirm_s)
 
     def _absorb(self, s: _Series, key: str) -> None:
-        """Fold the windows that left the longest span into the baseline (zeros for empty ones)."""
+        """Fold the windows that left the longest span into the baseline (zeros for empty ones),
+        window by window while any of the last ``longest`` windows had an amount (the spans'
+        sums need each window), in one step over a longer silence.
+
+        Over-dispersion per span (negative-binomial / NB2 form): the span's sum S is compared
+        with mu = span x m, and independent windows would give Var(S) = phi mu; a tenant's
+        bursts and the baseline's lag on the daily ramp make windows move together, which adds
+        c mu^2. c is estimated by moments from the scope's own history, as each window leaves:
+        c = EWMA[(S - mu)^2 - phi mu] / EWMA[mu^2] (half-life ``burst_half_life_windows``), only
+        from windows learned while no alert was open (nor in the ``longest`` windows after)."""
         p = self.params
-        upto = s.newest - p.spans[-1]
+        spans = p.spans
+        longest = spans[-1]
+        upto = s.newest - longest
         if upto <= s.absorbed:
             return
         learn = self.book.learns(self.kind, self._text(s, key), s.newest * BASE_WINDOW_S)
         decay = 0.5 ** (1.0 / p.half_life_windows)
-        last = s.absorbed
+        keep = 0.5 ** (1.0 / p.burst_half_life_windows)
+        if not s.rolling:
+            s.rolling, s.excess, s.level = [0.0] * len(spans), [0.0] * len(spans), [0.0] * len(spans)
+        rolling, excess, level, recent = s.rolling, s.excess, s.level, s.recent
         windows = s.windows
-        # every window is > absorbed (later ones are refused): look the few leaving up, or sort
-        if upto - last <= len(windows):
-            done = [w for w in range(last + 1, upto + 1) if w in windows]
-        else:
-            done = sorted(w for w in windows if w <= upto)
-        for w in done:
-            a_w, _, n = s.windows.pop(w)
-            a = float(a_w)
+        last = s.absorbed
+        while last < upto:
+            if not recent:
+                # nothing in any span: jump over the silence to the next window with an amount
+                nxt = min((w for w in windows if w <= upto), default=upto + 1)
+                gap = nxt - 1 - last
+                if gap > 0:
+                    if learn:
+                        d = decay ** gap
+                        s.mean *= d
+                        s.sq *= d
+                        s.calls *= d
+                        s.spread *= d
+                        s.spread_weight *= d
+                        s.weight = 1.0 - (1.0 - s.weight) * d
+                        s.history += gap
+                        e = keep ** gap
+                        for j in range(len(spans)):
+                            excess[j] *= e
+                            level[j] *= e
+                    for j in range(len(spans)):
+                        rolling[j] = 0.0
+                    last += gap
+                    continue
+            w = last + 1
+            got = windows.pop(w, None)
+            a, n = (float(got[0]), got[2]) if got is not None else (0.0, 0)
+            if a:
+                recent[w] = a
+            for j, span in enumerate(spans):
+                rolling[j] += a - recent.get(w - span, 0.0)
+            recent.pop(w - longest, None)
             if learn:
-                gap = w - last  # the empty windows since the last one, then this one
-                d = decay ** gap
+                if s.weight > 0 and s.history >= longest and w >= s.clean_from:
+                    m = s.mean / s.weight
+                    if m > 0:
+                        phi = max(s.sq / s.weight - m * m, 0.0) / m
+                        for j, span in enumerate(spans):
+                            mu = span * m
+                            r = rolling[j] - mu
+                            excess[j] = excess[j] * keep + (r * r - phi * mu)
+                            level[j] = level[j] * keep + mu * mu
                 if n and s.calls > 0:  # residual against the per-call mean learned so far
                     r = a - n * s.mean / s.calls
-                    s.spread = s.spread * d + r * r / n
-                    s.spread_weight = s.spread_weight * d + 1.0
-                s.mean = s.mean * d + (1 - decay) * a
-                s.sq = s.sq * d + (1 - decay) * a * a
-                s.calls = s.calls * d + (1 - decay) * n
-                s.weight = 1.0 - (1.0 - s.weight) * d  # every window, empty or not, weighs 1 - decay
-                s.history += gap
+                    s.spread = s.spread * decay + r * r / n
+                    s.spread_weight = s.spread_weight * decay + 1.0
+                else:
+                    s.spread *= decay
+                    s.spread_weight *= decay
+                s.mean = s.mean * decay + (1 - decay) * a
+                s.sq = s.sq * decay + (1 - decay) * a * a
+                s.calls = s.calls * decay + (1 - decay) * n
+                s.weight = 1.0 - (1.0 - s.weight) * decay  # every window, empty or not, weighs 1 - decay
+                s.history += 1
+            else:
+                s.clean_from = w + longest  # the spans that hold this window are not normal history
             last = w
-        if upto > last:
-            if learn:
-                gap = upto - last
-                d = decay ** gap
-                s.mean *= d
-                s.sq *= d
-                s.calls *= d
-                s.spread *= d
-                s.spread_weight *= d
-                s.weight = 1.0 - (1.0 - s.weight) * d
-                s.history += gap
-            last = upto
         s.absorbed = last
 
     def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
@@ -244,7 +303,9 @@ class AmountSpikeDetector:
 
     def snapshot(self) -> list[Any]:
         return [[k, s.newest, s.absorbed, {str(w): [str(a), str(t), n] for w, (a, t, n) in s.windows.items()},
-                 s.mean, s.sq, s.weight, s.history, s.calls, s.spread, s.spread_weight] for k, s in self.state.items()]
+                 s.mean, s.sq, s.weight, s.history, s.calls, s.spread, s.spread_weight,
+                 {str(w): a for w, a in s.recent.items()}, s.rolling, s.excess, s.level, s.clean_from]
+                for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
         self.state = {}
@@ -259,9 +320,13 @@ class AmountSpikeDetector:
         for k, newest, absorbed, windows, mean, sq, weight, history, *per_call in data:
             if k in self.state or not owns(k.split(KEY_SEP, 1)[0]):
                 continue
-            # a snapshot from before the per-call baseline: that baseline starts empty
-            calls, spread, spread_weight = per_call or (0.0, 0.0, 0.0)
+            # a snapshot from before the per-call baseline, or before the spans' over-dispersion:
+            # what it lacks starts empty
+            calls, spread, spread_weight = per_call[:3] or (0.0, 0.0, 0.0)
+            recent, rolling, excess, level, clean_from = per_call[3:8] or ({}, [], [], [], 0)
             self.state[k] = _Series(newest, absorbed, {int(w): [num(a), num(t), n] for w, (a, t, n) in windows.items()},
-                                    mean, sq, weight, history, calls, spread, spread_weight)
+                                    mean, sq, weight, history, calls, spread, spread_weight,
+                                    {int(w): a for w, a in recent.items()}, list(rolling), list(excess), list(level),
+                                    clean_from)
             taken += 1
         return taken
