@@ -242,7 +242,10 @@ class AmountSpikeDetector:
         while last < upto:
             if not recent:
                 # nothing in any span: jump over the silence to the next window with an amount
-                nxt = min((w for w in windows if w <= upto), default=upto + 1)
+                if upto - last <= len(windows):  # the usual case: newest moved by a window or two
+                    nxt = next((w for w in range(last + 1, upto + 1) if w in windows), upto + 1)
+                else:
+                    nxt = min((w for w in windows if w <= upto), default=upto + 1)
                 gap = nxt - 1 - last
                 if gap > 0:
                     if learn:

@@ -87,6 +87,9 @@ class AlertBook:
         # persistence: (kind|scope) -> (abnormal 10 s windows so far, the latest, its event time, first_ts)
         # for an alert not yet open; not in a snapshot (a restart only restarts a confirmation)
         self.pending: dict[str, tuple[int, int, float, float]] = {}
+        # (kind|scope) -> event time of the last abnormal evidence of its latest resolved alert,
+        # for ``relearn_s`` after it; not in a snapshot (a restart forgets an incident's tail)
+        self.closed: dict[str, float] = {}
 
     def is_open(self, kind: str, scope_key: str) -> bool:
         return f"{kind}|{scope_key}" in self.open
@@ -155,14 +158,24 @@ class AlertBook:
         current.published_at = ev.last_ts
         return current.alert
 
+    def closed_at(self, kind: str, scope_key: str) -> float | None:
+        """The event time of the last abnormal evidence of the alert of ``kind`` that resolved for
+        the scope in the last ``relearn_s``, if any: a detector counts new evidence from there on,
+        since its long spans still hold the incident that alert was (an incident's tail is not a
+        new incident)."""
+        return self.closed.get(f"{kind}|{scope_key}")
+
     def sweep(self, watermark: float) -> list[Alert]:
         """Resolve the alerts that have been normal for ``resolve_s`` up to ``watermark``."""
         if self.pending:
             self.pending = {k: v for k, v in self.pending.items() if watermark - v[2] < 3600}
+        if self.closed:
+            self.closed = {k: t for k, t in self.closed.items() if watermark - t < self.relearn_s}
         done = [k for k, o in self.open.items() if watermark - o.last_fired >= self.resolve_s]
         resolved = []
         for key in done:
             o = self.open.pop(key)
+            self.closed[key] = o.last_fired
             resolved.append(o.alert.model_copy(update={"status": "resolved",
                                                        "last_seen": max(o.alert.last_seen, at(watermark))}))
         return resolved

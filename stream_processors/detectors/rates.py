@@ -128,6 +128,7 @@ class _RateState:
     # the scope's text key
     totals: list[int] | None = None
     scope_key: str | None = None
+    pooled: bool = False  # in the fleet (a mature scope: see ``BinomialRateDetector.fleet``)
 
 
 @dataclass(slots=True)
@@ -141,13 +142,20 @@ class BinomialRateDetector(_ScopedDetector):
     params: BinomialParams = field(default_factory=BinomialParams)
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _RateState] = field(default_factory=dict)
-    # the sums of every scope's decayed baseline (calls, then failures per class): the fleet's
-    # share, the prior of a young scope (derived: recomputed on restore and eviction)
+    # the sums of the decayed baselines of the mature scopes (calls, then failures per class):
+    # the fleet's share, the prior of a young scope (derived: recomputed on restore and eviction).
+    # Only scopes past their own cold start are pooled: a young scope's share is not yet known,
+    # and a fleet of scopes that all started together would judge each against itself
     fleet: list[float] = field(default_factory=list)
 
+    def mature(self, s: _RateState) -> bool:
+        """Past the cold start: ``min_history`` windows old with ``min_history_n`` calls learned."""
+        p = self.params
+        return s.base_n >= p.min_history_n and s.newest - s.since >= p.min_history
+
     def prior(self) -> float:
-        """The prior failure share (all classes) of a scope: the fleet's (every scope of this
-        detector pooled) once it has ``prior_fleet_n`` calls, else ``prior_rate``."""
+        """The prior failure share (all classes) of a scope: the fleet's (every mature scope of
+        this detector pooled) once it has ``prior_fleet_n`` calls, else ``prior_rate``."""
         p = self.params
         fleet = self.fleet
         if fleet and fleet[0] >= p.prior_fleet_n:
@@ -183,7 +191,7 @@ class BinomialRateDetector(_ScopedDetector):
         width = len(self.classes) + 1
         sens = self.sensitivity.of(self.kind)
         least = sens.min_events
-        young = s.base_n < p.min_history_n or newest - s.since < p.min_history
+        young = not self.mature(s)
         if young and (not self.fleet or self.fleet[0] < p.prior_fleet_n):
             return None  # cold start with nothing to compare against: no verdict
         bar = sens.p_value ** 2 if young else sens.p_value  # cold start: overwhelming evidence only
@@ -246,19 +254,25 @@ class BinomialRateDetector(_ScopedDetector):
             if learn:
                 fleet = self.fleet or self._refleet()
                 new = s.base_n * decay + counts[0]
-                fleet[0] += new - s.base_n
+                if s.pooled:
+                    fleet[0] += new - s.base_n
                 s.base_n = new
                 for i in range(len(s.base_k)):
                     new = s.base_k[i] * decay + counts[i + 1]
-                    fleet[i + 1] += new - s.base_k[i]
+                    if s.pooled:
+                        fleet[i + 1] += new - s.base_k[i]
                     s.base_k[i] = new
+        if not s.pooled and self.mature(s):
+            self._refleet()  # its share is now known: it joins the fleet
 
     def _refleet(self) -> list[float]:
         fleet = [0.0] * (len(self.classes) + 1)
         for s in self.state.values():
-            fleet[0] += s.base_n
-            for i, k in enumerate(s.base_k):
-                fleet[i + 1] += k
+            s.pooled = self.mature(s)
+            if s.pooled:
+                fleet[0] += s.base_n
+                for i, k in enumerate(s.base_k):
+                    fleet[i + 1] += k
         self.fleet = fleet
         return fleet
 
@@ -318,6 +332,8 @@ class _CountState:
     count: float = 0.0     # decayed count absorbed
     exposure: float = 0.0  # decayed number of windows absorbed
     history: int = 0       # windows seen since the scope's first trigger (capped)
+    calls: dict[int, int] = field(default_factory=dict)  # the scope's LLM calls per window (``expose``)
+    called: float = 0.0    # decayed calls absorbed (the same decay as ``count``)
     scope_key: str | None = None  # derived, not in a snapshot
 
 
@@ -335,6 +351,18 @@ class PoissonBurstDetector(_ScopedDetector):
         """The scope's baseline triggers per 10 s window (Gamma-Poisson posterior mean)."""
         p = self.params
         return (s.count + p.prior_rate * p.prior_windows) / (s.exposure + p.prior_windows)
+
+    def expose(self, key: tuple[str, ...], window: int, calls: int) -> None:
+        """The scope's LLM calls in a window: the exposure of the per-call test. Kept only for
+        a scope that has had a trigger (the others have nothing to judge)."""
+        s = self.state.get(key)
+        if s is None or window <= s.newest - self.params.spans[-1]:
+            return
+        s.calls[window] = s.calls.get(window, 0) + calls
+        if window > s.newest:
+            s.history = min(s.history + window - s.newest, 1 << 20)
+            s.newest = window
+            self._absorb(s, key)
 
     def observe(self, key: tuple[str, ...], window: int, count: int, first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
@@ -354,19 +382,37 @@ class PoissonBurstDetector(_ScopedDetector):
         newest = s.newest
         if s.history >= p.min_history:
             bar, lam, spans = sens.p_value, self.rate(s), p.spans
+            triggers, calls = s.count, s.called
         else:
             # cold start: no baseline beyond the spans yet. Only the last minute is judged, against
             # the scope's whole life before it (its windows still in the spans count), and only on
             # overwhelming evidence: a feature that suddenly fires a dozen triggers a minute, not
             # one whose usual rate is still unknown
             first = p.spans[0]
-            before = s.count + sum(x for w, x in s.windows.items() if w <= newest - first)
+            triggers = s.count + sum(x for w, x in s.windows.items() if w <= newest - first)
+            calls = s.called + sum(x for w, x in s.calls.items() if w <= newest - first)
             exposure = s.exposure + max(0, min(s.history, p.spans[-1]) - first)
             bar, spans = sens.p_value ** 2, p.spans[:1]
-            lam = (before + p.prior_rate * p.prior_windows) / (exposure + p.prior_windows)
+            lam = (triggers + p.prior_rate * p.prior_windows) / (exposure + p.prior_windows)
+        # per call: the scope's usual triggers per LLM call, with the same prior (one trigger an
+        # hour's worth of its calls); None for a scope without calls (a filter in front of no model)
+        per_call = None
+        if calls > 0 and s.exposure + p.prior_windows > 0:
+            calls_per_window = calls / max(s.exposure if s.history >= p.min_history else exposure, 1.0)
+            per_call = (triggers + p.prior_rate * p.prior_windows) / (calls + calls_per_window * p.prior_windows)
+        # an alert of this scope resolved lately: its incident is still in the long spans, and
+        # only the windows after its last abnormal evidence are new evidence
+        text = s.scope_key
+        if text is None:
+            text = s.scope_key = _scope(self.scope_fields, key).key()
+        closed = self.book.closed_at(self.kind, text)
+        after = newest - longest if closed is None else max(newest - longest, int(closed // BASE_WINDOW_S))
         best: tuple[float, int, float, int] | None = None
         ceiling = False
         for span in spans:
+            span = min(span, newest - after)
+            if span <= 0:
+                continue
             k = sum(x for w, x in s.windows.items() if w > newest - span)
             mu = span * lam
             if span == p.spans[0] and p.ceiling is not None and k >= p.ceiling:
@@ -376,7 +422,20 @@ class PoissonBurstDetector(_ScopedDetector):
             if k < sens.min_events or k < sens.min_ratio * mu:
                 continue
             pval = float(poisson.sf(k - 1, sens.null_ratio * mu))
-            if pval < bar and (best is None or pval < best[0]):
+            if pval >= bar:
+                continue
+            if per_call is not None and sens.call_ratio:
+                # and per call: a busy hour or a burst of traffic brings its triggers with its
+                # calls; an incident raises the triggers per call. Both must be significant (an
+                # intersection-union test: its p-value is the larger of the two)
+                n = sum(x for w, x in s.calls.items() if w > newest - span)
+                expected = n * per_call
+                if k < sens.call_ratio * expected:
+                    continue
+                pval = max(pval, float(poisson.sf(k - 1, sens.call_null * expected)))
+                if pval >= bar:
+                    continue
+            if best is None or pval < best[0]:
                 best = (pval, k, mu, span)
         if best is None:
             return None
@@ -398,23 +457,27 @@ class PoissonBurstDetector(_ScopedDetector):
         learn = self._learns(s, key)
         decay = 0.5 ** (1.0 / p.half_life_windows)
         upto = s.newest - p.spans[-1]
-        for w in sorted(w for w in s.windows if w <= upto):
-            x = s.windows.pop(w)
+        calls = s.calls
+        for w in sorted({w for w in s.windows if w <= upto} | {w for w in calls if w <= upto}):
+            x = s.windows.pop(w, 0)
+            n = calls.pop(w, 0)
             if learn:  # the empty windows since the last one count as zeros
                 d = decay ** (w - s.last_absorbed)
                 s.count = s.count * d + x
+                s.called = s.called * d + n
                 s.exposure = s.exposure * d + (w - s.last_absorbed)
             s.last_absorbed = w
         if upto > s.last_absorbed:
             if learn:
                 d = decay ** (upto - s.last_absorbed)
                 s.count *= d
+                s.called *= d
                 s.exposure = s.exposure * d + (upto - s.last_absorbed)
             s.last_absorbed = upto
 
     def snapshot(self) -> list[Any]:
-        return [[list(k), s.newest, s.last_absorbed, _windows_out(s.windows), s.count, s.exposure, s.history]
-                for k, s in self.state.items()]
+        return [[list(k), s.newest, s.last_absorbed, _windows_out(s.windows), s.count, s.exposure, s.history,
+                 _windows_out(s.calls), s.called] for k, s in self.state.items()]
 
     def restore(self, data: list[Any]) -> None:
         self.state = {}
@@ -425,10 +488,13 @@ class PoissonBurstDetector(_ScopedDetector):
         (the first scope field) ``owns`` says this replica now consumes and that it has no state
         for yet (see ``RateSpikeDetector.adopt``). The number of scopes taken."""
         taken = 0
-        for k, newest, last, windows, count, exposure, history in data:
+        for k, newest, last, windows, count, exposure, history, *per_call in data:
             key = tuple(k)
             if key not in self.state and owns(key[0]):
-                self.state[key] = _CountState(newest, last, _windows_in(windows), count, exposure, history)
+                # a snapshot from before the per-call test: its calls start empty
+                calls, called = per_call or ({}, 0.0)
+                self.state[key] = _CountState(newest, last, _windows_in(windows), count, exposure, history,
+                                              _windows_in(calls), called)
                 taken += 1
         return taken
 

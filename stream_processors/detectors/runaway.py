@@ -4,16 +4,21 @@ Per request (``request_id``, or ``trace_id`` when the request id is empty) the d
 LLM calls and tokens while the request is active; a request idle for ``idle_s`` of event time is
 closed and folded into its tenant+feature baseline.
 
-baseline   EWMA of calls per request and tokens per request for the tenant+feature, weight
-           ``ewma_weight`` (0.02: about the last 50 requests), starting from a prior of 3 calls
-           and 6,000 tokens; requests that alerted are not learned from;
-threshold  calls >= max(``min_calls``, ``factor`` x baseline calls) or
-           tokens >= max(``min_tokens``, ``factor`` x baseline tokens). The floors (12 calls,
-           400,000 tokens) keep a feature whose requests are all tiny from flagging a normal
-           long conversation; the factor (8x) keeps a feature whose agents always take 10 steps
-           from alerting on a 12-step one. A request is a single trajectory, not a rate, so no
-           distribution test: the counts only ever grow, and the alert fires the moment a count
-           crosses. Score = max of the two ratios count / threshold.
+baseline   EWMA of calls per request, of its square and of tokens per request for the
+           tenant+feature, weight ``ewma_weight`` (0.02: about the last 50 requests), starting from
+           a prior of 3 calls (Poisson spread) and 6,000 tokens; requests that alerted are not
+           learned from;
+threshold  calls >= max(``min_calls``, ``min_ratio`` x baseline calls, the calls that the
+           feature's own distribution of calls per request reaches with probability below
+           ``p_value``: a quasi-Poisson tail with the dispersion var/mean of its own requests,
+           at least Poisson's) (``Sensitivity`` of ``runaway_loop``: 1e-5 and 2x), or tokens >=
+           max(``min_tokens``, ``factor`` x baseline tokens). The floors (12 calls, 400,000
+           tokens) keep a feature whose requests are all tiny from flagging a normal long
+           conversation; the 2x keeps a feature whose agents always take 10 steps from alerting on
+           a 12-step one; the tail keeps an agent whose requests vary a lot from alerting on its
+           own long ones (an agent of 2-5 steps alerts at 14 calls, not at 8x its mean of 3.5, 28).
+           A request is a single trajectory, not a rate: the counts only ever grow, and the alert
+           fires the moment a count crosses. Score = max of the two ratios count / threshold.
 """
 
 from __future__ import annotations
@@ -23,8 +28,10 @@ from datetime import datetime
 from typing import Any
 
 from flyball.schemas import Alert, AlertKind, Scope
+from scipy.stats import poisson
 
 from .base import BASE_WINDOW_S, AlertBook, Evidence, fmt
+from .sensitivity import SensitivityTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +55,9 @@ _LAST = 3  # where last_ts sits
 class RunawayDetector:
     book: AlertBook
     params: RunawayParams = field(default_factory=RunawayParams)
+    sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     requests: dict[tuple[str, str, str], tuple[int, int, float, float, bool]] = field(default_factory=dict)
-    baselines: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    baselines: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # [calls, tokens, calls^2]
     _swept_at: float = 0.0
 
     def observe(self, key: tuple[str, str, str], calls: int, tokens: int, first_ts: float, last_ts: float,
@@ -95,8 +103,18 @@ class RunawayDetector:
     def _limits(self, key: tuple[str, str, str]) -> tuple[list[float], float, float]:
         """The feature's baseline [calls, tokens] per request and the two limits it sets."""
         p = self.params
-        base = self.baselines.get(key[:2]) or [p.prior_calls, p.prior_tokens]
-        return base, max(float(p.min_calls), p.factor * base[0]), max(float(p.min_tokens), p.factor * base[1])
+        base = self.baselines.get(key[:2]) or self._prior()
+        sens = self.sensitivity.of(AlertKind.RUNAWAY_LOOP, key[0])
+        mean = max(base[0], 1e-9)
+        phi = max((base[2] - mean * mean) / mean, 1.0)  # var/mean of its requests' calls, at least Poisson's
+        tail = phi * (float(poisson.isf(sens.p_value, mean / phi)) + 1.0)  # P(calls >= tail) < p_value
+        calls = max(float(p.min_calls), sens.min_ratio * mean, tail)
+        return base, calls, max(float(p.min_tokens), p.factor * base[1])
+
+    def _prior(self) -> list[float]:
+        """[calls, tokens, calls squared] per request before a feature has history (Poisson spread)."""
+        p = self.params
+        return [p.prior_calls, p.prior_tokens, p.prior_calls * p.prior_calls + p.prior_calls]
 
     def fire(self, key: tuple[str, str, str], event_ids: list[str]) -> Alert | None:
         """The alert of a request that :meth:`check` found over a limit."""
@@ -130,9 +148,10 @@ class RunawayDetector:
                 continue
             base = self.baselines.get(key[:2])
             if base is None:
-                base = self.baselines[key[:2]] = [p.prior_calls, p.prior_tokens]
+                base = self.baselines[key[:2]] = self._prior()
             base[0] += w * (calls - base[0])
             base[1] += w * (tokens - base[1])
+            base[2] += w * (calls * calls - base[2])
 
     def snapshot(self) -> dict[str, Any]:
         return {"requests": [[list(k), *r] for k, r in self.requests.items()],
@@ -140,5 +159,6 @@ class RunawayDetector:
 
     def restore(self, data: dict[str, Any]) -> None:
         self.requests = {tuple(k): (c, t, f, la, a) for k, c, t, f, la, a in data["requests"]}
-        self.baselines = {tuple(k): list(v) for k, v in data["baselines"]}
+        # a snapshot from before the calls' spread: Poisson's (var = mean) until it is learned
+        self.baselines = {tuple(k): list(v) if len(v) > 2 else [*v, v[0] * v[0] + v[0]] for k, v in data["baselines"]}
         self._swept_at = data["swept_at"]

@@ -87,7 +87,7 @@ DEFAULTS: dict[str, Sensitivity] = {
     "error_rate": Sensitivity(min_ratio=2.0, min_events=3),
     "tool_failure": Sensitivity(min_ratio=2.0, min_events=3),
     "retrieval_failure": Sensitivity(min_ratio=2.0, min_events=3),
-    "safety_burst": Sensitivity(min_ratio=3.0, min_events=3, null_ratio=2.0),
+    "safety_burst": Sensitivity(min_ratio=3.0, min_events=3, null_ratio=1.0, call_ratio=3.0, call_null=1.0),
     "latency": Sensitivity(p_value=1e-6, min_ratio=1.5, min_events=12),
     "runaway_loop": Sensitivity(confirm=1),
 }

@@ -291,7 +291,7 @@ class Detectors:
         self.cost_feature = amounts(AlertKind.COST_SPIKE, tf)
         self.tokens = amounts(AlertKind.TOKEN_SPIKE, ("tenant_id",))
         self.tokens_feature = amounts(AlertKind.TOKEN_SPIKE, tf)
-        self.runaway = RunawayDetector(book)
+        self.runaway = RunawayDetector(book, sensitivity=sens)
         self.errors = BinomialRateDetector(AlertKind.ERROR_RATE, ("provider", "model"), LLM_FAILURES, book,
                                            sensitivity=sens)
         self.latency = LatencyDetector(AlertKind.LATENCY, ("provider", "model"), book, sensitivity=sens)
@@ -314,7 +314,13 @@ class Detectors:
                 if alert is not None:
                     out.append(alert)
         # safety triggers are judged per tenant+feature, all categories together (a quiet feature's
-        # categories are too rare apart to have a baseline each); the sample ids say which
+        # categories are too rare apart to have a baseline each); the sample ids say which. Their
+        # exposure is the feature's LLM calls (a scope with triggers so far: the others have none)
+        if self.safety.state:
+            expose, known = self.safety.expose, self.safety.state
+            for (tenant, feature, w), u in b.usage.items():
+                if feature and (tenant, feature) in known:
+                    expose((tenant, feature), w, u[6])
         safety: dict[tuple[str, str, int], list[Any]] = {}
         for (tenant, feature, _, w), x in b.safety.items():
             acc = safety.get((tenant, feature, w))

@@ -508,10 +508,15 @@ def test_a_young_failure_scope_is_judged_against_the_fleets_share_and_not_at_all
     det = errors_detector()
     # alone and young: no verdict, however many failures (nothing to compare against)
     assert feed_rates(det, [(B0 + i, [20, 10, 0, 0]) for i in range(30)]) == []
-    # an older model of the fleet fails 10 % of the time: a new model at that share is normal
-    for i in range(WARM):
+    # a second young model is no fleet either: scopes that start together do not judge each other
+    for i in range(30):
+        det.observe(("openai", "gpt-4.1"), B0 + 30 + i, [20, 0, 0, 0], 0.0, (B0 + 30 + i) * 10.0, [])
+    assert feed_rates(det, [(B0 + 60 + i, [20, 10, 0, 0]) for i in range(30)]) == [] and det.prior() == 0.02
+    # an older model of the fleet (past its own two hours) fails 10 % of the time: a new model
+    # at that share is normal
+    for i in range(WARM + 1):
         det.observe(("openai", "gpt-4o"), B0 + i, [50, 5, 0, 0], 0.0, (B0 + i) * 10.0, [])
-    young = [(B0 + WARM + i, [50, 5, 0, 0]) for i in range(30)]
+    young = [(B0 + WARM + 1 + i, [50, 5, 0, 0]) for i in range(30)]
     assert [a for a in (det.observe(("openai", "o3"), w, c, w * 10.0, w * 10.0, []) for w, c in young) if a] == []
     assert 0.08 < det.prior() < 0.12
 
@@ -526,3 +531,88 @@ def test_a_young_safety_scope_alerts_on_a_sudden_flood_but_not_on_its_own_busy_r
     assert feed_counts(det, steady) == []
     alerts = feed_counts(det, [(B0 + HOUR + i, 6) for i in range(3)])
     assert alerts and alerts[0].kind == AlertKind.SAFETY_BURST
+
+
+# ------------------------------------------------------------- learned dispersion, per-call exposure
+
+
+def bursty(rng: random.Random, start: int, n: int, calls_per_window: float, burst_x: float,
+           every: int, length: int) -> list[tuple[int, Decimal, int]]:
+    """``steady`` traffic whose rate is ``burst_x`` times higher for ``length`` windows every ``every``."""
+    out = []
+    for i in range(n):
+        rate = calls_per_window * (burst_x if i % every < length else 1.0)
+        k = sum(1 for _ in range(40) if rng.random() < rate / 40)
+        out.append((start + i, Decimal("0.01") * k, k))
+    return out
+
+
+def test_a_tenant_whose_normal_bursts_reach_4x_is_judged_against_them_and_a_calm_one_is_not() -> None:
+    # the same 4x, 10-minute burst: normal for a tenant that has one every hour and a half (learnt
+    # from its own history as over-dispersion of its span sums), an incident for a calm tenant
+    rng = random.Random(7)
+    det = cost_detector()
+    history = 10 * HOUR
+    feed_amounts(det, "bursty", bursty(rng, W0, history, 2.0, 4.0, 540, 60))
+    feed_amounts(det, "calm", steady(rng, W0, history, 2.0))
+    burst = bursty(random.Random(8), W0 + history, 60, 2.0, 4.0, 540, 60)
+    assert feed_amounts(det, "bursty", burst) == []
+    assert feed_amounts(det, "calm", burst)
+
+
+def feed_safety(det: PoissonBurstDetector, start: int, n: int, calls: int, per_call: float,
+                rng: random.Random) -> list[Alert]:
+    """``calls`` LLM calls per window for the scope (its exposure), each with a ``per_call`` chance
+    of a safety trigger."""
+    out = []
+    key = ("acme", "agent")
+    for w in range(start, start + n):
+        det.expose(key, w, calls)
+        k = sum(1 for _ in range(calls) if rng.random() < per_call)
+        if k:
+            alert = det.observe(key, w, k, w * 10.0, w * 10.0 + 9, [f"evt-{w}"])
+            if alert is not None:
+                out.append(alert)
+    return out
+
+
+def test_safety_triggers_rising_with_the_traffic_do_not_alert_and_more_per_call_do() -> None:
+    # triggers come with calls: a feature whose traffic quadruples for half an hour brings four
+    # times the triggers (normal business); the same feature at its usual traffic with five
+    # times the triggers per call is an incident
+    rng = random.Random(3)
+    quad = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature"), AlertBook())
+    feed_safety(quad, B0, 3 * HOUR, 2, 0.01, rng)
+    assert feed_safety(quad, B0 + 3 * HOUR, 180, 8, 0.01, rng) == []
+    worse = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature"), AlertBook())
+    feed_safety(worse, B0, 3 * HOUR, 2, 0.01, random.Random(3))
+    assert feed_safety(worse, B0 + 3 * HOUR, 180, 2, 0.05, rng)
+
+
+def test_the_tail_of_a_resolved_safety_alert_does_not_open_a_new_one() -> None:
+    # after an incident the last hour still holds its triggers: once its alert resolved, only
+    # what comes after counts, and the scope's usual rate is no new incident
+    rng = random.Random(5)
+    det = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature"), AlertBook())
+    feed_safety(det, B0, 3 * HOUR, 2, 0.01, rng)
+    start = B0 + 3 * HOUR
+    assert feed_safety(det, start, 60, 2, 0.2, rng)
+    end = start + 60
+    det.book.sweep(end * 10.0 + det.book.resolve_s + 10)
+    assert not det.book.open
+    assert feed_safety(det, end + 20, 300, 2, 0.01, rng) == []
+
+
+def test_runaway_limit_follows_the_spread_of_the_features_own_requests() -> None:
+    # an agent of 2-5 steps alerts at 15 calls (well below 8x its mean); one of about the same
+    # mean whose requests often take 11 calls does not
+    tight, loose = RunawayDetector(AlertBook()), RunawayDetector(AlertBook())
+    rng = random.Random(4)
+    for n in range(400):
+        tight.observe(("acme", "agent", f"req-{n}"), rng.randint(2, 5), 9_000, T0 + n, T0 + n, [])
+        loose.observe(("acme", "agent", f"req-{n}"), rng.choice((1, 1, 2, 3, 11)), 9_000, T0 + n, T0 + n, [])
+    tight.close_idle(T0 + 10_000)
+    loose.close_idle(T0 + 10_000)
+    t = T0 + 20_000
+    assert tight.observe(("acme", "agent", "loop"), 15, 30_000, t, t + 60, ["e1"]) is not None
+    assert loose.observe(("acme", "agent", "long"), 15, 30_000, t, t + 60, ["e1"]) is None
