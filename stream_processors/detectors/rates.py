@@ -155,12 +155,22 @@ class BinomialRateDetector(_ScopedDetector):
 
     def prior(self) -> float:
         """The prior failure share (all classes) of a scope: the fleet's (every mature scope of
-        this detector pooled) once it has ``prior_fleet_n`` calls, else ``prior_rate``."""
+        this detector pooled) once it has ``prior_fleet_n`` calls; while no scope is mature (a
+        new deployment), every scope's; else ``prior_rate``."""
         p = self.params
         fleet = self.fleet
         if fleet and fleet[0] >= p.prior_fleet_n:
             return sum(fleet[1:]) / fleet[0]
+        n = sum(x.base_n for x in self.state.values())
+        if n >= p.prior_fleet_n:
+            return sum(sum(x.base_k) for x in self.state.values()) / n
         return p.prior_rate
+
+    def _has_fleet(self) -> bool:
+        p = self.params
+        if self.fleet and self.fleet[0] >= p.prior_fleet_n:
+            return True
+        return sum(x.base_n for x in self.state.values()) >= p.prior_fleet_n
 
     def observe(self, key: tuple[str, ...], window: int, counts: list[int], first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
@@ -192,9 +202,15 @@ class BinomialRateDetector(_ScopedDetector):
         sens = self.sensitivity.of(self.kind)
         least = sens.min_events
         young = not self.mature(s)
-        if young and (not self.fleet or self.fleet[0] < p.prior_fleet_n):
+        if young and not self._has_fleet():
             return None  # cold start with nothing to compare against: no verdict
-        bar = sens.p_value ** 2 if young else sens.p_value  # cold start: overwhelming evidence only
+        # cold start: overwhelming evidence only, and against ``min_ratio`` x the share its
+        # history and the fleet give (scopes differ: a tool that always fails 4 % is no incident
+        # against a fleet's 1.3 %)
+        bar = sens.p_value ** 2 if young else sens.p_value
+        p0 = (sum(s.base_k) + self.prior() * p.prior_n) / (s.base_n + p.prior_n)
+        limit = max(p0 + p.min_delta, sens.min_ratio * p0)
+        null = min(0.5, (sens.min_ratio if young else sens.null_ratio) * p0)
         best: tuple[float, int, float, float, int, int, int] | None = None
         for span in dict.fromkeys(p.spans):  # each span once, in order (as the dict of sums was)
             if span == longest:
@@ -215,11 +231,9 @@ class BinomialRateDetector(_ScopedDetector):
             # the failures of every class together against the scope's usual failure share (one
             # test, not one per class: a class's own share can be tiny, and three classes would
             # be three chances of a fluke); the alert names the class with the most failures
-            p0 = (sum(s.base_k) + self.prior() * p.prior_n) / (s.base_n + p.prior_n)
-            limit = max(p0 + p.min_delta, sens.min_ratio * p0)
             if k / n < limit:
                 continue
-            pval = float(binom.sf(k - 1, n, min(0.5, sens.null_ratio * p0)))
+            pval = float(binom.sf(k - 1, n, null))
             if pval < bar and (best is None or pval < best[0]):
                 best = (pval, ks.index(max(ks)), p0, limit, k, n, span)
         if best is None:

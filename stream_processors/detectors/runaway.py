@@ -23,6 +23,7 @@ threshold  calls >= max(``min_calls``, ``min_ratio`` x baseline calls, the calls
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -116,8 +117,18 @@ class RunawayDetector:
         p = self.params
         return [p.prior_calls, p.prior_tokens, p.prior_calls * p.prior_calls + p.prior_calls]
 
-    def fire(self, key: tuple[str, str, str], event_ids: list[str]) -> Alert | None:
-        """The alert of a request that :meth:`check` found over a limit."""
+    def calls_to_limit(self, key: tuple[str, str, str], batch_calls: int) -> int:
+        """Which of the batch's ``batch_calls`` calls of a request :meth:`check` found over a limit
+        took it to its call limit (1-based), or 0 if it was over before the batch or crossed by
+        tokens: the alert's event time is that call's."""
+        calls = self.requests[key][0]
+        before = calls - batch_calls
+        limit = math.ceil(self._limits(key)[1])
+        return limit - before if before < limit <= calls else 0
+
+    def fire(self, key: tuple[str, str, str], event_ids: list[str], at: float | None = None) -> Alert | None:
+        """The alert of a request that :meth:`check` found over a limit; ``at``: the event time it
+        crossed (default: its latest call's)."""
         calls, tokens, first_ts, last_ts, _ = self.requests[key]
         base, call_limit, token_limit = self._limits(key)
         score = max(calls / call_limit, tokens / token_limit)
@@ -132,7 +143,14 @@ class RunawayDetector:
             summary=f"request {key[2]} of {key[0]}/{key[1]}: {calls} calls and {tokens} tokens in "
                     f"{last_ts - first_ts:.0f}s (baseline {base[0]:.1f} calls, {base[1]:.0f} tokens per request)",
         )
-        return self.book.fire(AlertKind.RUNAWAY_LOOP, scope, ev)
+        if at is None or not first_ts <= at < last_ts or self.book.is_open(AlertKind.RUNAWAY_LOOP, scope.key()):
+            return self.book.fire(AlertKind.RUNAWAY_LOOP, scope, ev)
+        # opened when it crossed, and still abnormal at its latest call (so it does not resolve
+        # as if the request had stopped there)
+        ev.last_ts = at
+        opened = self.book.fire(AlertKind.RUNAWAY_LOOP, scope, ev)
+        ev.last_ts = last_ts
+        return self.book.fire(AlertKind.RUNAWAY_LOOP, scope, ev) or opened
 
     def close_idle(self, watermark: float) -> None:
         """Fold requests idle for ``idle_s`` into their baselines; at most once a minute of event time."""

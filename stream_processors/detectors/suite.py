@@ -64,7 +64,7 @@ class BatchWindows:
     for a request that alerts).
     """
 
-    __slots__ = ("_hi", "_lo", "_prev", "_w", "models", "r_calls", "r_first", "r_ids", "r_last", "r_owner",
+    __slots__ = ("_hi", "_lo", "_prev", "_w", "models", "r_calls", "r_first", "r_ids", "r_last", "r_owner", "r_ts",
                  "r_tokens", "requests", "retrieval", "safety", "tools", "usage")
 
     def __init__(self) -> None:
@@ -76,6 +76,7 @@ class BatchWindows:
         self.r_last: list[datetime] = []
         self.r_owner: list[int] = []
         self.r_ids: list[str] = []
+        self.r_ts: list[datetime] = []  # each call's ts, beside r_ids
         self.models: dict[tuple[str, str, int], list[Any]] = {}
         self.tools: dict[tuple[str, int], list[Any]] = {}
         self.safety: dict[tuple[str, str, str, int], list[Any]] = {}
@@ -104,6 +105,18 @@ class BatchWindows:
             self._hi = _at((w + 1) * BASE_WINDOW_S, _UTC)
             self._w = w
         return w
+
+    def request_call_ts(self, i: int, n: int) -> datetime | None:
+        """The ts of request ``i``'s ``n``-th call in this batch (1-based; arrival order), None if
+        it has fewer: when a runaway request crossed its limit (wanted only for one that alerts)."""
+        owner = self.r_owner
+        j = -1
+        try:
+            for _ in range(n):
+                j = owner.index(i, j + 1)
+        except ValueError:
+            return None
+        return self.r_ts[j] if j >= 0 else None
 
     def request_ids(self, i: int) -> list[str]:
         """The first ``MAX_IDS`` event ids of request ``i``, in arrival order (wanted only for a
@@ -176,6 +189,7 @@ class BatchWindows:
                         self.r_last[i] = ts
                 self.r_owner.append(i)
                 self.r_ids.append(eid)
+                self.r_ts.append(ts)
             mkey = (e.provider, e.model, w)
             models = self.models
             m = models.get(mkey)
@@ -310,7 +324,10 @@ class Detectors:
             self._spikes(b, out)
         if b.requests:
             for key, i in self.runaway.check_batch(b.requests, b.r_calls, b.r_tokens, b.r_first, b.r_last):
-                alert = self.runaway.fire(key, b.request_ids(i))
+                # the event time it crossed its call limit (a batch can hold minutes of a request)
+                crossed = self.runaway.calls_to_limit(key, b.r_calls[i])
+                at = b.request_call_ts(i, crossed) if crossed else None
+                alert = self.runaway.fire(key, b.request_ids(i), None if at is None else at.timestamp())
                 if alert is not None:
                     out.append(alert)
         # safety triggers are judged per tenant+feature, all categories together (a quiet feature's

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -120,8 +121,8 @@ def tool_call(n: int, ts: datetime, status: str = "ok", tool: str = "sql") -> by
 
 def test_failing_tool_raises_one_tool_failure_alert_naming_the_tool_and_its_events() -> None:
     pipe = pipeline()
-    start = NOW - timedelta(minutes=70)  # past the detectors' hour of cold start
-    normal = [tool_call(i, start + timedelta(seconds=i)) for i in range(4200)]
+    start = NOW - timedelta(minutes=130)  # past the failure shares' two hours of cold start
+    normal = [tool_call(i, start + timedelta(seconds=i)) for i in range(7800)]
     for i in range(0, len(normal), 500):
         assert [a for a in pipe.process(normal[i:i + 500], now=None).alerts] == []
     failing = [tool_call(10_000 + i, NOW + timedelta(seconds=i), status="error" if i % 2 else "ok") for i in range(40)]
@@ -145,8 +146,8 @@ def test_feature_level_spike_is_not_reported_while_the_tenant_level_one_is_open(
 
 
 def test_replay_and_live_batching_give_the_same_alert_ids() -> None:
-    start = NOW - timedelta(minutes=70)
-    events = [tool_call(i, start + timedelta(seconds=i)) for i in range(4200)]
+    start = NOW - timedelta(minutes=130)
+    events = [tool_call(i, start + timedelta(seconds=i)) for i in range(7800)]
     events += [tool_call(10_000 + i, NOW + timedelta(seconds=i), status="error") for i in range(30)]
     whole, small = pipeline(), pipeline()
     a = {x.alert_id for x in whole.process(events, now=None).alerts}
@@ -188,3 +189,14 @@ def test_a_replica_taking_over_a_tenant_adopts_its_baselines_and_catches_its_spi
     assert new.detectors.adopt(old.detectors.snapshot(), lambda t: True) == sum(
         1 for det in (old.detectors.cost, old.detectors.tokens, old.detectors.cost_feature,
                       old.detectors.tokens_feature) for k in det.state if k.startswith("stays"))
+
+
+def test_a_runaway_request_alerts_at_the_call_that_crossed_its_limit_not_at_its_last_in_the_batch() -> None:
+    # a replay batch can hold minutes of one request: the alert's event time is the call that
+    # took it over its limit (what the live worker, with small batches, would have seen)
+    loop = [llm_call(i, ts=(NOW + timedelta(seconds=10 * i)).isoformat(), feature="agent", request_id="loop-1")
+            for i in range(40)]
+    alerts = [a for a in pipeline().process(loop, now=None).alerts if a.kind == AlertKind.RUNAWAY_LOOP]
+    assert len(alerts) == 1
+    limit = math.ceil(float(alerts[0].threshold))
+    assert alerts[0].opened_at == NOW + timedelta(seconds=10 * (limit - 1)) < NOW + timedelta(seconds=390)
