@@ -64,8 +64,8 @@ class BatchWindows:
     for a request that alerts).
     """
 
-    __slots__ = ("_hi", "_lo", "_prev", "_w", "models", "r_calls", "r_first", "r_ids", "r_last", "r_owner", "r_ts",
-                 "r_tokens", "requests", "retrieval", "safety", "tools", "usage")
+    __slots__ = ("_hi", "_lo", "_prev", "_w", "models", "r_calls", "r_first", "r_ids", "r_last", "r_owner",
+                 "r_tokens", "r_ts", "requests", "retrieval", "safety", "tools", "usage")
 
     def __init__(self) -> None:
         self.usage: dict[tuple[str, str, int], list[Any]] = {}
@@ -326,8 +326,8 @@ class Detectors:
             for key, i in self.runaway.check_batch(b.requests, b.r_calls, b.r_tokens, b.r_first, b.r_last):
                 # the event time it crossed its call limit (a batch can hold minutes of a request)
                 crossed = self.runaway.calls_to_limit(key, b.r_calls[i])
-                at = b.request_call_ts(i, crossed) if crossed else None
-                alert = self.runaway.fire(key, b.request_ids(i), None if at is None else at.timestamp())
+                when = b.request_call_ts(i, crossed) if crossed else None
+                alert = self.runaway.fire(key, b.request_ids(i), None if when is None else when.timestamp())
                 if alert is not None:
                     out.append(alert)
         # safety triggers are judged per tenant+feature, all categories together (a quiet feature's
