@@ -52,8 +52,8 @@ class Sensitivity:
     null_ratio: float = 1.0
     confirm: int = 2
     confirm_s: float = 300.0
-    call_ratio: float = 0.0   # amounts only: floor of the amount per call (x usual); 0 = not judged per call
-    call_null: float = 1.0    # amounts only: what the per-call test rules out (x usual)
+    call_ratio: float = 0.0   # amounts and safety: floor of the per-call test (x usual); 0 = not judged per call
+    call_null: float = 1.0    # amounts and safety: what the per-call test rules out (x usual)
 
     def merged(self, overrides: Mapping[str, Any]) -> Sensitivity:
         known = {f.name for f in fields(self)}
@@ -78,9 +78,10 @@ class Sensitivity:
 
 
 # Per-kind defaults. Ratios are the business-size floor of each signal: a cost or token rate of at
-# least 2.5x its usual (a normal burst or a busy afternoon stays below), a failure share at least
-# 2.5x the usual, a safety-trigger rate at least 3x, a p95 at least 1.5x (latency keeps its own
-# +250 ms floor). A runaway request is judged by its own floors (RunawayParams), not tested.
+# least 3x its usual (a normal burst or a busy afternoon stays below; the test also allows for the
+# tenant's own bursts, amounts.py), a failure share at least 2x the usual, a safety-trigger rate at
+# least 3x per unit of time and per call, a p95 at least 1.5x (latency keeps its own +250 ms
+# floor). A runaway request's call limit uses p_value and min_ratio (runaway.py).
 DEFAULTS: dict[str, Sensitivity] = {
     "cost_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
     "token_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
