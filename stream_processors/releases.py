@@ -456,7 +456,7 @@ class ReleaseComparator:
         return (event.tenant_id if self.params.per_tenant else "", event.feature)
 
     def _call(self, event: Any, cost: float | None, touched: dict[Any, bool]) -> None:
-        # the hot path (one per llm_call): _apply_at, _link and _remember written out inline
+        # the hot path (one per llm_call): the link and the join tables written out inline
         feature = event.feature
         if not feature:
             return
@@ -486,16 +486,7 @@ class ReleaseComparator:
                 self._links.clear()  # bounded; the tables keep the links they hold
             shared = self._links[link] = link
         link = shared
-        minutes = group.minutes.get(versions)
-        if minutes is None:
-            minutes = group.minutes[versions] = {}
-        minute = int(t // 60)
-        bucket = minutes.get(minute)
-        if bucket is None:
-            bucket = minutes[minute] = Stats()
-        bucket.add_call(event, cost, t)
-        if group_key in self._open_by_group:
-            self._compared(event, cost, t, group_key, versions, touched)
+        self._apply_at(event, cost, t, group_key, group, versions, touched)
         max_joins = self.params.max_joins
         by_event = self._by_event
         by_event[id_key(event.event_id)] = link
