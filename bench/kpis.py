@@ -33,7 +33,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,16 +93,6 @@ def fill(store: Any, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def median_ms(fn: Callable[[], Any], runs: int) -> tuple[float, Any]:
-    result = fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        result = fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times), result
-
-
 def fresh_events(store: Any, n: int, total: int) -> None:
     """``n`` newly ingested rows, as after a few minutes of live traffic: half a replayed batch (an
     hour of 2026-11-20 inserted again), half new events in the month's last hour, a third of them
@@ -130,6 +119,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="timed runs per figure (median)")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    from bench._timing import timed
     from flyball.control_plane.kpi_rollup import KPIRollup
     from flyball.control_plane.migrations import ALL_MIGRATIONS
     from flyball.control_plane.report import build, html_page, markdown
@@ -185,7 +175,7 @@ def main() -> int:
                 if fn is report:
                     data = result
         last_run = dict(per_query)
-        render_ms, _ = median_ms(lambda: (markdown(data), html_page(data)), args.runs)
+        render_ms = timed(lambda: (markdown(data), html_page(data)), args.runs).p50_ms
         fresh_events(store, 10_000, args.events)
         t0 = time.perf_counter()
         rollup.refresh(DEFAULT_SLOS)

@@ -375,6 +375,25 @@ MIGRATIONS: list[tuple[int, str]] = [
     PARTITION BY toYYYYMM(day)
     ORDER BY (tenant_id, day, user_id_hash)
     """),
+    # 90-99 (the console, continued): the cost of each request and each request chain (trace),
+    # per tenant and UTC day, kept as exact quantile states of Decimal costs (Decimal64: half the
+    # bytes to merge of Decimal128; exact up to $999,999.999999999999 a request, the most it
+    # holds, at which larger costs are capped); recomputed whole
+    # from events FINAL for the (tenant, day) pairs that received rows, so a redelivered or late
+    # event counts once, and merged across days and tenants for a range's exact p95
+    (90, """
+    CREATE TABLE IF NOT EXISTS console_request_day (
+        tenant_id LowCardinality(String),
+        day Date,
+        requests UInt64,
+        request_cost AggregateFunction(quantileExact(0.95), Decimal(18, 12)),
+        chains UInt64,
+        chain_cost AggregateFunction(quantileExact(0.95), Decimal(18, 12)),
+        computed_at DateTime64(3, 'UTC')
+    ) ENGINE = ReplacingMergeTree(computed_at)
+    PARTITION BY toYYYYMM(day)
+    ORDER BY (tenant_id, day)
+    """),
 ]
 
 # every table of a flyball deployment: the worker's first (the control plane's views read them)

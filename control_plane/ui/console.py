@@ -419,12 +419,15 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         if by not in ("model", "feature"):
             raise ValueError("by: one of model, feature")
         prev_start = f.start - timedelta(seconds=f.seconds)
+        month_start, _ = period_bounds(Period.MONTHLY, f.end)
         tenant_args = {"tenant_id": f.tenant_id} if f.tenant_id else None
-        rows_now, rows_before, budgets, forecast, split, users = await asyncio.gather(
-            q_sync(queries.spend_rows, f, [group]),
-            q_sync(queries.spend_rows, f, [group], start=prev_start, end=f.start),
-            api.get("/v1/budgets", tenant_args), month_forecast(f),
-            q_sync(queries.tokens_split, f, cache_saving(f.end)), q_sync(queries.top_users, f))
+        windows = [queries.SpendWindow(f.start, f.end, (group,)), queries.SpendWindow(prev_start, f.start, (group,)),
+                   queries.SpendWindow(month_start, f.end, ("tenant_id", "day"), filtered=False)]
+        budgets, (rows_now, rows_before, month_rows), split, users, req = await asyncio.gather(
+            api.get("/v1/budgets", tenant_args), q_sync(queries.spend_windows, f, windows),
+            q_sync(queries.tokens_split, f, cache_saving(f.end)), q_sync(queries.top_users, f),
+            q_sync(queries.request_costs, f))
+        forecast = month_forecast(f, month_rows)
         total = sum((Decimal(r["cost_usd"]) for r in rows_now), Decimal(0))
         body = {"total_usd": dec_text(total), "events": sum(int(r["events"]) for r in rows_now), "rows": rows_now}
         rows = sorted(rows_now, key=lambda r: (-Decimal(r["cost_usd"]), str(r[group])))
@@ -435,18 +438,17 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         calls = int(body["events"])
         return render(request, s, "spend.html", "spend", body=body, rows=rows[:TABLE_MAX], n_rows=len(rows),
                       group=group, groups=SPEND_GROUPS, by=by, movers=movers, budgets=budgets,
-                      forecast=forecast, split=split, unpriced=unpriced, users=users, args=args, csv_args=csv_args,
+                      forecast=forecast, split=split, unpriced=unpriced, users=users, req=req, args=args, csv_args=csv_args,
                       ranges=list(queries.RANGES), f=f,
                       avg_cost=(Decimal(body["total_usd"]) / calls) if calls else None,
                       dims=[d for d in queries.FILTERS if not (d == "tenant_id" and s.principal.tenant_id)])
 
-    async def month_forecast(f: queries.Filters) -> dict[str, Any]:
+    def month_forecast(f: queries.Filters, month_rows: list[dict[str, Any]]) -> dict[str, Any]:
         """``GET /v1/spend/forecast``'s answer for the month of ``f.end``, from the same exact
-        daily spend the page shows (the forecast itself is the pure ``forecast`` core)."""
-        start, _ = period_bounds(Period.MONTHLY, f.end)
+        daily spend the page shows (tenant x day over the month so far, tenant scope only; the
+        forecast itself is the pure ``forecast`` core)."""
         daily: dict[str, dict[date, Decimal]] = {}
-        scope = queries.Filters(tenant_id=f.tenant_id, range=f.range, end=f.end)
-        for r in await q_sync(queries.spend_rows, scope, ["tenant_id", "day"], start=start, end=f.end):
+        for r in month_rows:
             daily.setdefault(r["tenant_id"], {})[date.fromisoformat(r["day"])] = Decimal(r["cost_usd"])
         out = []
         for name in sorted(daily):

@@ -62,8 +62,24 @@ _USER_SELECT = (
     "AND (tenant_id, toDate(ts)) IN (SELECT DISTINCT tenant_id, toDate(m) FROM ({dirty})) "
     "GROUP BY tenant_id, user_id_hash, d)")
 _USER_TOP = ("SELECT tenant_id, day, user_id_hash, cost_usd, computed_at FROM console_user_day "
-             "WHERE day >= {lo:Date} AND computed_at = {at:DateTime64(3, 'UTC')} AND day_rank <= {k:UInt64}")
+             "WHERE day >= {{lo:Date}} AND computed_at = {{at:DateTime64(3, 'UTC')}} AND day_rank <= {{k:UInt64}}{extra}")
+# cost per request and per request chain (trace; a request without one is its own chain) of
+# each (tenant, day) that received rows: requests with at least one LLM call, the cost the sum of
+# their calls' cost (unpriced calls add nothing); a request without an id is its call alone
+_REQ_KEY = "if(request_id != '', request_id, toString(event_id))"
+_CHAIN_KEY = f"if(trace_id != '', trace_id, {_REQ_KEY})"
+_REQUEST_COSTS = (
+    "SELECT tenant_id, d, count() AS n, quantileExactState(0.95)(toDecimal64(least(usd, "
+    "toDecimal128('999999.999999999999', 12)), 12)) AS st FROM (SELECT tenant_id, toDate(ts) AS d, "
+    "{key} AS k, sum(ifNull(cost_usd, toDecimal128(0, 12))) AS usd FROM events FINAL WHERE event_type = 'llm_call' "
+    "AND ts >= {{lo:DateTime('UTC')}} AND (tenant_id, toDate(ts)) IN (SELECT DISTINCT tenant_id, toDate(m) FROM "
+    "({dirty})) GROUP BY tenant_id, d, k) GROUP BY tenant_id, d")
+_REQUEST_SELECT = (
+    "SELECT r.tenant_id, r.d, r.n, r.st, c.n, c.st, {{at:DateTime64(3, 'UTC')}} FROM ("
+    + _REQUEST_COSTS.replace("{key}", _REQ_KEY) + ") AS r INNER JOIN ("
+    + _REQUEST_COSTS.replace("{key}", _CHAIN_KEY) + ") AS c ON r.tenant_id = c.tenant_id AND r.d = c.d")
 USER_CANDIDATES = 100  # a range's top users are looked for among each tenant-day's 100 costliest
+BACKFILL_ROWS = 60_000  # events per step of a rollup build from scratch (one statement at a time)
 
 
 def refresh_rollup(store: Any, since: datetime) -> int:
@@ -80,16 +96,64 @@ def refresh_rollup(store: Any, since: datetime) -> int:
     low = _utc(lo[0][0])
     where = (f"ts >= {{lo:DateTime('UTC')}} AND (tenant_id, toStartOfMinute(ts)) IN "
              f"(SELECT tenant_id, m FROM ({dirty}))")
-    store.command("INSERT INTO console_minute " + _ROLLUP_SELECT.format(where=where), {"since": since, "lo": low})
+    for sql, params in _rollup_statements(where, dirty, "", {"since": since}, low):
+        store.command(sql, params)
+    return int(lo[0][1])
+
+
+def _rollup_statements(where: str, dirty: str, top_extra: str, params: dict[str, Any],
+                       low: datetime) -> list[tuple[str, dict[str, Any]]]:
+    """The statements that recompute the rollups for the events matching ``where`` (whole
+    (tenant, minute) groups) and the hours, days and user-days around the minutes ``dirty``
+    lists, in order (each tier is built from the one before)."""
+    out = [("INSERT INTO console_minute " + _ROLLUP_SELECT.format(where=where), {**params, "lo": low})]
     for table, source, bucket, start in (("console_hour", "console_minute", "toStartOfHour", _hour(low)),
                                          ("console_day", "console_hour", "toStartOfDay", _day(low))):
-        store.command(f"INSERT INTO {table} " + _TIER_SELECT.format(bucket=bucket, source=source, dirty=dirty),
-                      {"since": since, "lo": start})
+        out.append((f"INSERT INTO {table} " + _TIER_SELECT.format(bucket=bucket, source=source, dirty=dirty),
+                    {**params, "lo": start}))
     at = datetime.now(UTC)  # one version for both user tables: the top list is read from this round's rows
-    store.command("INSERT INTO console_user_day " + _USER_SELECT.format(dirty=dirty),
-                  {"since": since, "lo": _day(low), "at": at})
-    store.command("INSERT INTO console_user_top " + _USER_TOP, {"lo": _day(low).date(), "at": at, "k": USER_CANDIDATES})
-    return int(lo[0][1])
+    out.append(("INSERT INTO console_user_day " + _USER_SELECT.format(dirty=dirty),
+                {**params, "lo": _day(low), "at": at}))
+    out.append(("INSERT INTO console_user_top " + _USER_TOP.format(extra=top_extra),
+                {**params, "lo": _day(low).date(), "at": at, "k": USER_CANDIDATES}))
+    out.append(("INSERT INTO console_request_day " + _REQUEST_SELECT.format(dirty=dirty),
+                {**params, "lo": _day(low), "at": at}))
+    return out
+
+
+def backfill_steps(store: Any, rows_per_step: int = BACKFILL_ROWS) -> list[list[tuple[str, dict[str, Any]]]]:
+    """A rollup build from scratch cut into bounded steps: the stored (tenant, UTC day) pairs,
+    newest day first (the charts a user looks at first fill first), grouped into steps of about
+    ``rows_per_step`` events of one day; each step a few statements over its tenants and day
+    only (primary-key ranges of ``events``). Run each statement as its own call on the
+    ClickHouse thread, so that the pages' queries queued meanwhile run between them."""
+    pairs = store.query("SELECT toDate(ts) AS d, tenant_id, count() FROM events GROUP BY d, tenant_id "
+                        "ORDER BY d DESC, tenant_id", {})
+    steps: list[list[tuple[str, dict[str, Any]]]] = []
+    batch: list[str] = []
+    rows = 0
+    day: Any = None
+
+    def flush() -> None:
+        if not batch:
+            return
+        lo = _utc(datetime.combine(day, datetime.min.time()))
+        params = {"b_tenants": list(batch), "b_lo": lo, "b_hi": lo + timedelta(days=1)}
+        where = ("tenant_id IN {b_tenants:Array(String)} AND ts >= {b_lo:DateTime64(3, 'UTC')} "
+                 "AND ts < {b_hi:DateTime64(3, 'UTC')}")
+        dirty = f"SELECT DISTINCT tenant_id, toStartOfMinute(ts) AS m FROM events WHERE {where}"
+        extra = " AND tenant_id IN {b_tenants:Array(String)} AND day = {lo:Date}"
+        steps.append(_rollup_statements(where, dirty, extra, params, lo))
+
+    for d, tenant, n in pairs:
+        if batch and (d != day or rows + int(n) > rows_per_step):
+            flush()
+            batch, rows = [], 0
+        day = d
+        batch.append(str(tenant))
+        rows += int(n)
+    flush()
+    return steps
 
 
 def mark_complete(store: Any, since: datetime) -> None:
@@ -108,14 +172,19 @@ def _day(t: datetime) -> datetime:
 
 async def rollup_loop(store: Any, interval_s: float) -> None:
     """Keep ``console_minute`` fresh: every ``interval_s``, the minutes that received rows since
-    the previous round (with a 10 s overlap for rows inserted while it ran)."""
-    since = datetime(1970, 1, 1, tzinfo=UTC)
+    the previous round (with a 10 s overlap for rows inserted while it ran). With no completion
+    mark (a new or upgraded database), first build the rollups from scratch in bounded steps
+    (``backfill``): the pages' queries run between the steps, exact spend reads the events until
+    the first mark is written, and the charts fill newest day first."""
+    since: datetime | None = None
     try:  # after a restart, go on from where the rollups were complete
         found = await store.run(store.query, "SELECT max(complete_since), count() FROM console_rollup_mark", {})
         if found and found[0][1]:
             since = _utc(found[0][0])
     except Exception as exc:  # noqa: BLE001 - without the mark, rebuild from the start
         log.warning("console_rollup_mark_unreadable", error=str(exc)[:300])
+    if since is None:
+        since = await backfill(store)
     while True:
         started = datetime.now(UTC)
         try:
@@ -125,6 +194,36 @@ async def rollup_loop(store: Any, interval_s: float) -> None:
         except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next round from the same point
             log.warning("console_rollup_failed", error=str(exc)[:300])
         await asyncio.sleep(interval_s)
+
+
+async def backfill(store: Any, *, rows_per_step: int = BACKFILL_ROWS,
+                   after_statement: Callable[[], Any] | None = None) -> datetime:
+    """Build the rollups from every stored event, one bounded statement per call on the
+    ClickHouse thread (``backfill_steps``). Returns the ingest time from which the incremental
+    refresh must go on (rows stored while the build ran are recomputed by it). A failed
+    statement is retried after a pause; ``after_statement`` is awaited after each (tests)."""
+    started = datetime.now(UTC)
+    while True:
+        try:
+            steps = await store.run(backfill_steps, store, rows_per_step)
+            break
+        except Exception as exc:  # noqa: BLE001 - retried: the rollups are built before the incremental rounds
+            log.warning("console_backfill_failed", error=str(exc)[:300])
+            await asyncio.sleep(5)
+    log.info("console_backfill_started", steps=len(steps))
+    for step in steps:
+        for sql, params in step:
+            while True:
+                try:
+                    await store.run(store.command, sql, params)
+                    break
+                except Exception as exc:  # noqa: BLE001 - the same statement again (each replaces its rows)
+                    log.warning("console_backfill_failed", error=str(exc)[:300])
+                    await asyncio.sleep(5)
+            if after_statement is not None:
+                await after_statement()
+    log.info("console_backfill_done", steps=len(steps), seconds=round((datetime.now(UTC) - started).total_seconds(), 1))
+    return started - timedelta(seconds=10)
 
 
 def _utc(value: Any) -> Any:
@@ -344,81 +443,141 @@ SPEND_GROUPS = ("tenant_id", "feature", "provider", "model", "prompt_version", "
 _SPEND_BUCKETS = {"day": "toDate({t})", "month": "toStartOfMonth({t})"}
 
 
+@dataclass(frozen=True, slots=True)
+class SpendWindow:
+    """One spend answer wanted from ``spend_windows``: ``[start, end)`` grouped by ``groups``;
+    ``filtered``: with the non-tenant filters of the page (feature, model, ...), else the tenant
+    scope only (the forecast's month)."""
+
+    start: datetime
+    end: datetime
+    groups: tuple[str, ...]
+    filtered: bool = True
+
+
 def spend_rows(q: Query, f: Filters, groups: Sequence[str], *, start: datetime | None = None,
                end: datetime | None = None) -> list[dict[str, Any]]:
     """Spend as ``GET /v1/spend`` computes it (llm_call, each event once, exact decimals, rows
-    ordered by the groups), fast: whole UTC days are read from ``console_day`` for the
-    (tenant, day) pairs with no row ingested since the rollups were last complete; the rest
-    (partial days at the edges, days still receiving rows) from ``events FINAL``. Sums are
-    added as Decimals, so the answer equals the raw query's to the last digit."""
-    for g in groups:
-        if g not in SPEND_GROUPS:
-            raise ValueError(f"group_by: one of {', '.join(SPEND_GROUPS)}")
-    lo, hi = start or f.start, end or f.end
-    first_day = _day(lo) if _day(lo) == lo else _day(lo) + timedelta(days=1)
-    last_day = _day(hi)  # exclusive: [first_day, last_day) are whole days inside [lo, hi)
-    wm = q("SELECT max(complete_since), count() FROM console_rollup_mark", {})
-    params: dict[str, Any] = {"lo": lo, "hi": hi, "d0": first_day, "d1": last_day}
-    filt = []
+    ordered by the groups) for one window: ``spend_windows`` with one window."""
+    return spend_windows(q, f, [SpendWindow(start or f.start, end or f.end, tuple(groups))])[0]
+
+
+def spend_windows(q: Query, f: Filters, windows: Sequence[SpendWindow]) -> list[list[dict[str, Any]]]:
+    """Spend for several windows at once (a page's period, the one before it, the month for the
+    forecast) in at most three queries, whatever the number of windows: the rollups' completion
+    mark and the (tenant, day) pairs that received rows since then (one query); every whole UTC
+    day of the windows' span from ``console_day`` except those pairs (one); the rest (days cut by
+    a window's edge, pairs still receiving rows) from ``events FINAL``, labelled by the segment
+    between window edges they fall in (one). Each window then adds up the rows inside it as
+    Decimals, so every answer equals ``GET /v1/spend``'s to the last digit."""
+    for w in windows:
+        for g in w.groups:
+            if g not in SPEND_GROUPS:
+                raise ValueError(f"group_by: one of {', '.join(SPEND_GROUPS)}")
+    if not windows:
+        return []
+    lo, hi = min(w.start for w in windows), max(w.end for w in windows)
+    bounds = sorted({t for w in windows for t in (w.start, w.end)})
+    union = [g for g in SPEND_GROUPS if any(g in w.groups for w in windows)]
+    params: dict[str, Any] = {"lo": lo, "hi": hi}
+    scope = ""
+    if f.tenant_id:
+        scope = " AND tenant_id = {f_tenant_id:String}"
+        params["f_tenant_id"] = f.tenant_id
+    conds = []
     for name in FILTERS:
         value = getattr(f, name)
-        if value:
-            filt.append(f"{name} = {{f_{name}:String}}")
+        if value and name != "tenant_id":
+            conds.append(f"{name} = {{f_{name}:String}}")
             params[f"f_{name}"] = value
-    extra = "".join(f" AND {c}" for c in filt)
-    use_rollup = bool(wm and wm[0][1]) and first_day < last_day
-    out: dict[tuple[str, ...], list[Any]] = {}
+    cond = " AND ".join(conds) or "1"
+    # whole days inside [lo, hi) that no window edge cuts: the rollup may answer them
+    first = _day(lo) if _day(lo) == lo else _day(lo) + timedelta(days=1)
+    cut = {_day(b) for b in bounds if _day(b) != b}
+    whole = []
+    d = first
+    while d + timedelta(days=1) <= hi:
+        if d not in cut:
+            whole.append(d)
+        d += timedelta(days=1)
+    params["whole"] = [x.date() for x in whole]
+    if whole:
+        params["d0"], params["d1"] = whole[0], whole[-1] + timedelta(days=1)
+    use_rollup = False
+    dirty: list[tuple[str, Any]] = []
+    if whole:
+        mark = q("SELECT count(), max(complete_since), (SELECT groupUniqArray((tenant_id, toDate(ts))) FROM events "
+                 "WHERE ingested_at >= (SELECT if(count() = 0, toDateTime64('2299-12-31 00:00:00', 3, 'UTC'), "
+                 "max(complete_since)) FROM console_rollup_mark) AND ts >= {d0:DateTime64(3, 'UTC')} "
+                 f"AND ts < {{d1:DateTime64(3, 'UTC')}}{scope}) FROM console_rollup_mark",
+                 params)
+        use_rollup = bool(mark and mark[0][0])
+        if use_rollup:
+            dirty = [(str(t), dd) for t, dd in mark[0][2]]
+    params["dirty"] = dirty
+    # per row: the union of the groups' values, its day, and (raw rows) its segment between edges
+    acc: list[dict[tuple[str, ...], list[Any]]] = [{} for _ in windows]
+    idx = [[union.index(g) for g in w.groups] for w in windows]
 
-    def add(rows: Sequence[Sequence[Any]]) -> None:
+    def add(rows: Sequence[Sequence[Any]], raw: bool) -> None:
+        n = len(union)
         for row in rows:
-            key = tuple(str(v) for v in row[:len(groups)])
-            acc = out.setdefault(key, [0, Decimal(0), 0, 0])
-            acc[0] += int(row[-4])
-            if row[-3] is not None:  # sumOrNull: NULL when every event of the group is unpriced
-                acc[1] += Decimal(str(row[-3]))
-            acc[2] += int(row[-2])
-            acc[3] += int(row[-1])
+            values = [str(v) for v in row[:n]]
+            if raw:
+                seg = int(row[n])
+                a, b = bounds[seg - 1], bounds[seg]
+            else:
+                a = _utc(datetime.combine(row[n], datetime.min.time()))
+                b = a + timedelta(days=1)
+            fe, fc, fu, fl, ue, uc, uu, ul = row[n + 1:]
+            for i, w in enumerate(windows):
+                if not (w.start <= a and b <= w.end):
+                    continue
+                e, c, u, late = (fe, fc, fu, fl) if w.filtered else (ue, uc, uu, ul)
+                if not e:
+                    continue
+                key = tuple(values[j] for j in idx[i])
+                slot = acc[i].setdefault(key, [0, Decimal(0), 0, 0])
+                slot[0] += int(e)
+                slot[1] += Decimal(str(c))
+                slot[2] += int(u)
+                slot[3] += int(late)
 
     def cols(t: str) -> str:
-        return ", ".join(f"toString({_SPEND_BUCKETS[g].format(t=t)})" if g in _SPEND_BUCKETS else g for g in groups)
+        return "".join((f"toString({_SPEND_BUCKETS[g].format(t=t)})" if g in _SPEND_BUCKETS else g) + ", "
+                       for g in union)
 
-    sel = cols("ts")
-    raw_where = "1"
     if use_rollup:
-        # (tenant, day) pairs inside the whole days that received rows since the rollups were complete
-        dirty = [(str(t), d) for t, d in q(
-            "SELECT DISTINCT tenant_id, toDate(ts) FROM events WHERE ingested_at >= {wm:DateTime64(3, 'UTC')} "
-            "AND ts >= {d0:DateTime64(3, 'UTC')} AND ts < {d1:DateTime64(3, 'UTC')}",
-            {"wm": _utc(wm[0][0]), "d0": first_day, "d1": last_day})]
-        params["dirty"] = dirty
         rsel = cols("minute")
-        add(q(f"SELECT {rsel + ', ' if groups else ''}sum(events), sum(cost_usd), sum(unpriced_events), "
-              "sum(late_events) FROM console_day FINAL WHERE event_type = 'llm_call' "
-              "AND minute >= {d0:DateTime('UTC')} AND minute < {d1:DateTime('UTC')} "
-              "AND (tenant_id, toDate(minute)) NOT IN {dirty:Array(Tuple(String, Date))}"
-              f"{extra}{' GROUP BY ' + rsel if groups else ''}", params))
-        parts = []
-        if lo < first_day:
-            parts.append("ts < {d0:DateTime64(3, 'UTC')}")
-        if last_day < hi:
-            parts.append("ts >= {d1:DateTime64(3, 'UTC')}")
-        if dirty:
-            parts.append("(tenant_id, toDate(ts)) IN {dirty:Array(Tuple(String, Date))}")
-        raw_where = f"({' OR '.join(parts)})" if parts else ""
-    if raw_where:
-        group_sql = f" GROUP BY {sel}" if groups else ""
-        add(q(f"SELECT {sel + ', ' if groups else ''}count(), sumOrNull(cost_usd), countIf(unpriced = 1), "
+        add(q(f"SELECT {rsel}toDate(minute) AS d, sumIf(events, {cond}), sumIf(cost_usd, {cond}), "
+              f"sumIf(unpriced_events, {cond}), sumIf(late_events, {cond}), sum(events), sum(cost_usd), "
+              "sum(unpriced_events), sum(late_events) FROM console_day FINAL WHERE event_type = 'llm_call' "
+              "AND minute >= {d0:DateTime('UTC')} AND minute < {d1:DateTime('UTC')} AND toDate(minute) IN {whole:Array(Date)} "
+              f"AND (tenant_id, toDate(minute)) NOT IN {{dirty:Array(Tuple(String, Date))}}{scope} "
+              f"GROUP BY {rsel}d", params), raw=False)
+        raw_where = ("(toDate(ts) NOT IN {whole:Array(Date)} OR (tenant_id, toDate(ts)) IN "
+                     "{dirty:Array(Tuple(String, Date))})") if dirty else "toDate(ts) NOT IN {whole:Array(Date)}"
+    else:
+        raw_where = "1"
+    if not use_rollup or dirty or len(whole) * 86_400 < (hi - lo).total_seconds():
+        sel = cols("ts")
+        params["bounds"] = bounds
+        zero = "toDecimal128(0, 12)"
+        add(q(f"SELECT {sel}arrayCount(x -> x <= ts, {{bounds:Array(DateTime64(3, 'UTC'))}}) AS seg, "
+              f"countIf({cond}), sumIf(ifNull(cost_usd, {zero}), {cond}), countIf(unpriced = 1 AND {cond}), "
+              f"countIf(late = 1 AND {cond}), count(), sum(ifNull(cost_usd, {zero})), countIf(unpriced = 1), "
               "countIf(late = 1) FROM events FINAL WHERE event_type = 'llm_call' AND ts >= {lo:DateTime64(3, 'UTC')} "
-              f"AND ts < {{hi:DateTime64(3, 'UTC')}} AND {raw_where}{extra}{group_sql} "
-              "SETTINGS do_not_merge_across_partitions_select_final = 1", params))
-    rows = []
-    for key in sorted(out):
-        events, cost, unpriced, late = out[key]
-        if not groups and events == 0:
-            continue
-        rows.append({**dict(zip(groups, key, strict=True)), "events": events, "cost_usd": _dec_text(cost),
-                     "unpriced_events": unpriced, "late_events": late})
-    return rows
+              f"AND ts < {{hi:DateTime64(3, 'UTC')}} AND {raw_where}{scope} GROUP BY {sel}seg "
+              "SETTINGS do_not_merge_across_partitions_select_final = 1", params), raw=True)
+    out = []
+    for i, w in enumerate(windows):
+        rows = []
+        for key in sorted(acc[i]):
+            events, cost, unpriced, late = acc[i][key]
+            rows.append({**dict(zip(w.groups, key, strict=True)), "events": events, "cost_usd": _dec_text(cost),
+                         "unpriced_events": unpriced, "late_events": late})
+        out.append(rows)
+    return out
 
 
 def spend_csv(rows: Sequence[dict[str, Any]], groups: Sequence[str]) -> str:
@@ -474,6 +633,26 @@ def top_users(q: Query, f: Filters, n: int = 10) -> dict[str, Any]:
               "cost_usd": _dec_text(usd)} for t, u, c, x, usd in rows]
     return {"first_day": first.isoformat(), "last_day": last.isoformat(), "users": users,
             "candidates": USER_CANDIDATES}
+
+
+def request_costs(q: Query, f: Filters) -> dict[str, Any]:
+    """p95 cost per request and per request chain over the UTC days the range touches, within
+    the tenant scope (the other filters do not apply): exact Decimals, merged from each tenant-
+    day's quantile state (``console_request_day``). A request that spans UTC midnight counts
+    as one request on each day."""
+    first, last = f.start.date(), (f.end - timedelta(microseconds=1)).date()
+    params: dict[str, Any] = {"d0": first, "d1": last}
+    tenant = ""
+    if f.tenant_id:
+        tenant = " AND tenant_id = {t:String}"
+        params["t"] = f.tenant_id
+    rows = q("SELECT sum(requests), quantileExactMerge(0.95)(request_cost), sum(chains), "
+             "quantileExactMerge(0.95)(chain_cost) FROM console_request_day FINAL "
+             f"WHERE day >= {{d0:Date}} AND day <= {{d1:Date}}{tenant}", params)
+    n, p95, chains, chain_p95 = rows[0] if rows else (0, None, 0, None)
+    return {"first_day": first.isoformat(), "last_day": last.isoformat(), "requests": int(n or 0),
+            "request_p95_usd": _dec_text(p95) if n else None, "chains": int(chains or 0),
+            "chain_p95_usd": _dec_text(chain_p95) if chains else None}
 
 
 def request_chain(q: Query, ident: str, tenant_id: str | None, limit: int = 500) -> list[dict[str, Any]]:
