@@ -48,7 +48,8 @@ _TIER_SELECT = (
     "sum(events), sum(unpriced_events), sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), "
     "sum(cache_write_tokens), sum(cost_usd), quantileBFloat16MergeState(0.95)(latency_p95), now64(3), service_tier, "
     "sum(late_events), environment, quantileBFloat16MergeState(0.95)(ttft_p95), sum(empty_retrievals) "
-    "FROM {source} FINAL WHERE minute >= {{lo:DateTime('UTC')}} AND (tenant_id, {bucket}(minute)) IN "
+    "FROM {source} FINAL WHERE minute >= {{lo:DateTime('UTC')}} AND minute < {{hi:DateTime64(3, 'UTC')}} "
+    "AND (tenant_id, {bucket}(minute)) IN "
     "(SELECT DISTINCT tenant_id, {bucket}(m) FROM ({dirty})) "
     "GROUP BY tenant_id, b, event_type, feature, provider, model, prompt_version, status, category, service_tier, "
     "environment")
@@ -58,7 +59,7 @@ _USER_SELECT = (
     "SELECT tenant_id, user_id_hash, d, n, failed, usd, row_number() OVER (PARTITION BY tenant_id, d "
     "ORDER BY usd DESC, user_id_hash), {{at:DateTime64(3, 'UTC')}} FROM (SELECT tenant_id, user_id_hash, toDate(ts) AS d, count() AS n, "
     "countIf(status != 'ok') AS failed, sum(ifNull(cost_usd, toDecimal128(0, 12))) AS usd FROM events FINAL "
-    "WHERE event_type = 'llm_call' AND user_id_hash != '' AND ts >= {{lo:DateTime('UTC')}} "
+    "WHERE event_type = 'llm_call' AND user_id_hash != '' AND ts >= {{lo:DateTime('UTC')}} AND ts < {{hi:DateTime64(3, 'UTC')}} "
     "AND (tenant_id, toDate(ts)) IN (SELECT DISTINCT tenant_id, toDate(m) FROM ({dirty})) "
     "GROUP BY tenant_id, user_id_hash, d)")
 _USER_TOP = ("SELECT tenant_id, day, user_id_hash, cost_usd, computed_at FROM console_user_day "
@@ -72,7 +73,8 @@ _REQUEST_COSTS = (
     "SELECT tenant_id, d, count() AS n, quantileExactState(0.95)(toDecimal64(least(usd, "
     "toDecimal128('999999.999999999999', 12)), 12)) AS st FROM (SELECT tenant_id, toDate(ts) AS d, "
     "{key} AS k, sum(ifNull(cost_usd, toDecimal128(0, 12))) AS usd FROM events FINAL WHERE event_type = 'llm_call' "
-    "AND ts >= {{lo:DateTime('UTC')}} AND (tenant_id, toDate(ts)) IN (SELECT DISTINCT tenant_id, toDate(m) FROM "
+    "AND ts >= {{lo:DateTime('UTC')}} AND ts < {{hi:DateTime64(3, 'UTC')}} AND (tenant_id, toDate(ts)) IN "
+    "(SELECT DISTINCT tenant_id, toDate(m) FROM "
     "({dirty})) GROUP BY tenant_id, d, k) GROUP BY tenant_id, d")
 _REQUEST_SELECT = (
     "SELECT r.tenant_id, r.d, r.n, r.st, c.n, c.st, {{at:DateTime64(3, 'UTC')}} FROM ("
@@ -88,24 +90,30 @@ def refresh_rollup(store: Any, since: datetime) -> int:
     minutes from the tier below (``console_hour``, ``console_day``: exact sums, merged latency
     digests), and the users' spend of the days around them (``console_user_day``). Run on the
     store's ClickHouse thread. Returns the (tenant, minute) pairs."""
+    return _refresh(store, since)[0]
+
+
+def _refresh(store: Any, since: datetime) -> tuple[int, datetime | None]:
+    """``refresh_rollup``: the (tenant, minute) pairs and the earliest of those minutes."""
     dirty = ("SELECT DISTINCT tenant_id, toStartOfMinute(ts) AS m FROM events "
              "WHERE ingested_at >= {since:DateTime64(3, 'UTC')}")
     lo = store.query(f"SELECT min(m), count() FROM ({dirty})", {"since": since})
     if not lo or not lo[0][1]:
-        return 0
+        return 0, None
     low = _utc(lo[0][0])
     where = (f"ts >= {{lo:DateTime('UTC')}} AND (tenant_id, toStartOfMinute(ts)) IN "
              f"(SELECT tenant_id, m FROM ({dirty}))")
     for sql, params in _rollup_statements(where, dirty, "", {"since": since}, low):
         store.command(sql, params)
-    return int(lo[0][1])
+    return int(lo[0][1]), low
 
 
-def _rollup_statements(where: str, dirty: str, top_extra: str, params: dict[str, Any],
-                       low: datetime) -> list[tuple[str, dict[str, Any]]]:
+def _rollup_statements(where: str, dirty: str, top_extra: str, params: dict[str, Any], low: datetime,
+                       high: datetime = datetime(2299, 12, 31, tzinfo=UTC)) -> list[tuple[str, dict[str, Any]]]:
     """The statements that recompute the rollups for the events matching ``where`` (whole
     (tenant, minute) groups) and the hours, days and user-days around the minutes ``dirty``
-    lists, in order (each tier is built from the one before)."""
+    lists (all in ``[low, high)``), in order (each tier is built from the one before)."""
+    params = {**params, "hi": high}
     out = [("INSERT INTO console_minute " + _ROLLUP_SELECT.format(where=where), {**params, "lo": low})]
     for table, source, bucket, start in (("console_hour", "console_minute", "toStartOfHour", _hour(low)),
                                          ("console_day", "console_hour", "toStartOfDay", _day(low))):
@@ -143,7 +151,7 @@ def backfill_steps(store: Any, rows_per_step: int = BACKFILL_ROWS) -> list[list[
                  "AND ts < {b_hi:DateTime64(3, 'UTC')}")
         dirty = f"SELECT DISTINCT tenant_id, toStartOfMinute(ts) AS m FROM events WHERE {where}"
         extra = " AND tenant_id IN {b_tenants:Array(String)} AND day = {lo:Date}"
-        steps.append(_rollup_statements(where, dirty, extra, params, lo))
+        steps.append(_rollup_statements(where, dirty, extra, params, lo, lo + timedelta(days=1)))
 
     for d, tenant, n in pairs:
         if batch and (d != day or rows + int(n) > rows_per_step):
@@ -185,23 +193,70 @@ async def rollup_loop(store: Any, interval_s: float) -> None:
         log.warning("console_rollup_mark_unreadable", error=str(exc)[:300])
     if since is None:
         since = await backfill(store)
+        await compact(store, datetime(1970, 1, 1, tzinfo=UTC), COMPACT_EVERY)
+    else:  # a rollup table newer than the mark (an upgrade): built over the stored events, in steps
+        try:
+            empty = await store.run(store.query, "SELECT (SELECT count() FROM console_request_day) = 0 "
+                                    "AND (SELECT count() FROM events) > 0", {})
+        except Exception as exc:  # noqa: BLE001 - checked again at the next start
+            log.warning("console_rollup_check_failed", error=str(exc)[:300])
+            empty = []
+        if empty and empty[0][0]:
+            await backfill(store, tables=("console_request_day",))
+    rounds = 0
     while True:
         started = datetime.now(UTC)
         try:
-            await store.run(refresh_rollup, store, since)
+            _, low = await store.run(_refresh, store, since)
             await store.run(mark_complete, store, since)
             since = started - timedelta(seconds=10)
+            if low is not None:
+                rounds += 1
+                await compact(store, low, rounds)
         except Exception as exc:  # noqa: BLE001 - a failed refresh is retried next round from the same point
             log.warning("console_rollup_failed", error=str(exc)[:300])
         await asyncio.sleep(interval_s)
 
 
-async def backfill(store: Any, *, rows_per_step: int = BACKFILL_ROWS,
+# the small rollup tables merged into one part per month after every refresh that touched them,
+# the larger ones every COMPACT_EVERY such refreshes: FINAL on a partition of one part costs
+# nothing (console_day over 30 days: 55 -> 20 ms in bench/console.py's data), and a refresh
+# adds parts each round
+COMPACT_EACH = ("console_day", "console_request_day")
+COMPACT_SOMETIMES = ("console_hour", "console_user_top")
+COMPACT_EVERY = 12
+
+
+async def compact(store: Any, low: datetime, rounds: int) -> None:
+    """``OPTIMIZE ... FINAL`` the monthly partitions from ``low``'s month to now of the small
+    rollup tables (one statement per call on the ClickHouse thread; skipped on a cluster,
+    where the tables are distributed)."""
+    ddl = getattr(store, "ddl", None)
+    if ddl is not None and ddl.cluster is not None:
+        return
+    tables = COMPACT_EACH + (COMPACT_SOMETIMES if rounds % COMPACT_EVERY == 0 else ())
+    month, now = low.year * 12 + low.month - 1, datetime.now(UTC)
+    months = [f"{m // 12}{m % 12 + 1:02d}" for m in range(max(month, now.year * 12 + now.month - 13),
+                                                          now.year * 12 + now.month)]
+    if low.year < 2000:  # everything (after a build from scratch)
+        months = [str(r[0]) for r in await store.run(
+            store.query, "SELECT DISTINCT partition_id FROM system.parts WHERE active AND database = "
+            "currentDatabase() AND table = 'console_day'", {})]
+    for table in tables:
+        for part in months:
+            try:
+                await store.run(store.command, f"OPTIMIZE TABLE {table} PARTITION ID '{part}' FINAL", {})
+            except Exception as exc:  # noqa: BLE001 - an optimisation: the next round tries again
+                log.warning("console_rollup_compact_failed", table=table, error=str(exc)[:300])
+
+
+async def backfill(store: Any, *, rows_per_step: int = BACKFILL_ROWS, tables: Sequence[str] = (),
                    after_statement: Callable[[], Any] | None = None) -> datetime:
     """Build the rollups from every stored event, one bounded statement per call on the
     ClickHouse thread (``backfill_steps``). Returns the ingest time from which the incremental
     refresh must go on (rows stored while the build ran are recomputed by it). A failed
-    statement is retried after a pause; ``after_statement`` is awaited after each (tests)."""
+    statement is retried after a pause; ``after_statement`` is awaited after each (tests).
+    ``tables``: only the statements that fill these rollup tables (default: all)."""
     started = datetime.now(UTC)
     while True:
         try:
@@ -213,6 +268,8 @@ async def backfill(store: Any, *, rows_per_step: int = BACKFILL_ROWS,
     log.info("console_backfill_started", steps=len(steps))
     for step in steps:
         for sql, params in step:
+            if tables and not any(sql.startswith(f"INSERT INTO {t} ") for t in tables):
+                continue
             while True:
                 try:
                     await store.run(store.command, sql, params)
