@@ -23,8 +23,13 @@ restarted control plane resumes, and a new rollup table (no state yet) is built 
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import structlog
 
 from flyball.schemas.events import CallStatus
 
@@ -32,6 +37,7 @@ from .slo import SLOs
 from .slo_sql import sli_conditions
 from .state import utc
 
+log = structlog.get_logger(__name__)
 FAILURE_CLASSES = tuple(s.value for s in CallStatus if s != CallStatus.OK)
 KEYS = "tenant_id, feature, provider, model, toDate(ts) AS day"
 HOUR_SELECT = (
@@ -155,6 +161,15 @@ class KPIRollup:
         self._since: datetime | None = None
         self._slo_versions: tuple[tuple[str, int], ...] | None = None
 
+    @property
+    def since(self) -> datetime | None:
+        """The ingest time from which the next pass reads (None before the first pass)."""
+        return self._since
+
+    @property
+    def slo_versions(self) -> tuple[tuple[str, int], ...] | None:
+        return self._slo_versions
+
     def _q(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return self.store.call(self.store.query, sql, params or {})  # type: ignore[no-any-return]
 
@@ -192,3 +207,70 @@ class KPIRollup:
         # overlap (harmless: every rollup row is replaced, not added)
         self._since = started - self.overlap
         self._c("INSERT INTO kpi_rollup_state VALUES ({at:DateTime64(3, 'UTC')})", {"at": self._since})
+
+
+# rows that change a period's figures when they arrive: its own events, the history before it the
+# forecast reads (at most two months), and flags (feedback, outcomes), which may name any call
+HISTORY = timedelta(days=62)
+PENDING_SQL = (f"SELECT count() FROM events WHERE {SINCE} AND ((ts >= {{a:DateTime64(3, 'UTC')}} "
+               f"AND ts < {{b:DateTime64(3, 'UTC')}}) OR {FLAG})")
+
+
+class KPIRefresher:
+    """Keeps the KPI rollups current off the request path: ``loop`` refreshes them every few
+    seconds in the background, and a KPI request only waits when rows that change its period
+    arrived since the last pass (``ensure``): it then awaits a pass that started after it
+    arrived, shared by every request waiting meanwhile, so the figures stay exact and no request
+    runs a refresh of its own. Passes run one at a time, in a worker thread whose statements go
+    through the store's ClickHouse thread one by one."""
+
+    def __init__(self, rollup: KPIRollup) -> None:
+        self.rollup = rollup
+        self._task: asyncio.Task[None] | None = None
+        self._task_started = 0.0
+        self._done_started = -1.0  # when the newest finished pass started (monotonic)
+        self._pass_since: datetime | None = None  # the ingest time the newest finished pass began at
+
+    async def refresh_after(self, t: float, slos: SLOs) -> None:
+        """Return once a pass that started at or after ``t`` (monotonic) has finished."""
+        while True:
+            task = self._task
+            if task is not None and not task.done():
+                await asyncio.shield(task)
+                if self._task_started >= t:
+                    return
+                continue
+            if self._done_started >= t:
+                return
+            self._task_started = time.monotonic()
+            self._task = asyncio.ensure_future(self._pass(slos, self._task_started))
+
+    async def _pass(self, slos: SLOs, started: float) -> None:
+        await asyncio.to_thread(self.rollup.refresh, slos)
+        self._done_started = max(self._done_started, started)
+
+    def pending(self, start: datetime, end: datetime) -> bool:
+        """Did rows that change the figures of ``[start, end)`` arrive since the rollups were
+        complete? (Run in a worker thread: one indexed count through the ClickHouse thread.)"""
+        since = self.rollup.since
+        if since is None:
+            return True
+        rows = self.rollup._q(PENDING_SQL, {"since": since, "a": start - HISTORY, "b": end})
+        return bool(rows and rows[0][0])
+
+    async def ensure(self, slos: SLOs, start: datetime, end: datetime) -> None:
+        """Make the rollups exact for a request about ``[start, end)`` arriving now."""
+        t = time.monotonic()
+        if slos.slos and self.rollup.slo_versions != tuple((s.slo_id, s.version) for s in slos.slos):
+            await self.refresh_after(t, slos)  # new SLO versions: their rows are built by a pass
+        elif await asyncio.to_thread(self.pending, start, end):
+            await self.refresh_after(t, slos)
+
+    async def loop(self, get_slos: Callable[[], Awaitable[SLOs]], interval_s: float) -> None:
+        """Refresh every ``interval_s`` (a failed pass is retried at the next round)."""
+        while True:
+            try:
+                await self.refresh_after(time.monotonic(), await get_slos())
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; requests still wait for exactness
+                log.warning("kpi_rollup_failed", error=str(exc)[:300])
+            await asyncio.sleep(interval_s)

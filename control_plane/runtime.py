@@ -181,6 +181,13 @@ class System:
             self.admin_key = s.admin_api_key.get_secret_value() if s.admin_api_key else "fb_admin_" + secrets.token_urlsafe(24)
             keys.add(self.admin_key, Principal(key_id="admin", role=Role.ADMIN, name="bootstrap admin"))
             app = create_app(self._deps(keys))
+            kpi_refresher = app.state.kpi_refresher  # the KPI rollups, kept current off the request path
+            if kpi_refresher is not None:
+                slo_holder = app.state.slo_registry
+
+                async def current_slos() -> Any:
+                    return (await slo_holder.get()).current
+                sup.spawn("kpi-rollup", kpi_refresher.loop(current_slos, max(5.0, s.rollup_interval_s)))
             port = s.api_port or free_port()
             # a console tab holds an event stream open: at shutdown it gets 5 s, then is cut
             self._server = _Server(uvicorn.Config(app, host=s.api_host, port=port, log_level="warning",

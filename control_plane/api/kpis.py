@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from ..auth import Principal, Role
-from ..kpi_rollup import KPIRollup
+from ..kpi_rollup import KPIRefresher, KPIRollup
 from ..kpis import CSV_HEADER, Span, csv_rows, kpis
 from ..report import build, month_bounds
 from .deps import Auth, Deps, aware, tenant_scope
@@ -25,13 +25,15 @@ from .slos import RegistryHolder
 
 def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
     reader = auth.require(Role.FINANCE, Role.SRE)
-    rollups: list[KPIRollup] = []
+    # the rollups are refreshed in the background (``KPIRefresher.loop``, spawned with the API by
+    # the runtime); a request waits only for a pass that covers rows of its period that arrived
+    # since the last one
+    refresher = KPIRefresher(KPIRollup(deps.store)) if deps.store is not None else None
+    app.state.kpi_refresher = refresher
 
-    def fresh(slos: Any) -> None:
-        """Bring the hourly rollups up to date (the hours that got rows since the last call)."""
-        if not rollups:
-            rollups.append(KPIRollup(deps.store))
-        rollups[0].refresh(slos)
+    async def fresh(slos: Any, start: datetime, end: datetime) -> None:
+        if refresher is not None:
+            await refresher.ensure(slos, start, end)
 
     def holder() -> RegistryHolder:
         return app.state.slo_registry  # type: ignore[no-any-return]
@@ -67,11 +69,8 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         span = Span(start, end, group_by, tenant)
         book = deps.prices()
 
-        def run() -> dict[str, Any]:
-            fresh(slos)
-            return kpis(query, span, slos=slos, book=book)
-
-        answer = await asyncio.to_thread(run)
+        await fresh(slos, start, end)
+        answer = await asyncio.to_thread(kpis, query, span, slos=slos, book=book)
         answer.pop("_incidents")
         if "text/csv" in request.headers.get("accept", ""):
             buf = io.StringIO()
@@ -97,9 +96,7 @@ def register(app: FastAPI, deps: Deps, auth: Auth) -> None:
         slos = (await holder().get()).current
         book = deps.prices()
 
-        def run() -> dict[str, Any]:
-            fresh(slos)
-            return build(query, month, slos=slos, book=book, tenant_id=tenant)
-
-        body = await asyncio.to_thread(run)
+        previous, _, end = month_bounds(month)
+        await fresh(slos, previous, end)  # the previous month too: the report's movers compare with it
+        body = await asyncio.to_thread(build, query, month, slos=slos, book=book, tenant_id=tenant)
         return Response(orjson.dumps(body, default=str), media_type="application/json")

@@ -402,3 +402,150 @@ def test_versions_page_shows_live_versions_verdicts_and_evidence_within_the_tena
     link = re.search(r'id="versions-link" href="([^"]+)"', sre.get(f"/ui/alerts/{a.alert_id}").text)
     assert link and link.group(1).replace("&amp;", "&") == f"/ui/versions?feature={feature}&dimension=prompt_version"
     assert "v2-canary" in sre.get(link.group(1).replace("&amp;", "&")).text
+
+
+def _p95(values: list[Decimal]) -> Decimal:
+    """The exact p95 as ClickHouse's quantileExact defines it: the element at index
+    floor(0.95 * n) of the sorted values (the largest when that is past the end)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(Decimal("0.95") * len(ordered)))]
+
+
+def test_p95_cost_per_request_and_chain_from_generated_events(
+        served: tuple[str, dict[str, str], ClickHouseStore]) -> None:
+    """The Spend page's p95 cost per request and per request chain equal the values computed
+    here from the generated events (each event once; a request's cost is the sum of its LLM
+    calls, however far apart they arrive), within the tenant scope."""
+    import random
+
+    url, keys, store = served
+    rng = random.Random(1901)
+    day = DAY0 + timedelta(days=24)
+    costs: dict[str, dict[str, list[Decimal]]] = {}  # tenant -> request -> its calls' costs
+    chains: dict[str, dict[str, list[Decimal]]] = {}
+    rows: list[list[Any]] = []
+    for tenant in ("acme", "hooli"):
+        for r in range(60):
+            rid = f"p95-{tenant}-{r}"
+            trace = f"chain-{tenant}-{r // 3}"  # three requests a chain
+            for k in range(rng.randint(1, 4)):
+                usd = Decimal(rng.randint(1, 9_999_999)) / Decimal(10**9)
+                ts = day + timedelta(hours=rng.randint(0, 20), minutes=k)
+                row = event(tenant, ts, cost=str(usd), request_id=rid)
+                row[COLUMNS.index("trace_id")] = trace
+                rows.append(row)
+                costs.setdefault(tenant, {}).setdefault(rid, []).append(usd)
+                chains.setdefault(tenant, {}).setdefault(trace, []).append(usd)
+            rows.append(event(tenant, day + timedelta(hours=1), request_id=rid, event_type="tool_call", cost=None))
+    write(store, rows + rows[:7])  # seven redelivered: counted once
+    started = datetime.now(UTC)
+    store.call(queries.refresh_rollup, store, started - timedelta(minutes=5))
+    # a late call of an existing request, after the rollup: the next refresh counts it, once
+    late = event("acme", day + timedelta(hours=22), cost="3.5", request_id="p95-acme-0")
+    late[COLUMNS.index("trace_id")] = "chain-acme-0"
+    write(store, [late, late])
+    costs["acme"]["p95-acme-0"].append(Decimal("3.5"))
+    chains["acme"]["chain-acme-0"].append(Decimal("3.5"))
+    store.call(queries.refresh_rollup, store, started)
+    store.call(queries.mark_complete, store, started)
+
+    def expect(tenants: list[str], groups: dict[str, dict[str, list[Decimal]]]) -> str:
+        return queries._dec_text(_p95([sum(v, Decimal(0)) for t in tenants for v in groups[t].values()]))
+
+    window = {"start": day.isoformat(), "end": (day + timedelta(days=1)).isoformat()}
+    for key, tenants in (("admin", ["acme", "hooli"]), ("acme", ["acme"])):
+        params = dict(window, tenant_id="acme") if key == "admin" and tenants == ["acme"] else window
+        page = session(url, keys[key]).get("/ui/spend", params=params)
+        assert page.status_code == 200, page.text
+        shown = re.search(r'id="request-p95">\$([0-9.]+)<', page.text)
+        shown_chain = re.search(r'id="chain-p95">\$([0-9.]+)<', page.text)
+        assert shown and shown_chain, page.text[:2000]
+        assert shown.group(1) == expect(tenants, costs), key
+        assert shown_chain.group(1) == expect(tenants, chains), key
+        n = sum(len(costs[t]) for t in tenants)
+        assert f"over the {n} requests and {sum(len(chains[t]) for t in tenants)} chains" in page.text
+        if key == "acme":
+            assert "hooli" not in page.text
+
+
+def test_spend_windows_equal_v1_spend_for_each_window(served: tuple[str, dict[str, str], ClickHouseStore]) -> None:
+    """The Spend page's one read of its three windows (the period, the one before, the month so
+    far unfiltered) answers each as ``GET /v1/spend`` does, to the last digit, with rows still
+    arriving after the rollups were complete and window edges inside days."""
+    url, keys, store = served
+    base = DAY0 + timedelta(days=40)
+    rows = [event(t, base + timedelta(hours=h), model="gpt-4o" if h % 2 else "gpt-4o-mini",
+                  cost=f"0.{h:02d}0000000007", feature="chat" if h % 3 else "batch")
+            for t in ("acme", "globex") for h in range(0, 24 * 6, 5)]
+    write(store, rows)
+    started = datetime.now(UTC)
+    store.call(queries.refresh_rollup, store, started - timedelta(minutes=5))
+    store.call(queries.mark_complete, store, started)
+    write(store, [event("acme", base + timedelta(days=2, hours=3), cost="9.000000000001")])  # into a settled day
+    api = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {keys['finance']}"})
+    _clients.append(api)
+
+    def query(sql: str, params: dict[str, Any]) -> Any:
+        return store.call(store.query, sql, params)
+
+    end = base + timedelta(days=5, hours=7, minutes=30)
+    for extra in ({}, {"feature": "chat"}, {"tenant_id": "acme", "model": "gpt-4o"}):
+        f = queries.Filters(begin=base + timedelta(days=3, hours=7, minutes=30), end=end, **extra)
+        windows = [queries.SpendWindow(f.start, f.end, ("model",)),
+                   queries.SpendWindow(f.start - timedelta(days=2), f.start, ("model",)),
+                   queries.SpendWindow(base + timedelta(hours=1), f.end, ("tenant_id", "day"), filtered=False)]
+        got = queries.spend_windows(query, f, windows)
+        for w, rows_got in zip(windows, got, strict=True):
+            params = {"from": w.start.isoformat(), "to": w.end.isoformat(), "group_by": ",".join(w.groups)}
+            if w.filtered:
+                params |= extra
+            elif "tenant_id" in extra:
+                params["tenant_id"] = extra["tenant_id"]
+            want = api.get("/v1/spend", params=params).json()["rows"]
+            assert rows_got == want, (extra, w)
+
+
+def test_rollup_build_runs_in_steps_and_pages_answer_meanwhile(
+        served: tuple[str, dict[str, str], ClickHouseStore]) -> None:
+    """A rollup build from scratch (a new or upgraded database) is many bounded statements on
+    the ClickHouse thread, not one: a page's read queued meanwhile is answered before the build
+    ends, and spend stays equal to ``GET /v1/spend`` during and after the build."""
+    import asyncio
+
+    url, keys, store = served
+    base = DAY0 + timedelta(days=50)
+    write(store, [event(t, base + timedelta(days=d, hours=h), cost=f"0.{d}{h:02d}000000001")
+                  for t in ("acme", "globex", "initech") for d in range(3) for h in range(0, 24, 4)])
+    steps = store.call(queries.backfill_steps, store, 5)
+    assert len(steps) > 9  # at most one tenant-day of rows (or 5 rows) a step
+    fin = session(url, keys["finance"])
+    api = httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {keys['finance']}"})
+    _clients.append(api)
+    window = {"start": base.isoformat(), "end": (base + timedelta(days=3)).isoformat(), "group_by": "tenant_id,day"}
+    want = api.get("/v1/spend", params={"from": window["start"], "to": window["end"], "group_by": "tenant_id,day"},
+                   headers={"Accept": "text/csv"}).text
+    statements = 0
+    answered: list[int] = []
+
+    async def counted() -> None:
+        nonlocal statements
+        statements += 1
+
+    async def reader(build: asyncio.Task[datetime]) -> None:
+        while statements < 3:
+            await asyncio.sleep(0.01)
+        rows = await store.run(store.query, "SELECT count() FROM events", {})
+        assert rows[0][0] > 0
+        answered.append(statements)
+        # a page through the HTTP server (its own thread) while the build is still going
+        answered.append(int(await asyncio.to_thread(lambda: fin.get("/ui/spend.csv", params=window).text == want)))
+        assert not build.done()
+
+    async def scenario() -> int:
+        build = asyncio.ensure_future(queries.backfill(store, rows_per_step=5, after_statement=counted))
+        await asyncio.gather(build, reader(build))
+        return statements
+
+    total = asyncio.run(scenario())
+    assert answered[0] < total and answered[1] == 1  # answered mid-build, and exact
+    assert fin.get("/ui/spend.csv", params=window).text == want  # and after it
