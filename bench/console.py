@@ -149,7 +149,7 @@ def main() -> int:
         elif not store.call(store.query, "SELECT count() FROM console_request_day")[0][0]:
             t0 = time.perf_counter()  # a database filled before the request-cost rollup existed
             dirty = "SELECT DISTINCT tenant_id, toStartOfMinute(ts) AS m FROM events"
-            store.call(store.command, "INSERT INTO console_request_day " + queries._REQUEST_SELECT.format(dirty=dirty),
+            store.call(store.command, "INSERT INTO console_request_day " + queries._request_select().format(dirty=dirty),
                        {"lo": datetime(1970, 1, 1, tzinfo=UTC), "hi": END, "at": datetime.now(UTC)})
             print(f"console_request_day built in {time.perf_counter() - t0:.1f}s", flush=True)
         # as the API's rollup task leaves them: the small tiers merged (FINAL then costs nothing)

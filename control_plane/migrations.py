@@ -378,7 +378,8 @@ MIGRATIONS: list[tuple[int, str]] = [
     # 90-99 (the console, continued): the cost of each request and each request chain (trace),
     # per tenant and UTC day, kept as exact quantile states of Decimal costs (Decimal64: half the
     # bytes to merge of Decimal128; exact up to $999,999.999999999999 a request, the most it
-    # holds, at which larger costs are capped); recomputed whole
+    # holds, at which larger costs are capped) and the day's costliest tenth (at least 64) sorted
+    # high to low, from which a range's p95 is read when it lies there; recomputed whole
     # from events FINAL for the (tenant, day) pairs that received rows, so a redelivered or late
     # event counts once, and merged across days and tenants for a range's exact p95
     (90, """
@@ -389,7 +390,9 @@ MIGRATIONS: list[tuple[int, str]] = [
         request_cost AggregateFunction(quantileExact(0.95), Decimal(18, 12)),
         chains UInt64,
         chain_cost AggregateFunction(quantileExact(0.95), Decimal(18, 12)),
-        computed_at DateTime64(3, 'UTC')
+        computed_at DateTime64(3, 'UTC'),
+        request_top Array(Decimal(18, 12)),
+        chain_top Array(Decimal(18, 12))
     ) ENGINE = ReplacingMergeTree(computed_at)
     PARTITION BY toYYYYMM(day)
     ORDER BY (tenant_id, day)

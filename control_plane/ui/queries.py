@@ -69,17 +69,23 @@ _USER_TOP = ("SELECT tenant_id, day, user_id_hash, cost_usd, computed_at FROM co
 # their calls' cost (unpriced calls add nothing); a request without an id is its call alone
 _REQ_KEY = "if(request_id != '', request_id, toString(event_id))"
 _CHAIN_KEY = f"if(trace_id != '', trace_id, {_REQ_KEY})"
-_REQUEST_COSTS = (
-    "SELECT tenant_id, d, count() AS n, quantileExactState(0.95)(toDecimal64(least(usd, "
-    "toDecimal128('999999.999999999999', 12)), 12)) AS st FROM (SELECT tenant_id, toDate(ts) AS d, "
-    "{key} AS k, sum(ifNull(cost_usd, toDecimal128(0, 12))) AS usd FROM events FINAL WHERE event_type = 'llm_call' "
-    "AND ts >= {{lo:DateTime('UTC')}} AND ts < {{hi:DateTime64(3, 'UTC')}} AND (tenant_id, toDate(ts)) IN "
-    "(SELECT DISTINCT tenant_id, toDate(m) FROM "
-    "({dirty})) GROUP BY tenant_id, d, k) GROUP BY tenant_id, d")
-_REQUEST_SELECT = (
-    "SELECT r.tenant_id, r.d, r.n, r.st, c.n, c.st, {{at:DateTime64(3, 'UTC')}} FROM ("
-    + _REQUEST_COSTS.replace("{key}", _REQ_KEY) + ") AS r INNER JOIN ("
-    + _REQUEST_COSTS.replace("{key}", _CHAIN_KEY) + ") AS c ON r.tenant_id = c.tenant_id AND r.d = c.d")
+REQUEST_TOP_SHARE, REQUEST_TOP_MIN = 0.1, 64  # each tenant-day keeps its costliest tenth, at least 64
+
+
+def _request_select() -> str:
+    costs = (
+        "SELECT tenant_id, d, count() AS n, quantileExactState(0.95)(v) AS st, arraySlice(arrayReverseSort("
+        f"groupArray(v)), 1, greatest({int(REQUEST_TOP_MIN)}, toUInt64(ceil({float(REQUEST_TOP_SHARE)} * count())))) "
+        "AS top FROM (SELECT tenant_id, d, toDecimal64(least(usd, toDecimal128('999999.999999999999', 12)), 12) AS v "
+        "FROM (SELECT tenant_id, toDate(ts) AS d, {key} AS k, sum(ifNull(cost_usd, toDecimal128(0, 12))) AS usd "
+        "FROM events FINAL WHERE event_type = 'llm_call' AND ts >= {{lo:DateTime('UTC')}} "
+        "AND ts < {{hi:DateTime64(3, 'UTC')}} AND (tenant_id, toDate(ts)) IN "
+        "(SELECT DISTINCT tenant_id, toDate(m) FROM ({dirty})) GROUP BY tenant_id, d, k)) GROUP BY tenant_id, d")
+    return ("SELECT r.tenant_id, r.d, r.n, r.st, c.n, c.st, {{at:DateTime64(3, 'UTC')}}, r.top, c.top FROM ("
+            + costs.replace("{key}", _REQ_KEY) + ") AS r INNER JOIN ("
+            + costs.replace("{key}", _CHAIN_KEY) + ") AS c ON r.tenant_id = c.tenant_id AND r.d = c.d")
+
+
 USER_CANDIDATES = 100  # a range's top users are looked for among each tenant-day's 100 costliest
 BACKFILL_ROWS = 60_000  # events per step of a rollup build from scratch (one statement at a time)
 
@@ -124,7 +130,7 @@ def _rollup_statements(where: str, dirty: str, top_extra: str, params: dict[str,
                 {**params, "lo": _day(low), "at": at}))
     out.append(("INSERT INTO console_user_top " + _USER_TOP.format(extra=top_extra),
                 {**params, "lo": _day(low).date(), "at": at, "k": USER_CANDIDATES}))
-    out.append(("INSERT INTO console_request_day " + _REQUEST_SELECT.format(dirty=dirty),
+    out.append(("INSERT INTO console_request_day " + _request_select().format(dirty=dirty),
                 {**params, "lo": _day(low), "at": at}))
     return out
 
@@ -694,19 +700,35 @@ def top_users(q: Query, f: Filters, n: int = 10) -> dict[str, Any]:
 
 def request_costs(q: Query, f: Filters) -> dict[str, Any]:
     """p95 cost per request and per request chain over the UTC days the range touches, within
-    the tenant scope (the other filters do not apply): exact Decimals, merged from each tenant-
-    day's quantile state (``console_request_day``). A request that spans UTC midnight counts
-    as one request on each day."""
+    the tenant scope (the other filters do not apply): exact Decimals, as ``quantileExact``
+    over every request's cost (the element at floor(0.95 n) of the sorted costs). Read from
+    each tenant-day's costliest requests (``request_top``) when the answer provably lies among
+    them: the r-th costliest of their union, r = n - floor(0.95 n), is the answer when every
+    tenant-day whose list is cut has its cheapest kept cost at or below it (no cost left out can
+    be above it); otherwise merged from the full quantile states. A request that spans UTC
+    midnight counts as one request on each day."""
     first, last = f.start.date(), (f.end - timedelta(microseconds=1)).date()
     params: dict[str, Any] = {"d0": first, "d1": last}
     tenant = ""
     if f.tenant_id:
         tenant = " AND tenant_id = {t:String}"
         params["t"] = f.tenant_id
-    rows = q("SELECT sum(requests), quantileExactMerge(0.95)(request_cost), sum(chains), "
-             "quantileExactMerge(0.95)(chain_cost) FROM console_request_day FINAL "
-             f"WHERE day >= {{d0:Date}} AND day <= {{d1:Date}}{tenant}", params)
-    n, p95, chains, chain_p95 = rows[0] if rows else (0, None, 0, None)
+    where = f"FROM console_request_day FINAL WHERE day >= {{d0:Date}} AND day <= {{d1:Date}}{tenant}"
+    parts = []
+    for kind, n in (("request", "requests"), ("chain", "chains")):
+        parts.append(
+            f"sum({n}) AS n_{kind}, n_{kind} - toUInt64(floor(0.95 * n_{kind})) AS r_{kind}, "
+            f"arrayReverseSort(arrayFlatten(groupArray({kind}_top))) AS u_{kind}, "
+            f"if(n_{kind} > 0 AND length(u_{kind}) >= r_{kind}, u_{kind}[r_{kind}], NULL) AS c_{kind}, "
+            f"isNotNull(c_{kind}) AND (countIf(length({kind}_top) < {n}) = 0 "
+            f"OR maxIf(arrayMin({kind}_top), length({kind}_top) < {n}) <= c_{kind}) AS ok_{kind}")
+    rows = q(f"SELECT n_request, c_request, ok_request, n_chain, c_chain, ok_chain FROM (SELECT {', '.join(parts)} "
+             f"{where})", params)
+    n, p95, ok, chains, chain_p95, chain_ok = rows[0] if rows else (0, None, True, 0, None, True)
+    if (n and not ok) or (chains and not chain_ok):  # the answer may lie below a cut list: every cost
+        full = q(f"SELECT quantileExactMerge(0.95)(request_cost), quantileExactMerge(0.95)(chain_cost) {where}",
+                 params)
+        p95, chain_p95 = full[0]
     return {"first_day": first.isoformat(), "last_day": last.isoformat(), "requests": int(n or 0),
             "request_p95_usd": _dec_text(p95) if n else None, "chains": int(chains or 0),
             "chain_p95_usd": _dec_text(chain_p95) if chains else None}
