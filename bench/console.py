@@ -204,6 +204,8 @@ def main() -> int:
             ("Spend page, 30 d, by model", get(admin, "/ui/spend", group_by="model", **wide)),
             ("Spend page, 30 d, one tenant (bound key)", get(tenant, "/ui/spend", group_by="feature", **wide)),
             ("Spend chart data, 30 d, by model", get(admin, "/ui/data/spend", by="model", **wide)),
+            ("Spend p95 cost per request/chain, 30 d", get(admin, "/ui/data/request-costs", **wide)),
+            ("  the same, one tenant (bound key)", get(tenant, "/ui/data/request-costs", **wide)),
             ("Spend CSV, 30 d, by tenant", get(admin, "/ui/spend.csv", group_by="tenant_id", **wide)),
             ("Request page (request_id)", get(admin, "/ui/requests", id=f"req-{args.events // 8}")),
             ("Request route by trace_id", lambda: _ok(loop, api, "/v1/requests/" + _trace(store, args.events // 2))),

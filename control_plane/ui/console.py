@@ -423,10 +423,9 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         tenant_args = {"tenant_id": f.tenant_id} if f.tenant_id else None
         windows = [queries.SpendWindow(f.start, f.end, (group,)), queries.SpendWindow(prev_start, f.start, (group,)),
                    queries.SpendWindow(month_start, f.end, ("tenant_id", "day"), filtered=False)]
-        budgets, (rows_now, rows_before, month_rows), split, users, req = await asyncio.gather(
+        budgets, (rows_now, rows_before, month_rows), split, users = await asyncio.gather(
             api.get("/v1/budgets", tenant_args), q_sync(queries.spend_windows, f, windows),
-            q_sync(queries.tokens_split, f, cache_saving(f.end)), q_sync(queries.top_users, f),
-            q_sync(queries.request_costs, f))
+            q_sync(queries.tokens_split, f, cache_saving(f.end)), q_sync(queries.top_users, f))
         forecast = month_forecast(f, month_rows)
         total = sum((Decimal(r["cost_usd"]) for r in rows_now), Decimal(0))
         body = {"total_usd": dec_text(total), "events": sum(int(r["events"]) for r in rows_now), "rows": rows_now}
@@ -435,10 +434,12 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         unpriced = [m for m in split["models"] if m["unpriced_calls"]]
         args = filter_args(request, s)
         csv_args = {**args, "group_by": group, "end": f.end.isoformat()}
+        # the request-cost panel's feed (loaded by the page's script, like the chart): pinned when the page is
+        req_args = {**args, **({"end": f.end.isoformat()} if request.query_params.get("end") else {})}
         calls = int(body["events"])
         return render(request, s, "spend.html", "spend", body=body, rows=rows[:TABLE_MAX], n_rows=len(rows),
                       group=group, groups=SPEND_GROUPS, by=by, movers=movers, budgets=budgets,
-                      forecast=forecast, split=split, unpriced=unpriced, users=users, req=req, args=args, csv_args=csv_args,
+                      forecast=forecast, split=split, unpriced=unpriced, users=users, req_args=req_args, args=args, csv_args=csv_args,
                       ranges=list(queries.RANGES), f=f,
                       avg_cost=(Decimal(body["total_usd"]) / calls) if calls else None,
                       dims=[d for d in queries.FILTERS if not (d == "tenant_id" and s.principal.tenant_id)])
@@ -544,6 +545,12 @@ def register(app: FastAPI, deps: Any, auth: Any, *, clock: Callable[[], float] =
         data = await q_sync(queries.spend_series, f, request.query_params.get("by", "model"))
         data["markers"] = await q_sync(queries.markers, f)
         return as_json(data)
+
+    @app.get("/ui/data/request-costs", include_in_schema=False)
+    @feed("spend")
+    async def request_costs_data(request: Request, s: Session, api: Api) -> Response:
+        """p95 cost per request and per request chain for the Spend page (tenant scope only)."""
+        return as_json(await q_sync(queries.request_costs, filters(request, s)))
 
     @app.get("/ui/data/alerts/{alert_id}", include_in_schema=False)
     @feed("incidents")

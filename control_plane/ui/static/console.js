@@ -135,6 +135,18 @@
     });
   }
 
+  function requestCosts(el) {
+    return getJSON(el.getAttribute("data-request-costs-feed")).then(function (d) {
+      function usd(v) { return v == null ? "–" : "$" + v; }
+      document.getElementById("request-p95").textContent = usd(d.request_p95_usd);
+      document.getElementById("chain-p95").textContent = usd(d.chain_p95_usd);
+      var note = document.getElementById("request-p95-note");
+      if (note) note.textContent = "p95 per request and per request chain (trace): exact, over the " + d.requests +
+        " requests and " + d.chains + " chains with an LLM call in the UTC days " + d.first_day + " to " + d.last_day +
+        " (the tenant filter applies, the others do not; a request over midnight counts on each day).";
+    });
+  }
+
   function alertChart(el) {
     return getJSON(el.getAttribute("data-alert-feed")).then(function (d) {
       charts = charts.filter(function (c) { return c.el !== el; });
@@ -153,6 +165,7 @@
     var h = document.querySelector("[data-feed]"); if (h) jobs.push(healthCharts(h));
     var s = document.querySelector("[data-spend-feed]"); if (s) jobs.push(spendChart(s));
     var a = document.querySelector("[data-alert-feed]"); if (a) jobs.push(alertChart(a));
+    var r = document.querySelector("[data-request-costs-feed]"); if (r) jobs.push(requestCosts(r));
     return Promise.all(jobs);
   }
 
