@@ -378,7 +378,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     # 90-99 (the console, continued): the cost of each request and each request chain (trace),
     # per tenant and UTC day, kept as exact quantile states of Decimal costs (Decimal64: half the
     # bytes to merge of Decimal128; exact up to $999,999.999999999999 a request, the most it
-    # holds, at which larger costs are capped) and the day's costliest tenth (at least 64) sorted
+    # holds, at which larger costs are capped) and the day's costliest fifth (at least 64) sorted
     # high to low, from which a range's p95 is read when it lies there; recomputed whole
     # from events FINAL for the (tenant, day) pairs that received rows, so a redelivered or late
     # event counts once, and merged across days and tenants for a range's exact p95

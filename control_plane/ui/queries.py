@@ -69,7 +69,7 @@ _USER_TOP = ("SELECT tenant_id, day, user_id_hash, cost_usd, computed_at FROM co
 # their calls' cost (unpriced calls add nothing); a request without an id is its call alone
 _REQ_KEY = "if(request_id != '', request_id, toString(event_id))"
 _CHAIN_KEY = f"if(trace_id != '', trace_id, {_REQ_KEY})"
-REQUEST_TOP_SHARE, REQUEST_TOP_MIN = 0.1, 64  # each tenant-day keeps its costliest tenth, at least 64
+REQUEST_TOP_SHARE, REQUEST_TOP_MIN = 0.2, 64  # each tenant-day keeps its costliest fifth, at least 64
 
 
 def _request_select() -> str:
