@@ -411,7 +411,7 @@ def _p95(values: list[Decimal]) -> Decimal:
     return ordered[min(len(ordered) - 1, int(Decimal("0.95") * len(ordered)))]
 
 
-@pytest.mark.parametrize(("top_min", "top_share"), [(64, 0.1), (3, 0.05)])
+@pytest.mark.parametrize(("top_min", "top_share"), [(queries.REQUEST_TOP_MIN, queries.REQUEST_TOP_SHARE), (3, 0.05)])
 def test_p95_cost_per_request_and_chain_from_generated_events(
         served: tuple[str, dict[str, str], ClickHouseStore], monkeypatch: pytest.MonkeyPatch,
         top_min: int, top_share: float) -> None:
