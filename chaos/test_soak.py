@@ -49,8 +49,9 @@ async def test_soak_rss_and_lag_stay_flat(kafka: str, tmp_path: Path, results: P
     run = Run(f"soak {DURATION_S:.0f} s at {RATE:.0f} events/s", kafka, tmp_path)
     t0 = time.monotonic()
     env: dict[str, str] = {}
-    if heap := os.environ.get("FLYBALL_CHAOS_HEAP_LOG", ""):  # diagnosis: the worker's Python heap
-        env["FLYBALL_CHAOS_HEAP_LOG"] = heap
+    for name, value in os.environ.items():  # diagnosis: the Python heap, chDB's own view; worker settings
+        if name in ("FLYBALL_CHAOS_HEAP_LOG", "FLYBALL_CHAOS_CH_LOG") or name.startswith("FLYBALL_WORKER_"):
+            env[name] = value
     worker = Worker(run, "w1", faulty=True, env=env)
     n = int(DURATION_S * RATE)
     async with Lag(kafka, run.group) as lag:

@@ -8,7 +8,10 @@ connections would), and ``FLYBALL_CHAOS_SLOW_ROWS_PER_S`` (when set) makes each 
 ``rows / rate`` seconds longer: a slow consumer. ``FLYBALL_CHAOS_HEAP_LOG`` (a path; diagnosis only,
 tracemalloc slows allocation) appends, every 10 s, one JSON line: RSS, the Python heap that
 tracemalloc sees and its ten biggest growing lines, so that what grows can be told apart from
-what chDB holds. Everything else is the unmodified worker.
+what chDB holds. ``FLYBALL_CHAOS_CH_LOG`` (a path; diagnosis) appends, every 10 s, one JSON line of
+chDB's own view from inside the worker (its system tables: active and outdated parts of
+``events``, merges running, inserts and merges so far, the memory chDB tracks) and the
+process's CPU seconds per thread name. Everything else is the unmodified worker.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class FaultyStore(ClickHouseStore):
         slow = os.environ.get("FLYBALL_CHAOS_SLOW_ROWS_PER_S", "")
         self.rows_per_s = float(slow) if slow else 0.0
 
+        if ch := os.environ.get("FLYBALL_CHAOS_CH_LOG", ""):
+            threading.Thread(target=_ch_log, args=(self, Path(ch)), daemon=True, name="ch-log").start()
+
     def _gate(self, rows: Sequence[Sequence[Any]]) -> None:
         if self.fail_file is not None and self.fail_file.exists():
             raise InjectedFault(f"injected: ClickHouse writes fail while {self.fail_file} exists")
@@ -72,6 +78,55 @@ def _heap_log(path: Path, every_s: float = 10.0) -> None:
                 "heap_mb": round(tracemalloc.get_traced_memory()[0] / 1e6, 1), "top": top}
         with path.open("a") as fh:
             fh.write(json.dumps(line) + "\n")
+
+
+_CH_PROBES = {
+    "parts_active": "SELECT count() FROM system.parts WHERE table = 'events' AND active",
+    "parts_outdated": "SELECT count() FROM system.parts WHERE table = 'events' AND NOT active",
+    "parts_all_tables": "SELECT count() FROM system.parts",
+    "rows": "SELECT sum(rows) FROM system.parts WHERE table = 'events' AND active",
+    "merges_running": "SELECT count() FROM system.merges",
+    "inserts": "SELECT value FROM system.events WHERE event = 'InsertQuery'",
+    "inserted_rows": "SELECT value FROM system.events WHERE event = 'InsertedRows'",
+    "merges": "SELECT value FROM system.events WHERE event = 'Merge'",
+    "selects": "SELECT value FROM system.events WHERE event = 'SelectQuery'",
+    "memory_tracked_mb": "SELECT round(value / 1e6, 1) FROM system.metrics WHERE metric = 'MemoryTracking'",
+    "primary_index_mb": "SELECT round(sum(primary_key_bytes_in_memory_allocated) / 1e6, 2) FROM system.parts",
+}
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread name (chDB names its pools: MergeMutate, ThreadPool, ...)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+
+
+def _ch_log(store: ClickHouseStore, path: Path, every_s: float = 10.0) -> None:
+    """Append chDB's view of itself (queried on the store's own thread) and CPU per thread."""
+    t0 = time.monotonic()
+    while True:
+        time.sleep(every_s)
+        line: dict[str, Any] = {"t": round(time.monotonic() - t0)}
+        for name, sql in _CH_PROBES.items():
+            try:
+                rows = store.call(store.query, sql)
+                line[name] = rows[0][0] if rows else None
+            except Exception as exc:  # noqa: BLE001 - a probe must never disturb the worker
+                line[name] = f"error: {type(exc).__name__}"
+        status = Path("/proc/self/status").read_text().splitlines()
+        for key in ("VmRSS", "RssAnon", "RssFile"):
+            line[key] = next((round(int(s.split()[1]) / 1024, 1) for s in status if s.startswith(f"{key}:")), None)
+        line["cpu_s"] = _thread_cpu()
+        with path.open("a") as fh:
+            fh.write(json.dumps(line, default=str) + "\n")
 
 
 def main() -> int:

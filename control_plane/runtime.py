@@ -155,6 +155,7 @@ class System:
                                 releases=releases)
             self.ingest = IngestService(bootstrap=self.bootstrap, store=self.store, pipeline=pipeline,
                                         group_id=s.worker_group, session_timeout_ms=s.session_timeout_ms,
+                                        linger_ms=s.worker_linger_ms, min_batch=s.worker_min_batch,
                                         checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id,
                                         seeds=self.finance, clients=KafkaClients(self.bootstrap),
                                         signing=self.signing)

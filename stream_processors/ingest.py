@@ -27,6 +27,7 @@ from aiokafka import (
     AIOKafkaConsumer,
     AIOKafkaProducer,
     ConsumerRebalanceListener,
+    ConsumerRecord,
     TopicPartition,
 )
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
@@ -99,6 +100,7 @@ def version_row(row: VersionRow, now: datetime) -> tuple[object, ...]:
 class IngestService:
     def __init__(self, *, bootstrap: str, store: WorkerStore, pipeline: Pipeline,
                  group_id: str = "flyball-worker", max_batch: int = 20_000, poll_ms: int = 200,
+                 linger_ms: int = 1_000, min_batch: int = 5_000,
                  session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  checkpoint_interval_s: float | None = 30.0, worker_id: str = "",
                  clients: KafkaClientFactory | None = None, write_attempts: int = 8,
@@ -116,6 +118,11 @@ class IngestService:
         self.group_id = group_id
         self.max_batch = max_batch
         self.poll_ms = poll_ms
+        # a batch is gathered for up to linger_ms after its first record, until min_batch records:
+        # every ClickHouse insert makes a part (and merges), so inserting whatever one fetch brings
+        # (about 40 events at 1,000 events/s) cost a core in chDB; see docs/RELIABILITY.md, "The soak"
+        self.linger_ms = linger_ms
+        self.min_batch = min_batch
         self.session_timeout_ms = session_timeout_ms
         self.clock = clock
         self.stats = IngestStats()
@@ -198,6 +205,7 @@ class IngestService:
             if not batch:
                 await self._idle_tick()
                 continue
+            await self._gather(consumer, batch)
             raws = [rec.value for recs in batch.values() for rec in recs]
             offsets = {tp: recs[-1].offset + 1 for tp, recs in batch.items()}
             self.stats.lag = sum(max(0, (consumer.highwater(tp) or 0) - offset) for tp, offset in offsets.items())
@@ -206,6 +214,27 @@ class IngestService:
             if await self._commit(offsets):
                 self._uncommitted = False
                 await self._checkpoint()
+
+    async def _gather(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Add to ``batch`` what arrives within ``linger_ms`` of its first record, until it holds
+        ``min_batch`` records (at most ``max_batch``). A failed fetch ends the wait: what was
+        gathered is processed as usual."""
+        want = min(self.min_batch, self.max_batch)
+        count = sum(map(len, batch.values()))
+        deadline = time.monotonic() + self.linger_ms / 1000
+        while count < want and not self._stopping.is_set():
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                return
+            try:
+                more = await consumer.getmany(timeout_ms=min(left_ms, self.poll_ms), max_records=self.max_batch - count)
+            except KafkaError as exc:
+                log.warning("consume_failed", error=str(exc))
+                return
+            self._polled_at = time.monotonic()
+            for tp, recs in more.items():
+                batch.setdefault(tp, []).extend(recs)
+                count += len(recs)
 
     async def handle(self, raws: list[bytes]) -> BatchResult:
         now = self.clock()

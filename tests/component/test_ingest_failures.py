@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import asyncio
@@ -137,3 +138,48 @@ async def test_a_failed_commit_leaves_the_batch_uncommitted_and_saves_no_checkpo
         assert (await store.run(store.query, "SELECT count() FROM detector_state", {}))[0][0] >= 1
     finally:
         store.close()
+
+
+class _Trickle(FakeConsumer):
+    """A consumer whose fetches bring a few records each, as a broker does at a modest rate."""
+
+    def __init__(self, tp: TopicPartition, values: list[bytes], per_fetch: int) -> None:
+        super().__init__(tp, values)
+        self.per_fetch = per_fetch
+
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[Any, list[Any]]:
+        await asyncio.sleep(0.005)
+        n = min(self.per_fetch, max_records or self.per_fetch)
+        batch = self.records[self.position:self.position + n]
+        self.position += len(batch)
+        return {self.tp: batch} if batch else {}
+
+
+@pytest.mark.parametrize(("linger_ms", "inserts"), [(2_000, 1), (0, 10)])
+async def test_records_arriving_within_the_linger_go_into_one_insert_and_one_commit(
+        tmp_path: Path, linger_ms: int, inserts: int) -> None:
+    """Every ClickHouse insert makes a part that chDB must merge: at 1,000 events/s, inserting what
+    each fetch brought (about 40 events) cost the worker most of a core (docs/RELIABILITY.md)."""
+    real = ClickHouseStore(f"chdb://{tmp_path}/ch")
+    real.migrate()
+    tp = TopicPartition(EVENTS, 0)
+    consumer = _Trickle(tp, _calls(30), per_fetch=3)
+    store = FlakyStore(real)
+    book = load_prices(None)
+    ingest = IngestService(bootstrap="unused:9", store=store, pipeline=Pipeline(lambda: book),  # type: ignore[arg-type]
+                           clients=FakeClients(consumer_=consumer), checkpoint_interval_s=None,  # type: ignore[arg-type]
+                           linger_ms=linger_ms, min_batch=30)
+    try:
+        await ingest.start()
+        task = asyncio.create_task(ingest.run())
+        for _ in range(1000):
+            if consumer.commits and consumer.commits[-1] == {tp: 30}:
+                break
+            await asyncio.sleep(0.01)
+        await ingest.stop()
+        await asyncio.wait_for(task, 5)
+        assert consumer.commits[-1] == {tp: 30}
+        assert [name for name, _ in store.calls].count("write_events") == inserts
+        assert (await real.run(real.query, "SELECT count(), uniqExact(event_id) FROM events", {})) == [(30, 30)]
+    finally:
+        real.close()
