@@ -28,7 +28,7 @@ __all__ = ["Deps", "create_app"]
 def create_app(deps: Deps, *, console: bool = True) -> FastAPI:
     app = FastAPI(title="flyball", version="0.1.0",
                   description="Telemetry and control plane for LLM calls: spend, alerts, directives, audit.")
-    auth = Auth(deps.keys, deps.limiter)
+    auth = Auth(deps.keys, deps.limiter, read_limiter=deps.read_limiter)
     # a price catalog upload is the one large document (its entry count is capped by the route)
     app.add_middleware(BodyLimit, max_bytes=DEFAULT_MAX_BODY,
                        by_prefix={"/v1/prices": 16 * DEFAULT_MAX_BODY, "/v1/traces": 8 * DEFAULT_MAX_BODY})

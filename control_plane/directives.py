@@ -34,6 +34,7 @@ from flyball.schemas import (
     KeySet,
     SignatureError,
     sign,
+    signer,
     verify,
 )
 from flyball.stream_processors.errors import PermanentError, TemporaryError, with_retry
@@ -161,9 +162,10 @@ class ControlLoop:
 
     async def start(self) -> None:
         self._producer = await self.clients.producer()
-        await self._load_directives()
+        resign = await self._load_directives()
         await self._load_audit()
         await self._restore_from_audit()
+        await self._resign(resign)
         # A new control-plane group starts at the end of the alert topic, not its beginning: old
         # alerts would only be ignored (older than every TTL) after a replay that delays the first
         # real decision; incidents still open are re-published as their evidence grows. A group
@@ -182,9 +184,11 @@ class ControlLoop:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def _load_directives(self) -> None:
+    async def _load_directives(self) -> set[str]:
         """Read the compacted topic from its start until it goes quiet (end offsets are not
-        trusted: Tansu reports them too low)."""
+        trusted: Tansu reports them too low). Returns the scope keys whose latest message is
+        signed with another key than the current one (see :meth:`_resign`)."""
+        other_key: set[str] = set()
         consumer = self.clients.consumer(DIRECTIVES, group_id=None, auto_offset_reset="earliest",
                                          enable_auto_commit=False)
         await consumer.start()
@@ -206,9 +210,23 @@ class ControlLoop:
                             log.warning("directive_ignored", error=str(exc)[:200])
                             continue
                         self.directives[directive.key()] = directive
+                        if self.signing.enabled and signer(rec.value) != self.signing.current:
+                            other_key.add(directive.key())
+                        else:
+                            other_key.discard(directive.key())
         finally:
             await consumer.stop()
         log.info("directives_loaded", active=len(self.active()))
+        return other_key
+
+    async def _resign(self, scopes: set[str]) -> None:
+        """Key rotation: the directives in force that were signed with another key than the
+        current one are published again, signed with the current key (same content, a newer
+        version), so that shims can drop the old key without waiting for the directives' TTL."""
+        stale = [d for d in self.active() if d.key() in scopes]
+        await self._republish(stale)
+        if stale:
+            log.info("directives_resigned", count=len(stale), key_id=self.signing.current)
 
     async def _load_audit(self) -> None:
         """Pending directives and recent cooldown clocks from the audit log (when it can be read)."""
@@ -247,16 +265,21 @@ class ControlLoop:
             log.warning("directive_restore_failed", error=str(exc)[:300])
             return
         restored = restorable(published, known=set(self.directives), now=self.clock())
+        await self._republish(restored)
+        if restored:
+            log.info("directives_restored", count=len(restored), directive_ids=[d.directive_id for d in restored])
+
+    async def _republish(self, directives: Sequence[Directive]) -> None:
+        """Publish directives again as they are: a newer version than any the shims saw, signed
+        like every directive."""
         assert self._producer is not None
         stamp = int(self.clock().timestamp() * 1_000_000)
-        for d in restored:  # a newer version than any the shims saw, signed like every directive
+        for d in directives:
             d = d.model_copy(update={"version": max(d.version + 1, stamp)})
             self.directives[d.key()] = d
             await self._producer.send_and_wait(DIRECTIVES, key=d.key().encode(),
                                                value=sign(d.model_dump_json().encode(), topic=DIRECTIVES,
                                                           keys=self.signing))
-        if restored:
-            log.info("directives_restored", count=len(restored), directive_ids=[d.directive_id for d in restored])
 
     async def run(self) -> None:
         assert self._consumer is not None

@@ -37,6 +37,7 @@ class ControlPlane:
     marks: AlertMarks
     registry: PolicyRegistry
     limiter: RateLimiter
+    read_limiter: RateLimiter
     notifier: WebhookNotifier | None = None
     slos: SLORegistry | None = None  # the SLOs in force (versioned, audited)
     slo_monitor: SLOMonitor | None = None  # slo_burn alerts from the slo_minute rollup
@@ -124,5 +125,6 @@ async def build_control_plane(settings: Settings, *, bootstrap: str, store: Cont
              webhooks=len(settings.webhooks))
     return ControlPlane(loop=loop, state=state, keys=keys, marks=marks, registry=registry,
                         limiter=RateLimiter(per_minute=settings.write_rate_per_min, burst=settings.write_burst),
+                        read_limiter=RateLimiter(per_minute=settings.read_rate_per_min, burst=settings.read_burst),
                         notifier=notifier, slos=slos, slo_monitor=monitor, slo_publisher=publisher)
 

@@ -254,7 +254,7 @@ class System:
         plane = self.plane
         extra: dict[str, Any] = {}
         if plane is not None:
-            extra = {"state": plane.state, "marks": plane.marks, "limiter": plane.limiter,
+            extra = {"state": plane.state, "marks": plane.marks, "limiter": plane.limiter, "read_limiter": plane.read_limiter,
                      "set_policies": plane.set_policies, "slos": plane.slos}
         return Deps(
             store=self.store, control=control, keys=keys, prices=lambda: self.book, finance=self.finance, otlp=otlp,

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     runbook_base_url: str = "docs/runbooks"  # where docs/runbooks/<alert kind>.md is served
     write_rate_per_min: float = 120.0
     write_burst: int = 30
+    read_rate_per_min: float = 3_000.0  # reads per API key (shims polling directives share a key)
+    read_burst: int = 600
     # finance: lateness, rollups, and the API the `flyball spend|reprice|reconcile` client calls
     allowed_lateness_s: int = 86_400  # later events are stored with late=1 and raise no budget alerts
     rollup_interval_s: float = 30.0  # spend_minute refresh (recomputed from events FINAL)

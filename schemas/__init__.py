@@ -29,7 +29,7 @@ from .events import (
     parse_event,
     to_wire,
 )
-from .signing import KeySet, SignatureError, sign, verify
+from .signing import KeySet, SignatureError, sign, signer, verify
 from .topics import ALERTS, DIRECTIVES, DLQ, EVENTS
 from .usage import normalize_service_tier
 
@@ -69,6 +69,7 @@ __all__ = [
     "parse_event",
     "scope_key",
     "sign",
+    "signer",
     "to_wire",
     "verify",
 ]

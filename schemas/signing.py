@@ -14,7 +14,8 @@ verifier which key of its set to use.
 
 Rotation without downtime: give every verifier the new key next to the old one (``keys`` holds
 several), then switch the signers' ``current`` key id, then remove the old key once no message
-signed with it is in force (the longest directive TTL).
+signed with it is in force (a control plane started with a new ``current`` key signs the
+directives in force again with it: ``control_plane/directives.py``).
 
 Pure: bytes in, bytes out; no clock, no I/O.
 """
@@ -79,6 +80,14 @@ def sign(body: bytes, *, topic: str, keys: KeySet) -> bytes:
         raise ValueError("only a non-empty JSON object can be signed")
     mac = _mac(keys.keys[keys.current], topic, body)
     return body[:-1] + _MEMBER + f"{keys.current}:{mac}".encode() + b'"}'
+
+
+def signer(message: bytes) -> str:
+    """The key id a message says it is signed with ("" if unsigned); verify it with :func:`verify`."""
+    at = message.rfind(_MEMBER)
+    if at < 0 or not message.endswith(b'"}'):
+        return ""
+    return message[at + len(_MEMBER):-2].decode("ascii", errors="replace").partition(":")[0]
 
 
 def verify(message: bytes, *, topic: str, keys: KeySet) -> bytes:

@@ -26,6 +26,7 @@ from ..policy import Policies
 from ..state import AlertMarks, ControlState
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+READ_RATE_PER_MIN, READ_BURST = 3_000.0, 600  # the defaults of settings.read_rate_per_min / read_burst
 T = TypeVar("T")
 
 
@@ -41,7 +42,10 @@ class Deps:
     parts: Callable[[], dict[str, bool]] = dict  # each supervised task: alive?
     state: ControlState | None = None  # persisted keys, policy versions, alert marks, deliveries
     marks: AlertMarks = field(default_factory=AlertMarks)
-    limiter: RateLimiter = field(default_factory=RateLimiter)
+    limiter: RateLimiter = field(default_factory=RateLimiter)  # writes, per key
+    # reads, per key: higher (a fleet of shims polls directives with one service key), still bounded
+    read_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(per_minute=READ_RATE_PER_MIN,
+                                                                          burst=READ_BURST))
     # (new policies, actor, source text) -> the policies now in force (versioned, audited)
     set_policies: Callable[[Policies, str, str], Awaitable[Policies]] | None = None
     finance: Finance | None = None  # price changes, budgets, reprice (None: built from the store)
@@ -72,22 +76,24 @@ class Deps:
 class Auth:
     """``Depends(auth.require(Role.SRE))`` in a route: 401 without a known key, 403 for a role
     that may not use the route (or a tenant-bound key on a global route), 429 when a key
-    exceeds its write rate. Each check carries ``roles`` and ``global_only`` so tests can
+    exceeds its write rate or its (higher) read rate. Each check carries ``roles`` and ``global_only`` so tests can
     enumerate what every route requires."""
 
     def __init__(self, keys: KeyRing, limiter: RateLimiter | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, read_limiter: RateLimiter | None = None) -> None:
         self.keys = keys
         self.limiter = limiter or RateLimiter()
+        self.read_limiter = read_limiter or RateLimiter(per_minute=READ_RATE_PER_MIN, burst=READ_BURST)
         self.clock = clock
 
     def principal(self, request: Request) -> Principal:
         found = self.identify(request)
-        if request.method not in READ_METHODS:
-            wait = self.limiter.take(found.key_id, now=self.clock())
-            if wait is not None:
-                raise HTTPException(429, f"write rate limit for this key exceeded; retry in {math.ceil(wait)}s",
-                                    headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        reading = request.method in READ_METHODS
+        wait = (self.read_limiter if reading else self.limiter).take(found.key_id, now=self.clock())
+        if wait is not None:
+            kind = "read" if reading else "write"
+            raise HTTPException(429, f"{kind} rate limit for this key exceeded; retry in {math.ceil(wait)}s",
+                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
         return found
 
     def identify(self, request: Request) -> Principal:

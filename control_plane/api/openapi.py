@@ -51,9 +51,8 @@ def install(app: FastAPI) -> None:
                     responses["403"] = _answer("The key's role or tenant binding does not allow this", _PROBLEM)
                     if "{" in path:
                         responses["404"] = _answer("No such resource (or not visible to this key)", _PROBLEM)
-                    if method in WRITES:
-                        responses["429"] = _answer("Write rate limit of this key exceeded (see Retry-After)",
-                                                   _PROBLEM)
+                    responses["429"] = _answer(f"{'Write' if method in WRITES else 'Read'} rate limit of this "
+                                               "key exceeded (see Retry-After)", _PROBLEM)
             doc["components"]["schemas"].pop("HTTPValidationError", None)
             doc["components"]["schemas"].pop("ValidationError", None)
             app.openapi_schema = doc

@@ -139,6 +139,28 @@ def test_write_routes_are_rate_limited_per_key_with_retry_after(tmp_path: Path) 
         limited = post(admin)
         assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
         assert post(other).status_code == 201  # the limit is per key
-        assert http.get("/v1/keys", headers={"Authorization": f"Bearer {admin}"}).status_code == 200  # reads are not limited
+        assert http.get("/v1/keys", headers={"Authorization": f"Bearer {admin}"}).status_code == 200  # reads: their own limit
         bad = http.post("/v1/keys", json={"role": "overlord"}, headers={"Authorization": f"Bearer {other}"})
         assert bad.status_code == 422 and "role" in bad.json()["detail"]
+
+
+def test_read_routes_are_rate_limited_per_key_apart_from_writes() -> None:
+    """A key flooding the API with reads (each a ClickHouse query) gets 429 with Retry-After once
+    its read burst is spent; other keys, and the same key's writes, are not affected."""
+    keys = KeyRing()
+    reader, _ = keys.create(Role.ADMIN)
+    other, _ = keys.create(Role.ADMIN)
+    app = create_app(Deps(store=None, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES, prices=lambda: None,
+                          limiter=RateLimiter(per_minute=60, burst=5), read_limiter=RateLimiter(per_minute=6, burst=3)))
+    with serve_app(app) as url, httpx.Client(base_url=url, timeout=10) as http:
+        def get(key: str, path: str = "/v1/keys") -> httpx.Response:
+            return http.get(path, headers={"Authorization": f"Bearer {key}"})
+
+        assert [get(reader).status_code for _ in range(3)] == [200, 200, 200]
+        limited = get(reader, "/v1/policies")  # the budget is per key, across read routes
+        assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+        assert "read rate limit" in limited.json()["detail"]
+        assert get(other).status_code == 200
+        created = http.post("/v1/keys", json={"role": "service"}, headers={"Authorization": f"Bearer {reader}"})
+        assert created.status_code == 201  # writes draw on their own budget
+        assert "429" in app.openapi()["paths"]["/v1/keys"]["get"]["responses"]
