@@ -16,6 +16,7 @@ process's CPU seconds per thread name. Everything else is the unmodified worker.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -92,7 +93,29 @@ _CH_PROBES = {
     "selects": "SELECT value FROM system.events WHERE event = 'SelectQuery'",
     "memory_tracked_mb": "SELECT round(value / 1e6, 1) FROM system.metrics WHERE metric = 'MemoryTracking'",
     "primary_index_mb": "SELECT round(sum(primary_key_bytes_in_memory_allocated) / 1e6, 2) FROM system.parts",
+    "caches_mb": "SELECT groupArray((metric, round(value / 1e6, 1))) FROM system.metrics WHERE value > 0 AND "
+                 "(metric LIKE '%CacheBytes' OR metric LIKE 'MemoryTracking%')",
+    "jemalloc": "SELECT concat(extract(stats, 'Allocated: [0-9]+, active: [0-9]+'), ', ', "
+                "extract(stats, 'resident: [0-9]+, mapped: [0-9]+, retained: [0-9]+')) FROM system.jemalloc_stats",
 }
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _glibc_heap() -> dict[str, float]:
+    """glibc malloc's view (every arena): bytes in use, free inside the arenas, and mmapped."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        m = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return {}
+    return {"used_mb": round((m.uordblks + m.hblkhd) / 1e6, 1), "free_in_arenas_mb": round(m.fordblks / 1e6, 1),
+            "arena_mb": round(m.arena / 1e6, 1), "mmapped_mb": round(m.hblkhd / 1e6, 1),
+            "python_blocks": sys.getallocatedblocks()}
 
 
 def _thread_cpu() -> dict[str, float]:
@@ -124,6 +147,7 @@ def _ch_log(store: ClickHouseStore, path: Path, every_s: float = 10.0) -> None:
         status = Path("/proc/self/status").read_text().splitlines()
         for key in ("VmRSS", "RssAnon", "RssFile"):
             line[key] = next((round(int(s.split()[1]) / 1024, 1) for s in status if s.startswith(f"{key}:")), None)
+        line["glibc"] = _glibc_heap()
         line["cpu_s"] = _thread_cpu()
         with path.open("a") as fh:
             fh.write(json.dumps(line, default=str) + "\n")

@@ -420,6 +420,33 @@ class _Group:
         return out
 
 
+class _Generations:
+    """The latest entries of a map, bounded: two plain dicts of ``capacity // 2`` each; when the
+    newer is full it becomes the older and the older is dropped whole. Holds between
+    ``capacity // 2`` and ``capacity`` of the latest entries. (An OrderedDict used as a FIFO of
+    200k entries keeps growing after it is full, to about 45 MB, as churn resizes it.)"""
+
+    __slots__ = ("half", "new", "old")
+
+    def __init__(self, capacity: int) -> None:
+        self.half = max(1, capacity // 2)
+        self.new: dict[Any, Any] = {}
+        self.old: dict[Any, Any] = {}
+
+    def put(self, key: Any, value: Any) -> None:
+        new = self.new
+        new[key] = value
+        if len(new) >= self.half:
+            self.old, self.new = new, {}
+
+    def get(self, key: Any) -> Any:
+        found = self.new.get(key)
+        return self.old.get(key) if found is None else found
+
+    def __len__(self) -> int:
+        return len(self.new) + len(self.old)
+
+
 class ReleaseComparator:
     """Feed it batches of decoded events (``observe``) and the watermark (``advance``)."""
 
@@ -429,9 +456,9 @@ class ReleaseComparator:
         self.groups: dict[tuple[str, str], _Group] = {}
         self.comparisons: dict[tuple[tuple[str, str], str, str], Comparison] = {}  # (group, dim, new)
         self.finished: list[Comparison] = []
-        self._by_request: OrderedDict[tuple[str, str], tuple[tuple[str, str], tuple[str, str, str]]] = OrderedDict()
+        self._by_request: _Generations = _Generations(self.params.max_joins)
         # event id (as an int: id_key) -> link; each link is one shared tuple per (group, versions)
-        self._by_event: OrderedDict[int, tuple[tuple[str, str], tuple[str, str, str]]] = OrderedDict()
+        self._by_event: _Generations = _Generations(self.params.max_joins)
         self._links: dict[tuple[tuple[str, str], tuple[str, str, str]], tuple[tuple[str, str], tuple[str, str, str]]] = {}
         self._pending: OrderedDict[tuple[str, str], list[tuple[Any, float]]] = OrderedDict()
         self._dirty: set[tuple[str, str]] = set()  # groups with traffic since the last ``versions``
@@ -487,17 +514,10 @@ class ReleaseComparator:
             shared = self._links[link] = link
         link = shared
         self._apply_at(event, cost, t, group_key, group, versions, touched)
-        max_joins = self.params.max_joins
-        by_event = self._by_event
-        by_event[id_key(event.event_id)] = link
-        if len(by_event) > max_joins:
-            by_event.popitem(last=False)
+        self._by_event.put(id_key(event.event_id), link)
         if event.request_id:
             rkey = (event.tenant_id, event.request_id)
-            by_request = self._by_request
-            by_request[rkey] = link
-            if len(by_request) > max_joins:
-                by_request.popitem(last=False)
+            self._by_request.put(rkey, link)
             if self._pending:
                 waiting = self._pending.pop(rkey, None)
                 if waiting:
