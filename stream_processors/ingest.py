@@ -123,6 +123,7 @@ class IngestService:
         # (about 40 events at 1,000 events/s) cost a core in chDB; see docs/RELIABILITY.md, "The soak"
         self.linger_ms = linger_ms
         self.min_batch = min_batch
+        self._revoked = False  # a rebalance took partitions while a batch was being gathered
         self.session_timeout_ms = session_timeout_ms
         self.clock = clock
         self.stats = IngestStats()
@@ -218,11 +219,13 @@ class IngestService:
     async def _gather(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Add to ``batch`` what arrives within ``linger_ms`` of its first record, until it holds
         ``min_batch`` records (at most ``max_batch``). A failed fetch ends the wait: what was
-        gathered is processed as usual."""
+        gathered is processed as usual, and so it is at once when a rebalance revokes partitions
+        (their new owner replays what this batch cannot commit; dedupe absorbs it)."""
         want = min(self.min_batch, self.max_batch)
         count = sum(map(len, batch.values()))
         deadline = time.monotonic() + self.linger_ms / 1000
-        while count < want and not self._stopping.is_set():
+        self._revoked = False
+        while count < want and not self._stopping.is_set() and not self._revoked:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 return
@@ -391,6 +394,7 @@ class IngestService:
     # baselines of the tenants those partitions carry (events are keyed by tenant_id; the default
     # partitioner: murmur2). Per provider, tool and index the statistics stay each replica's own.
     async def _partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._revoked = self._revoked or bool(revoked)
         if revoked and not self._uncommitted:
             await self._checkpoint(force=True)
 
