@@ -156,15 +156,22 @@ class BinomialRateDetector(_ScopedDetector):
     def prior(self) -> float:
         """The prior failure share (all classes) of a scope: the fleet's (every mature scope of
         this detector pooled) once it has ``prior_fleet_n`` calls; while no scope is mature (a
-        new deployment), every scope's; else ``prior_rate``."""
+        new deployment), every scope's; else ``prior_rate``. The pooled share is shrunk towards
+        ``prior_rate`` with ``prior_fleet_n`` pseudo-calls (zero failures in a small fleet is
+        not a share of zero)."""
         p = self.params
         fleet = self.fleet
         if fleet and fleet[0] >= p.prior_fleet_n:
-            return sum(fleet[1:]) / fleet[0]
-        n = sum(x.base_n for x in self.state.values())
-        if n >= p.prior_fleet_n:
-            return sum(sum(x.base_k) for x in self.state.values()) / n
-        return p.prior_rate
+            n, k = fleet[0], sum(fleet[1:])
+        else:
+            n = sum(x.base_n for x in self.state.values())
+            if n < p.prior_fleet_n:
+                return p.prior_rate
+            k = sum(sum(x.base_k) for x in self.state.values())
+        # the pooled share is an estimate, not a fact: shrunk towards ``prior_rate`` worth
+        # ``prior_fleet_n`` calls (a Beta prior), so that a fleet of a few hundred calls and no
+        # failure gives about 1 %, not 0 % (against which any failure would be "significant")
+        return (k + p.prior_rate * p.prior_fleet_n) / (n + p.prior_fleet_n)
 
     def _has_fleet(self) -> bool:
         p = self.params

@@ -12,7 +12,8 @@ threshold  calls >= max(``min_calls``, ``min_ratio`` x baseline calls, the calls
            feature's own distribution of calls per request reaches with probability below
            ``p_value``: a quasi-Poisson tail with the dispersion var/mean of its own requests,
            at least Poisson's) (``Sensitivity`` of ``runaway_loop``: 1e-5 and 2x), or tokens >=
-           max(``min_tokens``, ``factor`` x baseline tokens). The floors (12 calls, 400,000
+           max(``min_tokens``, ``factor`` x baseline tokens) with at least max(``token_min_calls``,
+           ``min_ratio`` x baseline calls) calls (one huge call is no loop). The floors (12 calls, 400,000
            tokens) keep a feature whose requests are all tiny from flagging a normal long
            conversation; the 2x keeps a feature whose agents always take 10 steps from alerting on
            a 12-step one; the tail keeps an agent whose requests vary a lot from alerting on its
@@ -44,6 +45,7 @@ class RunawayParams:
     min_calls: int = 12
     min_tokens: int = 400_000
     factor: float = 8.0
+    token_min_calls: int = 3
 
 
 # A request's state is a tuple (calls, tokens, first_ts, last_ts, alerted), replaced when it
@@ -80,8 +82,7 @@ class RunawayDetector:
         self.requests[key] = r
         if r[0] < p.min_calls and r[1] < p.min_tokens:
             return False  # below both floors: no baseline can make it a runaway
-        _, call_limit, token_limit = self._limits(key)
-        if max(r[0] / call_limit, r[1] / token_limit) < 1.0:
+        if max(self._ratios(key, r[0], r[1])) < 1.0:
             return False
         if not r[4]:
             self.requests[key] = (r[0], r[1], r[2], r[3], True)
@@ -112,6 +113,15 @@ class RunawayDetector:
         calls = max(float(p.min_calls), sens.min_ratio * mean, tail)
         return base, calls, max(float(p.min_tokens), p.factor * base[1])
 
+    def _ratios(self, key: tuple[str, str, str], calls: int, tokens: int) -> tuple[float, float]:
+        """A request's calls and tokens over their limits. The tokens count only once the request
+        also has more calls than the feature's usual request (``min_ratio`` x its mean, at least
+        ``token_min_calls``): a runaway loop is many calls, a single huge call is a token matter
+        (``token_spike``), not a loop."""
+        base, call_limit, token_limit = self._limits(key)
+        need = max(float(self.params.token_min_calls), self.sensitivity.of(AlertKind.RUNAWAY_LOOP, key[0]).min_ratio * base[0])
+        return calls / call_limit, (tokens / token_limit if calls >= need else 0.0)
+
     def _prior(self) -> list[float]:
         """[calls, tokens, calls squared] per request before a feature has history (Poisson spread)."""
         p = self.params
@@ -131,8 +141,9 @@ class RunawayDetector:
         crossed (default: its latest call's)."""
         calls, tokens, first_ts, last_ts, _ = self.requests[key]
         base, call_limit, token_limit = self._limits(key)
-        score = max(calls / call_limit, tokens / token_limit)
-        by_calls = calls / call_limit >= tokens / token_limit
+        by_call, by_token = self._ratios(key, calls, tokens)
+        score = max(by_call, by_token)
+        by_calls = by_call >= by_token
         metric, observed, baseline, limit = (("calls_per_request", calls, base[0], call_limit) if by_calls
                                              else ("tokens_per_request", tokens, base[1], token_limit))
         scope = Scope(tenant_id=key[0], feature=key[1] or None, request_id=key[2])

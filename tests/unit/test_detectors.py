@@ -616,3 +616,31 @@ def test_runaway_limit_follows_the_spread_of_the_features_own_requests() -> None
     t = T0 + 20_000
     assert tight.observe(("acme", "agent", "loop"), 15, 30_000, t, t + 60, ["e1"]) is not None
     assert loose.observe(("acme", "agent", "long"), 15, 30_000, t, t + 60, ["e1"]) is None
+
+
+def test_a_single_huge_call_is_no_runaway_loop_but_a_loop_of_big_calls_is() -> None:
+    # a runaway loop is many calls in one request; one call of 416k tokens is a token matter
+    det = RunawayDetector(AlertBook())
+    for n in range(200):
+        det.observe(("acme", "chat", f"req-{n}"), 1, 6_000, T0 + n, T0 + n + 2, [])
+    det.close_idle(T0 + 10_000)
+    t = T0 + 20_000
+    assert det.observe(("acme", "chat", "huge"), 1, 416_000, t, t + 30, ["e1"]) is None
+    loop = [det.observe(("acme", "chat", "loop"), 1, 60_000, t + i, t + i + 1, [f"e{i}"]) for i in range(8)]
+    opened = [a for a in loop if a is not None]
+    assert opened and opened[0].metric == "tokens_per_request"
+
+
+def test_a_fleet_without_failures_is_no_share_of_zero_for_a_young_scope() -> None:
+    # the first hours of a deployment: a model with 400 calls and no failure is the whole fleet;
+    # a new model's 3 failures in 200 calls (1.5 %, a normal share) must not be "significant"
+    # against 0 %, while 30 % failures still are
+    det = errors_detector()
+    for i in range(400):
+        det.observe(("openai", "gpt-4o"), B0 + i, [10, 0, 0, 0], 0.0, (B0 + i) * 10.0, [])
+    assert 0.0 < det.prior() <= 0.02
+    start = B0 + 400
+    normal = [(start + i, [10, 1 if i % 7 == 3 else 0, 0, 0]) for i in range(20)]
+    assert feed_rates(det, normal) == []
+    bad = [(start + 20 + i, [10, 3, 0, 0]) for i in range(6)]
+    assert feed_rates(det, bad)
