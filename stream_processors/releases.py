@@ -6,7 +6,13 @@ Pure: events in, alerts and comparison reports out; time is the events' own (eve
 **What is compared.** Per feature (and per tenant when ``per_tenant`` is set), along each version
 dimension separately (``prompt_version``, ``model``, ``config_version``): when a value first takes
 traffic after another value (the *incumbent*) has served at least ``incumbent_min_calls`` calls,
-a comparison opens between the *candidate* and the incumbent. A canary (both take traffic) is
+a comparison opens between the *candidate* and the incumbent. A release *starts* taking traffic
+next to the incumbent: once the candidate has ``mix_min_calls`` calls (no verdict before), its
+share q of the dimension's traffic since its first call must make its absence from the ``N``
+calls before that unlikely, (1 - q)^N < ``mix_p``; otherwise it is part of the feature's usual
+mix (a second model used for one call in fifty all along, or two tenants' features of one name
+on different models, which merely had not been drawn yet) and its comparison is dropped, never
+re-opened. A canary (both take traffic) is
 compared on what both served since the candidate started; a rollout (the incumbent stops) falls
 back to the incumbent's last ``baseline_s`` seconds before the candidate started. Tool calls,
 retrievals and safety triggers join their request's ``llm_call`` through ``request_id``; feedback
@@ -105,6 +111,8 @@ class ReleaseParams:
     per_tenant: bool = False
     overrides: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (min_abs, min_rel)
     max_joins: int = 200_000         # request ids and event ids remembered for joining
+    mix_p: float = 0.01              # a value whose absence before its first call has P >= this at its share is part of the mix
+    mix_min_calls: int = 10          # candidate calls before that is judged (and before any verdict)
 
 
 class Stats:
@@ -375,6 +383,7 @@ class Comparison:
     rolled_back: bool = False     # latched at the first rejection
     results: list[MetricResult] = field(default_factory=list)
     decided_at: float | None = None
+    before: int = 0               # the dimension's calls in the group before the candidate's first
 
     def baseline(self, params: ReleaseParams) -> Stats:
         """The incumbent's contemporaneous traffic (canary) or its last hour before (rollout)."""
@@ -588,17 +597,46 @@ class ReleaseComparator:
         old = max(recent, key=lambda v: (recent[v].calls, totals[v]))
         if recent[old].calls == 0:
             return
-        self.comparisons[(group_key, dim, value)] = Comparison(group_key, dim, old, value, t, old_before=recent[old])
+        before = sum(totals.values())
+        self.comparisons[(group_key, dim, value)] = Comparison(group_key, dim, old, value, t, old_before=recent[old],
+                                                               before=before)
         self._index()
+
+    def _mixed(self, comp: Comparison) -> bool | None:
+        """Is the candidate part of the group's usual mix rather than a release? A release starts
+        taking traffic next to an established incumbent: at its share of the traffic since its
+        first call (q), going unseen for the ``before`` calls that preceded it is unlikely,
+        (1 - q)^before < ``mix_p``. A value that has coexisted all along at a small share (a
+        feature that sends a few calls to a second model, or two tenants' features of one name
+        on different models) was merely not drawn yet: its gap is likely at its share. None until
+        the candidate has ``mix_min_calls`` calls (no verdict before)."""
+        n_new = comp.new_stats.calls
+        if n_new < self.params.mix_min_calls:
+            return None
+        group = self.groups.get(comp.group)
+        if group is None:
+            return None
+        since = sum(group.totals[comp.dimension].values()) - comp.before  # from its first call on
+        share = min(1.0, n_new / max(since, 1))
+        if share >= 1.0:
+            return False  # a rollout: the incumbent stopped
+        return comp.before * math.log1p(-share) >= math.log(self.params.mix_p)
 
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate(self, touched: dict[tuple[tuple[str, str], str, str], bool]) -> list[Alert]:
         alerts = []
+        mixed = []
         for key in sorted(touched):
             comp = self.comparisons.get(key)
             if comp is None:
                 continue
             if not comp.rolled_back and comp.verdict != "promote":
+                mix = self._mixed(comp)
+                if mix is None:
+                    continue  # too few candidate calls to tell a release from the mix
+                if mix:
+                    mixed.append(key)  # part of the usual mix: no release to compare
+                    continue
                 comp.results = compare(comp.new_stats, comp.baseline(self.params), self.params)
                 verdict = verdict_of(comp.results, comp.new_stats.calls, self.params)
                 if verdict != "hold":
@@ -608,6 +646,10 @@ class ReleaseComparator:
                 alert = self._fire(comp)
                 if alert is not None:
                     alerts.append(alert)
+        if mixed:
+            for key in mixed:
+                del self.comparisons[key]
+            self._index()
         return alerts
 
     def _fire(self, comp: Comparison) -> Alert | None:

@@ -194,3 +194,23 @@ def test_versions_snapshot_sets_each_version_beside_its_verdict_then_only_groups
     assert v2.comparison is not None and v2.comparison["verdict"] == "rollback"
     assert v2.comparison["old_version"] == "v1"
     assert comparator.versions(last) == []  # nothing new since the last snapshot
+
+
+def test_a_version_that_is_part_of_the_features_usual_mix_is_no_release() -> None:
+    """A feature that has always sent one call in fifty to a second, slower version (or two
+    tenants' features of one name on different models): the second version first shows up after
+    the incumbent's first 50 calls only because it had not been drawn yet. It is not a canary and
+    raises nothing, however different it is; the same version starting after an hour of the
+    incumbent alone, at the same share, is a release and rolls back."""
+    rng = random.Random(12)
+    mixed: list[tuple[Any, float | None]] = []
+    for i in range(4 * 3600):  # 1 call/s for four hours, v2 every 50th call from the 60th
+        slow = i >= 60 and i % 50 == 10
+        mixed.append((call(rng, float(i), "v2" if slow else "v1", latency=4000.0 if slow else 800.0), 0.001))
+    assert run(ReleaseComparator(), mixed) == []
+    canary: list[tuple[Any, float | None]] = []
+    for i in range(4 * 3600):
+        slow = i >= 3600 and i % 50 == 10
+        canary.append((call(rng, float(i), "v2" if slow else "v1", latency=4000.0 if slow else 800.0), 0.001))
+    alerts = run(ReleaseComparator(), canary)
+    assert alerts and alerts[0].kind == AlertKind.VERSION_REGRESSION and alerts[0].scope.new_version == "v2"
