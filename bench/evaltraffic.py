@@ -154,7 +154,9 @@ class Day:
         self.spec = spec = spec or VARIANTS["A"]
         self.rng = rng = random.Random(seed * 7919 + 13)
         self.seed = seed
-        self.t0 = EPOCH + seed * DAY_S
+        # one day per seed from EPOCH; seeds from 60,000 on wrap round (the event schema accepts
+        # timestamps before 2200 only: seed 67001 would be 2209 and every event dead-lettered)
+        self.t0 = EPOCH + seed % 60_000 * DAY_S
         self.tenants = [self._tenant(i) for i in range(spec.tenants)]
         self.latency_step = (rng.choice(list(MODELS)), self.t0 + rng.uniform(0.2, 0.9) * DAY_S, rng.uniform(1.1, 1.35))
         self.incidents = self._incidents()
