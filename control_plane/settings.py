@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     releases_per_tenant: bool = False
     # how long a worker gathers events for one ClickHouse insert (each insert makes a part; 0: insert
     # whatever one fetch brings) and how many it needs to insert at once
-    worker_linger_ms: int = Field(1_000, ge=0, le=60_000)
+    worker_linger_ms: int = Field(250, ge=0, le=60_000)
     worker_min_batch: int = Field(5_000, ge=1)
     worker_id: str = ""  # a stable id per worker replica (e.g. the StatefulSet ordinal): its own checkpoint row
     # OTLP/HTTP ingest (POST /v1/traces): where a span names its tenant and feature (span

@@ -100,7 +100,7 @@ def version_row(row: VersionRow, now: datetime) -> tuple[object, ...]:
 class IngestService:
     def __init__(self, *, bootstrap: str, store: WorkerStore, pipeline: Pipeline,
                  group_id: str = "flyball-worker", max_batch: int = 20_000, poll_ms: int = 200,
-                 linger_ms: int = 1_000, min_batch: int = 5_000,
+                 linger_ms: int = 250, min_batch: int = 5_000,
                  session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  checkpoint_interval_s: float | None = 30.0, worker_id: str = "",
                  clients: KafkaClientFactory | None = None, write_attempts: int = 8,
