@@ -56,20 +56,28 @@ def keys_per_role(tenant: str) -> tuple[KeyRing, dict[str, str]]:
 
 
 @contextmanager
+def migrated_store(path: Path) -> Iterator[ClickHouseStore]:
+    """A fresh chDB store in ``path`` with every table (the worker's and the control plane's),
+    closed when the block ends."""
+    store = ClickHouseStore(f"chdb://{path}")
+    try:
+        store.migrate(ALL_MIGRATIONS)
+        yield store
+    finally:
+        store.close()
+
+
+@contextmanager
 def served_api(path: Path, keys: KeyRing) -> Iterator[tuple[str, Any, ClickHouseStore]]:
     """The API with the keys of ``keys`` over a fresh chDB store in ``path`` (every table, the
     shipped policies and prices, no control loop, no write limit), served over real HTTP:
     yields (base URL, app, store); the store is closed when the block ends."""
-    store = ClickHouseStore(f"chdb://{path}")
-    try:
-        store.migrate(ALL_MIGRATIONS)
+    with migrated_store(path) as store:
         book = load_prices(None)
         app = create_app(Deps(store=store, control=None, keys=keys, policies=lambda: DEFAULT_POLICIES,
                               prices=lambda: book, limiter=RateLimiter(per_minute=1e6, burst=10_000)))
         with serve_app(app) as url:
             yield url, app, store
-    finally:
-        store.close()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from flyball.control_plane.migrations import ALL_MIGRATIONS
 from flyball.control_plane.ui import queries
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+
+from tests.integration._helpers import migrated_store
 
 DAY = datetime(2026, 5, 4, tzinfo=UTC)
 COLS = ["event_id", "ts", "event_type", "tenant_id", "request_id", "provider", "model", "status", "cost_usd"]
@@ -24,10 +25,8 @@ COLS = ["event_id", "ts", "event_type", "tenant_id", "request_id", "provider", "
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Iterator[ClickHouseStore]:
-    s = ClickHouseStore(f"chdb://{tmp_path}/ch")
-    s.migrate(ALL_MIGRATIONS)
-    yield s
-    s.close()
+    with migrated_store(tmp_path / "ch") as s:
+        yield s
 
 
 def test_request_rollup_is_built_at_start_after_an_upgrade(store: ClickHouseStore) -> None:

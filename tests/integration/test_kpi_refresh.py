@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from flyball.control_plane.kpi_rollup import KPIRefresher, KPIRollup
-from flyball.control_plane.migrations import ALL_MIGRATIONS
 from flyball.control_plane.slo import DEFAULT_SLOS
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+
+from tests.integration._helpers import migrated_store
 
 NOV, DEC = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
 JAN, FEB = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
@@ -26,10 +27,8 @@ COLS = ["event_id", "ts", "event_type", "tenant_id", "feature", "provider", "mod
 
 @pytest.fixture()
 def store(tmp_path: Path) -> Iterator[ClickHouseStore]:
-    s = ClickHouseStore(f"chdb://{tmp_path}/ch")
-    s.migrate(ALL_MIGRATIONS)
-    yield s
-    s.close()
+    with migrated_store(tmp_path / "ch") as s:
+        yield s
 
 
 def calls(at: datetime, n: int, usd: str = "0.001000000001") -> list[list[Any]]:
