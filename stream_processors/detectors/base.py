@@ -59,6 +59,9 @@ class Evidence:
     last_ts: float
     event_ids: list[str]
     summary: str
+    # distinct 10 s windows of the tested span that hold abnormal events themselves (failures,
+    # triggers), for the count detectors; 1 where that is not defined (amounts, latency)
+    evidence_windows: int = 1
 
 
 @dataclass(slots=True)
@@ -109,12 +112,15 @@ class AlertBook:
              confirm_s: float = 300.0) -> Alert | None:
         """An abnormal evaluation of (kind, scope). A new alert opens only once ``confirm``
         distinct 10 s windows were abnormal, each within ``confirm_s`` of the previous one
-        (persistence: one odd window is not an incident); ``first_seen`` is then the first
-        abnormal evidence's."""
+        (persistence: one odd window is not an incident), or at once when the evidence itself
+        comes from ``confirm`` distinct windows (``Evidence.evidence_windows``: triggers or failures that
+        arrived apart already persisted; a quiet scope, evaluated only when it has events, would
+        otherwise wait for one more of them); ``first_seen`` is then the first abnormal
+        evidence's."""
         key = f"{kind}|{scope.key()}"
         score = ev.score or 0.0
         current = self.open.get(key)
-        if current is None and confirm > 1:
+        if current is None and confirm > 1 and ev.evidence_windows < confirm:
             w = int(ev.last_ts // BASE_WINDOW_S)
             seen = self.pending.get(key)
             if seen is None or ev.last_ts - seen[2] > confirm_s:

@@ -106,7 +106,7 @@ class BinomialParams:
               0.3-point wobble that is significant but not actionable; ``confirm`` abnormal windows.
     """
 
-    spans: tuple[int, ...] = (6, 30, 90, 360)
+    spans: tuple[int, ...] = (6, 12, 18, 30, 60, 90, 180, 360)
     half_life_windows: float = 360.0
     prior_rate: float = 0.02
     prior_n: float = 20.0
@@ -215,26 +215,39 @@ class BinomialRateDetector(_ScopedDetector):
         # history and the fleet give (scopes differ: a tool that always fails 4 % is no incident
         # against a fleet's 1.3 %)
         bar = sens.p_value ** 2 if young else sens.p_value
-        p0 = (sum(s.base_k) + self.prior() * p.prior_n) / (s.base_n + p.prior_n)
+        prior = self.prior()
+        base_k = sum(s.base_k)
+        p0 = (base_k + prior * p.prior_n) / (s.base_n + p.prior_n)
         limit = max(p0 + p.min_delta, sens.min_ratio * p0)
         null = min(0.5, (sens.min_ratio if young else sens.null_ratio) * p0)
+        life = newest - s.since + 1
         best: tuple[float, int, float, float, int, int, int] | None = None
-        for span in dict.fromkeys(p.spans):  # each span once, in order (as the dict of sums was)
+        acc, w = [0] * width, newest  # the sums of the windows above w, spans growing in order
+        for span in p.spans:
+            if young and life - span < span:
+                # a young scope is judged on a span only against at least as long a past of its
+                # own (a tool whose normal is 4 % of failures is no incident in its first hour
+                # because the fleet fails 0.3 %; nor is its first hour against its first minutes)
+                continue
             if span == longest:
                 sums = totals  # the windows with w > newest - longest: all of them but late leftovers
-            elif span < longest:  # no window is newer than newest: look the span's windows up
-                sums = [0] * width
-                for w in range(newest - span + 1, newest + 1):
+            else:  # no window is newer than newest: look the span's windows up
+                while w > newest - span:
                     counts_w = windows.get(w)
                     if counts_w is not None:
                         for i, x in enumerate(counts_w):
-                            sums[i] += x
-            else:
-                sums = _sum_above(windows, width, newest - span)
+                            acc[i] += x
+                    w -= 1
+                sums = acc
             n, *ks = sums
             k = sum(ks)
             if k < least:
                 continue
+            if young:  # its own past outside the span (the baseline and the older windows), with the prior
+                past_n, past_k = s.base_n + totals[0] - n, base_k + sum(totals[1:]) - k
+                p0 = (past_k + prior * p.prior_n) / (past_n + p.prior_n)
+                limit = max(p0 + p.min_delta, sens.min_ratio * p0)
+                null = min(0.5, sens.min_ratio * p0)
             # the failures of every class together against the scope's usual failure share (one
             # test, not one per class: a class's own share can be tiny, and three classes would
             # be three chances of a fluke); the alert names the class with the most failures
@@ -249,7 +262,8 @@ class BinomialRateDetector(_ScopedDetector):
         rate = k / n
         cls = self.classes[i]
         scope = _scope(self.scope_fields, key)
-        ev = Evidence(
+        spread = sum(1 for w, c in windows.items() if w > newest - span and any(c[1:]))  # windows with failures
+        ev = Evidence(evidence_windows=spread,
             severity="critical" if rate >= p0 + 0.25 else "warning", metric=f"{cls}_rate",
             observed=fmt(rate), baseline=fmt(p0), threshold=fmt(limit), score=rate / limit, p_value=pval,
             window_s=span * BASE_WINDOW_S, first_ts=first_ts, last_ts=last_ts, event_ids=event_ids,
@@ -374,10 +388,15 @@ class PoissonBurstDetector(_ScopedDetector):
         return (s.count + p.prior_rate * p.prior_windows) / (s.exposure + p.prior_windows)
 
     def expose(self, key: tuple[str, ...], window: int, calls: int) -> None:
-        """The scope's LLM calls in a window: the exposure of the per-call test. Kept only for
-        a scope that has had a trigger (the others have nothing to judge)."""
+        """The scope's LLM calls in a window: the exposure of the per-call test. A scope's
+        history starts with its first call, not its first trigger: a feature that has served
+        calls for hours without a trigger has a known, low rate (and is past its cold start when
+        its first burst comes)."""
+        longest = self.params.spans[-1]
         s = self.state.get(key)
-        if s is None or window <= s.newest - self.params.spans[-1]:
+        if s is None:
+            s = self.state[key] = _CountState(newest=window, last_absorbed=window - longest)
+        if window <= s.newest - longest:
             return
         s.calls[window] = s.calls.get(window, 0) + calls
         if window > s.newest:
@@ -463,7 +482,8 @@ class PoissonBurstDetector(_ScopedDetector):
         pval, k, mu, span = best
         limit = max(float(sens.min_events), sens.min_ratio * mu)
         scope = _scope(self.scope_fields, key)
-        ev = Evidence(
+        spread = sum(1 for w, x in s.windows.items() if w > newest - span and x)
+        ev = Evidence(evidence_windows=spread,
             severity="critical" if ceiling or k >= 3 * limit else "warning", metric=self.metric,
             observed=str(k), baseline=fmt(mu), threshold=fmt(limit), score=k / limit, p_value=pval,
             window_s=span * BASE_WINDOW_S, first_ts=first_ts, last_ts=last_ts, event_ids=event_ids,

@@ -332,12 +332,11 @@ class Detectors:
                     out.append(alert)
         # safety triggers are judged per tenant+feature, all categories together (a quiet feature's
         # categories are too rare apart to have a baseline each); the sample ids say which. Their
-        # exposure is the feature's LLM calls (a scope with triggers so far: the others have none)
-        if self.safety.state:
-            expose, known = self.safety.expose, self.safety.state
-            for (tenant, feature, w), u in b.usage.items():
-                if feature and (tenant, feature) in known:
-                    expose((tenant, feature), w, u[6])
+        # exposure is the feature's LLM calls, from its first call on
+        expose = self.safety.expose
+        for (tenant, feature, w), u in b.usage.items():
+            if feature:
+                expose((tenant, feature), w, u[6])
         safety: dict[tuple[str, str, int], list[Any]] = {}
         for (tenant, feature, _, w), x in b.safety.items():
             acc = safety.get((tenant, feature, w))

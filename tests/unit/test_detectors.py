@@ -644,3 +644,58 @@ def test_a_fleet_without_failures_is_no_share_of_zero_for_a_young_scope() -> Non
     assert feed_rates(det, normal) == []
     bad = [(start + 20 + i, [10, 3, 0, 0]) for i in range(6)]
     assert feed_rates(det, bad)
+
+
+def quiet_agent(one_trigger_at: int, hours: int = 3) -> PoissonBurstDetector:
+    """A feature with one LLM call per 10 s window for ``hours`` and a single safety trigger."""
+    det = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature"), AlertBook())
+    for w in range(B0, B0 + hours * HOUR):
+        det.expose(("acme", "agent"), w, 1)
+        if w == one_trigger_at:
+            det.observe(("acme", "agent"), w, 1, w * 10.0, w * 10.0 + 9, [f"evt-{w}"])
+    return det
+
+
+def test_triggers_that_arrived_apart_have_persisted_and_one_window_of_them_has_not() -> None:
+    # persistence (``confirm``: two abnormal 10 s windows) on a quiet feature: evaluated only when
+    # a trigger comes, it used to wait for one more trigger after the evidence was already
+    # significant, and a short burst of three ended unseen (a x26 burst of a held-out day). Three
+    # triggers that came in two windows have persisted; three in one window have not, yet
+    key, end = ("acme", "agent"), B0 + 3 * HOUR
+    apart = quiet_agent(B0 + HOUR)
+    assert apart.observe(key, end, 1, end * 10.0, end * 10.0 + 9, ["t1"]) is None  # one is no evidence
+    alert = apart.observe(key, end + 20, 2, (end + 20) * 10.0, (end + 20) * 10.0 + 9, ["t2", "t3"])
+    assert alert is not None and alert.kind == AlertKind.SAFETY_BURST and alert.observed == "3"
+    together = quiet_agent(B0 + HOUR)
+    assert together.observe(key, end + 20, 3, (end + 20) * 10.0, (end + 20) * 10.0 + 9, ["t1", "t2", "t3"]) is None
+    assert together.book.pending  # abnormal once: waiting for a second window
+
+
+def test_a_features_safety_history_starts_with_its_first_call_not_its_first_trigger() -> None:
+    # a feature that has served calls for three hours with one trigger is past its cold start
+    # when a burst comes: judged against its own low rate, not only its last minute at p_value^2
+    det = quiet_agent(B0 + 3 * HOUR - 200)
+    state = det.state[("acme", "agent")]
+    assert state.history >= det.params.min_history
+    key, end = ("acme", "agent"), B0 + 3 * HOUR
+    alerts = [det.observe(key, end + i, 1, (end + i) * 10.0, (end + i) * 10.0 + 9, [f"t{i}"]) for i in (0, 12, 24, 36)]
+    assert any(a is not None for a in alerts)
+
+
+def test_a_young_scope_is_judged_against_its_own_past_not_only_the_fleets_share() -> None:
+    # a tool whose normal is 4 % of failures, new beside a fleet that fails 0.3 %: its first hour
+    # is no incident (a false alert on two held-out days, at 01:02 and 01:08 of each), while the
+    # same young tool going from its own 4 % to 30 % is
+    det = BinomialRateDetector(AlertKind.TOOL_FAILURE, ("tool_name",), ("error",), AlertBook())
+    rng = random.Random(4)
+    for i in range(WARM + 1):
+        det.observe(("search",), B0 + i, [50, 1 if rng.random() < 0.15 else 0], 0.0, (B0 + i) * 10.0, [])
+    start = B0 + WARM + 1
+
+    def feed(tool: str, windows: Iterable[tuple[int, list[int]]]) -> list[Alert]:
+        return [a for a in (det.observe((tool,), w, c, w * 10.0, w * 10.0 + 9, []) for w, c in windows) if a]
+
+    normal = [(start + i, [50, sum(1 for _ in range(50) if rng.random() < 0.04)]) for i in range(HOUR)]
+    assert feed("ticketing", normal) == []
+    bad = [(start + HOUR + i, [50, sum(1 for _ in range(50) if rng.random() < 0.3)]) for i in range(12)]
+    assert feed("ticketing", bad)

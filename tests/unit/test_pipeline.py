@@ -188,7 +188,8 @@ def test_a_replica_taking_over_a_tenant_adopts_its_baselines_and_catches_its_spi
     assert "moved" in fresh.detectors.tokens.state and not fresh.detectors.tokens.is_open("moved")
     assert new.detectors.adopt(old.detectors.snapshot(), lambda t: True) == sum(
         1 for det in (old.detectors.cost, old.detectors.tokens, old.detectors.cost_feature,
-                      old.detectors.tokens_feature) for k in det.state if k.startswith("stays"))
+                      old.detectors.tokens_feature) for k in det.state if k.startswith("stays")) + sum(
+        1 for k in old.detectors.safety.state if k[0] == "stays")  # a feature's calls are its safety exposure
 
 
 def test_a_runaway_request_alerts_at_the_call_that_crossed_its_limit_not_at_its_last_in_the_batch() -> None:
