@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaltraffic import KINDS, VARIANTS, VOLUME_BANDS, Day
 from flyball.schemas import Alert
+from flyball.stream_processors.detectors import Detectors, SensitivityTable
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.pricing import PriceBook, load_catalog
 
@@ -91,10 +92,12 @@ def _day(seed: int, variant: str, cache: Path | None) -> tuple[dict[str, Any], l
     return labels, lines
 
 
-def run_seed(seed: int, variant: str = "A", cache: Path | None = None) -> dict[str, Any]:
+def run_seed(seed: int, variant: str = "A", cache: Path | None = None,
+             detection: Path | None = None) -> dict[str, Any]:
     labels, lines = _day(seed, variant, cache)
     book = builtin_book()
-    pipe = Pipeline(lambda: book)
+    sens = SensitivityTable.load(detection) if detection is not None else SensitivityTable()
+    pipe = Pipeline(lambda: book, detectors=Detectors(sensitivity=sens))
     alerts: dict[str, Alert] = {}
     dead: list[str] = []
     for i in range(0, len(lines), BATCH):
@@ -190,6 +193,8 @@ def main() -> int:
     ap.add_argument("--variant", choices=sorted(VARIANTS), default="A", help="traffic shape (evaltraffic.VARIANTS)")
     ap.add_argument("--cache", type=Path, default=None, help="keep generated days here and reuse them")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--detection", type=Path, default=None,
+                    help="sensitivity file (YAML/JSON, as FLYBALL_DETECTION_FILE): judge your own settings")
     ap.add_argument("--out", type=Path, default=None, help="JSON (default bench/out/detection_curve_<split>.json)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every miss and false alert")
     a = ap.parse_args()
@@ -199,7 +204,8 @@ def main() -> int:
     split = "custom" if a.seeds else a.split
     t0 = time.monotonic()
     with ProcessPoolExecutor(max_workers=a.jobs) as pool:
-        results = list(pool.map(run_seed, seeds, [a.variant] * len(seeds), [a.cache] * len(seeds)))
+        results = list(pool.map(run_seed, seeds, [a.variant] * len(seeds), [a.cache] * len(seeds),
+                                [a.detection] * len(seeds)))
     out = report(results, split, time.monotonic() - t0)
     if a.verbose:
         for r in results:

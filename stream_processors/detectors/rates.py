@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from flyball.schemas import Alert, AlertKind, Scope
-from scipy.stats import binom, poisson
+from scipy.stats import binom, nbinom
 
 from .base import BASE_WINDOW_S, AlertBook, Evidence, fmt
 from .sensitivity import SensitivityTable
@@ -332,27 +332,29 @@ class BinomialRateDetector(_ScopedDetector):
 class PoissonParams:
     """Count-burst test (safety triggers per tenant + feature, all categories).
 
-    baseline  lambda = (C + prior_rate * prior_windows) / (E + prior_windows), where C is the count
-              and E the number of 10 s windows seen, both decayed with half-life
-              ``half_life_windows`` (360 x 10 s = 1 hour: follows the daily cycle, not a burst):
-              the Gamma-Poisson posterior mean rate. A new scope starts at ``prior_rate`` (one
-              trigger an hour) worth ``prior_windows`` (5 minutes) of evidence, and its own history
-              takes over as it grows; a quiet scope's rate is its own, not a fixed floor; a scope
-              is judged at the kind's ``p_value`` ``min_history`` windows (2 hours: an hour of
-              baseline beyond the longest span) after its first trigger; before (cold start), only
-              its last minute, against its whole life before that minute, on overwhelming
-              evidence (p < ``p_value`` squared: a never-seen feature that suddenly fires a dozen
-              triggers a minute, not one whose usual rate is still unknown);
-    test      exact one-sided Poisson test of each span's count k (the last 1, 5, 15 and 60
-              minutes) against ``null_ratio`` x mu, mu = span x lambda: P(X >= k) < the kind's
-              ``p_value``;
+    baseline  lambda ~ Gamma(C + prior_rate * prior_windows, E + prior_windows), where C is the
+              count and E the number of 10 s windows seen (and, per call, the calls seen), all
+              decayed with half-life ``half_life_windows`` (2160 x 10 s = 6 hours: a quiet
+              feature's few triggers a day are most of what is known of it; the daily cycle is the
+              per-call test's business): the Gamma-Poisson posterior. A new scope starts at
+              ``prior_rate`` (one trigger an hour) worth ``prior_windows`` (5 minutes) of
+              evidence, and its own history takes over as it grows; a quiet scope's rate is its
+              own, not a fixed floor; a scope is judged at the kind's ``p_value``
+              ``min_history`` windows (2 hours: an hour of baseline beyond the longest span) after
+              its first LLM call or trigger; before (cold start), only its last minute, against
+              its whole life before that minute, on overwhelming evidence (p < ``p_value``
+              squared: a never-seen feature that suddenly fires a dozen triggers a minute, not
+              one whose usual rate is still unknown);
+    test      exact one-sided test of each span's count k (the last 1, 5, 15 and 60 minutes)
+              against the posterior predictive (negative binomial) of ``null_ratio`` x the rate
+              over the span: P(X >= k) < the kind's ``p_value``; and the same per call;
     floors    k >= the kind's ``min_events`` and k >= ``min_ratio`` x mu (``Sensitivity``);
               ``ceiling`` (per 60 s) alerts whatever the baseline, for a scope whose baseline has
               itself grown unacceptable.
     """
 
     spans: tuple[int, ...] = (6, 30, 90, 360)
-    half_life_windows: float = 360.0
+    half_life_windows: float = 2160.0
     prior_rate: float = 1 / 360
     prior_windows: float = 30.0
     min_history: int = 720
@@ -421,8 +423,8 @@ class PoissonBurstDetector(_ScopedDetector):
         sens = self.sensitivity.of(self.kind, key[0])
         newest = s.newest
         if s.history >= p.min_history:
-            bar, lam, spans = sens.p_value, self.rate(s), p.spans
-            triggers, calls = s.count, s.called
+            bar, spans = sens.p_value, p.spans
+            triggers, calls, exposure = s.count, s.called, s.exposure
         else:
             # cold start: no baseline beyond the spans yet. Only the last minute is judged, against
             # the scope's whole life before it (its windows still in the spans count), and only on
@@ -433,13 +435,19 @@ class PoissonBurstDetector(_ScopedDetector):
             calls = s.called + sum(x for w, x in s.calls.items() if w <= newest - first)
             exposure = s.exposure + max(0, min(s.history, p.spans[-1]) - first)
             bar, spans = sens.p_value ** 2, p.spans[:1]
-            lam = (triggers + p.prior_rate * p.prior_windows) / (exposure + p.prior_windows)
-        # per call: the scope's usual triggers per LLM call, with the same prior (one trigger an
-        # hour's worth of its calls); None for a scope without calls (a filter in front of no model)
-        per_call = None
-        if calls > 0 and s.exposure + p.prior_windows > 0:
-            calls_per_window = calls / max(s.exposure if s.history >= p.min_history else exposure, 1.0)
-            per_call = (triggers + p.prior_rate * p.prior_windows) / (calls + calls_per_window * p.prior_windows)
+        # the usual rate is an estimate from the scope's own few counts, not a fact: Gamma(alpha,
+        # beta) per window (the prior of one trigger an hour worth ``prior_windows``), and a span's
+        # count is judged against the posterior predictive, a negative binomial (the Poisson at the
+        # point estimate took 4 triggers an hour on a feature with none in its first hour, "0.07 an
+        # hour", for p = 1e-6)
+        alpha = triggers + p.prior_rate * p.prior_windows
+        beta = exposure + p.prior_windows
+        lam = alpha / beta
+        # per call: the same count against the scope's calls (the prior: one trigger an hour's
+        # worth of its calls); None for a scope without calls (a filter in front of no model)
+        beta_calls = None
+        if calls > 0:
+            beta_calls = calls + calls / max(exposure, 1.0) * p.prior_windows
         # an alert of this scope resolved lately: its incident is still in the long spans, and
         # only the windows after its last abnormal evidence are new evidence
         text = s.scope_key
@@ -457,22 +465,21 @@ class PoissonBurstDetector(_ScopedDetector):
             mu = span * lam
             if span == p.spans[0] and p.ceiling is not None and k >= p.ceiling:
                 ceiling = True
-                best = (float(poisson.sf(k - 1, mu)), k, mu, span)
+                best = (_predictive_tail(k, alpha, beta, span), k, mu, span)
                 break
             if k < sens.min_events or k < sens.min_ratio * mu:
                 continue
-            pval = float(poisson.sf(k - 1, sens.null_ratio * mu))
+            pval = _predictive_tail(k, alpha, beta, sens.null_ratio * span)
             if pval >= bar:
                 continue
-            if per_call is not None and sens.call_ratio:
+            if beta_calls is not None and sens.call_ratio:
                 # and per call: a busy hour or a burst of traffic brings its triggers with its
                 # calls; an incident raises the triggers per call. Both must be significant (an
                 # intersection-union test: its p-value is the larger of the two)
                 n = sum(x for w, x in s.calls.items() if w > newest - span)
-                expected = n * per_call
-                if k < sens.call_ratio * expected:
+                if k < sens.call_ratio * n * alpha / beta_calls:
                     continue
-                pval = max(pval, float(poisson.sf(k - 1, sens.call_null * expected)))
+                pval = max(pval, _predictive_tail(k, alpha, beta_calls, sens.call_null * n))
                 if pval >= bar:
                     continue
             if best is None or pval < best[0]:
@@ -538,6 +545,16 @@ class PoissonBurstDetector(_ScopedDetector):
                                               _windows_in(calls), called)
                 taken += 1
         return taken
+
+
+def _predictive_tail(k: int, alpha: float, beta: float, exposure: float) -> float:
+    """P(X >= k) for the count X over ``exposure`` (windows or calls) of a rate known as
+    Gamma(``alpha``, ``beta``) from the scope's own history: the negative binomial posterior
+    predictive, exact at any count, and wider than the Poisson tail at the point estimate by as much
+    as the estimate is unsure (a rate learnt from one trigger is not a rate learnt from a hundred)."""
+    if exposure <= 0:
+        return 1.0
+    return float(nbinom.sf(k - 1, alpha, beta / (beta + exposure)))
 
 
 # ---------------------------------------------------------------------------------- latency

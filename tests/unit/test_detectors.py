@@ -661,12 +661,12 @@ def test_triggers_that_arrived_apart_have_persisted_and_one_window_of_them_has_n
     # a trigger comes, it used to wait for one more trigger after the evidence was already
     # significant, and a short burst of three ended unseen (a x26 burst of a held-out day). Three
     # triggers that came in two windows have persisted; three in one window have not, yet
-    key, end = ("acme", "agent"), B0 + 3 * HOUR
-    apart = quiet_agent(B0 + HOUR)
+    key, end = ("acme", "agent"), B0 + 6 * HOUR
+    apart = quiet_agent(B0 + HOUR, hours=6)  # one trigger in six hours
     assert apart.observe(key, end, 1, end * 10.0, end * 10.0 + 9, ["t1"]) is None  # one is no evidence
     alert = apart.observe(key, end + 20, 2, (end + 20) * 10.0, (end + 20) * 10.0 + 9, ["t2", "t3"])
     assert alert is not None and alert.kind == AlertKind.SAFETY_BURST and alert.observed == "3"
-    together = quiet_agent(B0 + HOUR)
+    together = quiet_agent(B0 + HOUR, hours=6)
     assert together.observe(key, end + 20, 3, (end + 20) * 10.0, (end + 20) * 10.0 + 9, ["t1", "t2", "t3"]) is None
     assert together.book.pending  # abnormal once: waiting for a second window
 
@@ -699,3 +699,32 @@ def test_a_young_scope_is_judged_against_its_own_past_not_only_the_fleets_share(
     assert feed("ticketing", normal) == []
     bad = [(start + HOUR + i, [50, sum(1 for _ in range(50) if rng.random() < 0.3)]) for i in range(12)]
     assert feed("ticketing", bad)
+
+
+def test_a_rate_known_from_no_trigger_at_all_is_not_taken_for_a_rate_of_zero() -> None:
+    # two hours of calls without a trigger say "rarely", not "0.07 an hour": four triggers in the
+    # next hour (a rate of a few an hour that the first hours did not show) were p = 1e-6 against
+    # the point estimate (seven false alerts on tuning days at 02:00-02:35, the end of the cold
+    # start); against the predictive of a rate learnt from no trigger they are unremarkable, while
+    # a dozen in ten minutes still is
+    key = ("acme", "agent")
+
+    def fresh() -> PoissonBurstDetector:
+        det = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature"), AlertBook())
+        for w in range(B0, B0 + 2 * HOUR):
+            det.expose(key, w, 1)
+        return det
+
+    def feed(det: PoissonBurstDetector, at: Iterable[int]) -> list[Alert]:
+        out = []
+        for w in range(B0 + 2 * HOUR, B0 + 3 * HOUR):
+            det.expose(key, w, 1)
+            if w in at:
+                alert = det.observe(key, w, 1, w * 10.0, w * 10.0 + 9, [f"t{w}"])
+                if alert is not None:
+                    out.append(alert)
+        return out
+
+    start = B0 + 2 * HOUR
+    assert feed(fresh(), {start + 40, start + 130, start + 220, start + 310}) == []
+    assert feed(fresh(), set(range(start + 40, start + 100, 5)))
