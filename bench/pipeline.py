@@ -632,7 +632,7 @@ def profile(a: argparse.Namespace) -> int:
     assert len(rows) == n and not any(r.dead for r in results), "events must all be valid"
 
     events = timed("parse/validate: decode_event", lambda: [decode_event(r, now=now) for r in raws])
-    timed("dedupe: RecentIds.add", lambda: (lambda seen: [seen.add(e.event_id) for e in events])(RecentIds(1_000_000)))
+    timed("dedupe: RecentIds.add", lambda: (lambda seen: [seen.add(e.event_id, e.ts) for e in events])(RecentIds()))
 
     def watermark() -> None:
         w = None
