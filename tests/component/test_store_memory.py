@@ -1,0 +1,41 @@
+"""The ClickHouse adapter lets go of what it inserted as soon as the insert ends: a worker
+inserting 1,000 events/s must not hold its rows until the garbage collector's next pass
+(docs/RELIABILITY.md, "The soak": the driver's insert context is a reference cycle)."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
+
+
+class Row(list[object]):
+    """A row that can be watched with a weak reference (a plain tuple or list cannot)."""
+
+
+def _rows(n: int) -> list[Row]:
+    now = datetime.now(UTC)
+    return [Row([f"group-{i}", now, now, "{}"]) for i in range(n)]
+
+
+COLUMNS = ("group_id", "saved_at", "watermark", "state")
+
+
+def test_rows_are_released_when_the_insert_returns_without_a_collection(tmp_path: Path) -> None:
+    store = ClickHouseStore(f"chdb://{tmp_path}/ch")
+    store.migrate()
+    gc.disable()  # what the worker's rare collections amount to within one insert's lifetime
+    try:
+        rows = _rows(50)
+        watched = [weakref.ref(r) for r in rows]
+        store.call(store.insert, "detector_state", rows, COLUMNS)
+        del rows
+        assert [w for w in watched if w() is not None] == []
+        assert store.query("SELECT count() FROM detector_state") == [(50,)]
+    finally:
+        gc.enable()
+        store.close()
+
