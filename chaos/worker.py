@@ -16,16 +16,21 @@ process's CPU seconds per thread name. Everything else is the unmodified worker.
 
 from __future__ import annotations
 
+import collections
 import ctypes
+import gc
 import json
 import os
+import re
 import sys
+import tempfile
 import threading
 import time
 import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 from clickhouse_connect.driver.exceptions import OperationalError
 from flyball.control_plane import cli, runtime
@@ -95,8 +100,7 @@ _CH_PROBES = {
     "primary_index_mb": "SELECT round(sum(primary_key_bytes_in_memory_allocated) / 1e6, 2) FROM system.parts",
     "caches_mb": "SELECT groupArray((metric, round(value / 1e6, 1))) FROM system.metrics WHERE value > 0 AND "
                  "(metric LIKE '%CacheBytes' OR metric LIKE 'MemoryTracking%')",
-    "jemalloc": "SELECT concat(extract(stats, 'Allocated: [0-9]+, active: [0-9]+'), ', ', "
-                "extract(stats, 'resident: [0-9]+, mapped: [0-9]+, retained: [0-9]+')) FROM system.jemalloc_stats",
+    "jemalloc": "SELECT stats FROM system.jemalloc_stats",
 }
 
 
@@ -115,7 +119,72 @@ def _glibc_heap() -> dict[str, float]:
         return {}
     return {"used_mb": round((m.uordblks + m.hblkhd) / 1e6, 1), "free_in_arenas_mb": round(m.fordblks / 1e6, 1),
             "arena_mb": round(m.arena / 1e6, 1), "mmapped_mb": round(m.hblkhd / 1e6, 1),
-            "python_blocks": sys.getallocatedblocks()}
+            "top_pad_mb": round(m.keepcost / 1e6, 1), "python_blocks": sys.getallocatedblocks(),
+            "heaps": _glibc_heaps(libc)}
+
+
+def _glibc_heaps(libc: ctypes.CDLL) -> list[tuple[int, float, float]]:
+    """Per glibc arena (``malloc_info``): its number, MB mapped from the system, MB free inside it."""
+    fd, name = tempfile.mkstemp()
+    os.close(fd)
+    try:
+        libc.fopen.restype = ctypes.c_void_p
+        libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        libc.fclose.argtypes = [ctypes.c_void_p]
+        libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        fp = libc.fopen(name.encode(), b"w")
+        libc.malloc_info(0, fp)
+        libc.fclose(fp)
+        root = ElementTree.fromstring(Path(name).read_text())
+    except (OSError, AttributeError, ElementTree.ParseError):
+        return []
+    finally:
+        os.unlink(name)
+    out = []
+    for heap in root.findall("heap"):
+        free = sum(int(t.get("size", 0)) for t in heap.findall("total"))
+        current = next((int(s.get("size", 0)) for s in heap.findall("system") if s.get("type") == "current"), 0)
+        out.append((int(heap.get("nr", -1)), round(current / 1e6, 1), round(free / 1e6, 1)))
+    return out
+
+
+def _pymalloc() -> dict[str, float]:
+    """pymalloc's arenas (1 MiB each, mapped apart from glibc's heap) and the bytes in use in them,
+    read from ``sys._debugmallocstats`` (it writes to the C stderr: fd 2 is pointed at a file for
+    the call; a log line written in that instant by another thread would land there)."""
+    fd, name = tempfile.mkstemp()
+    saved = os.dup(2)
+    try:
+        sys.stderr.flush()
+        os.dup2(fd, 2)
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+    text = Path(name).read_text(errors="replace")
+    os.unlink(name)
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if "=" not in line or not line.startswith("#"):
+            continue
+        key, _, value = line[1:].partition("=")
+        key = key.strip()
+        if key in ("arenas allocated current", "bytes in allocated blocks", "bytes in available blocks"):
+            number = float(value.strip().replace(",", ""))
+            out[key.replace(" ", "_")] = number if key.startswith("arenas") else round(number / 1e6, 1)
+    return out
+
+
+_JEMALLOC = re.compile(r"Allocated: (\d+), active: (\d+), metadata: (\d+).*?resident: (\d+), mapped: (\d+), "
+                       r"retained: (\d+)")
+
+
+def _jemalloc(stats: str) -> dict[str, float]:
+    """chDB's jemalloc, in MB: allocated, active (pages holding them), metadata, resident, mapped, retained."""
+    found = _JEMALLOC.search(stats or "")
+    names = ("allocated", "active", "metadata", "resident", "mapped", "retained")
+    return {k: round(int(v) / 1e6, 1) for k, v in zip(names, found.groups(), strict=True)} if found else {}
 
 
 def _thread_cpu() -> dict[str, float]:
@@ -132,9 +201,40 @@ def _thread_cpu() -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
+def _gc_view(collected: dict[str, int]) -> dict[str, Any]:
+    """The collector: its counts, collections and objects freed per generation so far, and the
+    types most numerous among the objects waiting in generation 1."""
+    young = gc.get_objects(1)
+    size, kinds = len(young), collections.Counter(type(o).__name__ for o in young).most_common(8)
+    del young
+    return {"count": gc.get_count(), "gen1_objects": size, "gen1_types": kinds,
+            **dict(sorted(collected.items()))}
+
+
+def _garbage_kinds() -> list[tuple[str, int]]:
+    """The types of the unreachable objects (cycles) the collector finds now, and one example's referrers."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        kinds = collections.Counter(type(o).__name__ for o in gc.garbage).most_common(12)
+        mods = collections.Counter(type(o).__module__ for o in gc.garbage).most_common(6)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    return [*kinds, *[(f"module:{m}", n) for m, n in mods]]
+
+
 def _ch_log(store: ClickHouseStore, path: Path, every_s: float = 10.0) -> None:
     """Append chDB's view of itself (queried on the store's own thread) and CPU per thread."""
     t0 = time.monotonic()
+    collected: dict[str, int] = {}
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            gen = info["generation"]
+            collected[f"runs_{gen}"] = collected.get(f"runs_{gen}", 0) + 1
+            collected[f"freed_{gen}"] = collected.get(f"freed_{gen}", 0) + info["collected"]
+    gc.callbacks.append(count)
     while True:
         time.sleep(every_s)
         line: dict[str, Any] = {"t": round(time.monotonic() - t0)}
@@ -145,9 +245,17 @@ def _ch_log(store: ClickHouseStore, path: Path, every_s: float = 10.0) -> None:
             except Exception as exc:  # noqa: BLE001 - a probe must never disturb the worker
                 line[name] = f"error: {type(exc).__name__}"
         status = Path("/proc/self/status").read_text().splitlines()
-        for key in ("VmRSS", "RssAnon", "RssFile"):
+        for key in ("VmRSS", "RssAnon", "RssFile", "VmData"):
             line[key] = next((round(int(s.split()[1]) / 1024, 1) for s in status if s.startswith(f"{key}:")), None)
+        if isinstance(line.get("jemalloc"), str):
+            line["jemalloc"] = _jemalloc(line["jemalloc"])
         line["glibc"] = _glibc_heap()
+        line["pymalloc"] = _pymalloc()
+        line["threads"] = len(os.listdir("/proc/self/task"))
+        line["gc"] = _gc_view(collected)
+        if len(collected) and "garbage" not in collected:  # once: what the collector frees, by type
+            collected["garbage"] = 1
+            line["garbage"] = _garbage_kinds()
         line["cpu_s"] = _thread_cpu()
         with path.open("a") as fh:
             fh.write(json.dumps(line, default=str) + "\n")
