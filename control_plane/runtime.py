@@ -27,6 +27,7 @@ from flyball.schemas import KeySet
 from flyball.stream_processors.ingest import IngestService, tune_gc_for_batches
 from flyball.stream_processors.detectors import Detectors, SensitivityTable
 from flyball.stream_processors.kafka import KafkaClients
+from flyball.stream_processors.memory import MemoryHygiene, TrimSchedule, glibc_trim
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.releases import ReleaseComparator, ReleaseParams
 from flyball.stream_processors.budgets import BudgetTracker
@@ -158,7 +159,7 @@ class System:
                                         linger_ms=s.worker_linger_ms, min_batch=s.worker_min_batch,
                                         checkpoint_interval_s=s.detector_checkpoint_s, worker_id=s.worker_id,
                                         seeds=self.finance, clients=KafkaClients(self.bootstrap),
-                                        signing=self.signing)
+                                        signing=self.signing, memory=self._memory_hygiene(self.store))
             await self.ingest.start()
             sup.spawn("ingest", self.ingest.run())
             log.info("worker_started", group=self.ingest.group_id)
@@ -211,6 +212,12 @@ class System:
         if ready not in done:
             raise RuntimeError(f"flyball did not become ready within {ready_timeout}s")
         log.info("system_ready", bootstrap=self.bootstrap, api=self.api_url, seconds=round(time.monotonic() - t0, 2))
+
+    def _memory_hygiene(self, store: ClickHouseStore) -> MemoryHygiene:
+        """The worker's allocators handed their free pages back every worker_trim_interval_s."""
+        async def purge() -> None:
+            await store.run(store.purge_allocator)
+        return MemoryHygiene(TrimSchedule(self.settings.worker_trim_interval_s), trim=glibc_trim(), purge=purge)
 
     async def _reload_finance(self, base: PriceBook, interval_s: float) -> None:
         """Follow the prices and budgets that the API process records in ClickHouse."""

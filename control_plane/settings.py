@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # whatever one fetch brings) and how many it needs to insert at once
     worker_linger_ms: int = Field(250, ge=0, le=60_000)
     worker_min_batch: int = Field(5_000, ge=1)
+    # how often the worker hands the C allocators' free pages back (glibc malloc_trim, chDB's
+    # jemalloc purge), between batches; 0: never (stream_processors/memory.py)
+    worker_trim_interval_s: float = Field(60.0, ge=0)
     worker_id: str = ""  # a stable id per worker replica (e.g. the StatefulSet ordinal): its own checkpoint row
     # OTLP/HTTP ingest (POST /v1/traces): where a span names its tenant and feature (span
     # attributes first, then resource attributes; first name found wins), and the body cap

@@ -37,6 +37,7 @@ from flyball.schemas import ALERTS, DLQ, EVENTS, Alert, KeySet, sign
 from .budgets import BudgetSeeds, SeedRequest
 from .errors import PermanentError, TemporaryError, with_retry
 from .kafka import KafkaClients
+from .memory import MemoryHygiene
 from .pipeline import BatchResult, DeadLetter, Pipeline
 from .ports import KafkaClientFactory, WorkerStore
 from .releases import VersionRow
@@ -104,12 +105,15 @@ class IngestService:
                  session_timeout_ms: int = 6_000, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  checkpoint_interval_s: float | None = 30.0, worker_id: str = "",
                  clients: KafkaClientFactory | None = None, write_attempts: int = 8,
-                 seeds: BudgetSeeds | None = None, signing: KeySet | None = None) -> None:
+                 seeds: BudgetSeeds | None = None, signing: KeySet | None = None,
+                 memory: MemoryHygiene | None = None) -> None:
         self.bootstrap = bootstrap
         self.clients: KafkaClientFactory = clients or KafkaClients(bootstrap)
         self.seeds = seeds  # answers the budget tracker's seed requests (see budgets.py)
         self.signing = signing or KeySet()  # signs the alerts published (the control plane verifies)
         self.store = store
+        # hands the allocators' free pages back once a minute, between batches (memory.py)
+        self.memory = memory
         # temporary ClickHouse failures are retried this many times (about 23 s); then the
         # task ends, the process exits non-zero, and the uncommitted batch is replayed
         self.write_attempts = write_attempts
@@ -205,6 +209,7 @@ class IngestService:
                 self.ready.set()
             if not batch:
                 await self._idle_tick()
+                await self._tidy()
                 continue
             await self._gather(consumer, batch)
             raws = [rec.value for recs in batch.values() for rec in recs]
@@ -215,6 +220,11 @@ class IngestService:
             if await self._commit(offsets):
                 self._uncommitted = False
                 await self._checkpoint()
+            await self._tidy()
+
+    async def _tidy(self) -> None:
+        if self.memory is not None:
+            await self.memory.tick(time.monotonic())
 
     async def _gather(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Add to ``batch`` what arrives within ``linger_ms`` of its first record, until it holds
