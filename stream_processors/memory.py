@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import os
 import platform
 import time
 from collections.abc import Awaitable, Callable
@@ -70,6 +71,15 @@ def glibc_trim() -> Callable[[], int] | None:
     return call
 
 
+def resident_mb() -> float | None:
+    """The process's resident set in MB (Linux: /proc/self/statm), None elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class MemoryHygiene:
     """What the worker's loop calls after a committed batch and when idle (:meth:`tick`)."""
 
@@ -83,15 +93,19 @@ class MemoryHygiene:
     async def tick(self, now: float) -> None:
         if not self.schedule.due(now):
             return
+        rss = [resident_mb()]
         started = time.perf_counter()
         if self.trim is not None:
             await asyncio.to_thread(self.trim)
         trimmed = time.perf_counter()
+        rss.append(resident_mb())
         if self.purge is not None:
             try:
                 await self.purge()
             except (PermanentError, TemporaryError) as exc:  # memory stays as it was; the worker goes on
                 log.warning("allocator_purge_failed", error=str(exc)[:300])
+        rss.append(resident_mb())
         self.runs += 1
         log.info("memory_tidied", trim_ms=round((trimmed - started) * 1000, 1),
-                 purge_ms=round((time.perf_counter() - trimmed) * 1000, 1))
+                 purge_ms=round((time.perf_counter() - trimmed) * 1000, 1),
+                 rss_mb=[None if r is None else round(r, 1) for r in rss])  # before, after trim, after purge
