@@ -10,8 +10,11 @@ tracemalloc slows allocation) appends, every 10 s, one JSON line: RSS, the Pytho
 tracemalloc sees and its ten biggest growing lines, so that what grows can be told apart from
 what chDB holds. ``FLYBALL_CHAOS_CH_LOG`` (a path; diagnosis) appends, every 10 s, one JSON line of
 chDB's own view from inside the worker (its system tables: active and outdated parts of
-``events``, merges running, inserts and merges so far, the memory chDB tracks) and the
-process's CPU seconds per thread name. Everything else is the unmodified worker.
+``events``, merges running, inserts and merges so far, the memory chDB tracks), each allocator's
+share of the process's memory (pymalloc's arenas and the bytes in use in them, glibc's arenas
+with their free space, jemalloc's allocated, active, metadata and resident bytes), the
+collector's runs and objects freed per generation (and, once, the types of what it frees), and
+the process's CPU seconds per thread name. Everything else is the unmodified worker.
 """
 
 from __future__ import annotations
