@@ -384,42 +384,38 @@ class PoissonBurstDetector(_ScopedDetector):
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _CountState] = field(default_factory=dict)
 
-    def rate(self, s: _CountState) -> float:
-        """The scope's baseline triggers per 10 s window (Gamma-Poisson posterior mean)."""
-        p = self.params
-        return (s.count + p.prior_rate * p.prior_windows) / (s.exposure + p.prior_windows)
+    def _at(self, key: tuple[str, ...], window: int) -> _CountState | None:
+        """The scope's state moved on to ``window`` (created at its first call or trigger), or
+        None when the window is older than the longest span (no longer evidence of anything)."""
+        longest = self.params.spans[-1]
+        s = self.state.get(key)
+        if s is None:
+            s = self.state[key] = _CountState(newest=window, last_absorbed=window - longest)
+        if window <= s.newest - longest:
+            return None
+        if window > s.newest:
+            s.history = min(s.history + window - s.newest, 1 << 20)
+            s.newest = window
+            self._absorb(s, key)
+        return s
 
     def expose(self, key: tuple[str, ...], window: int, calls: int) -> None:
         """The scope's LLM calls in a window: the exposure of the per-call test. A scope's
         history starts with its first call, not its first trigger: a feature that has served
         calls for hours without a trigger has a known, low rate (and is past its cold start when
         its first burst comes)."""
-        longest = self.params.spans[-1]
-        s = self.state.get(key)
-        if s is None:
-            s = self.state[key] = _CountState(newest=window, last_absorbed=window - longest)
-        if window <= s.newest - longest:
-            return
-        s.calls[window] = s.calls.get(window, 0) + calls
-        if window > s.newest:
-            s.history = min(s.history + window - s.newest, 1 << 20)
-            s.newest = window
-            self._absorb(s, key)
+        s = self._at(key, window)
+        if s is not None:
+            s.calls[window] = s.calls.get(window, 0) + calls
 
     def observe(self, key: tuple[str, ...], window: int, count: int, first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
         p = self.params
         longest = p.spans[-1]
-        s = self.state.get(key)
+        s = self._at(key, window)
         if s is None:
-            s = self.state[key] = _CountState(newest=window, last_absorbed=window - longest)
-        if window <= s.newest - longest:
             return None
         s.windows[window] = s.windows.get(window, 0) + count
-        if window > s.newest:
-            s.history = min(s.history + window - s.newest, 1 << 20)
-            s.newest = window
-            self._absorb(s, key)
         sens = self.sensitivity.of(self.kind, key[0])
         newest = s.newest
         if s.history >= p.min_history:
