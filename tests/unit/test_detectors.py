@@ -704,7 +704,7 @@ def test_a_young_scope_is_judged_against_its_own_past_not_only_the_fleets_share(
 def test_a_rate_known_from_no_trigger_at_all_is_not_taken_for_a_rate_of_zero() -> None:
     # two hours of calls without a trigger say "rarely", not "0.07 an hour": four triggers in the
     # next hour (a rate of a few an hour that the first hours did not show) were p = 1e-6 against
-    # the point estimate (seven false alerts on tuning days at 02:00-02:35, the end of the cold
+    # the point estimate (five false alerts on tuning days at 02:00-02:35, the end of the cold
     # start); against the predictive of a rate learnt from no trigger they are unremarkable, while
     # a dozen in ten minutes still is
     key = ("acme", "agent")
