@@ -82,13 +82,18 @@ class Sensitivity:
 # tenant's own bursts, amounts.py), a failure share at least 2x the usual, a safety-trigger rate at
 # least 3x per unit of time and per call, a p95 at least 1.5x (latency keeps its own +250 ms
 # floor). A runaway request's call limit uses p_value and min_ratio (runaway.py).
+# Safety bursts take a bar of 1e-4: a safety scope is looked at only in the windows where a trigger
+# arrives (tens to hundreds a day, not the ~1,800 windows of a failure share or an amount), so the
+# same false-alert budget affords a bar ten times looser; on the tuning days it found 7 of 15
+# bursts instead of 5 for 2 false alerts in 204 tenant-days (3e-4: 8 for 6; 1e-3: 10 for 20).
 DEFAULTS: dict[str, Sensitivity] = {
     "cost_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
     "token_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
     "error_rate": Sensitivity(min_ratio=2.0, min_events=3),
     "tool_failure": Sensitivity(min_ratio=2.0, min_events=3),
     "retrieval_failure": Sensitivity(min_ratio=2.0, min_events=3),
-    "safety_burst": Sensitivity(min_ratio=3.0, min_events=3, null_ratio=1.0, call_ratio=3.0, call_null=1.0),
+    "safety_burst": Sensitivity(p_value=1e-4, min_ratio=3.0, min_events=3, null_ratio=1.0, call_ratio=3.0,
+                                call_null=1.0),
     "latency": Sensitivity(p_value=1e-6, min_ratio=1.5, min_events=12),
     "runaway_loop": Sensitivity(confirm=1),
 }
