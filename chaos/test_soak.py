@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scipy.stats import linregress
 
 from flyball.stream_processors.pipeline import RecentIds
 
@@ -30,37 +31,28 @@ RATE = float(os.environ.get("FLYBALL_SOAK_RATE", "1000"))
 RSS_MB_PER_MIN = float(os.environ.get("FLYBALL_SOAK_RSS_MB_PER_MIN", "2"))
 WARMUP_S = float(os.environ.get("FLYBALL_SOAK_WARMUP_S", str(DURATION_S / 3)))
 SAMPLE_S = 5.0
-# chDB's and the allocator's memory climb for minutes before levelling off (in the 10-minute
-# soaks here: 530 -> 900 MB over about 6 minutes), so a short soak reports RSS but does not judge it
+# chDB's and the allocator's memory climb for minutes before levelling off (in the soaks of
+# 2026-12-05: 597 -> 752 MB over about 5.5 minutes, docs/RELIABILITY.md), so a short soak reports RSS but does not judge it
 RSS_JUDGED_FROM_S = 300.0
 _WINDOW = RecentIds()
 DEDUPE_FULL_S = min(_WINDOW.window_s, _WINDOW.capacity / RATE)  # when the window of ids stops growing
 
 
 def slope(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope (units per second)."""
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    """Least-squares slope (units per second); 0 for fewer than two distinct times."""
+    return fit(points)[0]
 
 
-def slope_se(points: list[tuple[float, float]]) -> float:
-    """Standard error of the least-squares slope (units per second), from the residuals.
+def fit(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least-squares slope and its standard error (units per second), ``scipy.stats.linregress``.
 
-    The samples are autocorrelated (RSS swings in a sawtooth of tens of seconds), so this is a
-    lower bound on the slope's uncertainty, reported beside the slope, not used to judge it.
+    The samples are autocorrelated (RSS swings in a sawtooth of tens of seconds), so the standard
+    error is a lower bound on the slope's uncertainty, reported beside it, not used to judge it.
     """
-    n = len(points)
-    if n < 3:
-        return 0.0
-    b = slope(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    ss = sum((y - my - b * (x - mx)) ** 2 for x, y in points)
-    return float((ss / (n - 2) / sxx) ** 0.5) if sxx else 0.0
+    if len({x for x, _ in points}) < 2:
+        return 0.0, 0.0
+    r = linregress([x for x, _ in points], [y for _, y in points])
+    return float(r.slope), float(r.stderr) if len(points) > 2 else 0.0
 
 
 @pytest.mark.timeout(int(DURATION_S * 3 + 600))
@@ -113,7 +105,7 @@ async def test_soak_rss_and_lag_stay_flat(kafka: str, tmp_path: Path, results: P
         "rss_checked": rss_checked, "dedupe_window_full_at_s": round(fill_s),
         "rss_mb_first": round((rss_tail or rss)[0][1], 1), "rss_mb_last": round(rss[-1][1], 1),
         "rss_mb_per_min": round(rss_slope, 2),
-        "rss_mb_per_min_se": round(slope_se(rss_tail) * 60, 2) if rss_checked else None,
+        "rss_mb_per_min_se": round(fit(rss_tail)[1] * 60, 2) if rss_checked else None,
         "rss_judged_from_s": round(judged_from),
         "rss_mb_plateau": round(sum(y for _, y in rss_tail) / len(rss_tail), 1) if rss_tail else None,
         "anon_mb_first": round(anon_tail[0][1], 1) if anon_tail else None, "anon_mb_last": round(anon[-1][1], 1),

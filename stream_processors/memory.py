@@ -88,7 +88,6 @@ class MemoryHygiene:
         self.schedule = schedule
         self.trim = trim  # glibc's malloc_trim (``glibc_trim()``), None: nothing to trim
         self.purge = purge  # chDB's jemalloc purge, run on the store's thread
-        self.runs = 0
 
     async def tick(self, now: float) -> None:
         if not self.schedule.due(now):
@@ -105,7 +104,6 @@ class MemoryHygiene:
             except (PermanentError, TemporaryError) as exc:  # memory stays as it was; the worker goes on
                 log.warning("allocator_purge_failed", error=str(exc)[:300])
         rss.append(resident_mb())
-        self.runs += 1
         log.info("memory_tidied", trim_ms=round((trimmed - started) * 1000, 1),
                  purge_ms=round((time.perf_counter() - trimmed) * 1000, 1),
                  rss_mb=[None if r is None else round(r, 1) for r in rss])  # before, after trim, after purge

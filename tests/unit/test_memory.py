@@ -33,7 +33,6 @@ async def test_a_tick_trims_and_purges_only_when_due() -> None:
     for now in (0.0, 30.0, 60.0, 90.0, 120.0):
         await hygiene.tick(now)
     assert calls == ["trim", "purge", "trim", "purge"]
-    assert hygiene.runs == 2
 
 
 async def test_a_failing_purge_is_logged_and_the_next_one_still_runs() -> None:
@@ -45,5 +44,5 @@ async def test_a_failing_purge_is_logged_and_the_next_one_still_runs() -> None:
             raise TemporaryError("clickhouse unavailable")
     hygiene = MemoryHygiene(TrimSchedule(10.0), trim=None, purge=purge)
     for now in (0.0, 10.0, 20.0):
-        await hygiene.tick(now)
-    assert len(attempts) == 2 and hygiene.runs == 2
+        await hygiene.tick(now)  # the first purge raises inside the tick; the tick does not
+    assert len(attempts) == 2
