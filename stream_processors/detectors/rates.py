@@ -219,7 +219,7 @@ class BinomialRateDetector(_ScopedDetector):
         base_k = sum(s.base_k)
         p0 = (base_k + prior * p.prior_n) / (s.base_n + p.prior_n)
         limit = max(p0 + p.min_delta, sens.min_ratio * p0)
-        null = min(0.5, (sens.min_ratio if young else sens.null_ratio) * p0)
+        null = min(0.5, sens.null_ratio * p0)  # a young scope's are set per span, below
         life = newest - s.since + 1
         best: tuple[float, int, float, float, int, int, int] | None = None
         acc, w = [0] * width, newest  # the sums of the windows above w, spans growing in order
