@@ -57,12 +57,23 @@ class Spec:
     burst_x: tuple[float, float] = (1.5, 2.5)
     burst_s: tuple[float, float] = (120.0, 900.0)
     incident_min: tuple[float, float] = (8.0, 45.0)
+    sizes: tuple[tuple[str, float], ...] = ()      # fixed incident sizes per kind (else drawn from SIZES)
 
 
+# the sizes of issue #13's brief: "strong" (12x cost, 35 % errors vs 1 %, 4x latency, 45 % tool
+# failures, 30x safety-trigger rate, 60 % empty retrievals) and "subtle" (3x, 8 %, 2x, 15 %, 8x,
+# 25 %), on 12 tenants of 0.03-0.25 calls/s. The brief gives no token or runaway size: tokens take
+# the cost multiplier, a runaway request 100 and 25 calls.
+BRIEF_STRONG = (("cost_spike", 12.0), ("token_spike", 12.0), ("runaway_loop", 100.0), ("error_rate", 0.35),
+                ("latency", 4.0), ("tool_failure", 0.45), ("safety_burst", 30.0), ("retrieval_failure", 0.6))
+BRIEF_SUBTLE = (("cost_spike", 3.0), ("token_spike", 3.0), ("runaway_loop", 25.0), ("error_rate", 0.08),
+                ("latency", 2.0), ("tool_failure", 0.15), ("safety_burst", 8.0), ("retrieval_failure", 0.25))
 VARIANTS = {
     "A": Spec(),
     "B": Spec(tenants=16, rate_range=(0.005, 2.0), amplitude=(0.2, 0.95), harmonic=(0.0, 0.3), bursts=6.0,
               burst_x=(1.3, 2.8), burst_s=(60.0, 1200.0), incident_min=(5.0, 60.0)),
+    "S": Spec(rate_range=(0.03, 0.25), sizes=BRIEF_STRONG),
+    "U": Spec(rate_range=(0.03, 0.25), sizes=BRIEF_SUBTLE),
 }
 KINDS = ("cost_spike", "token_spike", "runaway_loop", "error_rate", "latency", "tool_failure",
          "safety_burst", "retrieval_failure")
@@ -199,7 +210,8 @@ class Day:
         out = []
         for kind in KINDS:
             lo, hi = SIZES[kind][0]
-            size = _loguniform(rng, lo, hi)
+            size = _loguniform(rng, lo, hi)  # drawn even when fixed, so that S and U days differ only in size
+            size = dict(self.spec.sizes).get(kind, size)
             start = self.t0 + rng.uniform(2 * 3600, DAY_S - 3600)
             end = start + rng.uniform(*self.spec.incident_min) * 60
             tenant = rng.choice(self.tenants)

@@ -609,6 +609,26 @@ def test_safety_triggers_rising_with_the_traffic_do_not_alert_and_more_per_call_
     assert feed_safety(worse, B0 + 3 * HOUR, 180, 2, 0.05, rng)
 
 
+def test_a_burst_at_a_quiet_hour_is_judged_per_call_not_against_the_days_average_hour() -> None:
+    # six hours of day traffic (4 calls a window, 1 trigger in 250 calls: about 6 triggers an
+    # hour), then the night at a quarter of the calls. A trigger every 150 s at night is no more
+    # triggers an hour than the day brings (the per-time test sees nothing), but 15x what these
+    # calls bring: the feature's filter is firing on its users, an incident
+    det = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature"), AlertBook())
+    rng = random.Random(11)
+    feed_safety(det, B0, 6 * HOUR, 4, 0.004, rng)
+    night = B0 + 6 * HOUR
+    assert feed_safety(det, night, HOUR, 1, 0.004, rng) == []
+    key, alerts = ("acme", "agent"), []
+    for w in range(night + HOUR, night + HOUR + 180):
+        det.expose(key, w, 1)
+        if w % 15 == 0:
+            alert = det.observe(key, w, 1, w * 10.0, w * 10.0 + 9, [f"evt-{w}"])
+            alerts += [alert] if alert is not None else []
+    assert alerts and alerts[0].kind == AlertKind.SAFETY_BURST
+    assert "calls" in alerts[0].summary  # judged per call: "usually 0.36 (in its 90 calls; ...)"
+
+
 def test_the_tail_of_a_resolved_safety_alert_does_not_open_a_new_one() -> None:
     # after an incident the last hour still holds its triggers: once its alert resolved, only
     # what comes after counts, and the scope's usual rate is no new incident
