@@ -11,13 +11,13 @@ baseline   EWMA of calls per request, of its square and of tokens per request fo
 threshold  calls >= max(``min_calls``, ``min_ratio`` x baseline calls, the calls that the
            feature's own distribution of calls per request reaches with probability below
            ``p_value``: a quasi-Poisson tail with the dispersion var/mean of its own requests,
-           at least Poisson's) (``Sensitivity`` of ``runaway_loop``: 1e-5 and 2x), or tokens >=
+           at least Poisson's) (``Sensitivity`` of ``runaway_loop``: 1e-4 and 2x), or tokens >=
            max(``min_tokens``, ``factor`` x baseline tokens) with at least max(``token_min_calls``,
            ``min_ratio`` x baseline calls) calls (one huge call is no loop). The floors (12 calls, 400,000
            tokens) keep a feature whose requests are all tiny from flagging a normal long
            conversation; the 2x keeps a feature whose agents always take 10 steps from alerting on
            a 12-step one; the tail keeps an agent whose requests vary a lot from alerting on its
-           own long ones (an agent of 2-5 steps alerts at 14 calls, not at 8x its mean of 3.5, 28).
+           own long ones (an agent of 2-5 steps alerts at about 13 calls, not at 8x its mean of 3.5, 28).
            A request is a single trajectory, not a rate: the counts only ever grow, and the alert
            fires the moment a count crosses. Score = max of the two ratios count / threshold.
 """

@@ -86,6 +86,10 @@ class Sensitivity:
 # arrives (on tuning days a median of 31 a feature-day, 90 % under 324, against a median of 2,052
 # windows with calls), so the same false-alert budget affords a bar ten times looser; on the tuning days it found 7 of 15
 # bursts instead of 5 for 2 false alerts in 204 tenant-days (3e-4: 8 for 6; 1e-3: 10 for 20).
+# Latency takes 1e-5 and 8 calls (was 1e-6 and 12: a x4 slowdown on a model of 0.06-0.2 calls/s
+# waited for its twelfth call), runaway requests 1e-4 (a call limit one or two calls lower): on the
+# brief's strong tuning days the median delay went from 91 to 67 s, for 2 more false alerts in 204
+# tenant-days on A/B and 1 in 144 on the brief's days (docs/DETECTION.md).
 DEFAULTS: dict[str, Sensitivity] = {
     "cost_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
     "token_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
@@ -94,8 +98,8 @@ DEFAULTS: dict[str, Sensitivity] = {
     "retrieval_failure": Sensitivity(min_ratio=2.0, min_events=3),
     "safety_burst": Sensitivity(p_value=1e-4, min_ratio=3.0, min_events=3, null_ratio=1.0, call_ratio=3.0,
                                 call_null=1.0),
-    "latency": Sensitivity(p_value=1e-6, min_ratio=1.5, min_events=12),
-    "runaway_loop": Sensitivity(confirm=1),
+    "latency": Sensitivity(p_value=1e-5, min_ratio=1.5, min_events=8),
+    "runaway_loop": Sensitivity(p_value=1e-4, confirm=1),
 }
 
 

@@ -644,7 +644,7 @@ def test_the_tail_of_a_resolved_safety_alert_does_not_open_a_new_one() -> None:
 
 
 def test_runaway_limit_follows_the_spread_of_the_features_own_requests() -> None:
-    # an agent of 2-5 steps alerts at 15 calls (well below 8x its mean); one of about the same
+    # an agent of 2-5 steps alerts by 15 calls (well below 8x its mean); one of about the same
     # mean whose requests often take 11 calls does not
     tight, loose = RunawayDetector(AlertBook()), RunawayDetector(AlertBook())
     rng = random.Random(4)
