@@ -330,13 +330,6 @@ class Detectors:
                 alert = self.runaway.fire(key, b.request_ids(i), None if when is None else when.timestamp())
                 if alert is not None:
                     out.append(alert)
-        # safety triggers are judged per tenant+feature, all categories together (a quiet feature's
-        # categories are too rare apart to have a baseline each); the sample ids say which. Their
-        # exposure is the feature's LLM calls, from its first call on
-        expose = self.safety.expose
-        for (tenant, feature, w), u in b.usage.items():
-            if feature:
-                expose((tenant, feature), w, u[6])
         safety: dict[tuple[str, str, int], list[Any]] = {}
         for (tenant, feature, _, w), x in b.safety.items():
             acc = safety.get((tenant, feature, w))
@@ -361,7 +354,6 @@ class Detectors:
                               (self.ttft.observe, 5, None, False))),
             (b.tools, 1, 3, ((self.tool_failures.observe, _COUNTS2, _IDS5, True),
                              (self.tool_latency.observe, 2, None, True))),
-            (safety, 2, 1, ((self.safety.observe, 0, _IDS3, True),)),
             (b.retrieval, 1, 3, ((self.retrieval.observe, _COUNTS3, _IDS5, True),)),
         )
         for groups, n, at, checks in kinds:
@@ -376,7 +368,34 @@ class Detectors:
                         alert = observe(scope, w, x[value], ft, lt, [] if ids is None else x[ids])
                         if alert is not None:
                             out.append(alert)
+        self._safety(b, safety, out)
         return [self.incidents.assign(a) for a in out]
+
+    def _safety(self, b: BatchWindows, safety: dict[tuple[str, str, int], list[Any]], out: list[Alert]) -> None:
+        """Safety triggers are judged per tenant+feature, all categories together (a quiet
+        feature's categories are too rare apart to have a baseline each); the sample ids say
+        which. Their exposure is the feature's LLM calls, from its first call on. Calls and
+        triggers go in together, in window order: a trigger is judged on the spans that end at its
+        own window, with the calls made up to it (a replay batch holds half an hour of a quiet
+        feature; judged at the batch's last window, its burst was spread thin over the hour)."""
+        expose, observe = self.safety.expose, self.safety.observe
+        calls = sorted(((w, tenant, feature, u[6]) for (tenant, feature, w), u in b.usage.items() if feature),
+                       key=_WINDOW_AT[0])
+        i, n = 0, len(calls)
+        for k in sorted(safety, key=_WINDOW_AT[2]):
+            tenant, feature, w = k
+            while i < n and calls[i][0] <= w:
+                cw, ct, cf, c = calls[i]
+                expose((ct, cf), cw, c)
+                i += 1
+            x = safety[k]
+            first, last = x[1], x[2]
+            ft = first.timestamp()
+            alert = observe((tenant, feature), w, x[0], ft, ft if last is first else last.timestamp(), x[3:])
+            if alert is not None:
+                out.append(alert)
+        for cw, ct, cf, c in calls[i:]:
+            expose((ct, cf), cw, c)
 
     def _spikes(self, b: BatchWindows, out: list[Alert]) -> None:
         # per (scope, 10 s window): the tenant's sums and each tenant+feature's, in window order
@@ -472,7 +491,7 @@ _SPIKE_PARTS = ("cost", "cost_feature", "tokens", "tokens_feature")
 
 
 _THIRD = itemgetter(2)  # sort key: the 10 s window's place in a usage key
-_WINDOW_AT = {n: itemgetter(n) for n in (1, 2, 3)}  # the same for each kind of group in observe
+_WINDOW_AT = {n: itemgetter(n) for n in (0, 1, 2, 3)}  # the same for each kind of group in observe
 _COUNTS2, _COUNTS3, _COUNTS4 = slice(2), slice(3), slice(4)  # BatchWindows lists' fixed fields
-_IDS3, _IDS5, _IDS8 = slice(3, None), slice(5, None), slice(8, None)  # ... and their ids
+_IDS5, _IDS8 = slice(5, None), slice(8, None)  # ... and their ids
 _Check = tuple[Callable[..., Alert | None], int | slice, slice | None, bool]  # one detector of observe's table

@@ -201,3 +201,31 @@ def test_a_runaway_request_alerts_at_the_call_that_crossed_its_limit_not_at_its_
     assert len(alerts) == 1
     limit = math.ceil(float(alerts[0].threshold))
     assert alerts[0].opened_at == NOW + timedelta(seconds=10 * (limit - 1)) < NOW + timedelta(seconds=390)
+
+
+def safety_trigger(n: int, ts: datetime) -> bytes:
+    return orjson.dumps({"schema_version": 1, "event_type": "safety_trigger", "event_id": event_id(n), "ts": ts.isoformat(),
+                         "tenant_id": "acme", "feature": "chat", "filter_name": "guard", "category": "jailbreak"})
+
+
+def test_a_safety_burst_in_a_long_replay_batch_is_judged_where_it_happened() -> None:
+    # a quiet feature (a call every 20 s, a trigger every 400 calls) has a burst of 4 triggers in
+    # 4 minutes and then 26 quiet minutes. Replay hands the half hour over in one batch: its
+    # triggers must be judged on the spans ending at their own windows with the calls made up to
+    # them, as the live worker's small batches judge them, not at the batch's last window
+    start = NOW - timedelta(hours=6)
+    history = [llm_call(i, ts=(start + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(1080)]
+    history += [safety_trigger(5_000 + i, start + timedelta(seconds=20 * 400 * i + 7)) for i in range(3)]
+    later = [llm_call(10_000 + i, ts=(NOW + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(90)]
+    later += [safety_trigger(20_000 + i, NOW + timedelta(seconds=60 * i + 3)) for i in range(4)]
+    later.sort(key=lambda raw: orjson.loads(raw)["ts"])
+    history.sort(key=lambda raw: orjson.loads(raw)["ts"])
+    whole, live = pipeline(), pipeline()
+    for pipe in (whole, live):  # the same history, streamed
+        for i in range(0, len(history), 10):
+            pipe.process(history[i:i + 10], now=None)
+    replayed = [a for a in whole.process(later, now=None).alerts if a.kind == AlertKind.SAFETY_BURST]
+    streamed = [a for i in range(0, len(later), 3) for a in live.process(later[i:i + 3], now=None).alerts
+                if a.kind == AlertKind.SAFETY_BURST]
+    assert replayed and replayed[0].opened_at is not None and replayed[0].opened_at < NOW + timedelta(minutes=5)
+    assert {a.alert_id for a in replayed} == {a.alert_id for a in streamed}
