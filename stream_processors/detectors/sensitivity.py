@@ -82,10 +82,11 @@ class Sensitivity:
 # tenant's own bursts, amounts.py), a failure share at least 2x the usual, a safety-trigger rate at
 # least 3x per unit of time and per call, a p95 at least 1.5x (latency keeps its own +250 ms
 # floor). A runaway request's call limit uses p_value and min_ratio (runaway.py).
-# Safety bursts take a bar of 1e-4: a safety scope is looked at only in the windows where a trigger
+# Safety bursts take a bar of 3e-5: a safety scope is looked at only in the windows where a trigger
 # arrives (on tuning days a median of 31 a feature-day, 90 % under 324, against a median of 2,052
-# windows with calls), so the same false-alert budget affords a bar ten times looser; on the tuning days it found 7 of 15
-# bursts instead of 5 for 2 false alerts in 204 tenant-days (3e-4: 8 for 6; 1e-3: 10 for 20).
+# windows with calls), so the same false-alert budget affords a looser bar. With triggers judged
+# where they happened (suite.py, window order) the tuning days found 7 of 15 bursts at 3e-5 for 5
+# safety false alerts in 204 tenant-days, and the same 7 at 1e-4 for 21.
 # Latency takes 1e-5 and 8 calls (was 1e-6 and 12: a x4 slowdown on a model of 0.06-0.2 calls/s
 # waited for its twelfth call), runaway requests 1e-4 (a call limit one or two calls lower): on the
 # brief's strong tuning days the median delay went from 91 to 67 s, for 2 more false alerts in 204
@@ -96,7 +97,7 @@ DEFAULTS: dict[str, Sensitivity] = {
     "error_rate": Sensitivity(min_ratio=2.0, min_events=3),
     "tool_failure": Sensitivity(min_ratio=2.0, min_events=3),
     "retrieval_failure": Sensitivity(min_ratio=2.0, min_events=3),
-    "safety_burst": Sensitivity(p_value=1e-4, min_ratio=3.0, min_events=3, null_ratio=1.0, call_ratio=3.0,
+    "safety_burst": Sensitivity(p_value=3e-5, min_ratio=3.0, min_events=3, null_ratio=1.0, call_ratio=3.0,
                                 call_null=1.0),
     "latency": Sensitivity(p_value=1e-5, min_ratio=1.5, min_events=8),
     "runaway_loop": Sensitivity(p_value=1e-4, confirm=1),

@@ -279,24 +279,32 @@ def test_a_quiet_features_burst_alerts_against_its_own_rate_of_one_an_hour() -> 
     assert alerts and alerts[0].scope == Scope(tenant_id="acme", feature="chat", category="jailbreak")
 
 
-def test_a_small_features_four_triggers_in_a_quarter_hour_alert_against_three_in_eight_hours() -> None:
-    # a chat feature of 0.0125 calls/s (one call every 80 s) with three triggers in eight hours;
-    # then four in 13 minutes (one call in four triggers): p = 4e-5 against its own rate, which
-    # the safety bar (1e-4) takes and the failure shares' 1e-5 would not (the strong x34 burst on
-    # such a feature missed on held-out day A 87001)
+def small_feature_with(burst_offsets: tuple[int, ...]) -> list[tuple[int, Alert | None]]:
+    """A chat feature of 0.0125 calls/s (one call every 80 s) with three triggers in eight hours,
+    then triggers on the calls at ``burst_offsets`` windows after the eighth hour."""
     det = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature"), AlertBook())
     key = ("acme", "chat")
     quiet = {B0 + int(h * HOUR) // 8 * 8 for h in (1.5, 4.2, 6.7)}
     start = B0 + 8 * HOUR
-    burst = {start + 16, start + 40, start + 64, start + 88}
-    alerts = []
+    burst = {start + o for o in burst_offsets}
+    out = []
     for w in range(B0, start + 120, 8):
         det.expose(key, w, 1)
         if w in quiet or w in burst:
-            alerts.append((w, det.observe(key, w, 1, w * 10.0, w * 10.0 + 9, [f"t{w}"])))
-    assert [w for w, a in alerts if a is not None] == [start + 88]
-    opened = alerts[-1][1]
-    assert opened is not None and opened.p_value is not None and 1e-5 < opened.p_value < 1e-4
+            out.append((w - start, det.observe(key, w, 1, w * 10.0, w * 10.0 + 9, [f"t{w}"])))
+    return out
+
+
+def test_a_small_features_three_triggering_calls_in_a_row_alert_against_three_in_eight_hours() -> None:
+    # its next three calls all trigger: p = 2.9e-5 against its own rate, which the safety bar
+    # (3e-5) takes and the failure shares' 1e-5 would not. Four triggers over 13 minutes (one call
+    # in four, p = 4e-5) it does not take: the price of 5 safety false alerts on the tuning days
+    # instead of 21 at 1e-4, which found no more bursts there
+    in_a_row = small_feature_with((16, 24, 32))
+    assert [w for w, a in in_a_row if a is not None] == [32]
+    opened = in_a_row[-1][1]
+    assert opened is not None and opened.p_value is not None and 1e-5 < opened.p_value < 3e-5
+    assert [w for w, a in small_feature_with((16, 40, 64, 88)) if a is not None] == []
 
 
 def latency_detector() -> LatencyDetector:
