@@ -411,11 +411,13 @@ class _Group:
     """One feature's (or tenant+feature's) traffic: calls per value of each dimension, and
     per-minute stats per version tuple (prompt_version, model, config_version) for baselines."""
 
-    __slots__ = ("minutes", "totals")
+    __slots__ = ("minutes", "served", "totals")
 
     def __init__(self) -> None:
         self.totals: dict[str, dict[str, int]] = {d: {} for d in DIMENSIONS}
         self.minutes: dict[tuple[str, str, str], dict[int, Stats]] = {}
+        # (tenant, versions) pairs seen, when the group spans tenants: which tenants each value served
+        self.served: set[tuple[str, tuple[str, str, str]]] = set()
 
     def since(self, dim: str, value: str, lo: int) -> Stats:
         """The traffic of one value of one dimension from minute ``lo`` on."""
@@ -511,8 +513,10 @@ class ReleaseComparator:
                 n = counts.get(value)
                 if n is None:
                     n = 0
-                    self._maybe_open(group_key, group, dim, value, t)
+                    self._maybe_open(group_key, group, dim, value, t, event.tenant_id)
                 counts[value] = n + 1
+        if not group_key[0]:
+            group.served.add((event.tenant_id, versions))
         # the one shared tuple per (group, versions): the join tables hold references, not a
         # tuple and its strings per event (about 450 bytes an event less at ``max_joins``)
         link = (group_key, versions)
@@ -586,8 +590,12 @@ class ReleaseComparator:
             index.setdefault(key[0], []).append((key, comp, DIMENSIONS.index(comp.dimension)))
         self._open_by_group = index
 
-    def _maybe_open(self, group_key: tuple[str, str], group: _Group, dim: str, value: str, t: float) -> None:
-        """A value seen for the first time: a candidate if another value is established."""
+    def _maybe_open(self, group_key: tuple[str, str], group: _Group, dim: str, value: str, t: float,
+                    tenant: str) -> None:
+        """A value seen for the first time: a candidate if another value is established and served
+        the tenant that brings the new value. A feature spans tenants (``per_tenant`` off): a
+        value whose first call comes from a tenant the incumbent never served is that tenant's
+        own set-up (two tenants' features of one name on different models), not a release."""
         totals = group.totals[dim]
         established = [v for v, n in totals.items() if n >= self.params.incumbent_min_calls]
         if not established:
@@ -597,6 +605,10 @@ class ReleaseComparator:
         old = max(recent, key=lambda v: (recent[v].calls, totals[v]))
         if recent[old].calls == 0:
             return
+        if not group_key[0]:
+            i = DIMENSIONS.index(dim)
+            if not any(who == tenant and versions[i] == old for who, versions in group.served):
+                return
         before = sum(totals.values())
         self.comparisons[(group_key, dim, value)] = Comparison(group_key, dim, old, value, t, old_before=recent[old],
                                                                before=before)

@@ -20,8 +20,8 @@ def _id(rng: random.Random) -> str:
 
 
 def call(rng: random.Random, t: float, version: str, *, status: str = "ok", tokens: int = 1000,
-         feature: str = "bot", request_id: str = "", latency: float = 800.0) -> LLMCall:
-    return LLMCall(schema_version=1, event_id=_id(rng), ts=T0 + timedelta(seconds=t), tenant_id="acme", feature=feature,
+         feature: str = "bot", request_id: str = "", latency: float = 800.0, tenant: str = "acme") -> LLMCall:
+    return LLMCall(schema_version=1, event_id=_id(rng), ts=T0 + timedelta(seconds=t), tenant_id=tenant, feature=feature,
                    provider="openai", model="gpt-4o-mini", prompt_version=version, input_tokens=tokens,
                    output_tokens=100, latency_ms=latency, status=status, request_id=request_id)
 
@@ -213,4 +213,26 @@ def test_a_version_that_is_part_of_the_features_usual_mix_is_no_release() -> Non
         slow = i >= 3600 and i % 50 == 10
         canary.append((call(rng, float(i), "v2" if slow else "v1", latency=4000.0 if slow else 800.0), 0.001))
     alerts = run(ReleaseComparator(), canary)
+    assert alerts and alerts[0].kind == AlertKind.VERSION_REGRESSION and alerts[0].scope.new_version == "v2"
+
+
+def test_another_tenants_feature_of_the_same_name_on_its_own_version_is_no_release() -> None:
+    """Two tenants name a feature alike: one on v1 all along, the other joins after an hour on
+    v2 (its own set-up; here half its calls and three times slower). The comparator groups the
+    feature across tenants, but v2 never served a call the incumbent also served for that
+    tenant: no comparison, nothing raised. The first tenant moving half its own calls to v2 is a
+    release and rolls back."""
+    rng = random.Random(21)
+    other: list[tuple[Any, float | None]] = []
+    for i in range(3 * 3600):
+        other.append((call(rng, float(i), "v1", tenant="acme"), 0.001))
+        if i >= 3600 and i % 10 == 0:
+            other.append((call(rng, i + 0.5, "v2", tenant="globex", latency=2400.0), 0.001))
+    assert run(ReleaseComparator(), other) == []
+    release: list[tuple[Any, float | None]] = []
+    for i in range(3 * 3600):
+        slow = i >= 3600 and i % 2 == 0
+        release.append((call(rng, float(i), "v2" if slow else "v1", tenant="acme", latency=2400.0 if slow else 800.0),
+                        0.001))
+    alerts = run(ReleaseComparator(), release)
     assert alerts and alerts[0].kind == AlertKind.VERSION_REGRESSION and alerts[0].scope.new_version == "v2"
