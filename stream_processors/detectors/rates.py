@@ -470,7 +470,7 @@ class PoissonBurstDetector(_ScopedDetector):
                 # triggers with its calls; an incident raises the triggers per call. The test per
                 # unit of time is not asked as well: it knows no daily cycle, so at a quiet hour
                 # it vetoed what the calls show (7 triggers in 18 calls against 0.26 expected, a
-                # 30x burst at night, judged against the day's average hour)
+                # 30x burst at an hour of a third of the usual calls, judged against the day's average hour)
                 n = sum(x for w, x in s.calls.items() if w > newest - span)
                 mu = n * alpha / beta_calls
                 if k < sens.call_ratio * mu:

@@ -89,7 +89,7 @@ class Sensitivity:
 # safety false alerts in 204 tenant-days, and the same 7 at 1e-4 for 21.
 # Latency takes 1e-5 and 8 calls (was 1e-6 and 12: a x4 slowdown on a model of 0.06-0.2 calls/s
 # waited for its twelfth call), runaway requests 1e-4 (a call limit one or two calls lower): on the
-# brief's strong tuning days the median delay went from 91 to 67 s, for 2 more false alerts in 204
+# brief's strong tuning days the median delay went from 100 to 67 s, for 2 more false alerts in 204
 # tenant-days on A/B and 1 in 144 on the brief's days (docs/DETECTION.md).
 DEFAULTS: dict[str, Sensitivity] = {
     "cost_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
