@@ -71,8 +71,9 @@ clean:
 
 # Detector quality on independent traffic (bench/evaltraffic.py), held-out seeds only, four
 # traffic variants (A, B; S and U: the sizes of issue #13's brief, strong and subtle): the
-# detection curve (recall by kind x size x volume), false alerts and pages per tenant-day, delay (bench/detection_curve.py; docs/DETECTION.md). quality-tune: the tuning
-# seeds; quality-sim: the project's own simulator (bench/quality.py).
+# detection curve (recall by kind x size x volume), false alerts and pages per tenant-day, delay
+# (bench/detection_curve.py; docs/DETECTION.md). quality-tune: the tuning seeds; quality-sim: the
+# project's own simulator (bench/quality.py).
 quality: install-test
 	$(BIN)/python bench/detection_curve.py --split heldout --variant A
 	$(BIN)/python bench/detection_curve.py --split heldout --variant B --jobs 1
