@@ -51,20 +51,21 @@ ROOT = Path(__file__).resolve().parent.parent
 # tuning data: A 9001-9004 (first set), A 17001-17002 and B 27001 (second set; A 27001 was looked
 # at with them), A 47001-47003 and B 57001-57002 (third set), A 67001-67003 and B 77001-77002
 # (fourth set), A 87001-87003 and B 97001-97002 (fifth set), A 31001-31003 and B 41001-41002
-# (sixth set), A 33001-33003, B 43001-43002 and S/U 21001-21003 (seventh set). The current
-# held-out set, A 35001-35003, B 45001-45002 and S/U 23001-23003, was never run before the figures
-# it gave were published (docs/DETECTION.md).
+# (sixth set), A 33001-33003, B 43001-43002 and S/U 21001-21003 (seventh set), A 35001-35003,
+# B 45001-45002 and S/U 23001-23003 (eighth set). The current held-out set, A 39001-39003,
+# B 49001-49002 and S/U 25001-25003, was never run before the figures it gave were published
+# (docs/DETECTION.md).
 TUNE_SEEDS = {
     "A": (*range(1, 7), *range(9001, 9005), 17001, 17002, 27001, 47001, 47002, 47003, 67001, 67002, 67003,
-          87001, 87002, 87003, 31001, 31002, 31003, 33001, 33002, 33003),
-    "B": (27001, 57001, 57002, 77001, 77002, 97001, 97002, 41001, 41002, 43001, 43002),
+          87001, 87002, 87003, 31001, 31002, 31003, 33001, 33002, 33003, 35001, 35002, 35003),
+    "B": (27001, 57001, 57002, 77001, 77002, 97001, 97002, 41001, 41002, 43001, 43002, 45001, 45002),
     # the brief's fixed sizes (evaltraffic.BRIEF_STRONG / BRIEF_SUBTLE): a seed's S and U days differ
     # only in incident size
-    "S": (*range(11001, 11007), 21001, 21002, 21003),
-    "U": (*range(11001, 11007), 21001, 21002, 21003),
+    "S": (*range(11001, 11007), 21001, 21002, 21003, 23001, 23002, 23003),
+    "U": (*range(11001, 11007), 21001, 21002, 21003, 23001, 23002, 23003),
 }
-HELDOUT_SEEDS = {"A": (35001, 35002, 35003), "B": (45001, 45002), "S": (23001, 23002, 23003),
-                 "U": (23001, 23002, 23003)}
+HELDOUT_SEEDS = {"A": (39001, 39002, 39003), "B": (49001, 49002), "S": (25001, 25002, 25003),
+                 "U": (25001, 25002, 25003)}
 NOT_ANOMALIES = {"unpriced_model", "budget_threshold"}
 BEFORE_S, GRACE_S = 60.0, 120.0
 BATCH = 5_000  # flyball replay's batch size
