@@ -93,6 +93,8 @@ class AlertBook:
         # (kind|scope) -> event time of the last abnormal evidence of its latest resolved alert,
         # for ``relearn_s`` after it; not in a snapshot (a restart forgets an incident's tail)
         self.closed: dict[str, float] = {}
+        # resolved by ``fire`` (evidence that came after a quiet ``resolve_s``), published by the next sweep
+        self.resolved: list[Alert] = []
 
     def is_open(self, kind: str, scope_key: str) -> bool:
         return f"{kind}|{scope_key}" in self.open
@@ -120,6 +122,13 @@ class AlertBook:
         key = f"{kind}|{scope.key()}"
         score = ev.score or 0.0
         current = self.open.get(key)
+        if current is not None and ev.first_ts - current.last_fired >= self.resolve_s:
+            # normal for ``resolve_s`` before this evidence began: the watermark would have
+            # resolved it had the evidence come in a batch of its own (a replay's or a backlog's
+            # batch spans minutes; sweeps run at its end): resolve it here, so that this evidence
+            # opens a new alert as it would have live; ``sweep`` publishes the resolution
+            self._resolve(key, current.last_fired + self.resolve_s)
+            current = None
         if current is None and confirm > 1 and ev.evidence_windows < confirm:
             w = int(ev.last_ts // BASE_WINDOW_S)
             seen = self.pending.get(key)
@@ -177,14 +186,15 @@ class AlertBook:
             self.pending = {k: v for k, v in self.pending.items() if watermark - v[2] < 3600}
         if self.closed:
             self.closed = {k: t for k, t in self.closed.items() if watermark - t < self.relearn_s}
-        done = [k for k, o in self.open.items() if watermark - o.last_fired >= self.resolve_s]
-        resolved = []
-        for key in done:
-            o = self.open.pop(key)
-            self.closed[key] = o.last_fired
-            resolved.append(o.alert.model_copy(update={"status": "resolved",
-                                                       "last_seen": max(o.alert.last_seen, at(watermark))}))
+        for key in [k for k, o in self.open.items() if watermark - o.last_fired >= self.resolve_s]:
+            self._resolve(key, watermark)
+        resolved, self.resolved = self.resolved, []
         return resolved
+
+    def _resolve(self, key: str, t: float) -> None:
+        o = self.open.pop(key)
+        self.closed[key] = o.last_fired
+        self.resolved.append(o.alert.model_copy(update={"status": "resolved", "last_seen": max(o.alert.last_seen, at(t))}))
 
     def snapshot(self) -> dict[str, Any]:
         return {k: {"alert": o.alert.model_dump(mode="json"), "last_fired": o.last_fired,

@@ -399,8 +399,10 @@ class Detectors:
 
     def _spikes(self, b: BatchWindows, out: list[Alert]) -> None:
         # per (scope, 10 s window): the tenant's sums and each tenant+feature's, in window order
-        # (a stable sort), tenant samples first; a feature spike opening while its tenant's spike
-        # of the same kind is open is suppressed
+        # (a stable sort), a window's tenant sums before its features'; a feature spike opening
+        # while its tenant's spike of the same kind is open is suppressed. Window order matters:
+        # a batch spans minutes, and judging every tenant window first would let a tenant alert
+        # that opened late in the batch suppress its feature's spike minutes before it
         tenants: dict[tuple[str, int], list[Any]] = {}
         usage = b.usage
         keys = sorted(usage, key=_THIRD)
@@ -424,13 +426,17 @@ class Detectors:
                 x[6] += u[6]
                 if len(x[7]) < MAX_IDS:
                     x[7] = x[7] + u[7:7 + MAX_IDS - len(x[7])]
-        for (tenant, w), x in tenants.items():
-            for det, amount, peak in ((self.cost, x[0], x[4]), (self.tokens, x[1], x[5])):
-                alert = det.observe_at(tenant, w, amount, peak, x[6], x[2], x[3], x[7])
-                if alert is not None:
-                    out.append(alert)
+        sums = iter(tenants.items())  # in window order, as ``keys``
+        ahead = next(sums, None)
         for k in keys:
             tenant, feature, w = k
+            while ahead is not None and ahead[0][1] <= w:
+                (t, tw), x = ahead
+                for det, amount, peak in ((self.cost, x[0], x[4]), (self.tokens, x[1], x[5])):
+                    alert = det.observe_at(t, tw, amount, peak, x[6], x[2], x[3], x[7])
+                    if alert is not None:
+                        out.append(alert)
+                ahead = next(sums, None)
             if not feature:
                 continue
             u = usage[k]

@@ -776,3 +776,29 @@ def test_a_rate_known_from_no_trigger_at_all_is_not_taken_for_a_rate_of_zero() -
     start = B0 + 2 * HOUR
     assert feed(fresh(), {start + 40, start + 130, start + 220, start + 310}) == []
     assert feed(fresh(), set(range(start + 40, start + 100, 5)))
+
+
+def test_evidence_after_a_quiet_resolve_s_opens_a_new_alert_even_before_the_sweep() -> None:
+    # a replay (or backlog) batch spans minutes and the book sweeps at its end: an alert normal
+    # for resolve_s before new evidence must not swallow that evidence, which opens a new alert
+    # (what the live worker's sweeps between small batches do); the next sweep publishes the
+    # old alert's resolution
+    from flyball.stream_processors.detectors.base import Evidence
+
+    book = AlertBook()
+    scope = Scope(tenant_id="acme")
+
+    def evidence(t: float) -> Evidence:
+        return Evidence(severity="warning", metric="m", observed="9", baseline="1", threshold="3", score=3.0,
+                        p_value=1e-9, window_s=60, first_ts=t, last_ts=t + 5, event_ids=[], summary="s")
+
+    t0 = NOW.timestamp()
+    first = book.fire(AlertKind.COST_SPIKE, scope, evidence(t0))
+    assert first is not None
+    assert book.fire(AlertKind.COST_SPIKE, scope, evidence(t0 + 30)) is None  # the same incident, still abnormal
+    again = book.fire(AlertKind.COST_SPIKE, scope, evidence(t0 + 35 + book.resolve_s))
+    assert again is not None and again.alert_id != first.alert_id
+    assert again.opened_at == datetime.fromtimestamp(t0 + 40 + book.resolve_s, tz=UTC)
+    swept = book.sweep(t0 + 50 + book.resolve_s)
+    assert [(a.alert_id, a.status) for a in swept] == [(first.alert_id, "resolved")]
+    assert book.is_open(AlertKind.COST_SPIKE, scope.key())

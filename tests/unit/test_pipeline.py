@@ -203,6 +203,34 @@ def test_a_runaway_request_alerts_at_the_call_that_crossed_its_limit_not_at_its_
     assert alerts[0].opened_at == NOW + timedelta(seconds=10 * (limit - 1)) < NOW + timedelta(seconds=390)
 
 
+def test_a_feature_token_spike_in_a_long_replay_batch_is_not_hidden_by_its_tenants_later_alert() -> None:
+    # a tenant's busy feature and a quiet one; the quiet one's calls grow 12x. Its own spike shows
+    # within minutes; the tenant's (diluted by the busy feature) later. Replay hands the half hour
+    # over in one batch: the feature's windows must be judged before the tenant's later ones, as
+    # the live worker's small batches judge them, not after a tenant alert opened late in the batch
+    def call(n: int, ts: datetime, feature: str, tokens: int) -> bytes:
+        return llm_call(n, ts=ts.isoformat(), feature=feature, input_tokens=tokens, cache_read_tokens=0)
+
+    start = NOW - timedelta(hours=6)
+    history = [call(i, start + timedelta(seconds=5 * i), "search", 1000 + 37 * i % 400) for i in range(4320)]
+    history += [call(10_000 + i, start + timedelta(seconds=30 * i + 2), "chat", 900 + 53 * i % 600) for i in range(720)]
+    later = [call(20_000 + i, NOW + timedelta(seconds=5 * i), "search", 1000 + 37 * i % 400) for i in range(360)]
+    later += [call(30_000 + i, NOW + timedelta(seconds=30 * i + 2), "chat", 12 * (900 + 53 * i % 600)) for i in range(60)]
+    history.sort(key=lambda raw: orjson.loads(raw)["ts"])
+    later.sort(key=lambda raw: orjson.loads(raw)["ts"])
+    whole, live = pipeline(), pipeline()
+    for pipe in (whole, live):
+        for i in range(0, len(history), 50):
+            pipe.process(history[i:i + 50], now=None)
+    spike = AlertKind.TOKEN_SPIKE
+    replayed = [a for a in whole.process(later, now=None).alerts if a.kind == spike]
+    streamed = [a for i in range(0, len(later), 5) for a in live.process(later[i:i + 5], now=None).alerts
+                if a.kind == spike]
+    features = {a.opened_at for a in replayed if a.scope.feature == "chat"}
+    assert features and min(features) < NOW + timedelta(minutes=5)  # type: ignore[operator]
+    assert {a.alert_id for a in replayed} == {a.alert_id for a in streamed}
+
+
 def safety_trigger(n: int, ts: datetime) -> bytes:
     return orjson.dumps({"schema_version": 1, "event_type": "safety_trigger", "event_id": event_id(n), "ts": ts.isoformat(),
                          "tenant_id": "acme", "feature": "chat", "filter_name": "guard", "category": "jailbreak"})
