@@ -109,9 +109,9 @@ class AmountSpikeDetector:
     def scope_of(self, key: str) -> Scope:
         return Scope(**dict(zip(self.scope_fields, key.split(KEY_SEP), strict=True)))
 
-    def is_open(self, key: str) -> bool:
+    def is_open(self, key: str, t: float | None = None) -> bool:
         s = self.state.get(key)
-        return s is not None and self.book.is_open(self.kind, self._text(s, key))
+        return s is not None and self.book.is_open(self.kind, self._text(s, key), t)
 
     def _text(self, s: _Series, key: str) -> str:
         text = s.scope_key
@@ -121,7 +121,7 @@ class AmountSpikeDetector:
 
     def observe_at(self, key: str, window: int, amount: Decimal | int, peak: Decimal | int, calls_in: int,
                    first_ts: datetime, last_ts: datetime, event_ids: list[str],
-                   suppressed: Callable[[], bool] | None = None) -> Alert | None:
+                   suppressed: Callable[[float], bool] | None = None) -> Alert | None:
         p = self.params
         longest = p.spans[-1]
         s = self.state.get(key)
@@ -193,7 +193,8 @@ class AmountSpikeDetector:
                         best = (pval, j, judged, expected, True)
         if best is None:
             return None
-        if suppressed is not None and not self.book.is_open(self.kind, self._text(s, key)) and suppressed():
+        t = first_ts.timestamp()
+        if suppressed is not None and not self.book.is_open(self.kind, self._text(s, key), t) and suppressed(t):
             return None
         pval, j, judged, mu, by_call = best
         span = spans[j]

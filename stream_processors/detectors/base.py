@@ -96,8 +96,12 @@ class AlertBook:
         # resolved by ``fire`` (evidence that came after a quiet ``resolve_s``), published by the next sweep
         self.resolved: list[Alert] = []
 
-    def is_open(self, kind: str, scope_key: str) -> bool:
-        return f"{kind}|{scope_key}" in self.open
+    def is_open(self, kind: str, scope_key: str, t: float | None = None) -> bool:
+        """Whether an alert of (kind, scope) is open; with ``t``, one that evidence beginning at
+        event time ``t`` would find open (not one normal for ``resolve_s`` by then, which
+        :meth:`fire` would resolve)."""
+        o = self.open.get(f"{kind}|{scope_key}")
+        return o is not None and (t is None or t - o.last_fired < self.resolve_s)
 
     def learns(self, kind: str, scope_key: str, t: float) -> bool:
         """Whether a scope's baseline may learn from evidence at event time ``t``: not while an alert
@@ -105,7 +109,7 @@ class AlertBook:
         alert has been open for ``relearn_s``: a change that lasts is the new normal (else a
         lasting step would keep its alert open for ever and hide the next incident)."""
         o = self.open.get(f"{kind}|{scope_key}")
-        if o is None:
+        if o is None or t - o.last_fired >= self.resolve_s:  # none, or one the watermark would have resolved by t
             return True
         opened = o.alert.opened_at or o.alert.first_seen
         return t - opened.timestamp() >= self.relearn_s

@@ -19,8 +19,11 @@ Three knobs per kind, the same for every detector (see docs/DETECTION.md):
   1.5x its usual, not merely above it (for amounts, whose normal bursts reach 2x and more).
 
 ``confirm`` (how many distinct 10 s windows must be abnormal, each evaluation within
-``confirm_s`` of the previous, before an alert opens) is the persistence requirement; evidence
-with p below ``p_value`` squared opens at once.
+``confirm_s`` of the previous, before an alert opens) is a persistence requirement, 1 (none) by
+default: the exact tests already weigh how long the evidence lasted, and a second window cost
+each alert a call's wait on a quiet scope (on tuning days, 2 -> 1 made 32 of 102 detections
+10-215 s sooner for 9 more false alerts in 204 tenant-days, docs/DETECTION.md). Where it is set
+above 1, evidence with p below ``p_value`` squared opens at once.
 
 A file (YAML or JSON; ``FLYBALL_DETECTION_FILE``, ``flyball replay --detection FILE``) sets them::
 
@@ -50,7 +53,7 @@ class Sensitivity:
     min_ratio: float = 2.0
     min_events: int = 3
     null_ratio: float = 1.0
-    confirm: int = 2
+    confirm: int = 1
     confirm_s: float = 300.0
     call_ratio: float = 0.0   # amounts and safety: floor of the per-call test (x usual); 0 = not judged per call
     call_null: float = 1.0    # amounts and safety: what the per-call test rules out (x usual)
@@ -100,7 +103,7 @@ DEFAULTS: dict[str, Sensitivity] = {
     "safety_burst": Sensitivity(p_value=3e-5, min_ratio=3.0, min_events=3, null_ratio=1.0, call_ratio=3.0,
                                 call_null=1.0),
     "latency": Sensitivity(p_value=1e-5, min_ratio=1.5, min_events=8),
-    "runaway_loop": Sensitivity(p_value=1e-4, confirm=1),
+    "runaway_loop": Sensitivity(p_value=1e-4),
 }
 
 

@@ -444,7 +444,7 @@ class Detectors:
             for det, parent, amount, peak in ((self.cost_feature, self.cost, u[0], u[4]),
                                               (self.tokens_feature, self.tokens, u[1], u[5])):
                 alert = det.observe_at(key, w, amount, peak, u[6], u[2], u[3], u[7:],
-                                       suppressed=lambda parent=parent, tenant=tenant: parent.is_open(tenant))
+                                       suppressed=lambda t, parent=parent, tenant=tenant: parent.is_open(tenant, t))
                 if alert is not None:
                     out.append(alert)
 

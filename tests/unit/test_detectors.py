@@ -694,9 +694,10 @@ def test_a_fleet_without_failures_is_no_share_of_zero_for_a_young_scope() -> Non
     assert feed_rates(det, bad)
 
 
-def quiet_agent(one_trigger_at: int, hours: int = 3) -> PoissonBurstDetector:
+def quiet_agent(one_trigger_at: int, hours: int = 3, confirm: int = 1) -> PoissonBurstDetector:
     """A feature with one LLM call per 10 s window for ``hours`` and a single safety trigger."""
-    det = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature"), AlertBook())
+    sens = SensitivityTable.from_mapping({"kinds": {"safety_burst": {"confirm": confirm}}})
+    det = PoissonBurstDetector(AlertKind.SAFETY_BURST, ("tenant_id", "feature"), AlertBook(), sensitivity=sens)
     for w in range(B0, B0 + hours * HOUR):
         det.expose(("acme", "agent"), w, 1)
         if w == one_trigger_at:
@@ -705,16 +706,17 @@ def quiet_agent(one_trigger_at: int, hours: int = 3) -> PoissonBurstDetector:
 
 
 def test_triggers_that_arrived_apart_have_persisted_and_one_window_of_them_has_not() -> None:
-    # persistence (``confirm``: two abnormal 10 s windows) on a quiet feature: evaluated only when
-    # a trigger comes, it used to wait for one more trigger after the evidence was already
-    # significant, and a short burst of three ended unseen (a x26 burst of a held-out day). Three
-    # triggers that came in two windows have persisted; three in one window have not, yet
+    # persistence where it is asked for (``confirm: 2``, a per-kind or per-tenant setting; the
+    # default is 1) on a quiet feature: evaluated only when a trigger comes, it used to wait for
+    # one more trigger after the evidence was already significant, and a short burst of three
+    # ended unseen (a x26 burst of a held-out day). Three triggers that came in two windows have
+    # persisted; three in one window have not, yet
     key, end = ("acme", "agent"), B0 + 6 * HOUR
-    apart = quiet_agent(B0 + HOUR, hours=6)  # one trigger in six hours
+    apart = quiet_agent(B0 + HOUR, hours=6, confirm=2)  # one trigger in six hours
     assert apart.observe(key, end, 1, end * 10.0, end * 10.0 + 9, ["t1"]) is None  # one is no evidence
     alert = apart.observe(key, end + 20, 2, (end + 20) * 10.0, (end + 20) * 10.0 + 9, ["t2", "t3"])
     assert alert is not None and alert.kind == AlertKind.SAFETY_BURST and alert.observed == "3"
-    together = quiet_agent(B0 + HOUR, hours=6)
+    together = quiet_agent(B0 + HOUR, hours=6, confirm=2)
     assert together.observe(key, end + 20, 3, (end + 20) * 10.0, (end + 20) * 10.0 + 9, ["t1", "t2", "t3"]) is None
     assert together.book.pending  # abnormal once: waiting for a second window
 
