@@ -177,12 +177,17 @@ class AlertBook:
         current.published_at = ev.last_ts
         return current.alert
 
-    def closed_at(self, kind: str, scope_key: str) -> float | None:
+    def closed_at(self, kind: str, scope_key: str, t: float | None = None) -> float | None:
         """The event time of the last abnormal evidence of the alert of ``kind`` that resolved for
         the scope in the last ``relearn_s``, if any: a detector counts new evidence from there on,
         since its long spans still hold the incident that alert was (an incident's tail is not a
-        new incident)."""
-        return self.closed.get(f"{kind}|{scope_key}")
+        new incident). With ``t``, an open alert that evidence beginning at ``t`` would find
+        resolved (:meth:`is_open`) counts as resolved."""
+        key = f"{kind}|{scope_key}"
+        o = self.open.get(key)
+        if o is not None and t is not None and t - o.last_fired >= self.resolve_s:
+            return o.last_fired
+        return self.closed.get(key)
 
     def sweep(self, watermark: float) -> list[Alert]:
         """Resolve the alerts that have been normal for ``resolve_s`` up to ``watermark``."""

@@ -449,7 +449,7 @@ class PoissonBurstDetector(_ScopedDetector):
         text = s.scope_key
         if text is None:
             text = s.scope_key = _scope(self.scope_fields, key).key()
-        closed = self.book.closed_at(self.kind, text)
+        closed = self.book.closed_at(self.kind, text, first_ts)
         after = newest - longest if closed is None else max(newest - longest, int(closed // BASE_WINDOW_S))
         best: tuple[float, int, float, int, int | None] | None = None  # p, k, mu, span, calls (None: per time)
         ceiling = False
