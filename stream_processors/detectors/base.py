@@ -93,7 +93,7 @@ class AlertBook:
         # (kind|scope) -> event time of the last abnormal evidence of its latest resolved alert,
         # for ``relearn_s`` after it; not in a snapshot (a restart forgets an incident's tail)
         self.closed: dict[str, float] = {}
-        # resolved by ``fire`` (evidence that came after a quiet ``resolve_s``), published by the next sweep
+        # resolved by ``fire`` (evidence that came after a quiet ``resolve_s``), not yet published
         self.resolved: list[Alert] = []
 
     def is_open(self, kind: str, scope_key: str, t: float | None = None) -> bool:
@@ -130,7 +130,8 @@ class AlertBook:
             # normal for ``resolve_s`` before this evidence began: the watermark would have
             # resolved it had the evidence come in a batch of its own (a replay's or a backlog's
             # batch spans minutes; sweeps run at its end): resolve it here, so that this evidence
-            # opens a new alert as it would have live; ``sweep`` publishes the resolution
+            # opens a new alert as it would have live (``Detectors.observe`` publishes the
+            # resolution just before it; ``sweep`` where a detector is used alone)
             self._resolve(key, current.last_fired + self.resolve_s)
             current = None
         if current is None and confirm > 1 and ev.evidence_windows < confirm:
@@ -197,6 +198,10 @@ class AlertBook:
             self.closed = {k: t for k, t in self.closed.items() if watermark - t < self.relearn_s}
         for key in [k for k, o in self.open.items() if watermark - o.last_fired >= self.resolve_s]:
             self._resolve(key, watermark)
+        return self.take_resolved()
+
+    def take_resolved(self) -> list[Alert]:
+        """The resolutions not yet published (those :meth:`fire` made, then the sweep's)."""
         resolved, self.resolved = self.resolved, []
         return resolved
 

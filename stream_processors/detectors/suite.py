@@ -369,6 +369,12 @@ class Detectors:
                         if alert is not None:
                             out.append(alert)
         self._safety(b, safety, out)
+        lapsed = self.book.take_resolved()
+        if lapsed:
+            # alerts the batch's own evidence resolved (quiet for resolve_s before it, AlertBook.fire)
+            # go out where they happened, before the alert of the same kind and scope that replaced
+            # them: the control plane keys alerts by kind and scope
+            out = sorted(out + lapsed, key=_published)
         return [self.incidents.assign(a) for a in out]
 
     def _safety(self, b: BatchWindows, safety: dict[tuple[str, str, int], list[Any]], out: list[Alert]) -> None:
@@ -494,6 +500,11 @@ class Detectors:
 _PARTS = ("cost", "cost_feature", "tokens", "tokens_feature", "runaway", "errors", "latency", "ttft",
           "tool_failures", "tool_latency", "safety", "retrieval")
 _SPIKE_PARTS = ("cost", "cost_feature", "tokens", "tokens_feature")
+
+
+def _published(alert: Alert) -> tuple[datetime, int]:
+    """Event-time order of publication; a resolution before an opening at the same instant."""
+    return alert.last_seen, 0 if alert.status == "resolved" else 1
 
 
 _THIRD = itemgetter(2)  # sort key: the 10 s window's place in a usage key

@@ -203,6 +203,35 @@ def test_a_runaway_request_alerts_at_the_call_that_crossed_its_limit_not_at_its_
     assert alerts[0].opened_at == NOW + timedelta(seconds=10 * (limit - 1)) < NOW + timedelta(seconds=390)
 
 
+def test_two_safety_bursts_in_one_replay_batch_are_two_alerts_published_in_order() -> None:
+    # two bursts 10 minutes apart in one batch: the first alert, quiet for resolve_s when the
+    # second burst begins, resolves there, and its resolution goes out before the second alert
+    # opens (the control plane keys alerts by kind and scope: a resolution after the new
+    # opening would start the revert of the new alert's remediation), as small batches publish them
+    start = NOW - timedelta(hours=6)
+    history = [llm_call(i, ts=(start + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(1080)]
+    history += [safety_trigger(5_000 + i, start + timedelta(seconds=20 * 400 * i + 7)) for i in range(3)]
+    later = [llm_call(10_000 + i, ts=(NOW + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(90)]
+    later += [safety_trigger(20_000 + i, NOW + timedelta(seconds=60 * i + 3)) for i in range(4)]
+    later += [safety_trigger(30_000 + i, NOW + timedelta(minutes=14, seconds=60 * i + 3)) for i in range(4)]
+    later.sort(key=lambda raw: orjson.loads(raw)["ts"])
+    history.sort(key=lambda raw: orjson.loads(raw)["ts"])
+    whole, live = pipeline(), pipeline()
+    for pipe in (whole, live):
+        for i in range(0, len(history), 10):
+            pipe.process(history[i:i + 10], now=None)
+    replayed = [(a.alert_id, a.status) for a in whole.process(later, now=None).alerts
+                if a.kind == AlertKind.SAFETY_BURST]
+    streamed = [(a.alert_id, a.status) for i in range(0, len(later), 3) for a in live.process(later[i:i + 3], now=None).alerts
+                if a.kind == AlertKind.SAFETY_BURST]
+    opened = [aid for aid, status in replayed if status == "open"]
+    assert len(set(opened)) == 2
+    first, second = opened[0], opened[-1]
+    assert replayed.index((first, "resolved")) < replayed.index((second, "open"))
+    firsts = [x for i, x in enumerate(streamed) if x not in streamed[:i]]  # updates re-publish "open"
+    assert firsts[:3] == [(first, "open"), (first, "resolved"), (second, "open")]
+
+
 def test_a_feature_token_spike_in_a_long_replay_batch_is_not_hidden_by_its_tenants_later_alert() -> None:
     # a tenant's busy feature and a quiet one; the quiet one's calls grow 12x. Its own spike shows
     # within minutes; the tenant's (diluted by the busy feature) later. Replay hands the half hour
