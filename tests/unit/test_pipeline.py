@@ -208,18 +208,7 @@ def test_two_safety_bursts_in_one_replay_batch_are_two_alerts_published_in_order
     # second burst begins, resolves there, and its resolution goes out before the second alert
     # opens (the control plane keys alerts by kind and scope: a resolution after the new
     # opening would start the revert of the new alert's remediation), as small batches publish them
-    start = NOW - timedelta(hours=6)
-    history = [llm_call(i, ts=(start + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(1080)]
-    history += [safety_trigger(5_000 + i, start + timedelta(seconds=20 * 400 * i + 7)) for i in range(3)]
-    later = [llm_call(10_000 + i, ts=(NOW + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(90)]
-    later += [safety_trigger(20_000 + i, NOW + timedelta(seconds=60 * i + 3)) for i in range(4)]
-    later += [safety_trigger(30_000 + i, NOW + timedelta(minutes=14, seconds=60 * i + 3)) for i in range(4)]
-    later.sort(key=lambda raw: orjson.loads(raw)["ts"])
-    history.sort(key=lambda raw: orjson.loads(raw)["ts"])
-    whole, live = pipeline(), pipeline()
-    for pipe in (whole, live):
-        for i in range(0, len(history), 10):
-            pipe.process(history[i:i + 10], now=None)
+    whole, live, later = quiet_chat_with_bursts(0, 14)
     replayed = [(a.alert_id, a.status) for a in whole.process(later, now=None).alerts
                 if a.kind == AlertKind.SAFETY_BURST]
     streamed = [(a.alert_id, a.status) for i in range(0, len(later), 3) for a in live.process(later[i:i + 3], now=None).alerts
@@ -245,12 +234,8 @@ def test_a_feature_token_spike_in_a_long_replay_batch_is_not_hidden_by_its_tenan
     history += [call(10_000 + i, start + timedelta(seconds=30 * i + 2), "chat", 900 + 53 * i % 600) for i in range(720)]
     later = [call(20_000 + i, NOW + timedelta(seconds=5 * i), "search", 1000 + 37 * i % 400) for i in range(360)]
     later += [call(30_000 + i, NOW + timedelta(seconds=30 * i + 2), "chat", 12 * (900 + 53 * i % 600)) for i in range(60)]
-    history.sort(key=lambda raw: orjson.loads(raw)["ts"])
-    later.sort(key=lambda raw: orjson.loads(raw)["ts"])
-    whole, live = pipeline(), pipeline()
-    for pipe in (whole, live):
-        for i in range(0, len(history), 50):
-            pipe.process(history[i:i + 50], now=None)
+    later.sort(key=_ts)
+    whole, live = fed_alike(history, 50)
     spike = AlertKind.TOKEN_SPIKE
     replayed = [a for a in whole.process(later, now=None).alerts if a.kind == spike]
     streamed = [a for i in range(0, len(later), 5) for a in live.process(later[i:i + 5], now=None).alerts
@@ -265,22 +250,42 @@ def safety_trigger(n: int, ts: datetime) -> bytes:
                          "tenant_id": "acme", "feature": "chat", "filter_name": "guard", "category": "jailbreak"})
 
 
+def quiet_chat_with_bursts(*minutes: int) -> tuple[Pipeline, Pipeline, list[bytes]]:
+    """Two pipelines fed the same six hours of a quiet feature (a call every 20 s, a trigger every
+    400 calls) in small batches, and its next half hour: a burst of 4 triggers in 4 minutes at
+    each of ``minutes`` after NOW."""
+    start = NOW - timedelta(hours=6)
+    history = [llm_call(i, ts=(start + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(1080)]
+    history += [safety_trigger(5_000 + i, start + timedelta(seconds=20 * 400 * i + 7)) for i in range(3)]
+    later = [llm_call(10_000 + i, ts=(NOW + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(90)]
+    later += [safety_trigger(20_000 + 100 * b + i, NOW + timedelta(minutes=m, seconds=60 * i + 3))
+              for b, m in enumerate(minutes) for i in range(4)]
+    later.sort(key=_ts)
+    whole, live = fed_alike(history, 10)
+    return whole, live, later
+
+
+def _ts(raw: bytes) -> str:
+    return str(orjson.loads(raw)["ts"])
+
+
+def fed_alike(history: list[bytes], batch: int) -> tuple[Pipeline, Pipeline]:
+    """Two pipelines fed the same ``history``, in event-time order, in batches of ``batch`` lines:
+    one to take the next events in one replay batch, one to take them in small batches."""
+    history = sorted(history, key=_ts)
+    whole, live = pipeline(), pipeline()
+    for pipe in (whole, live):
+        for i in range(0, len(history), batch):
+            pipe.process(history[i:i + batch], now=None)
+    return whole, live
+
+
 def test_a_safety_burst_in_a_long_replay_batch_is_judged_where_it_happened() -> None:
     # a quiet feature (a call every 20 s, a trigger every 400 calls) has a burst of 4 triggers in
     # 4 minutes and then 26 quiet minutes. Replay hands the half hour over in one batch: its
     # triggers must be judged on the spans ending at their own windows with the calls made up to
     # them, as the live worker's small batches judge them, not at the batch's last window
-    start = NOW - timedelta(hours=6)
-    history = [llm_call(i, ts=(start + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(1080)]
-    history += [safety_trigger(5_000 + i, start + timedelta(seconds=20 * 400 * i + 7)) for i in range(3)]
-    later = [llm_call(10_000 + i, ts=(NOW + timedelta(seconds=20 * i)).isoformat(), feature="chat") for i in range(90)]
-    later += [safety_trigger(20_000 + i, NOW + timedelta(seconds=60 * i + 3)) for i in range(4)]
-    later.sort(key=lambda raw: orjson.loads(raw)["ts"])
-    history.sort(key=lambda raw: orjson.loads(raw)["ts"])
-    whole, live = pipeline(), pipeline()
-    for pipe in (whole, live):  # the same history, streamed
-        for i in range(0, len(history), 10):
-            pipe.process(history[i:i + 10], now=None)
+    whole, live, later = quiet_chat_with_bursts(0)
     replayed = [a for a in whole.process(later, now=None).alerts if a.kind == AlertKind.SAFETY_BURST]
     streamed = [a for i in range(0, len(later), 3) for a in live.process(later[i:i + 3], now=None).alerts
                 if a.kind == AlertKind.SAFETY_BURST]
