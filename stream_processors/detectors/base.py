@@ -101,7 +101,13 @@ class AlertBook:
         event time ``t`` would find open (not one normal for ``resolve_s`` by then, which
         :meth:`fire` would resolve)."""
         o = self.open.get(f"{kind}|{scope_key}")
-        return o is not None and (t is None or t - o.last_fired < self.resolve_s)
+        return o is not None and (t is None or not self._lapsed(o, t))
+
+    def _lapsed(self, o: _Open, t: float) -> bool:
+        """Normal for ``resolve_s`` by event time ``t``: what a sweep at ``t`` resolves, and what
+        evidence beginning at ``t`` finds resolved even before a sweep (a replay's or a backlog's
+        batch spans minutes, and the book sweeps at its end)."""
+        return t - o.last_fired >= self.resolve_s
 
     def learns(self, kind: str, scope_key: str, t: float) -> bool:
         """Whether a scope's baseline may learn from evidence at event time ``t``: not while an alert
@@ -109,7 +115,7 @@ class AlertBook:
         alert has been open for ``relearn_s``: a change that lasts is the new normal (else a
         lasting step would keep its alert open for ever and hide the next incident)."""
         o = self.open.get(f"{kind}|{scope_key}")
-        if o is None or t - o.last_fired >= self.resolve_s:  # none, or one the watermark would have resolved by t
+        if o is None or self._lapsed(o, t):
             return True
         opened = o.alert.opened_at or o.alert.first_seen
         return t - opened.timestamp() >= self.relearn_s
@@ -126,12 +132,10 @@ class AlertBook:
         key = f"{kind}|{scope.key()}"
         score = ev.score or 0.0
         current = self.open.get(key)
-        if current is not None and ev.first_ts - current.last_fired >= self.resolve_s:
-            # normal for ``resolve_s`` before this evidence began: the watermark would have
-            # resolved it had the evidence come in a batch of its own (a replay's or a backlog's
-            # batch spans minutes; sweeps run at its end): resolve it here, so that this evidence
-            # opens a new alert as it would have live (``Detectors.observe`` publishes the
-            # resolution just before it; ``sweep`` where a detector is used alone)
+        if current is not None and self._lapsed(current, ev.first_ts):
+            # resolve it here, so that this evidence opens a new alert as it would have live
+            # (``Detectors.observe`` publishes the resolution just before it; ``sweep`` where a
+            # detector is used alone)
             self._resolve(key, current.last_fired + self.resolve_s)
             current = None
         if current is None and confirm > 1 and ev.evidence_windows < confirm:
@@ -186,7 +190,7 @@ class AlertBook:
         resolved (:meth:`is_open`) counts as resolved."""
         key = f"{kind}|{scope_key}"
         o = self.open.get(key)
-        if o is not None and t is not None and t - o.last_fired >= self.resolve_s:
+        if o is not None and t is not None and self._lapsed(o, t):
             return o.last_fired
         return self.closed.get(key)
 
@@ -196,7 +200,7 @@ class AlertBook:
             self.pending = {k: v for k, v in self.pending.items() if watermark - v[2] < 3600}
         if self.closed:
             self.closed = {k: t for k, t in self.closed.items() if watermark - t < self.relearn_s}
-        for key in [k for k, o in self.open.items() if watermark - o.last_fired >= self.resolve_s]:
+        for key in [k for k, o in self.open.items() if self._lapsed(o, watermark)]:
             self._resolve(key, watermark)
         return self.take_resolved()
 
