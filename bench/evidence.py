@@ -42,13 +42,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-from scipy.special import gammainc
 from scipy.stats import binom, poisson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from detection_curve import SIZE_CLASSES, _day, _ts, builtin_book
 from evaltraffic import VARIANTS
+from flyball.stream_processors.detectors import tail_p
 from flyball.stream_processors.pricing import PriceBook, Usage, price
 
 BASELINE_S = 3 * 3600.0
@@ -72,14 +72,14 @@ def poisson_tail(k: Any, mu: Any) -> Any:
     return np.where(np.asarray(k) <= 0, 1.0, poisson.sf(np.asarray(k) - 1, mu))
 
 
+_TAIL = np.vectorize(tail_p, otypes=[float])
+
+
 def compound_tail(total: Any, mu: Any, phi: float) -> Any:
     """P(sum >= total) for a compound Poisson sum of mean ``mu`` whose amounts have mean square over
-    mean ``phi``: Poisson(mu/phi) tail at total/phi, continued to real counts (regularised lower
-    gamma, as ``detectors.amounts.tail_p``)."""
-    k, m = np.asarray(total, dtype=float) / phi, np.asarray(mu, dtype=float) / phi
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = gammainc(np.where(k > 0, k, 1.0), np.where(m > 0, m, 1.0))
-    return np.where(k <= 0, 1.0, np.where(m <= 0, 0.0, p))
+    mean ``phi``: the detectors' own Poisson tail continued to real counts
+    (``detectors.amounts.tail_p``) at total/phi against mu/phi, elementwise."""
+    return _TAIL(np.asarray(total, dtype=float) / phi, np.asarray(mu, dtype=float) / phi)
 
 
 @dataclass(frozen=True, slots=True)
