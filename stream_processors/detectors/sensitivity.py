@@ -21,8 +21,8 @@ Three knobs per kind, the same for every detector (see docs/DETECTION.md):
 ``confirm`` (how many distinct 10 s windows must be abnormal, each evaluation within
 ``confirm_s`` of the previous, before an alert opens) is a persistence requirement, 1 (none) by
 default: the exact tests already weigh how long the evidence lasted, and a second window cost
-each alert a call's wait on a quiet scope (on tuning days, 2 -> 1 made 32 of 102 detections
-2-215 s sooner, median 10 s, for 9 more false alerts in 204 tenant-days, docs/DETECTION.md). Where it is set
+each alert a call's wait on a quiet scope (on tuning days, 2 -> 1 made 33 of 102 detections
+1.7-215 s sooner, median 10 s, for 9 more false alerts in 204 tenant-days, docs/DETECTION.md). Where it is set
 above 1, evidence with p below ``p_value`` squared opens at once.
 
 A file (YAML or JSON; ``FLYBALL_DETECTION_FILE``, ``flyball replay --detection FILE``) sets them::
