@@ -8,12 +8,12 @@ baseline   EWMA of calls per request, of its square and of tokens per request fo
            tenant+feature, weight ``ewma_weight`` (0.02: about the last 50 requests), starting from
            a prior of 3 calls (Poisson spread) and 6,000 tokens; requests that alerted are not
            learned from;
-threshold  calls >= max(``min_calls``, ``min_ratio`` x baseline calls, the calls that the
+threshold  calls >= max(``min_events``, ``min_ratio`` x baseline calls, the calls that the
            feature's own distribution of calls per request reaches with probability below
            ``p_value``: a quasi-Poisson tail with the dispersion var/mean of its own requests,
-           at least Poisson's) (``Sensitivity`` of ``runaway_loop``: 1e-4 and 2x), or tokens >=
+           at least Poisson's) (``Sensitivity`` of ``runaway_loop``: 8 calls, 1e-4 and 2x), or tokens >=
            max(``min_tokens``, ``factor`` x baseline tokens) with at least max(``token_min_calls``,
-           ``min_ratio`` x baseline calls) calls (one huge call is no loop). The floors (12 calls, 400,000
+           ``min_ratio`` x baseline calls) calls (one huge call is no loop). The floors (8 calls, 400,000
            tokens) keep a feature whose requests are all tiny from flagging a normal long
            conversation; the 2x keeps a feature whose agents always take 10 steps from alerting on
            a 12-step one; the tail keeps an agent whose requests vary a lot from alerting on its
@@ -42,7 +42,6 @@ class RunawayParams:
     ewma_weight: float = 0.02
     prior_calls: float = 3.0
     prior_tokens: float = 6_000.0
-    min_calls: int = 12
     min_tokens: int = 400_000
     factor: float = 8.0
     token_min_calls: int = 3
@@ -80,7 +79,7 @@ class RunawayDetector:
         else:
             r = (r[0] + calls, r[1] + tokens, min(r[2], first_ts), max(r[3], last_ts), r[4])
         self.requests[key] = r
-        if r[0] < p.min_calls and r[1] < p.min_tokens:
+        if r[0] < self.sensitivity.of(AlertKind.RUNAWAY_LOOP, key[0]).min_events and r[1] < p.min_tokens:
             return False  # below both floors: no baseline can make it a runaway
         if max(self._ratios(key, r[0], r[1])) < 1.0:
             return False
@@ -110,7 +109,7 @@ class RunawayDetector:
         mean = max(base[0], 1e-9)
         phi = max((base[2] - mean * mean) / mean, 1.0)  # var/mean of its requests' calls, at least Poisson's
         tail = phi * (float(poisson.isf(sens.p_value, mean / phi)) + 1.0)  # P(calls >= tail) < p_value
-        calls = max(float(p.min_calls), sens.min_ratio * mean, tail)
+        calls = max(float(sens.min_events), sens.min_ratio * mean, tail)
         return base, calls, max(float(p.min_tokens), p.factor * base[1])
 
     def _ratios(self, key: tuple[str, str, str], calls: int, tokens: int) -> tuple[float, float]:

@@ -686,6 +686,28 @@ def test_a_single_huge_call_is_no_runaway_loop_but_a_loop_of_big_calls_is() -> N
     assert opened and opened[0].metric == "tokens_per_request"
 
 
+def _first_alerting_call(det: RunawayDetector, tenant: str) -> int:
+    """Feed one-call requests of ``tenant``'s chat feature, then a loop a call at a time: the
+    number of the loop's call that opened the alert (0 if none in 30)."""
+    for n in range(200):
+        det.observe((tenant, "chat", f"req-{n}"), 1, 3_000, T0 + n, T0 + n + 2, [])
+    det.close_idle(T0 + 10_000)
+    t = T0 + 20_000
+    for i in range(1, 31):
+        if det.observe((tenant, "chat", "loop"), 1, 3_000, t + 7 * i, t + 7 * i, [f"e{i}"]) is not None:
+            return i
+    return 0
+
+
+def test_runaway_call_floor_is_the_kinds_min_events_and_a_tenant_can_set_its_own() -> None:
+    # a feature of one call per request: 8 calls by default (a loop at 7 s a call is flagged in
+    # under a minute; the floor was 12), 20 for a tenant whose requests legitimately loop; a
+    # tenant's floor of 5 still waits for the feature's own tail at p 1e-4, 8 calls
+    sens = SensitivityTable.from_mapping({"tenants": {"patient": {"runaway_loop": {"min_events": 20}},
+                                                      "eager": {"runaway_loop": {"min_events": 5}}}})
+    assert _first_alerting_call(RunawayDetector(AlertBook(), sensitivity=sens), "acme") == 8
+    assert _first_alerting_call(RunawayDetector(AlertBook(), sensitivity=sens), "patient") == 20
+    assert _first_alerting_call(RunawayDetector(AlertBook(), sensitivity=sens), "eager") == 8
 def test_a_fleet_without_failures_is_no_share_of_zero_for_a_young_scope() -> None:
     # the first hours of a deployment: a model with 400 calls and no failure is the whole fleet;
     # a new model's 3 failures in 200 calls (1.5 %, a normal share) must not be "significant"
