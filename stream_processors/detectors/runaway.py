@@ -61,6 +61,10 @@ class RunawayDetector:
     requests: dict[tuple[str, str, str], tuple[int, int, float, float, bool]] = field(default_factory=dict)
     baselines: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # [calls, tokens, calls^2]
     _swept_at: float = 0.0
+    _floor: int = field(init=False, default=0)  # the lowest call floor of any tenant (min_events)
+
+    def __post_init__(self) -> None:
+        self._floor = self.sensitivity.lowest(AlertKind.RUNAWAY_LOOP, "min_events")
 
     def observe(self, key: tuple[str, str, str], calls: int, tokens: int, first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
@@ -79,8 +83,9 @@ class RunawayDetector:
         else:
             r = (r[0] + calls, r[1] + tokens, min(r[2], first_ts), max(r[3], last_ts), r[4])
         self.requests[key] = r
-        if r[0] < self.sensitivity.of(AlertKind.RUNAWAY_LOOP, key[0]).min_events and r[1] < p.min_tokens:
-            return False  # below both floors: no baseline can make it a runaway
+        if r[0] < self._floor and r[1] < p.min_tokens:
+            return False  # below both floors: no baseline can make it a runaway (the tenant's own
+            # call floor, at least ``_floor``, is applied in ``_limits``)
         if max(self._ratios(key, r[0], r[1])) < 1.0:
             return False
         if not r[4]:

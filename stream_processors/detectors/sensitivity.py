@@ -127,6 +127,13 @@ class SensitivityTable:
                 return mine[kind]
         return self.kinds.get(kind) or Sensitivity()
 
+    def lowest(self, kind: str, knob: str) -> Any:
+        """The smallest value of ``knob`` for ``kind`` over the default and every tenant's: a
+        bound a hot path can test before it looks up the tenant's own."""
+        values = [getattr(self.of(kind), knob)]
+        values += [getattr(mine[kind], knob) for mine in self.tenants.values() if kind in mine]
+        return min(values)
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> SensitivityTable:
         unknown = sorted(set(data) - {"kinds", "tenants"})
