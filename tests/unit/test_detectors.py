@@ -708,6 +708,8 @@ def test_runaway_call_floor_is_the_kinds_min_events_and_a_tenant_can_set_its_own
     assert _first_alerting_call(RunawayDetector(AlertBook(), sensitivity=sens), "acme") == 8
     assert _first_alerting_call(RunawayDetector(AlertBook(), sensitivity=sens), "patient") == 20
     assert _first_alerting_call(RunawayDetector(AlertBook(), sensitivity=sens), "eager") == 8
+
+
 def test_a_fleet_without_failures_is_no_share_of_zero_for_a_young_scope() -> None:
     # the first hours of a deployment: a model with 400 calls and no failure is the whole fleet;
     # a new model's 3 failures in 200 calls (1.5 %, a normal share) must not be "significant"
