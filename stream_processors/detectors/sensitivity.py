@@ -97,8 +97,8 @@ class Sensitivity:
 # A runaway request's call floor is its min_events, 8 calls (was 12, a fixed parameter): it binds
 # only on features of about one call per request (a chat, a batch job; their own tail at 1e-4 is
 # 8 calls too), where a loop of one call every 3-12 s waited for its twelfth; an agent of 2-5
-# steps stays at 13 calls, set by its own tail. On tuning days 18 of 34 runaway detections came
-# 13-45 s sooner (A/B runaway median 104 -> 76 s), no runaway false alert in 312 tenant-days
+# steps stays at 13 calls, set by its own tail. On tuning days 18 of 33 runaway detections came
+# 13-45 s sooner (A/B runaway median 104 -> 76 s), no runaway false alert in 420 tenant-days
 # before or after (docs/DETECTION.md).
 DEFAULTS: dict[str, Sensitivity] = {
     "cost_spike": Sensitivity(min_ratio=3.0, min_events=4, null_ratio=2.0, call_ratio=2.0, call_null=1.5),
