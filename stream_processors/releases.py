@@ -407,27 +407,85 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).isoformat()
 
 
+class _Series:
+    """One version tuple's traffic in one group: its calls, the tenants it served, its per-minute
+    stats (the baselines) and its open comparisons' view of the group. The join tables hold
+    series, so a joined event (tool call, retrieval, feedback) lands where its request's call did."""
+
+    __slots__ = ("bucket", "calls", "group", "minute", "minutes", "tenant", "tenants", "versions")
+
+    def __init__(self, group: _Group, versions: tuple[str, str, str]) -> None:
+        self.group = group
+        self.versions = versions
+        self.calls = 0
+        self.minutes: dict[int, Stats] = {}
+        self.minute: int | None = None  # the minute of ``bucket``: most events fall in the last one
+        self.bucket: Stats | None = None
+        self.tenants: set[str] = set()
+        self.tenant: str | None = None  # the last tenant added to ``tenants``
+
+    def at(self, t: float) -> Stats:
+        """The minute bucket of event time ``t``."""
+        minute = int(t // 60)
+        if minute == self.minute:
+            return self.bucket  # type: ignore[return-value]
+        bucket = self.minutes.get(minute)
+        if bucket is None:
+            bucket = self.minutes[minute] = Stats()
+        self.minute, self.bucket = minute, bucket
+        return bucket
+
+    def forget(self, before: int) -> None:
+        """Drop the minutes before minute ``before``."""
+        minutes = self.minutes
+        for m in [m for m in minutes if m < before]:
+            del minutes[m]
+        if self.minute is not None and self.minute < before:
+            self.minute, self.bucket = None, None
+
+
 class _Group:
-    """One feature's (or tenant+feature's) traffic: calls per value of each dimension, and
-    per-minute stats per version tuple (prompt_version, model, config_version) for baselines."""
+    """One feature's (or tenant+feature's) traffic: one series per version tuple
+    (prompt_version, model, config_version), the values each dimension has taken, and the
+    group's open comparisons. Calls per value of a dimension are summed from the series when a
+    comparison needs them (a value's first call, a verdict), not counted per call."""
 
-    __slots__ = ("minutes", "served", "totals")
+    __slots__ = ("key", "open", "series", "values", "version")
 
-    def __init__(self) -> None:
-        self.totals: dict[str, dict[str, int]] = {d: {} for d in DIMENSIONS}
-        self.minutes: dict[tuple[str, str, str], dict[int, Stats]] = {}
-        # (tenant, versions) pairs seen, when the group spans tenants: which tenants each value served
-        self.served: set[tuple[str, tuple[str, str, str]]] = set()
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
+        self.series: dict[tuple[str, str, str], _Series] = {}
+        self.values: tuple[set[str], ...] = tuple(set() for _ in DIMENSIONS)
+        # the open comparisons as (key, comparison, index of its dimension in a versions tuple)
+        self.open: list[tuple[tuple[tuple[str, str], str, str], Comparison, int]] = []
+        self.version = -1  # the ``versions`` snapshot this group last took traffic in
 
-    def since(self, dim: str, value: str, lo: int) -> Stats:
-        """The traffic of one value of one dimension from minute ``lo`` on."""
-        i = DIMENSIONS.index(dim)
+    def totals(self, i: int) -> dict[str, int]:
+        """Calls per value of dimension ``i`` (values that were set), since the group began."""
+        out: dict[str, int] = {}
+        for versions, series in self.series.items():
+            value = versions[i]
+            if value:
+                out[value] = out.get(value, 0) + series.calls
+        return out
+
+    def since(self, i: int, value: str, lo: int) -> Stats:
+        """The traffic of one value of dimension ``i`` from minute ``lo`` on."""
         out = Stats()
-        for versions, minutes in self.minutes.items():
+        for versions, series in self.series.items():
             if versions[i] == value:
-                for m, s in minutes.items():
+                for m, s in series.minutes.items():
                     if m >= lo:
                         out.merge(s)
+        return out
+
+    def calls_since(self, i: int, lo: int) -> dict[str, int]:
+        """Calls per value of dimension ``i`` from minute ``lo`` on (every value it took)."""
+        out: dict[str, int] = {}
+        for versions, series in self.series.items():
+            value = versions[i]
+            if value:
+                out[value] = out.get(value, 0) + sum(s.calls for m, s in series.minutes.items() if m >= lo)
         return out
 
 
@@ -467,14 +525,14 @@ class ReleaseComparator:
         self.groups: dict[tuple[str, str], _Group] = {}
         self.comparisons: dict[tuple[tuple[str, str], str, str], Comparison] = {}  # (group, dim, new)
         self.finished: list[Comparison] = []
+        # (group key, versions) -> its series: the one lookup a call makes
+        self._series: dict[tuple[tuple[str, str], tuple[str, str, str]], _Series] = {}
+        # request (tenant, id) and event id (as an int: id_key) -> the series of its llm_call
         self._by_request: _Generations = _Generations(self.params.max_joins)
-        # event id (as an int: id_key) -> link; each link is one shared tuple per (group, versions)
         self._by_event: _Generations = _Generations(self.params.max_joins)
-        self._links: dict[tuple[tuple[str, str], tuple[str, str, str]], tuple[tuple[str, str], tuple[str, str, str]]] = {}
         self._pending: OrderedDict[tuple[str, str], list[tuple[Any, float]]] = OrderedDict()
-        self._dirty: set[tuple[str, str]] = set()  # groups with traffic since the last ``versions``
-        # group -> its open comparisons as (key, comparison, index of its dimension in a versions tuple)
-        self._open_by_group: dict[tuple[str, str], list[tuple[tuple[tuple[str, str], str, str], Comparison, int]]] = {}
+        self._version = 0  # ``versions`` snapshots taken; a group with traffic since the last is dirty
+        self._dirty: list[_Group] = []
 
     # -- input ---------------------------------------------------------------------------------
     def observe(self, events: Iterable[tuple[Any, float | None]]) -> list[Alert]:
@@ -490,91 +548,80 @@ class ReleaseComparator:
             self._joined(event, touched)
         return self._evaluate(touched)
 
-    def _group_of(self, event: Any) -> tuple[str, str]:
-        return (event.tenant_id if self.params.per_tenant else "", event.feature)
-
     def _call(self, event: Any, cost: float | None, touched: dict[Any, bool]) -> None:
-        # the hot path (one per llm_call): the link and the join tables written out inline
+        # the hot path (one per llm_call): one lookup finds the call's series
         feature = event.feature
         if not feature:
             return
-        group_key = (event.tenant_id if self.params.per_tenant else "", feature)
+        tenant = event.tenant_id
+        group_key = (tenant if self.params.per_tenant else "", feature)
         # config_version travels in attributes (the models fold an unknown top-level field there)
         versions = (event.prompt_version, event.model, _config_version(event) if event.attributes else "")
         t = event.ts.timestamp()
-        group = self.groups.get(group_key)
-        if group is None:
-            group = self.groups[group_key] = _Group()
-        self._dirty.add(group_key)
-        totals = group.totals
-        for dim, value in zip(DIMENSIONS, versions, strict=True):
-            if value:
-                counts = totals[dim]
-                n = counts.get(value)
-                if n is None:
-                    n = 0
-                    self._maybe_open(group_key, group, dim, value, t, event.tenant_id)
-                counts[value] = n + 1
-        if not group_key[0]:
-            group.served.add((event.tenant_id, versions))
-        # the one shared tuple per (group, versions): the join tables hold references, not a
-        # tuple and its strings per event (about 450 bytes an event less at ``max_joins``)
-        link = (group_key, versions)
-        shared = self._links.get(link)
-        if shared is None:
-            if len(self._links) >= self.params.max_joins:
-                self._links.clear()  # bounded; the tables keep the links they hold
-            shared = self._links[link] = link
-        link = shared
-        self._apply_at(event, cost, t, group_key, group, versions, touched)
-        self._by_event.put(id_key(event.event_id), link)
+        series = self._series.get((group_key, versions))
+        if series is None:
+            series = self._new_series(group_key, versions, t, tenant)
+        group = series.group
+        if group.version != self._version:
+            group.version = self._version
+            self._dirty.append(group)
+        series.calls += 1
+        if tenant != series.tenant:
+            series.tenants.add(tenant)
+            series.tenant = tenant
+        series.at(t).add_call(event, cost, t)
+        if group.open:  # most groups have no open comparison
+            self._compared(event, cost, t, series, touched)
+        self._by_event.put(id_key(event.event_id), series)
         if event.request_id:
-            rkey = (event.tenant_id, event.request_id)
-            self._by_request.put(rkey, link)
+            rkey = (tenant, event.request_id)
+            self._by_request.put(rkey, series)
             if self._pending:
                 waiting = self._pending.pop(rkey, None)
                 if waiting:
-                    for other, _ in waiting:
-                        self._apply(other, group_key, versions, touched)
+                    for other, t_other in waiting:
+                        self._apply(other, t_other, series, touched)
+
+    def _new_series(self, group_key: tuple[str, str], versions: tuple[str, str, str], t: float,
+                    tenant: str) -> _Series:
+        """A version tuple's first call in its group: each value new to its dimension may open a
+        comparison (before the series counts the call)."""
+        group = self.groups.get(group_key)
+        if group is None:
+            group = self.groups[group_key] = _Group(group_key)
+        for i, value in enumerate(versions):
+            if value and value not in group.values[i]:
+                self._maybe_open(group, i, value, t, tenant)
+                group.values[i].add(value)
+        series = group.series[versions] = self._series[(group_key, versions)] = _Series(group, versions)
+        return series
 
     def _joined(self, event: Any, touched: dict[Any, bool]) -> None:
-        link = None
+        series = None
         if event.event_type == "feedback" and getattr(event, "target_event_id", ""):
-            link = self._by_event.get(id_key(event.target_event_id))
-        if link is None and event.request_id:
-            link = self._by_request.get((event.tenant_id, event.request_id))
-            if link is None:  # its llm_call may come later (a retrieval precedes the model call)
+            series = self._by_event.get(id_key(event.target_event_id))
+        if series is None and event.request_id:
+            series = self._by_request.get((event.tenant_id, event.request_id))
+            if series is None:  # its llm_call may come later (a retrieval precedes the model call)
                 waiting = self._pending.setdefault((event.tenant_id, event.request_id), [])
                 if len(waiting) < 64:
                     waiting.append((event, event.ts.timestamp()))
                 while len(self._pending) > self.params.max_joins:
                     self._pending.popitem(last=False)
                 return
-        if link is not None:
-            self._apply(event, link[0], link[1], touched)
+        if series is not None:
+            self._apply(event, event.ts.timestamp(), series, touched)
 
-    def _apply(self, event: Any, group_key: tuple[str, str], versions: tuple[str, str, str], touched: dict[Any, bool]) -> None:
-        group = self.groups.get(group_key)
-        if group is not None:
-            self._apply_at(event, None, event.ts.timestamp(), group_key, group, versions, touched)
+    def _apply(self, event: Any, t: float, series: _Series, touched: dict[Any, bool]) -> None:
+        """A joined event (tool call, retrieval, safety trigger, feedback) on its call's series."""
+        series.at(t).add(event, None, t)
+        if series.group.open:
+            self._compared(event, None, t, series, touched)
 
-    def _apply_at(self, event: Any, cost: float | None, t: float, group_key: tuple[str, str], group: _Group,
-                  versions: tuple[str, str, str], touched: dict[Any, bool]) -> None:
-        minutes = group.minutes.get(versions)
-        if minutes is None:
-            minutes = group.minutes[versions] = {}
-        minute = int(t // 60)
-        bucket = minutes.get(minute)
-        if bucket is None:
-            bucket = minutes[minute] = Stats()
-        bucket.add(event, cost, t)
-        if group_key in self._open_by_group:  # only this group's comparisons (most groups have none)
-            self._compared(event, cost, t, group_key, versions, touched)
-
-    def _compared(self, event: Any, cost: float | None, t: float, group_key: tuple[str, str],
-                  versions: tuple[str, str, str], touched: dict[Any, bool]) -> None:
+    def _compared(self, event: Any, cost: float | None, t: float, series: _Series, touched: dict[Any, bool]) -> None:
         """Feed the event to its group's open comparisons whose candidate or incumbent it served."""
-        for key, comp, i in self._open_by_group[group_key]:
+        versions = series.versions
+        for key, comp, i in series.group.open:
             value = versions[i]
             if value == comp.new:
                 comp.new_stats.add(event, cost, t)
@@ -584,33 +631,32 @@ class ReleaseComparator:
                 touched.setdefault(key, False)
 
     def _index(self) -> None:
-        """Rebuild the per-group index of the open comparisons (after one opens or ends)."""
-        index: dict[tuple[str, str], list[tuple[tuple[tuple[str, str], str, str], Comparison, int]]] = {}
-        for key, comp in self.comparisons.items():
-            index.setdefault(key[0], []).append((key, comp, DIMENSIONS.index(comp.dimension)))
-        self._open_by_group = index
+        """Rebuild the groups' lists of open comparisons (after one opens or ends)."""
+        for group in self.groups.values():
+            group.open = []
+        for key, comp in self.comparisons.items():  # a comparison opens in an existing group
+            self.groups[key[0]].open.append((key, comp, DIMENSIONS.index(comp.dimension)))
 
-    def _maybe_open(self, group_key: tuple[str, str], group: _Group, dim: str, value: str, t: float,
-                    tenant: str) -> None:
+    def _maybe_open(self, group: _Group, i: int, value: str, t: float, tenant: str) -> None:
         """A value seen for the first time: a candidate if another value is established and served
         the tenant that brings the new value. A feature spans tenants (``per_tenant`` off): a
         value whose first call comes from a tenant the incumbent never served is that tenant's
         own set-up (two tenants' features of one name on different models), not a release."""
-        totals = group.totals[dim]
+        totals = group.totals(i)
         established = [v for v, n in totals.items() if n >= self.params.incumbent_min_calls]
         if not established:
             return
         lo = int((t - self.params.baseline_s) // 60)
-        recent = {v: group.since(dim, v, lo) for v in established}
+        recent = {v: group.since(i, v, lo) for v in established}
         old = max(recent, key=lambda v: (recent[v].calls, totals[v]))
         if recent[old].calls == 0:
             return
-        if not group_key[0]:
-            i = DIMENSIONS.index(dim)
-            if not any(who == tenant and versions[i] == old for who, versions in group.served):
-                return
+        if not group.key[0] and not any(
+                tenant in series.tenants and versions[i] == old for versions, series in group.series.items()):
+            return
         before = sum(totals.values())
-        self.comparisons[(group_key, dim, value)] = Comparison(group_key, dim, old, value, t, old_before=recent[old],
+        dim = DIMENSIONS[i]
+        self.comparisons[(group.key, dim, value)] = Comparison(group.key, dim, old, value, t, old_before=recent[old],
                                                                before=before)
         self._index()
 
@@ -628,7 +674,8 @@ class ReleaseComparator:
         group = self.groups.get(comp.group)
         if group is None:
             return None
-        since = sum(group.totals[comp.dimension].values()) - comp.before  # from its first call on
+        i = DIMENSIONS.index(comp.dimension)
+        since = sum(group.totals(i).values()) - comp.before  # from its first call on
         share = min(1.0, n_new / max(since, 1))
         if share >= 1.0:
             return False  # a rollout: the incumbent stopped
@@ -699,10 +746,8 @@ class ReleaseComparator:
             self._index()
         self.finished = self.finished[-1000:]
         keep_from = int((w - self.params.baseline_s) // 60) - 1
-        for group in self.groups.values():
-            for minutes in group.minutes.values():
-                for m in [m for m in minutes if m < keep_from]:
-                    del minutes[m]
+        for series in self._series.values():
+            series.forget(keep_from)
         return out
 
     def report(self) -> list[dict[str, Any]]:
@@ -723,12 +768,10 @@ class ReleaseComparator:
             latest[(comp.group, comp.dimension, comp.new)] = comp
             incumbents[(comp.group, comp.dimension, comp.old)] = comp
         rows = []
-        for group_key in sorted(self._dirty):
-            group = self.groups.get(group_key)
-            if group is None:
-                continue
-            for dim in DIMENSIONS:
-                calls = {v: group.since(dim, v, lo).calls for v in group.totals[dim]}
+        for group in sorted(self._dirty, key=lambda g: g.key):
+            group_key = group.key
+            for i, dim in enumerate(DIMENSIONS):
+                calls = group.calls_since(i, lo)
                 total = sum(calls.values())
                 for value, n in sorted(calls.items()):
                     candidate = latest.get((group_key, dim, value))
@@ -738,7 +781,8 @@ class ReleaseComparator:
                         tenant_id=group_key[0], feature=group_key[1], dimension=dim, version=value, calls=n,
                         share=n / total if total else 0.0, role=role, as_of=w, window_s=window_s,
                         comparison=candidate.report() if candidate is not None else None))
-        self._dirty.clear()
+        self._dirty = []
+        self._version += 1
         return rows
 
 
