@@ -17,7 +17,8 @@ What is measured, in the same run and against the same records on the same broke
           (gc.freeze, gen-0 threshold 50k) and detector checkpoints at the default interval.
   WORKER-NODET  the same worker with the detectors' two entry points emptied (bench-only
           subclass): worker CPU per event / this one's is what the detectors cost the worker
-          (goal: <= 1.20x).
+          (reported, not judged: the former <= 1.20x goal is retired, issue 13; the goal is the
+          whole worker's >= 0.50x of raw).
 
 Both consumers use the same settings as ``IngestService`` (batch 20k, fetch sizes, session
 timeout 6 s), a fresh consumer group and a fresh chDB directory per measurement, and each
@@ -68,7 +69,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # bench._worker
 OUT_DIR = ROOT / "bench" / "out"
 GOAL = 0.50
-DETECTOR_GOAL = 1.20  # the goal: detectors add <= 20% to the worker's per-event cost
 PATHS = ("raw", "worker", "worker-nodet")
 PARTITIONS = 4
 BATCH = 20_000
@@ -535,10 +535,9 @@ def bench(a: argparse.Namespace) -> int:
         nodet_cpu = statistics.median(r["worker-nodet"]["cpu_s"] for r in results) / n * 1e6
         det_ratios = [r["worker"]["cpu_s"] / r["worker-nodet"]["cpu_s"] for r in results]
         det_ratio = statistics.median(det_ratios)
-        det_met = det_ratio <= DETECTOR_GOAL
         print(f"detectors in the worker: without them {nodet_med:,.0f} ev/s, {nodet_cpu:.1f} us CPU/event; "
               f"with/without CPU per event, per run {', '.join(f'{x:.2f}' for x in det_ratios)}, median "
-              f"{det_ratio:.2f}x (goal <= {DETECTOR_GOAL:.2f}x: {'MET' if det_met else 'NOT MET'})")
+              f"{det_ratio:.2f}x")
         print()
         print("median stage time, us/event (from the first batch to the last insert):")
         for path in PATHS:
@@ -562,8 +561,7 @@ def bench(a: argparse.Namespace) -> int:
             "cpu_ratio_raw_over_worker": raw_cpu / worker_cpu,
             "median_stage_us_per_event": {p: us(p) for p in PATHS},
             "detectors": {"worker_nodet_eps": nodet_med, "worker_nodet_cpu_us_per_event": nodet_cpu,
-                          "cpu_ratio_with_over_without": det_ratio, "per_run": det_ratios,
-                          "goal": DETECTOR_GOAL, "met": det_met},
+                          "cpu_ratio_with_over_without": det_ratio, "per_run": det_ratios},
             "ratio": ratio, "goal": GOAL, "met": met,
         }
         out = Path(a.out)
