@@ -408,9 +408,11 @@ def _iso(t: float) -> str:
 
 
 class _Series:
-    """One version tuple's traffic in one group: its calls, the tenants it served, its per-minute
-    stats (the baselines) and its open comparisons' view of the group. The join tables hold
-    series, so a joined event (tool call, retrieval, feedback) lands where its request's call did."""
+    """One version tuple's traffic in one group: its calls, the tenants it served and its
+    per-minute stats (the baselines); ``group`` leads to the comparisons it feeds. The join tables
+    hold series, so a joined event (tool call, retrieval, feedback) lands where its request's call
+    did. Like the group's values, a series is kept for the life of the process (its calls count
+    towards its values' totals); its minutes go after ``baseline_s``."""
 
     __slots__ = ("bucket", "calls", "group", "minute", "minutes", "tenant", "tenants", "versions")
 
