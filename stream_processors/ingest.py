@@ -366,7 +366,12 @@ class IngestService:
         if mono - self._versions_at < self.versions_interval_s or self.pipeline.watermark is None:
             return
         self._versions_at = mono
-        rows = [version_row(r, now) for r in self.pipeline.releases.versions(self.pipeline.watermark)]
+        releases = self.pipeline.releases
+        for (tenant, feature), untracked, uncompared in releases.take_capped():  # once per group
+            log.warning("release_versions_capped", tenant_id=tenant or None, feature=feature,
+                        untracked_calls=untracked, uncompared_values=uncompared,
+                        max_versions=releases.params.max_versions, max_candidates=releases.params.max_candidates)
+        rows = [version_row(r, now) for r in releases.versions(self.pipeline.watermark)]
         if not rows:
             return
         try:

@@ -113,6 +113,9 @@ class ReleaseParams:
     max_joins: int = 200_000         # request ids and event ids remembered for joining
     mix_p: float = 0.01              # a value whose absence before its first call has P >= this at its share is part of the mix
     mix_min_calls: int = 10          # candidate calls before that is judged (and before any verdict)
+    # bounds against a version field of high cardinality (a per-request config hash, a bug): per group
+    max_versions: int = 256          # version tuples tracked at once; the calls of further ones are not compared
+    max_candidates: int = 16         # comparisons open at once; further new values are not compared
 
 
 class Stats:
@@ -452,10 +455,13 @@ class _Group:
     group's open comparisons. Calls per value of a dimension are summed from the series when a
     comparison needs them (a value's first call, a verdict), not counted per call."""
 
-    __slots__ = ("key", "open", "series", "values", "version")
+    __slots__ = ("capped", "key", "open", "series", "uncompared", "untracked", "values", "version")
 
     def __init__(self, key: tuple[str, str]) -> None:
         self.key = key
+        self.untracked = 0     # calls of version tuples over ``max_versions``
+        self.uncompared = 0    # new values not compared: ``max_candidates`` comparisons were open
+        self.capped = False    # reported by ``take_capped``
         self.series: dict[tuple[str, str, str], _Series] = {}
         self.values: tuple[set[str], ...] = tuple(set() for _ in DIMENSIONS)
         # the open comparisons as (key, comparison, index of its dimension in a versions tuple)
@@ -563,6 +569,8 @@ class ReleaseComparator:
         series = self._series.get((group_key, versions))
         if series is None:
             series = self._new_series(group_key, versions, t, tenant)
+            if series is None:
+                return  # the group tracks ``max_versions`` tuples already
         group = series.group
         if group.version != self._version:
             group.version = self._version
@@ -585,12 +593,16 @@ class ReleaseComparator:
                         self._apply(other, t_other, series, touched)
 
     def _new_series(self, group_key: tuple[str, str], versions: tuple[str, str, str], t: float,
-                    tenant: str) -> _Series:
+                    tenant: str) -> _Series | None:
         """A version tuple's first call in its group: each value new to its dimension may open a
-        comparison (before the series counts the call)."""
+        comparison (before the series counts the call). None when the group already tracks
+        ``max_versions`` tuples: the call is counted as untracked, not compared."""
         group = self.groups.get(group_key)
         if group is None:
             group = self.groups[group_key] = _Group(group_key)
+        if len(group.series) >= self.params.max_versions:
+            group.untracked += 1
+            return None
         for i, value in enumerate(versions):
             if value and value not in group.values[i]:
                 self._maybe_open(group, i, value, t, tenant)
@@ -647,6 +659,9 @@ class ReleaseComparator:
         totals = group.totals(i)
         established = [v for v, n in totals.items() if n >= self.params.incumbent_min_calls]
         if not established:
+            return
+        if len(group.open) >= self.params.max_candidates:
+            group.uncompared += 1
             return
         lo = int((t - self.params.baseline_s) // 60)
         recent = {v: group.since(i, v, lo) for v in established}
@@ -748,8 +763,41 @@ class ReleaseComparator:
             self._index()
         self.finished = self.finished[-1000:]
         keep_from = int((w - self.params.baseline_s) // 60) - 1
-        for series in self._series.values():
+        stale = []
+        for link, series in self._series.items():
             series.forget(keep_from)
+            if not series.minutes and not series.group.open:
+                stale.append(link)
+        if stale:
+            self._evict(stale)
+        return out
+
+    def _evict(self, stale: list[tuple[tuple[str, str], tuple[str, str, str]]]) -> None:
+        """Forget version tuples with no traffic within ``baseline_s`` in groups with no open
+        comparison: they can be no incumbent's recent traffic, and a value that comes back is
+        new again (a return to an old version is a change like any other). Bounds the series to
+        what served within the hour; a group left with none is forgotten too."""
+        touched = set()
+        for group_key, versions in stale:
+            group = self.groups[group_key]
+            del self._series[(group_key, versions)]
+            del group.series[versions]
+            touched.add(group_key)
+        for group_key in touched:
+            group = self.groups[group_key]
+            if group.series:
+                group.values = tuple({v[i] for v in group.series if v[i]} for i in range(len(DIMENSIONS)))
+            else:
+                del self.groups[group_key]
+
+    def take_capped(self) -> list[tuple[tuple[str, str], int, int]]:
+        """Groups that reached a bound (``max_versions``, ``max_candidates``) since the last call,
+        each once: (group key, untracked calls, uncompared values) for the worker to log."""
+        out = []
+        for key, group in self.groups.items():
+            if not group.capped and (group.untracked or group.uncompared):
+                group.capped = True
+                out.append((key, group.untracked, group.uncompared))
         return out
 
     def report(self) -> list[dict[str, Any]]:

@@ -236,3 +236,44 @@ def test_another_tenants_feature_of_the_same_name_on_its_own_version_is_no_relea
                         0.001))
     alerts = run(ReleaseComparator(), release)
     assert alerts and alerts[0].kind == AlertKind.VERSION_REGRESSION and alerts[0].scope.new_version == "v2"
+
+
+def test_a_version_field_of_high_cardinality_is_bounded_and_reported_once() -> None:
+    """A shim that puts a new prompt_version on every call (a per-request hash, a bug) must not
+    make the comparison track every value: each value would open a comparison that every call of
+    the group then feeds, and each new value scans the group, which grows without end."""
+    rng = random.Random(11)
+    params = ReleaseParams(max_versions=20, max_candidates=4)
+    comparator = ReleaseComparator(params)
+    events = traffic(rng, 120, share=0.0, start=10**9, fail_old=0.0, fail_new=0.0)  # v1 established
+    n = 500
+    events += [(call(rng, 121 + i * 0.1, f"h{i}"), 0.001) for i in range(n)]
+    run(comparator, events)
+    open_now = [c for c in comparator.report() if c["verdict"] == "hold" and c["new_version"].startswith("h")]
+    assert len(open_now) == 4  # max_candidates
+    # v1 and 19 hashes are tracked; the other calls are not compared
+    assert comparator.take_capped() == [(("", "bot"), n - 19, 19 - 4)]
+    assert comparator.take_capped() == []  # reported once
+    last = events[-1][0].ts
+    rows = comparator.versions(last)
+    assert len([r for r in rows if r.dimension == "prompt_version"]) == 20
+    assert sum(r.calls for r in rows if r.dimension == "prompt_version" and r.version.startswith("h")) == 19
+
+
+def test_a_version_idle_for_the_baseline_hour_is_forgotten_and_its_return_is_compared() -> None:
+    """v1 serves, a rollout to v2 is promoted, v1 is idle for over an hour: it no longer shows in
+    the versions snapshot, and going back to v1 is a change like any other, compared against v2."""
+    rng = random.Random(12)
+    comparator = ReleaseComparator()
+    events = [(call(rng, i * 0.5, "v1"), 0.001) for i in range(400)]  # 200 s of v1
+    events += [(call(rng, 200 + i * 0.5, "v2"), 0.001) for i in range(9000)]  # 75 min of v2 only
+    run(comparator, events)
+    v2 = [c for c in comparator.report() if c["new_version"] == "v2"]
+    assert v2 and v2[0]["verdict"] == "promote" and v2[0]["old_version"] == "v1"
+    last = events[-1][0].ts
+    assert {r.version for r in comparator.versions(last) if r.dimension == "prompt_version"} == {"v2"}
+    back = [(call(rng, 4700 + i * 0.5, "v1", status="error" if i % 2 else "ok"), 0.001) for i in range(200)]
+    alerts = run(comparator, back)
+    v1 = [c for c in comparator.report() if c["new_version"] == "v1"]
+    assert v1 and v1[0]["old_version"] == "v2"  # the return is compared against the incumbent now
+    assert any(a.kind == AlertKind.VERSION_REGRESSION and a.scope.new_version == "v1" for a in alerts)
