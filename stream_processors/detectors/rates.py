@@ -147,6 +147,10 @@ class BinomialRateDetector(_ScopedDetector):
     # Only scopes past their own cold start are pooled: a young scope's share is not yet known,
     # and a fleet of scopes that all started together would judge each against itself
     fleet: list[float] = field(default_factory=list)
+    # the same sums over every scope, mature or not: the prior while the fleet is too small (kept
+    # as baselines change, so that a young scope's look is not a pass over every scope: with a
+    # new model name on every call that pass made each call cost the number of scopes)
+    everyone: list[float] = field(default_factory=list)
 
     def mature(self, s: _RateState) -> bool:
         """Past the cold start: ``min_history`` windows old with ``min_history_n`` calls learned."""
@@ -164,10 +168,11 @@ class BinomialRateDetector(_ScopedDetector):
         if fleet and fleet[0] >= p.prior_fleet_n:
             n, k = fleet[0], sum(fleet[1:])
         else:
-            n = sum(x.base_n for x in self.state.values())
+            everyone = self._everyone()
+            n = everyone[0]
             if n < p.prior_fleet_n:
                 return p.prior_rate
-            k = sum(sum(x.base_k) for x in self.state.values())
+            k = sum(everyone[1:])
         # the pooled share is an estimate, not a fact: shrunk towards ``prior_rate`` worth
         # ``prior_fleet_n`` calls (a Beta prior), so that a fleet of a few hundred calls and no
         # failure gives about 1 %, not 0 % (against which any failure would be "significant")
@@ -177,7 +182,7 @@ class BinomialRateDetector(_ScopedDetector):
         p = self.params
         if self.fleet and self.fleet[0] >= p.prior_fleet_n:
             return True
-        return sum(x.base_n for x in self.state.values()) >= p.prior_fleet_n
+        return self._everyone()[0] >= p.prior_fleet_n
 
     def observe(self, key: tuple[str, ...], window: int, counts: list[int], first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
@@ -288,27 +293,41 @@ class BinomialRateDetector(_ScopedDetector):
                     totals[i] -= c
             if learn:
                 fleet = self.fleet or self._refleet()
+                everyone = self._everyone()
                 new = s.base_n * decay + counts[0]
+                everyone[0] += new - s.base_n
                 if s.pooled:
                     fleet[0] += new - s.base_n
                 s.base_n = new
                 for i in range(len(s.base_k)):
                     new = s.base_k[i] * decay + counts[i + 1]
+                    everyone[i + 1] += new - s.base_k[i]
                     if s.pooled:
                         fleet[i + 1] += new - s.base_k[i]
                     s.base_k[i] = new
         if not s.pooled and self.mature(s):
             self._refleet()  # its share is now known: it joins the fleet
 
+    def _everyone(self) -> list[float]:
+        if not self.everyone:
+            self._refleet()
+        return self.everyone
+
     def _refleet(self) -> list[float]:
+        """Recompute the sums (the mature scopes' and everyone's) from the scopes."""
         fleet = [0.0] * (len(self.classes) + 1)
+        everyone = [0.0] * (len(self.classes) + 1)
         for s in self.state.values():
             s.pooled = self.mature(s)
+            everyone[0] += s.base_n
+            for i, k in enumerate(s.base_k):
+                everyone[i + 1] += k
             if s.pooled:
                 fleet[0] += s.base_n
                 for i, k in enumerate(s.base_k):
                     fleet[i + 1] += k
         self.fleet = fleet
+        self.everyone = everyone
         return fleet
 
     def evict(self, newest_window: int, idle_windows: int = 8640) -> None:

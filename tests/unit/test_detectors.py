@@ -782,6 +782,35 @@ def test_a_young_scope_is_judged_against_its_own_past_not_only_the_fleets_share(
     assert feed("ticketing", bad)
 
 
+def test_a_new_model_name_on_every_call_costs_each_look_a_constant_not_a_pass_over_every_scope() -> None:
+    # a shim that puts a fresh model name on every call (a deployment id, a bug) makes a young
+    # scope per call; the fleet's prior was summed over every scope at each young scope's look,
+    # so 100k such calls took 1 ms each (quadratic). The sums are kept as baselines change.
+    class Counted(dict[tuple[str, ...], Any]):
+        passes = 0
+
+        def values(self) -> Any:
+            Counted.passes += 1
+            return super().values()
+
+    det = errors_detector()
+    det.state = Counted()
+    rng = random.Random(6)
+    for again in (0, 400):  # each name twice, the second time past the longest span: its first is learned
+        for i in range(3000):
+            w = B0 + again + i // 10
+            det.observe(("openai", f"m{i}"), w, [1, 1 if rng.random() < 0.05 else 0, 0, 0], w * 10.0, w * 10.0, [])
+    assert Counted.passes <= 3  # was one per look: 6,000
+    # and the kept sums are what a pass over the scopes gives: the prior of a young scope is
+    # unchanged (pooled from every scope while no scope is mature)
+    every_n = sum(s.base_n for s in dict.values(det.state))
+    every_k = sum(sum(s.base_k) for s in dict.values(det.state))
+    assert every_n > det.params.prior_fleet_n and not det.fleet[0]
+    p = det.params
+    assert det.prior() == pytest.approx((every_k + p.prior_rate * p.prior_fleet_n) / (every_n + p.prior_fleet_n),
+                                        rel=1e-12)
+
+
 def test_a_rate_known_from_no_trigger_at_all_is_not_taken_for_a_rate_of_zero() -> None:
     # two hours of calls without a trigger say "rarely", not "0.07 an hour": four triggers in the
     # next hour (a rate of a few an hour that the first hours did not show) were p = 1e-6 against
