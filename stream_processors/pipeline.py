@@ -48,6 +48,10 @@ _STATUS = {status: status.value for status in CallStatus}
 # (with its SHA-256 and length, so the whole can be matched against the producer's copy) and
 # the first DLQ_REASON_CHARS of the reason. JSON escaping can grow a byte to six (``\u0000``)
 # and base64 adds a third: a record stays under 400 KB, well inside the producer's 1 MB limit.
+# unpriced_model alerts raised one by one (distinct provider, model and what is missing); past
+# that, one alert says so and the rest go unalerted (their events are still stored, cost NULL): a
+# model field of high cardinality (a deployment id, a bug) must not become an alert per call
+MAX_UNPRICED_ALERTS = 500
 DLQ_ORIGINAL_BYTES = 32 * 1024
 DLQ_REASON_CHARS = 2048
 
@@ -153,6 +157,7 @@ class Pipeline:
         self.releases = releases or ReleaseComparator()  # new prompt/model/config versions vs incumbents
         self._seen = RecentIds(dedupe_window, dedupe_capacity)
         self._unpriced_alerted: set[tuple[str, str, str]] = set()
+        self._unpriced_overflowed = False
         self.watermark: datetime | None = None
 
     def process(self, raws: Sequence[bytes], *, now: datetime | None, budgets: bool = True) -> BatchResult:
@@ -219,12 +224,21 @@ class Pipeline:
         if self.budgets is not None:
             result.alerts.extend(self.budgets.observe(result.rows, EVENT_COLUMNS, now=now, seeds=seeds))
 
+    def _unpriced_overflow(self, event: LLMCall, out: BatchResult) -> None:
+        """Past ``MAX_UNPRICED_ALERTS``: one alert that says so, once."""
+        if not self._unpriced_overflowed:
+            self._unpriced_overflowed = True
+            out.alerts.append(_overflow_alert(event))
+
     def _unpriced(self, event: LLMCall, out: BatchResult, book: PriceBook) -> None:
         """One alert per (provider, model, what is missing): a model priced in the standard tier
         but not in the tier or for the cache duration an event used is named as such."""
         missing = unpriced_reason(event, book) or "no price for this provider and model"
         key = (event.provider, event.model, missing)
         if key in self._unpriced_alerted:
+            return
+        if len(self._unpriced_alerted) >= MAX_UNPRICED_ALERTS:
+            self._unpriced_overflow(event, out)
             return
         self._unpriced_alerted.add(key)
         scope = Scope(provider=event.provider, model=event.model)
@@ -239,6 +253,19 @@ class Pipeline:
                      f"{f', service tier {tier}' if tier else ''}: {missing}; its events are stored with cost NULL "
                      "(add the rate with POST /v1/prices or flyball prices update, then reprice)"),
         ))
+
+
+def _overflow_alert(event: LLMCall) -> Alert:
+    scope = Scope(provider=event.provider)
+    return Alert(
+        alert_id=alert_id_for(AlertKind.UNPRICED_MODEL, "unpriced-overflow", 0),
+        kind=AlertKind.UNPRICED_MODEL, scope=scope, severity="warning", metric="unpriced_models",
+        observed=f">{MAX_UNPRICED_ALERTS}", baseline="0", threshold=str(MAX_UNPRICED_ALERTS), window_s=0,
+        first_seen=event.ts, last_seen=event.ts, sample_event_ids=[event.event_id],
+        summary=(f"unpriced: more than {MAX_UNPRICED_ALERTS} distinct models have no price (the latest: provider "
+                 f"{event.provider}, model {event.model}); a model field of high cardinality? Further unpriced "
+                 "models are not alerted one by one; their events are stored with cost NULL and unpriced=1"),
+    )
 
 
 def to_row(event: Envelope, cost: Decimal | None, version: str, late: bool, tier: str,

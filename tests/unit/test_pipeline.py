@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 from flyball.schemas import AlertKind, Scope
-from flyball.stream_processors.pipeline import EVENT_COLUMNS, BatchResult, Pipeline
+from flyball.stream_processors.pipeline import EVENT_COLUMNS, MAX_UNPRICED_ALERTS, BatchResult, Pipeline
 from flyball.stream_processors.pricing import load_catalog
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -106,6 +106,20 @@ def test_unpriced_model_alerts_once_per_provider_and_model_across_batches() -> N
         (AlertKind.UNPRICED_MODEL, Scope(provider="openai", model="mystery-1")),
         (AlertKind.UNPRICED_MODEL, Scope(provider="openai", model="mystery-2")),
     ]
+
+
+def test_a_new_unpriced_model_on_every_call_raises_a_bounded_number_of_alerts_then_says_so_once() -> None:
+    # a model field of high cardinality (a deployment id, a bug) must not become an alert per call
+    pipe = pipeline()
+    n = MAX_UNPRICED_ALERTS + 300
+    first = pipe.process([llm_call(i, model=f"deploy-{i}") for i in range(n)], now=NOW)
+    second = pipe.process([llm_call(n + 1, model="deploy-new")], now=NOW)
+    unpriced = [a for a in first.alerts + second.alerts if a.kind == AlertKind.UNPRICED_MODEL]
+    one_by_one = [a for a in unpriced if a.scope.model]
+    assert len(one_by_one) == MAX_UNPRICED_ALERTS
+    (overflow,) = [a for a in unpriced if not a.scope.model]
+    assert overflow.scope == Scope(provider="openai") and f"more than {MAX_UNPRICED_ALERTS}" in overflow.summary
+    assert len(first.rows) == n and all(row["unpriced"] == 1 for row in rows(first))  # every event kept
 
 
 def test_event_whose_ts_overflows_in_utc_is_dead_lettered_not_crashing_the_batch() -> None:
