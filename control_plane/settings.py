@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     rollup_interval_s: float = 30.0  # spend_minute refresh (recomputed from events FINAL)
     finance_reload_s: float = 30.0  # a `flyball worker` without the API re-reads prices and budgets this often
     detection_file: Path | None = None  # detector sensitivity per kind and tenant (docs/DETECTION.md)
+    # scopes each detector tracks at once (a few KB each); past it new scopes are not judged and the
+    # worker logs detector_scopes_capped (a field of high cardinality; docs/RELIABILITY.md)
+    detector_max_scopes: int = Field(50_000, ge=1)
     detector_checkpoint_s: float = 30.0  # how often the worker saves detector baselines (after a commit)
     # release comparisons per tenant+feature instead of per feature (GET /v1/versions, pin scope)
     releases_per_tenant: bool = False

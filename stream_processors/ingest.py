@@ -366,6 +366,9 @@ class IngestService:
         if mono - self._versions_at < self.versions_interval_s or self.pipeline.watermark is None:
             return
         self._versions_at = mono
+        for name, dropped in self.pipeline.detectors.take_capped():  # once per detector
+            log.warning("detector_scopes_capped", detector=name, max_scopes=self.pipeline.detectors.max_scopes,
+                        dropped_looks=dropped, hint="a field of high cardinality? new scopes are not judged")
         releases = self.pipeline.releases
         for (tenant, feature), untracked, uncompared in releases.take_capped():  # once per group
             log.warning("release_versions_capped", tenant_id=tenant or None, feature=feature,

@@ -36,7 +36,7 @@ from typing import Any
 from flyball.schemas import Alert, AlertKind, Scope
 from scipy.special import gammainc  # type: ignore[import-untyped]
 
-from .base import BASE_WINDOW_S, AlertBook, Evidence, fmt
+from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook, Evidence, fmt
 from .sensitivity import SensitivityTable
 
 KEY_SEP = "\x1f"
@@ -105,6 +105,8 @@ class AmountSpikeDetector:
     unit: str = "USD"
     scope_fields: tuple[str, ...] = ("tenant_id",)
     state: dict[str, _Series] = field(default_factory=dict)
+    max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
+    dropped: int = 0              # looks at a new scope past ``max_scopes``: not judged
 
     def scope_of(self, key: str) -> Scope:
         return Scope(**dict(zip(self.scope_fields, key.split(KEY_SEP), strict=True)))
@@ -126,6 +128,9 @@ class AmountSpikeDetector:
         longest = p.spans[-1]
         s = self.state.get(key)
         if s is None:
+            if len(self.state) >= self.max_scopes:
+                self.dropped += 1
+                return None
             s = self.state[key] = _Series(newest=window, absorbed=window - longest)
         if window <= s.newest - longest:
             return None  # too late to be evidence of anything current (still counted in spend)

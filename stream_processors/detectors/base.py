@@ -16,6 +16,10 @@ from flyball.schemas import Alert, AlertKind, Scope
 
 ALERT_NAMESPACE = uuid.UUID("0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11")
 BASE_WINDOW_S = 10  # the pipeline aggregates every signal in 10-second event-time windows
+# scopes one detector tracks at once (each a few KB, kept until a day idle): a field of high
+# cardinality (a request id as the feature, a deployment id as the model) must not grow a worker
+# without bound; past it a new scope is not judged (``dropped`` counts its looks; the worker logs it)
+MAX_SCOPES = 50_000
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 

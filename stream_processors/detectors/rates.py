@@ -21,7 +21,7 @@ import numpy as np
 from flyball.schemas import Alert, AlertKind, Scope
 from scipy.stats import binom, nbinom
 
-from .base import BASE_WINDOW_S, AlertBook, Evidence, fmt
+from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook, Evidence, fmt
 from .sensitivity import SensitivityTable
 
 
@@ -142,6 +142,8 @@ class BinomialRateDetector(_ScopedDetector):
     params: BinomialParams = field(default_factory=BinomialParams)
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _RateState] = field(default_factory=dict)
+    max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
+    dropped: int = 0              # looks at a new scope past ``max_scopes``: not judged
     # the sums of the decayed baselines of the mature scopes (calls, then failures per class):
     # the fleet's share, the prior of a young scope (derived: recomputed on restore and eviction).
     # Only scopes past their own cold start are pooled: a young scope's share is not yet known,
@@ -189,6 +191,9 @@ class BinomialRateDetector(_ScopedDetector):
         p = self.params
         s = self.state.get(key)
         if s is None:
+            if len(self.state) >= self.max_scopes:
+                self.dropped += 1
+                return None
             s = self.state[key] = _RateState(newest=window, base_k=[0.0] * len(self.classes), since=window)
         longest = p.spans[-1]
         if window <= s.newest - longest:
@@ -402,6 +407,8 @@ class PoissonBurstDetector(_ScopedDetector):
     params: PoissonParams = field(default_factory=PoissonParams)
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _CountState] = field(default_factory=dict)
+    max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
+    dropped: int = 0              # looks at a new scope past ``max_scopes``: not judged
 
     def _at(self, key: tuple[str, ...], window: int) -> _CountState | None:
         """The scope's state moved on to ``window`` (created at its first call or trigger), or
@@ -409,6 +416,9 @@ class PoissonBurstDetector(_ScopedDetector):
         longest = self.params.spans[-1]
         s = self.state.get(key)
         if s is None:
+            if len(self.state) >= self.max_scopes:
+                self.dropped += 1
+                return None
             s = self.state[key] = _CountState(newest=window, last_absorbed=window - longest)
         if window <= s.newest - longest:
             return None
@@ -633,12 +643,17 @@ class LatencyDetector(_ScopedDetector):
     params: LatencyParams = field(default_factory=LatencyParams)
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _LatState] = field(default_factory=dict)
+    max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
+    dropped: int = 0              # looks at a new scope past ``max_scopes``: not judged
 
     def observe(self, key: tuple[str, ...], window: int, values: list[float], first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
         p = self.params
         s = self.state.get(key)
         if s is None:
+            if len(self.state) >= self.max_scopes:
+                self.dropped += 1
+                return None
             s = self.state[key] = _LatState(newest=window)
         if window <= s.newest - p.spans[-1]:
             return None

@@ -22,7 +22,7 @@ from flyball.schemas import Alert, AlertKind, LLMCall
 from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
 
 from .amounts import KEY_SEP, AmountSpikeDetector
-from .base import BASE_WINDOW_S, AlertBook
+from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook
 from .incidents import IncidentGrouper
 from .rates import BinomialRateDetector, LatencyDetector, PoissonBurstDetector
 from .runaway import RunawayDetector
@@ -290,7 +290,9 @@ class Detectors:
     tool_latency: LatencyDetector = field(init=False)
     safety: PoissonBurstDetector = field(init=False)
     retrieval: BinomialRateDetector = field(init=False)
+    max_scopes: int = MAX_SCOPES  # per detector (FLYBALL_DETECTOR_MAX_SCOPES; base.MAX_SCOPES)
     _evicted_at: float = 0.0
+    _capped: set[str] = field(default_factory=set)  # parts that reached ``max_scopes``, reported
 
     def __post_init__(self) -> None:
         tf = ("tenant_id", "feature")
@@ -317,6 +319,19 @@ class Detectors:
         self.safety = PoissonBurstDetector(AlertKind.SAFETY_BURST, tf, book, sensitivity=sens)
         self.retrieval = BinomialRateDetector(AlertKind.RETRIEVAL_FAILURE, ("index_name",), ("error", "empty"), book,
                                               sensitivity=sens)
+        for name in _PARTS:
+            getattr(self, name).max_scopes = self.max_scopes
+
+    def take_capped(self) -> list[tuple[str, int]]:
+        """The detectors that reached ``max_scopes`` since the last call, each once: (its name,
+        the looks at new scopes it could not judge so far), for the worker to log."""
+        out = []
+        for name in _PARTS:
+            dropped = getattr(self, name).dropped
+            if dropped and name not in self._capped:
+                self._capped.add(name)
+                out.append((name, dropped))
+        return out
 
     def observe(self, b: BatchWindows) -> list[Alert]:
         out: list[Alert] = []

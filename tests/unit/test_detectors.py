@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from flyball.schemas import Alert, AlertKind, LLMCall, Scope
+from flyball.stream_processors.detectors.amounts import KEY_SEP
 from flyball.stream_processors.detectors import (
     BASE_WINDOW_S,
     AlertBook,
@@ -780,6 +781,36 @@ def test_a_young_scope_is_judged_against_its_own_past_not_only_the_fleets_share(
     assert feed("ticketing", normal) == []
     bad = [(start + HOUR + i, [50, sum(1 for _ in range(50) if rng.random() < 0.3)]) for i in range(12)]
     assert feed("ticketing", bad)
+
+
+def test_a_field_of_high_cardinality_grows_no_detector_past_max_scopes_and_is_reported_once() -> None:
+    # a request id as the feature and a deployment id as the model: a scope per call in several
+    # detectors, a few KB each and kept for a day idle, without a bound
+    det = Detectors(max_scopes=40)
+    base = datetime(2026, 3, 2, 12, tzinfo=UTC)
+
+    def batch(first: int, n: int, feature: str | None = None, model: str | None = None) -> None:
+        b = BatchWindows()
+        for i in range(first, first + n):
+            b.add(LLMCall(schema_version=1, event_id=str(uuid.UUID(int=i + 1)), ts=base + timedelta(seconds=i),
+                          tenant_id=f"t{i % 3}", feature=feature or f"req-{i}", provider="openai",
+                          model=model or f"deploy-{i}", input_tokens=10, output_tokens=5, latency_ms=300.0,
+                          request_id=f"r{i}"), Decimal("0.001"))
+        det.observe(b)
+
+    batch(0, 10, feature="chat", model="gpt-4o")  # the known scopes, first
+    batch(10, 500)
+    parts = {"cost_feature": det.cost_feature, "tokens_feature": det.tokens_feature, "errors": det.errors,
+             "latency": det.latency, "safety": det.safety}
+    assert all(len(p.state) == 40 for p in parts.values())
+    capped = dict(det.take_capped())
+    assert set(capped) == set(parts) and all(n > 0 for n in capped.values())
+    assert det.take_capped() == []  # reported once
+    chat = det.cost_feature.state["t0" + KEY_SEP + "chat"]
+    before = chat.newest
+    batch(600, 30, feature="chat", model="gpt-4o")  # a scope tracked before the bound is still judged
+    assert det.cost_feature.state["t0" + KEY_SEP + "chat"].newest > before and len(det.cost_feature.state) == 40
+    assert ("openai", "gpt-4o") in det.errors.state
 
 
 def test_a_new_model_name_on_every_call_costs_each_look_a_constant_not_a_pass_over_every_scope() -> None:
