@@ -370,10 +370,8 @@ class IngestService:
             log.warning("detector_scopes_capped", detector=name, max_scopes=self.pipeline.detectors.max_scopes,
                         dropped_looks=dropped, hint="a field of high cardinality? new scopes are not judged")
         releases = self.pipeline.releases
-        for (tenant, feature), untracked, uncompared in releases.take_capped():  # once per group
-            log.warning("release_versions_capped", tenant_id=tenant or None, feature=feature,
-                        untracked_calls=untracked, uncompared_values=uncompared,
-                        max_versions=releases.params.max_versions, max_candidates=releases.params.max_candidates)
+        for capped in releases.take_capped():  # each bound once (per group, or the number of groups)
+            log.warning("release_versions_capped", **capped)
         rows = [version_row(r, now) for r in releases.versions(self.pipeline.watermark)]
         if not rows:
             return

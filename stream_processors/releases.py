@@ -113,9 +113,10 @@ class ReleaseParams:
     max_joins: int = 200_000         # request ids and event ids remembered for joining
     mix_p: float = 0.01              # a value whose absence before its first call has P >= this at its share is part of the mix
     mix_min_calls: int = 10          # candidate calls before that is judged (and before any verdict)
-    # bounds against a version field of high cardinality (a per-request config hash, a bug): per group
-    max_versions: int = 256          # version tuples tracked at once; the calls of further ones are not compared
-    max_candidates: int = 16         # comparisons open at once; further new values are not compared
+    # bounds against a field of high cardinality (a per-request config hash, a request id as the feature)
+    max_versions: int = 256          # per group: version tuples tracked at once; further ones' calls are not compared
+    max_candidates: int = 16         # per group: comparisons open at once; further new values are not compared
+    max_groups: int = 50_000         # groups (features) tracked at once; a further group's calls are not compared
 
 
 class Stats:
@@ -540,6 +541,8 @@ class ReleaseComparator:
         self._by_event: _Generations = _Generations(self.params.max_joins)
         self._pending: OrderedDict[tuple[str, str], list[tuple[Any, float]]] = OrderedDict()
         self._version = 0  # ``versions`` snapshots taken; a group with traffic since the last is dirty
+        self.ungrouped = 0  # calls of groups past ``max_groups``, not compared
+        self._ungrouped_reported = False
         self._dirty: list[_Group] = []
 
     # -- input ---------------------------------------------------------------------------------
@@ -599,6 +602,9 @@ class ReleaseComparator:
         ``max_versions`` tuples: the call is counted as untracked, not compared."""
         group = self.groups.get(group_key)
         if group is None:
+            if len(self.groups) >= self.params.max_groups:
+                self.ungrouped += 1
+                return None
             group = self.groups[group_key] = _Group(group_key)
         if len(group.series) >= self.params.max_versions:
             group.untracked += 1
@@ -790,14 +796,20 @@ class ReleaseComparator:
             else:
                 del self.groups[group_key]
 
-    def take_capped(self) -> list[tuple[tuple[str, str], int, int]]:
-        """Groups that reached a bound (``max_versions``, ``max_candidates``) since the last call,
-        each once: (group key, untracked calls, uncompared values) for the worker to log."""
-        out = []
-        for key, group in self.groups.items():
+    def take_capped(self) -> list[dict[str, Any]]:
+        """The bounds reached since the last call, each once, for the worker to log: per group
+        (``max_versions``, ``max_candidates``: its untracked calls and uncompared values so far),
+        and ``max_groups`` (the calls of groups not tracked so far)."""
+        out: list[dict[str, Any]] = []
+        if self.ungrouped and not self._ungrouped_reported:
+            self._ungrouped_reported = True
+            out.append({"max_groups": self.params.max_groups, "ungrouped_calls": self.ungrouped})
+        for (tenant, feature), group in self.groups.items():
             if not group.capped and (group.untracked or group.uncompared):
                 group.capped = True
-                out.append((key, group.untracked, group.uncompared))
+                out.append({"tenant_id": tenant or None, "feature": feature, "untracked_calls": group.untracked,
+                            "uncompared_values": group.uncompared, "max_versions": self.params.max_versions,
+                            "max_candidates": self.params.max_candidates})
         return out
 
     def report(self) -> list[dict[str, Any]]:

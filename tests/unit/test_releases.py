@@ -252,7 +252,8 @@ def test_a_version_field_of_high_cardinality_is_bounded_and_reported_once() -> N
     open_now = [c for c in comparator.report() if c["verdict"] == "hold" and c["new_version"].startswith("h")]
     assert len(open_now) == 4  # max_candidates
     # v1 and 19 hashes are tracked; the other calls are not compared
-    assert comparator.take_capped() == [(("", "bot"), n - 19, 19 - 4)]
+    assert comparator.take_capped() == [{"tenant_id": None, "feature": "bot", "untracked_calls": n - 19,
+                                         "uncompared_values": 19 - 4, "max_versions": 20, "max_candidates": 4}]
     assert comparator.take_capped() == []  # reported once
     last = events[-1][0].ts
     rows = comparator.versions(last)
@@ -277,3 +278,15 @@ def test_a_version_idle_for_the_baseline_hour_is_forgotten_and_its_return_is_com
     v1 = [c for c in comparator.report() if c["new_version"] == "v1"]
     assert v1 and v1[0]["old_version"] == "v2"  # the return is compared against the incumbent now
     assert any(a.kind == AlertKind.VERSION_REGRESSION and a.scope.new_version == "v1" for a in alerts)
+
+
+def test_a_feature_name_per_call_tracks_at_most_max_groups_and_says_so_once() -> None:
+    """A request id sent as the feature: a group per call, each kept for the baseline hour."""
+    rng = random.Random(13)
+    comparator = ReleaseComparator(ReleaseParams(max_groups=50))
+    events = [(call(rng, i * 0.1, "v1", feature=f"req-{i}"), 0.001) for i in range(400)]
+    run(comparator, events)
+    rows = comparator.versions(events[-1][0].ts)
+    assert len({r.feature for r in rows}) == 50
+    assert comparator.take_capped() == [{"max_groups": 50, "ungrouped_calls": 350}]
+    assert comparator.take_capped() == []
