@@ -17,8 +17,10 @@ from aiokafka import AIOKafkaConsumer
 from flyball.control_plane.runtime import load_prices
 from flyball.producers.transports.kafka import start_producer
 from flyball.schemas import DLQ, EVENTS
+from flyball.stream_processors.detectors import Detectors
 from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import Pipeline
+from flyball.stream_processors.releases import ReleaseComparator, ReleaseParams
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
 from tests.integration._helpers import eventually
@@ -82,3 +84,52 @@ async def test_a_400_kb_non_json_message_is_dead_lettered_bounded_and_ingest_goe
     body, size = found
     assert body["original_len"] == len(huge) and body["truncated"] is True
     assert size < 512 * 1024 and body["reason"]
+
+
+async def test_a_feature_and_a_model_per_event_are_all_stored_while_the_worker_stays_bounded(bootstrap: str,
+                                                                                           tmp_path: Path) -> None:
+    """A request id sent as the feature and a deployment id as the model, on a real broker and
+    real chDB: every event is stored, the detectors and the release comparison track no more
+    scopes than their bounds, and the worker takes (and logs) each bound once."""
+    tenant = f"cardinality-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap)
+    n = 300
+    producer = await start_producer(bootstrap, linger_ms=5)
+    try:
+        for i in range(n):
+            await producer.send(EVENTS, key=tenant.encode(), value=orjson.dumps({
+                "schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()),
+                "ts": datetime.now(UTC).isoformat(), "tenant_id": tenant, "feature": f"req-{i}",
+                "provider": "openai", "model": f"deploy-{i}", "input_tokens": 10, "output_tokens": 5,
+                "latency_ms": 200.0}))
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+    store = ClickHouseStore(f"chdb://{tmp_path / 'ch'}")
+    store.migrate()
+    book = load_prices(None)
+    detectors = Detectors(max_scopes=50)
+    releases = ReleaseComparator(ReleaseParams(max_groups=50))
+    service = IngestService(bootstrap=bootstrap, store=store, group_id=f"cardinality-{uuid.uuid4().hex[:8]}",
+                            pipeline=Pipeline(lambda: book, detectors=detectors, releases=releases),
+                            checkpoint_interval_s=None)
+    service.versions_interval_s = 0.2
+    await service.start()
+    task = asyncio.create_task(service.run())
+
+    async def done() -> bool:
+        rows = await store.run(store.query, "SELECT count() FROM events WHERE tenant_id = {t:String}", {"t": tenant})
+        # the worker has taken the bounds it reached (it logs each once; they are not offered again)
+        return int(rows[0][0]) == n and "cost_feature" in detectors._capped and releases._ungrouped_reported
+
+    try:
+        await eventually(done, timeout=90)
+        assert not task.done(), task.exception() if task.done() else None
+    finally:
+        await service.stop()
+        await asyncio.wait({task}, timeout=10)
+        store.close()
+    assert len(detectors.cost_feature.state) == 50 and len(detectors.errors.state) == 50
+    assert len(releases.groups) == 50 and releases.ungrouped == n - 50
+    assert detectors.take_capped() == [] and releases.take_capped() == []  # each bound was taken once, by the worker
