@@ -149,7 +149,8 @@ class System:
             tune_gc_for_batches()
             lateness = timedelta(seconds=s.allowed_lateness_s)
             budgets = BudgetTracker(self.finance.budget_list, asks=True, lateness=lateness)
-            detectors = Detectors(sensitivity=load_sensitivity(s.detection_file), max_scopes=s.detector_max_scopes)
+            detectors = Detectors(sensitivity=load_sensitivity(s.detection_file), max_scopes=s.detector_max_scopes,
+                                  max_tenant_scopes=s.detector_max_tenant_scopes)
             params = self.releases or ReleaseParams(per_tenant=s.releases_per_tenant)
             releases = ReleaseComparator(params)
             pipeline = Pipeline(lambda: self.book, budgets=budgets, lateness=lateness, detectors=detectors,

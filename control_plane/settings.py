@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # scopes each detector tracks at once (a few KB each); past it new scopes are not judged and the
     # worker logs detector_scopes_capped (a field of high cardinality; docs/RELIABILITY.md)
     detector_max_scopes: int = Field(50_000, ge=1)
+    detector_max_tenant_scopes: int = Field(2_000, ge=1)  # of one tenant's features, per detector
     detector_checkpoint_s: float = 30.0  # how often the worker saves detector baselines (after a commit)
     # release comparisons per tenant+feature instead of per feature (GET /v1/versions, pin scope)
     releases_per_tenant: bool = False

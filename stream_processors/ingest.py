@@ -366,9 +366,8 @@ class IngestService:
         if mono - self._versions_at < self.versions_interval_s or self.pipeline.watermark is None:
             return
         self._versions_at = mono
-        for name, dropped in self.pipeline.detectors.take_capped():  # once per detector
-            log.warning("detector_scopes_capped", detector=name, max_scopes=self.pipeline.detectors.max_scopes,
-                        dropped_looks=dropped, hint="a field of high cardinality? new scopes are not judged")
+        for capped in self.pipeline.detectors.take_capped():  # each bound once
+            log.warning("detector_scopes_capped", **capped, hint="a field of high cardinality? new scopes are not judged")
         releases = self.pipeline.releases
         for capped in releases.take_capped():  # each bound once (per group, or the number of groups)
             log.warning("release_versions_capped", **capped)

@@ -27,6 +27,7 @@ floors    (``Sensitivity`` of the kind, per tenant if set) p < ``p_value``; S >=
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +37,7 @@ from typing import Any
 from flyball.schemas import Alert, AlertKind, Scope
 from scipy.special import gammainc  # type: ignore[import-untyped]
 
-from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook, Evidence, fmt
+from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook, Evidence, fmt, take_room
 from .sensitivity import SensitivityTable
 
 KEY_SEP = "\x1f"
@@ -106,7 +107,10 @@ class AmountSpikeDetector:
     scope_fields: tuple[str, ...] = ("tenant_id",)
     state: dict[str, _Series] = field(default_factory=dict)
     max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
-    dropped: int = 0              # looks at a new scope past ``max_scopes``: not judged
+    max_per_tenant: int = 0       # of them per tenant (base.MAX_TENANT_SCOPES for features; 0: no bound)
+    dropped: int = 0              # looks at a new scope past either bound: not judged
+    full: set[str] = field(default_factory=set)        # tenants that reached ``max_per_tenant``
+    per_tenant: dict[str, int] = field(default_factory=dict)  # scopes per tenant (derived, when bounded)
 
     def scope_of(self, key: str) -> Scope:
         return Scope(**dict(zip(self.scope_fields, key.split(KEY_SEP), strict=True)))
@@ -128,7 +132,8 @@ class AmountSpikeDetector:
         longest = p.spans[-1]
         s = self.state.get(key)
         if s is None:
-            if len(self.state) >= self.max_scopes:
+            if len(self.state) >= self.max_scopes or not take_room(
+                    self.per_tenant, key.split(KEY_SEP, 1)[0], self.max_per_tenant, self.full):
                 self.dropped += 1
                 return None
             s = self.state[key] = _Series(newest=window, absorbed=window - longest)
@@ -309,6 +314,11 @@ class AmountSpikeDetector:
     def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
         for key in [k for k, s in self.state.items() if s.newest < newest_window - idle_windows]:
             del self.state[key]
+        self._recount()
+
+    def _recount(self) -> None:
+        if self.max_per_tenant:
+            self.per_tenant = dict(Counter(k.split(KEY_SEP, 1)[0] for k in self.state))
 
     def snapshot(self) -> list[Any]:
         return [[k, s.newest, s.absorbed, {str(w): [str(a), str(t), n] for w, (a, t, n) in s.windows.items()},
@@ -338,4 +348,5 @@ class AmountSpikeDetector:
                                     {int(w): a for w, a in recent.items()}, list(rolling), list(excess), list(level),
                                     clean_from)
             taken += 1
+        self._recount()
         return taken

@@ -20,6 +20,22 @@ BASE_WINDOW_S = 10  # the pipeline aggregates every signal in 10-second event-ti
 # cardinality (a request id as the feature, a deployment id as the model) must not grow a worker
 # without bound; past it a new scope is not judged (``dropped`` counts its looks; the worker logs it)
 MAX_SCOPES = 50_000
+# scopes of one tenant's features one detector tracks at once: a tenant whose integration sends a
+# request id as the feature must not use up the room of every other tenant's new features
+MAX_TENANT_SCOPES = 2_000
+
+
+def take_room(counts: dict[str, int], tenant: str, limit: int, full: set[str]) -> bool:
+    """Count a new scope of ``tenant`` in ``counts`` if it holds fewer than ``limit`` (0: no
+    bound); False, and the tenant added to ``full``, when it has no room."""
+    if not limit:
+        return True
+    n = counts.get(tenant, 0)
+    if n >= limit:
+        full.add(tenant)
+        return False
+    counts[tenant] = n + 1
+    return True
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 

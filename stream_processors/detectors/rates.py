@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from flyball.schemas import Alert, AlertKind, Scope
 from scipy.stats import binom, nbinom
 
-from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook, Evidence, fmt
+from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook, Evidence, fmt, take_room
 from .sensitivity import SensitivityTable
 
 
@@ -408,7 +409,10 @@ class PoissonBurstDetector(_ScopedDetector):
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _CountState] = field(default_factory=dict)
     max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
-    dropped: int = 0              # looks at a new scope past ``max_scopes``: not judged
+    max_per_tenant: int = 0       # of them per tenant (base.MAX_TENANT_SCOPES; 0: no bound)
+    dropped: int = 0              # looks at a new scope past either bound: not judged
+    full: set[str] = field(default_factory=set)        # tenants that reached ``max_per_tenant``
+    per_tenant: dict[str, int] = field(default_factory=dict)  # scopes per tenant (derived, when bounded)
 
     def _at(self, key: tuple[str, ...], window: int) -> _CountState | None:
         """The scope's state moved on to ``window`` (created at its first call or trigger), or
@@ -416,7 +420,8 @@ class PoissonBurstDetector(_ScopedDetector):
         longest = self.params.spans[-1]
         s = self.state.get(key)
         if s is None:
-            if len(self.state) >= self.max_scopes:
+            if len(self.state) >= self.max_scopes or not take_room(
+                    self.per_tenant, key[0], self.max_per_tenant, self.full):
                 self.dropped += 1
                 return None
             s = self.state[key] = _CountState(newest=window, last_absorbed=window - longest)
@@ -576,7 +581,16 @@ class PoissonBurstDetector(_ScopedDetector):
                 self.state[key] = _CountState(newest, last, _windows_in(windows), count, exposure, history,
                                               _windows_in(calls), called)
                 taken += 1
+        self._recount()
         return taken
+
+    def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
+        _ScopedDetector.evict(self, newest_window, idle_windows)
+        self._recount()
+
+    def _recount(self) -> None:
+        if self.max_per_tenant:
+            self.per_tenant = dict(Counter(k[0] for k in self.state))
 
 
 def _predictive_tail(k: int, alpha: float, beta: float, exposure: float) -> float:

@@ -22,7 +22,7 @@ from flyball.schemas import Alert, AlertKind, LLMCall
 from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
 
 from .amounts import KEY_SEP, AmountSpikeDetector
-from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook
+from .base import BASE_WINDOW_S, MAX_SCOPES, MAX_TENANT_SCOPES, AlertBook
 from .incidents import IncidentGrouper
 from .rates import BinomialRateDetector, LatencyDetector, PoissonBurstDetector
 from .runaway import RunawayDetector
@@ -291,8 +291,11 @@ class Detectors:
     safety: PoissonBurstDetector = field(init=False)
     retrieval: BinomialRateDetector = field(init=False)
     max_scopes: int = MAX_SCOPES  # per detector (FLYBALL_DETECTOR_MAX_SCOPES; base.MAX_SCOPES)
+    # per detector and tenant, of its features (FLYBALL_DETECTOR_MAX_TENANT_SCOPES; base.MAX_TENANT_SCOPES)
+    max_tenant_scopes: int = MAX_TENANT_SCOPES
     _evicted_at: float = 0.0
     _capped: set[str] = field(default_factory=set)  # parts that reached ``max_scopes``, reported
+    _full: set[tuple[str, str]] = field(default_factory=set)  # (part, tenant) at its bound, reported
 
     def __post_init__(self) -> None:
         tf = ("tenant_id", "feature")
@@ -321,16 +324,25 @@ class Detectors:
                                               sensitivity=sens)
         for name in _PARTS:
             getattr(self, name).max_scopes = self.max_scopes
+        for name in _FEATURE_PARTS:
+            getattr(self, name).max_per_tenant = self.max_tenant_scopes
 
-    def take_capped(self) -> list[tuple[str, int]]:
-        """The detectors that reached ``max_scopes`` since the last call, each once: (its name,
-        the looks at new scopes it could not judge so far), for the worker to log."""
-        out = []
+    def take_capped(self) -> list[dict[str, Any]]:
+        """The bounds reached since the last call, each once, for the worker to log: a detector
+        at ``max_scopes`` (the looks at new scopes it could not judge so far), a tenant at
+        ``max_tenant_scopes`` in a detector of features."""
+        out: list[dict[str, Any]] = []
         for name in _PARTS:
-            dropped = getattr(self, name).dropped
-            if dropped and name not in self._capped:
+            part = getattr(self, name)
+            held = len(part.baselines if name == "runaway" else part.state)
+            if part.dropped and held >= self.max_scopes and name not in self._capped:
                 self._capped.add(name)
-                out.append((name, dropped))
+                out.append({"detector": name, "max_scopes": self.max_scopes, "dropped_looks": part.dropped})
+        for name in _FEATURE_PARTS:
+            for tenant in sorted(getattr(self, name).full):
+                if (name, tenant) not in self._full:
+                    self._full.add((name, tenant))
+                    out.append({"detector": name, "tenant_id": tenant, "max_tenant_scopes": self.max_tenant_scopes})
         return out
 
     def observe(self, b: BatchWindows) -> list[Alert]:
@@ -515,6 +527,7 @@ class Detectors:
 _PARTS = ("cost", "cost_feature", "tokens", "tokens_feature", "runaway", "errors", "latency", "ttft",
           "tool_failures", "tool_latency", "safety", "retrieval")
 _SPIKE_PARTS = ("cost", "cost_feature", "tokens", "tokens_feature")
+_FEATURE_PARTS = ("cost_feature", "tokens_feature", "safety")  # scopes of a tenant's features
 
 
 def _published(alert: Alert) -> tuple[datetime, int]:

@@ -803,14 +803,41 @@ def test_a_field_of_high_cardinality_grows_no_detector_past_max_scopes_and_is_re
     parts = {"cost_feature": det.cost_feature, "tokens_feature": det.tokens_feature, "errors": det.errors,
              "latency": det.latency, "safety": det.safety}
     assert all(len(p.state) == 40 for p in parts.values())
-    capped = dict(det.take_capped())
-    assert set(capped) == set(parts) and all(n > 0 for n in capped.values())
+    capped = det.take_capped()
+    assert {c["detector"] for c in capped} == set(parts) and all(c["dropped_looks"] > 0 for c in capped)
     assert det.take_capped() == []  # reported once
     chat = det.cost_feature.state["t0" + KEY_SEP + "chat"]
     before = chat.newest
     batch(600, 30, feature="chat", model="gpt-4o")  # a scope tracked before the bound is still judged
     assert det.cost_feature.state["t0" + KEY_SEP + "chat"].newest > before and len(det.cost_feature.state) == 40
     assert ("openai", "gpt-4o") in det.errors.state
+
+
+def test_one_tenant_sending_a_feature_per_call_leaves_room_for_the_other_tenants_features() -> None:
+    det = Detectors(max_scopes=1000, max_tenant_scopes=10)
+    base = datetime(2026, 3, 2, 12, tzinfo=UTC)
+
+    def batch(tenant: str, features: list[str], at: float) -> None:
+        b = BatchWindows()
+        for i, feature in enumerate(features):
+            b.add(LLMCall(schema_version=1, event_id=str(uuid.uuid4()), ts=base + timedelta(seconds=at + i),
+                          tenant_id=tenant, feature=feature, provider="openai", model="gpt-4o", input_tokens=10,
+                          output_tokens=5), Decimal("0.001"))
+        det.observe(b)
+
+    batch("noisy", [f"req-{i}" for i in range(300)], 0)
+    batch("calm", ["chat", "search", "summary"], 400)
+    for part in (det.cost_feature, det.tokens_feature):
+        tenants = [k.split(KEY_SEP, 1)[0] for k in part.state]
+        assert tenants.count("noisy") == 10 and tenants.count("calm") == 3
+    assert [k[0] for k in det.safety.state].count("noisy") == 10
+    assert {(c["detector"], c["tenant_id"]) for c in det.take_capped()} == {
+        ("cost_feature", "noisy"), ("tokens_feature", "noisy"), ("safety", "noisy")}
+    assert det.take_capped() == []
+    # a day idle later the noisy tenant's scopes are forgotten, and it has room again
+    det.advance(base + timedelta(days=1, hours=1))
+    batch("noisy", ["checkout"], 90_000)
+    assert "noisy" + KEY_SEP + "checkout" in det.cost_feature.state
 
 
 def test_a_new_model_name_on_every_call_costs_each_look_a_constant_not_a_pass_over_every_scope() -> None:
