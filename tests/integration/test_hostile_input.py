@@ -131,5 +131,7 @@ async def test_a_feature_and_a_model_per_event_are_all_stored_while_the_worker_s
         await asyncio.wait({task}, timeout=10)
         store.close()
     assert len(detectors.cost_feature.state) == 50 and len(detectors.errors.state) == 50
-    assert len(releases.groups) == 50 and releases.ungrouped == n - 50
+    # at least every call of ours past the bound (the events topic is shared with the other tests,
+    # whose features count too)
+    assert len(releases.groups) == 50 and releases.ungrouped >= n - 50
     assert detectors.take_capped() == [] and releases.take_capped() == []  # each bound was taken once, by the worker
