@@ -27,7 +27,6 @@ floors    (``Sensitivity`` of the kind, per tenant if set) p < ``p_value``; S >=
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,7 +36,7 @@ from typing import Any
 from flyball.schemas import Alert, AlertKind, Scope
 from scipy.special import gammainc  # type: ignore[import-untyped]
 
-from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook, Evidence, fmt, take_room
+from .base import BASE_WINDOW_S, AlertBook, Evidence, ScopeBound, fmt
 from .sensitivity import SensitivityTable
 
 KEY_SEP = "\x1f"
@@ -106,11 +105,7 @@ class AmountSpikeDetector:
     unit: str = "USD"
     scope_fields: tuple[str, ...] = ("tenant_id",)
     state: dict[str, _Series] = field(default_factory=dict)
-    max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
-    max_per_tenant: int = 0       # of them per tenant (base.MAX_TENANT_SCOPES for features; 0: no bound)
-    dropped: int = 0              # looks at a new scope past either bound: not judged
-    full: set[str] = field(default_factory=set)        # tenants that reached ``max_per_tenant``
-    per_tenant: dict[str, int] = field(default_factory=dict)  # scopes per tenant (derived, when bounded)
+    bound: ScopeBound = field(default_factory=ScopeBound)  # scopes tracked at once (base.ScopeBound)
 
     def scope_of(self, key: str) -> Scope:
         return Scope(**dict(zip(self.scope_fields, key.split(KEY_SEP), strict=True)))
@@ -132,9 +127,7 @@ class AmountSpikeDetector:
         longest = p.spans[-1]
         s = self.state.get(key)
         if s is None:
-            if len(self.state) >= self.max_scopes or not take_room(
-                    self.per_tenant, key.split(KEY_SEP, 1)[0], self.max_per_tenant, self.full):
-                self.dropped += 1
+            if not self.bound.admit(len(self.state), key.split(KEY_SEP, 1)[0]):
                 return None
             s = self.state[key] = _Series(newest=window, absorbed=window - longest)
         if window <= s.newest - longest:
@@ -317,8 +310,7 @@ class AmountSpikeDetector:
         self._recount()
 
     def _recount(self) -> None:
-        if self.max_per_tenant:
-            self.per_tenant = dict(Counter(k.split(KEY_SEP, 1)[0] for k in self.state))
+        self.bound.recount(k.split(KEY_SEP, 1)[0] for k in self.state)
 
     def snapshot(self) -> list[Any]:
         return [[k, s.newest, s.absorbed, {str(w): [str(a), str(t), n] for w, (a, t, n) in s.windows.items()},

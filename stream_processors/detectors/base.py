@@ -1,4 +1,5 @@
-"""Shared pieces of the detectors: deterministic alert ids, window samples, and the alert book.
+"""Shared pieces of the detectors: deterministic alert ids, window samples, the alert book, and
+the bound on the scopes a detector tracks.
 
 Everything here is pure: event time comes in as a parameter (epoch seconds or a datetime taken
 from the events), never from a clock, so ``flyball replay`` and the live worker agree.
@@ -7,6 +8,8 @@ from the events), never from a clock, so ``flyball replay`` and the live worker 
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,26 +19,8 @@ from flyball.schemas import Alert, AlertKind, Scope
 
 ALERT_NAMESPACE = uuid.UUID("0b6c3f7e-2f1a-4f61-9d8e-6a2b9c1d0f11")
 BASE_WINDOW_S = 10  # the pipeline aggregates every signal in 10-second event-time windows
-# scopes one detector tracks at once (each a few KB, kept until a day idle): a field of high
-# cardinality (a request id as the feature, a deployment id as the model) must not grow a worker
-# without bound; past it a new scope is not judged (``dropped`` counts its looks; the worker logs it)
-MAX_SCOPES = 50_000
-# scopes of one tenant's features one detector tracks at once: a tenant whose integration sends a
-# request id as the feature must not use up the room of every other tenant's new features
-MAX_TENANT_SCOPES = 2_000
-
-
-def take_room(counts: dict[str, int], tenant: str, limit: int, full: set[str]) -> bool:
-    """Count a new scope of ``tenant`` in ``counts`` if it holds fewer than ``limit`` (0: no
-    bound); False, and the tenant added to ``full``, when it has no room."""
-    if not limit:
-        return True
-    n = counts.get(tenant, 0)
-    if n >= limit:
-        full.add(tenant)
-        return False
-    counts[tenant] = n + 1
-    return True
+MAX_SCOPES = 50_000  # scopes one detector tracks at once (ScopeBound)
+MAX_TENANT_SCOPES = 2_000  # of them, one tenant's features (ScopeBound)
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
@@ -247,3 +232,41 @@ class AlertBook:
 def fmt(x: float) -> str:
     """Plain number text for non-money observations (alert ``observed``/``baseline``)."""
     return f"{x:.6g}"
+
+
+@dataclass(slots=True)
+class ScopeBound:
+    """How many scopes one detector tracks at once: a field of high cardinality (a request id
+    sent as the feature, a deployment id as the model) must not grow a worker without bound.
+    ``max_scopes`` in all and, for a detector of tenants' features, ``per_tenant`` of one tenant's
+    (so that one tenant's request ids leave room for the other tenants' new features). A new
+    scope past either is not judged; ``dropped`` counts those looks, ``full`` and ``full_tenants``
+    say which bound was reached (the worker logs each once). Scopes go only when a detector
+    evicts them, and then recounts (:meth:`recount`)."""
+
+    max_scopes: int = MAX_SCOPES
+    per_tenant: int = 0  # 0: no bound per tenant
+    dropped: int = 0
+    full: bool = False
+    full_tenants: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=dict)  # scopes per tenant (when ``per_tenant``)
+
+    def admit(self, held: int, tenant: str | None) -> bool:
+        """Room for one more scope (of ``tenant``) beside the ``held`` ones?"""
+        if held >= self.max_scopes:
+            self.full = True
+        elif not self.per_tenant or tenant is None:
+            return True
+        else:
+            n = self.counts.get(tenant, 0)
+            if n < self.per_tenant:
+                self.counts[tenant] = n + 1
+                return True
+            self.full_tenants.add(tenant)
+        self.dropped += 1
+        return False
+
+    def recount(self, tenants: Iterable[str]) -> None:
+        """The per-tenant counts from the tenants of the scopes held (after an eviction)."""
+        if self.per_tenant:
+            self.counts = dict(Counter(tenants))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from array import array
 from bisect import bisect_right
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 from flyball.schemas import Alert, AlertKind, Scope
 from scipy.stats import binom, nbinom
 
-from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook, Evidence, fmt, take_room
+from .base import BASE_WINDOW_S, AlertBook, Evidence, ScopeBound, fmt
 from .sensitivity import SensitivityTable
 
 
@@ -69,6 +68,11 @@ class _ScopedDetector:
     scope_fields: tuple[str, ...]
     book: AlertBook
     state: dict[tuple[str, ...], Any]
+    bound: ScopeBound
+
+    def _admit(self, key: tuple[str, ...]) -> bool:
+        """Room for a new scope (the first scope field is its tenant where the scope names one)."""
+        return self.bound.admit(len(self.state), key[0])
 
     def _learns(self, s: Any, key: tuple[str, ...]) -> bool:
         """Whether windows leaving the spans may teach the scope's baseline (``AlertBook.learns``).
@@ -81,6 +85,7 @@ class _ScopedDetector:
     def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
         for key in [k for k, s in self.state.items() if s.newest < newest_window - idle_windows]:
             del self.state[key]
+        self.bound.recount(k[0] for k in self.state)
 
 
 # ---------------------------------------------------------------------------------- binomial
@@ -143,8 +148,7 @@ class BinomialRateDetector(_ScopedDetector):
     params: BinomialParams = field(default_factory=BinomialParams)
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _RateState] = field(default_factory=dict)
-    max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
-    dropped: int = 0              # looks at a new scope past ``max_scopes``: not judged
+    bound: ScopeBound = field(default_factory=ScopeBound)  # scopes tracked at once (base.ScopeBound)
     # the sums of the decayed baselines of the mature scopes (calls, then failures per class):
     # the fleet's share, the prior of a young scope (derived: recomputed on restore and eviction).
     # Only scopes past their own cold start are pooled: a young scope's share is not yet known,
@@ -192,8 +196,7 @@ class BinomialRateDetector(_ScopedDetector):
         p = self.params
         s = self.state.get(key)
         if s is None:
-            if len(self.state) >= self.max_scopes:
-                self.dropped += 1
+            if not self._admit(key):
                 return None
             s = self.state[key] = _RateState(newest=window, base_k=[0.0] * len(self.classes), since=window)
         longest = p.spans[-1]
@@ -298,8 +301,8 @@ class BinomialRateDetector(_ScopedDetector):
                 for i, c in enumerate(counts):
                     totals[i] -= c
             if learn:
-                fleet = self.fleet or self._refleet()
-                everyone = self._everyone()
+                fleet = self.fleet or self._refleet()  # and ``everyone`` with it
+                everyone = self.everyone
                 new = s.base_n * decay + counts[0]
                 everyone[0] += new - s.base_n
                 if s.pooled:
@@ -408,11 +411,7 @@ class PoissonBurstDetector(_ScopedDetector):
     params: PoissonParams = field(default_factory=PoissonParams)
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _CountState] = field(default_factory=dict)
-    max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
-    max_per_tenant: int = 0       # of them per tenant (base.MAX_TENANT_SCOPES; 0: no bound)
-    dropped: int = 0              # looks at a new scope past either bound: not judged
-    full: set[str] = field(default_factory=set)        # tenants that reached ``max_per_tenant``
-    per_tenant: dict[str, int] = field(default_factory=dict)  # scopes per tenant (derived, when bounded)
+    bound: ScopeBound = field(default_factory=ScopeBound)  # scopes tracked at once (base.ScopeBound)
 
     def _at(self, key: tuple[str, ...], window: int) -> _CountState | None:
         """The scope's state moved on to ``window`` (created at its first call or trigger), or
@@ -420,9 +419,7 @@ class PoissonBurstDetector(_ScopedDetector):
         longest = self.params.spans[-1]
         s = self.state.get(key)
         if s is None:
-            if len(self.state) >= self.max_scopes or not take_room(
-                    self.per_tenant, key[0], self.max_per_tenant, self.full):
-                self.dropped += 1
+            if not self._admit(key):
                 return None
             s = self.state[key] = _CountState(newest=window, last_absorbed=window - longest)
         if window <= s.newest - longest:
@@ -581,16 +578,8 @@ class PoissonBurstDetector(_ScopedDetector):
                 self.state[key] = _CountState(newest, last, _windows_in(windows), count, exposure, history,
                                               _windows_in(calls), called)
                 taken += 1
-        self._recount()
+        self.bound.recount(k[0] for k in self.state)
         return taken
-
-    def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
-        _ScopedDetector.evict(self, newest_window, idle_windows)
-        self._recount()
-
-    def _recount(self) -> None:
-        if self.max_per_tenant:
-            self.per_tenant = dict(Counter(k[0] for k in self.state))
 
 
 def _predictive_tail(k: int, alpha: float, beta: float, exposure: float) -> float:
@@ -657,16 +646,14 @@ class LatencyDetector(_ScopedDetector):
     params: LatencyParams = field(default_factory=LatencyParams)
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     state: dict[tuple[str, ...], _LatState] = field(default_factory=dict)
-    max_scopes: int = MAX_SCOPES  # scopes tracked at once (base.MAX_SCOPES)
-    dropped: int = 0              # looks at a new scope past ``max_scopes``: not judged
+    bound: ScopeBound = field(default_factory=ScopeBound)  # scopes tracked at once (base.ScopeBound)
 
     def observe(self, key: tuple[str, ...], window: int, values: list[float], first_ts: float, last_ts: float,
                 event_ids: list[str]) -> Alert | None:
         p = self.params
         s = self.state.get(key)
         if s is None:
-            if len(self.state) >= self.max_scopes:
-                self.dropped += 1
+            if not self._admit(key):
                 return None
             s = self.state[key] = _LatState(newest=window)
         if window <= s.newest - p.spans[-1]:

@@ -32,7 +32,7 @@ from typing import Any
 from flyball.schemas import Alert, AlertKind, Scope
 from scipy.stats import poisson
 
-from .base import BASE_WINDOW_S, MAX_SCOPES, AlertBook, Evidence, fmt
+from .base import BASE_WINDOW_S, AlertBook, Evidence, ScopeBound, fmt
 from .sensitivity import SensitivityTable
 
 
@@ -60,8 +60,7 @@ class RunawayDetector:
     sensitivity: SensitivityTable = field(default_factory=SensitivityTable)
     requests: dict[tuple[str, str, str], tuple[int, int, float, float, bool]] = field(default_factory=dict)
     baselines: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # [calls, tokens, calls^2]
-    max_scopes: int = MAX_SCOPES  # baselines kept at once (base.MAX_SCOPES); past it a feature keeps the prior
-    dropped: int = 0              # requests not learned from: no room for their feature's baseline
+    bound: ScopeBound = field(default_factory=ScopeBound)  # baselines kept at once; past it a feature keeps the prior
     _swept_at: float = 0.0
     _floor: int = field(init=False, default=0)  # the lowest call floor of any tenant (min_events)
 
@@ -183,8 +182,7 @@ class RunawayDetector:
                 continue
             base = self.baselines.get(key[:2])
             if base is None:
-                if len(self.baselines) >= self.max_scopes:
-                    self.dropped += 1
+                if not self.bound.admit(len(self.baselines), key[0]):
                     continue
                 base = self.baselines[key[:2]] = self._prior()
             base[0] += w * (calls - base[0])

@@ -22,7 +22,7 @@ from flyball.schemas import Alert, AlertKind, LLMCall
 from flyball.schemas.events import Envelope, Retrieval, SafetyTrigger, ToolCall
 
 from .amounts import KEY_SEP, AmountSpikeDetector
-from .base import BASE_WINDOW_S, MAX_SCOPES, MAX_TENANT_SCOPES, AlertBook
+from .base import BASE_WINDOW_S, MAX_SCOPES, MAX_TENANT_SCOPES, AlertBook, ScopeBound
 from .incidents import IncidentGrouper
 from .rates import BinomialRateDetector, LatencyDetector, PoissonBurstDetector
 from .runaway import RunawayDetector
@@ -294,8 +294,7 @@ class Detectors:
     # per detector and tenant, of its features (FLYBALL_DETECTOR_MAX_TENANT_SCOPES; base.MAX_TENANT_SCOPES)
     max_tenant_scopes: int = MAX_TENANT_SCOPES
     _evicted_at: float = 0.0
-    _capped: set[str] = field(default_factory=set)  # parts that reached ``max_scopes``, reported
-    _full: set[tuple[str, str]] = field(default_factory=set)  # (part, tenant) at its bound, reported
+    _reported: set[tuple[str, str]] = field(default_factory=set)  # (part, "" or tenant): bounds taken
 
     def __post_init__(self) -> None:
         tf = ("tenant_id", "feature")
@@ -323,9 +322,8 @@ class Detectors:
         self.retrieval = BinomialRateDetector(AlertKind.RETRIEVAL_FAILURE, ("index_name",), ("error", "empty"), book,
                                               sensitivity=sens)
         for name in _PARTS:
-            getattr(self, name).max_scopes = self.max_scopes
-        for name in _FEATURE_PARTS:
-            getattr(self, name).max_per_tenant = self.max_tenant_scopes
+            getattr(self, name).bound = ScopeBound(self.max_scopes,
+                                                   self.max_tenant_scopes if name in _FEATURE_PARTS else 0)
 
     def take_capped(self) -> list[dict[str, Any]]:
         """The bounds reached since the last call, each once, for the worker to log: a detector
@@ -333,16 +331,15 @@ class Detectors:
         ``max_tenant_scopes`` in a detector of features."""
         out: list[dict[str, Any]] = []
         for name in _PARTS:
-            part = getattr(self, name)
-            held = len(part.baselines if name == "runaway" else part.state)
-            if part.dropped and held >= self.max_scopes and name not in self._capped:
-                self._capped.add(name)
-                out.append({"detector": name, "max_scopes": self.max_scopes, "dropped_looks": part.dropped})
-        for name in _FEATURE_PARTS:
-            for tenant in sorted(getattr(self, name).full):
-                if (name, tenant) not in self._full:
-                    self._full.add((name, tenant))
-                    out.append({"detector": name, "tenant_id": tenant, "max_tenant_scopes": self.max_tenant_scopes})
+            bound: ScopeBound = getattr(self, name).bound
+            if bound.full and (name, "") not in self._reported:
+                self._reported.add((name, ""))
+                out.append({"detector": name, "max_scopes": self.max_scopes, "dropped_looks": bound.dropped})
+            for tenant in sorted(bound.full_tenants):
+                if (name, tenant) in self._reported:
+                    continue
+                self._reported.add((name, tenant))
+                out.append({"detector": name, "tenant_id": tenant, "max_tenant_scopes": self.max_tenant_scopes})
         return out
 
     def observe(self, b: BatchWindows) -> list[Alert]:
@@ -527,7 +524,7 @@ class Detectors:
 _PARTS = ("cost", "cost_feature", "tokens", "tokens_feature", "runaway", "errors", "latency", "ttft",
           "tool_failures", "tool_latency", "safety", "retrieval")
 _SPIKE_PARTS = ("cost", "cost_feature", "tokens", "tokens_feature")
-_FEATURE_PARTS = ("cost_feature", "tokens_feature", "safety")  # scopes of a tenant's features
+_FEATURE_PARTS = ("cost_feature", "tokens_feature", "safety")  # scopes of a tenant's features, evicted idle
 
 
 def _published(alert: Alert) -> tuple[datetime, int]:
