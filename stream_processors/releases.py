@@ -415,8 +415,8 @@ class _Series:
     """One version tuple's traffic in one group: its calls, the tenants it served and its
     per-minute stats (the baselines); ``group`` leads to the comparisons it feeds. The join tables
     hold series, so a joined event (tool call, retrieval, feedback) lands where its request's call
-    did. Like the group's values, a series is kept for the life of the process (its calls count
-    towards its values' totals); its minutes go after ``baseline_s``."""
+    did. Its minutes go after ``baseline_s``; the series itself once it has none left and its
+    group no open comparison (``advance``); its calls count towards its values' totals."""
 
     __slots__ = ("bucket", "calls", "group", "minute", "minutes", "tenant", "tenants", "versions")
 
@@ -462,7 +462,7 @@ class _Group:
         self.key = key
         self.untracked = 0     # calls of version tuples over ``max_versions``
         self.uncompared = 0    # new values not compared: ``max_candidates`` comparisons were open
-        self.capped = False    # reported by ``take_capped``
+        self.capped = False    # reached a bound (queued for ``take_capped``)
         self.series: dict[tuple[str, str, str], _Series] = {}
         self.values: tuple[set[str], ...] = tuple(set() for _ in DIMENSIONS)
         # the open comparisons as (key, comparison, index of its dimension in a versions tuple)
@@ -543,6 +543,7 @@ class ReleaseComparator:
         self._version = 0  # ``versions`` snapshots taken; a group with traffic since the last is dirty
         self.ungrouped = 0  # calls of groups past ``max_groups``, not compared
         self._ungrouped_reported = False
+        self._newly_capped: list[_Group] = []  # groups that reached a bound, for ``take_capped``
         self._dirty: list[_Group] = []
 
     # -- input ---------------------------------------------------------------------------------
@@ -607,7 +608,7 @@ class ReleaseComparator:
                 return None
             group = self.groups[group_key] = _Group(group_key)
         if len(group.series) >= self.params.max_versions:
-            group.untracked += 1
+            self._capped(group).untracked += 1
             return None
         for i, value in enumerate(versions):
             if value and value not in group.values[i]:
@@ -650,12 +651,24 @@ class ReleaseComparator:
                 comp.old_live.add(event, cost, t)
                 touched.setdefault(key, False)
 
-    def _index(self) -> None:
-        """Rebuild the groups' lists of open comparisons (after one opens or ends)."""
-        for group in self.groups.values():
-            group.open = []
-        for key, comp in self.comparisons.items():  # a comparison opens in an existing group
-            self.groups[key[0]].open.append((key, comp, DIMENSIONS.index(comp.dimension)))
+    def _open(self, group: _Group, comp: Comparison) -> None:
+        key = (group.key, comp.dimension, comp.new)
+        self.comparisons[key] = comp
+        group.open.append((key, comp, DIMENSIONS.index(comp.dimension)))
+
+    def _close(self, key: tuple[tuple[str, str], str, str]) -> Comparison:
+        """End an open comparison (its group keeps it while it is open: no eviction before)."""
+        comp = self.comparisons.pop(key)
+        group = self.groups[key[0]]
+        group.open = [x for x in group.open if x[0] != key]
+        return comp
+
+    def _capped(self, group: _Group) -> _Group:
+        """``group``, queued for :meth:`take_capped` the first time it reaches a bound."""
+        if not group.capped:
+            group.capped = True
+            self._newly_capped.append(group)
+        return group
 
     def _maybe_open(self, group: _Group, i: int, value: str, t: float, tenant: str) -> None:
         """A value seen for the first time: a candidate if another value is established and served
@@ -667,7 +680,7 @@ class ReleaseComparator:
         if not established:
             return
         if len(group.open) >= self.params.max_candidates:
-            group.uncompared += 1
+            self._capped(group).uncompared += 1
             return
         lo = int((t - self.params.baseline_s) // 60)
         recent = {v: group.since(i, v, lo) for v in established}
@@ -678,10 +691,7 @@ class ReleaseComparator:
                 tenant in series.tenants and versions[i] == old for versions, series in group.series.items()):
             return
         before = sum(totals.values())
-        dim = DIMENSIONS[i]
-        self.comparisons[(group.key, dim, value)] = Comparison(group.key, dim, old, value, t, old_before=recent[old],
-                                                               before=before)
-        self._index()
+        self._open(group, Comparison(group.key, DIMENSIONS[i], old, value, t, old_before=recent[old], before=before))
 
     def _mixed(self, comp: Comparison) -> bool | None:
         """Is the candidate part of the group's usual mix rather than a release? A release starts
@@ -728,10 +738,8 @@ class ReleaseComparator:
                 alert = self._fire(comp)
                 if alert is not None:
                     alerts.append(alert)
-        if mixed:
-            for key in mixed:
-                del self.comparisons[key]
-            self._index()
+        for key in mixed:
+            self._close(key)
         return alerts
 
     def _fire(self, comp: Comparison) -> Alert | None:
@@ -759,14 +767,10 @@ class ReleaseComparator:
         """Resolve regressions whose candidate stopped, end idle comparisons, forget old minutes."""
         w = watermark.timestamp()
         out = [a.model_copy(update={"verdict": "rollback"}) for a in self.book.sweep(w)]
-        ended = False
         for key, comp in list(self.comparisons.items()):
             if (w - max(comp.new_stats.last, comp.started) >= self.params.idle_s and not self.book.is_open(
                     AlertKind.VERSION_REGRESSION, comp.scope().key())) or comp.verdict == "promote":
-                self.finished.append(self.comparisons.pop(key))
-                ended = True
-        if ended:
-            self._index()
+                self.finished.append(self._close(key))
         self.finished = self.finished[-1000:]
         keep_from = int((w - self.params.baseline_s) // 60) - 1
         stale = []
@@ -804,12 +808,12 @@ class ReleaseComparator:
         if self.ungrouped and not self._ungrouped_reported:
             self._ungrouped_reported = True
             out.append({"max_groups": self.params.max_groups, "ungrouped_calls": self.ungrouped})
-        for (tenant, feature), group in self.groups.items():
-            if not group.capped and (group.untracked or group.uncompared):
-                group.capped = True
-                out.append({"tenant_id": tenant or None, "feature": feature, "untracked_calls": group.untracked,
-                            "uncompared_values": group.uncompared, "max_versions": self.params.max_versions,
-                            "max_candidates": self.params.max_candidates})
+        for group in self._newly_capped:
+            tenant, feature = group.key
+            out.append({"tenant_id": tenant or None, "feature": feature, "untracked_calls": group.untracked,
+                        "uncompared_values": group.uncompared, "max_versions": self.params.max_versions,
+                        "max_candidates": self.params.max_candidates})
+        self._newly_capped = []
         return out
 
     def report(self) -> list[dict[str, Any]]:
