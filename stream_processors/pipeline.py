@@ -224,12 +224,6 @@ class Pipeline:
         if self.budgets is not None:
             result.alerts.extend(self.budgets.observe(result.rows, EVENT_COLUMNS, now=now, seeds=seeds))
 
-    def _unpriced_overflow(self, event: LLMCall, out: BatchResult) -> None:
-        """Past ``MAX_UNPRICED_ALERTS``: one alert that says so, once."""
-        if not self._unpriced_overflowed:
-            self._unpriced_overflowed = True
-            out.alerts.append(_overflow_alert(event))
-
     def _unpriced(self, event: LLMCall, out: BatchResult, book: PriceBook) -> None:
         """One alert per (provider, model, what is missing): a model priced in the standard tier
         but not in the tier or for the cache duration an event used is named as such."""
@@ -238,7 +232,9 @@ class Pipeline:
         if key in self._unpriced_alerted:
             return
         if len(self._unpriced_alerted) >= MAX_UNPRICED_ALERTS:
-            self._unpriced_overflow(event, out)
+            if not self._unpriced_overflowed:  # one alert says so, once
+                self._unpriced_overflowed = True
+                out.alerts.append(_overflow_alert(event))
             return
         self._unpriced_alerted.add(key)
         scope = Scope(provider=event.provider, model=event.model)

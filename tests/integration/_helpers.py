@@ -19,6 +19,8 @@ from flyball.control_plane.embedded import free_port
 from flyball.control_plane.migrations import ALL_MIGRATIONS
 from flyball.control_plane.policy_file import DEFAULT_POLICIES
 from flyball.control_plane.runtime import load_prices
+from flyball.producers.transports.kafka import start_producer
+from flyball.schemas import EVENTS
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 
 
@@ -78,6 +80,17 @@ def served_api(path: Path, keys: KeyRing) -> Iterator[tuple[str, Any, ClickHouse
                               prices=lambda: book, limiter=RateLimiter(per_minute=1e6, burst=10_000)))
         with serve_app(app) as url:
             yield url, app, store
+
+
+async def produce(bootstrap: str, tenant: str, raws: list[bytes]) -> None:
+    """``raws`` to the events topic keyed by ``tenant`` (one partition, in order), flushed."""
+    producer = await start_producer(bootstrap)
+    try:
+        for raw in raws:
+            await producer.send(EVENTS, raw, key=tenant.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:

@@ -12,31 +12,19 @@ from pathlib import Path
 import orjson
 
 from flyball.control_plane.runtime import load_prices
-from flyball.producers.transports.kafka import start_producer
-from flyball.schemas import EVENTS, AlertKind
+from flyball.schemas import AlertKind
 from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
 from flyball.control_plane.migrations import ALL_MIGRATIONS
-from tests.integration._helpers import eventually
+from tests.integration._helpers import eventually, produce
 
 
 def call(tenant: str, ts: datetime, model: str = "gpt-4o-mini", inp: int = 1000, out: int = 200) -> bytes:
     return orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()), "ts": ts.isoformat(),
                          "tenant_id": tenant, "feature": "chat", "provider": "openai", "model": model,
                          "input_tokens": inp, "output_tokens": out})
-
-
-async def produce(bootstrap: str, tenant: str, raws: list[bytes]) -> None:
-    producer = await start_producer(bootstrap)
-    try:
-        for raw in raws:
-            await producer.send(EVENTS, raw, key=tenant.encode())
-        await producer.flush()
-    finally:
-        await producer.stop()
-
 
 
 async def test_restarted_worker_keeps_its_baselines_and_catches_a_spike_at_once(bootstrap: str, tmp_path: Path) -> None:

@@ -8,22 +8,46 @@ import asyncio
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
 from flyball.control_plane.runtime import load_prices
-from flyball.producers.transports.kafka import start_producer
-from flyball.schemas import DLQ, EVENTS
+from flyball.schemas import DLQ
 from flyball.stream_processors.detectors import Detectors
 from flyball.stream_processors.ingest import IngestService
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.releases import ReleaseComparator, ReleaseParams
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
-from tests.integration._helpers import eventually
+from tests.integration._helpers import eventually, migrated_store, produce
+
+
+async def stored(store: ClickHouseStore, tenant: str, n: int) -> bool:
+    rows = await store.run(store.query, "SELECT count() FROM events WHERE tenant_id = {t:String}", {"t": tenant})
+    return int(rows[0][0]) == n
+
+
+async def ingest_until(bootstrap: str, store: ClickHouseStore, pipeline: Pipeline, check: Callable[[], Any],
+                       versions_interval_s: float | None = None) -> None:
+    """A worker (its own consumer group) runs ``pipeline`` into ``store`` until ``check`` holds;
+    it must still be running then."""
+    service = IngestService(bootstrap=bootstrap, store=store, group_id=f"hostile-{uuid.uuid4().hex[:8]}",
+                            pipeline=pipeline, checkpoint_interval_s=None)
+    if versions_interval_s is not None:
+        service.versions_interval_s = versions_interval_s
+    await service.start()
+    task = asyncio.create_task(service.run())
+    try:
+        await eventually(check, timeout=90)
+        assert not task.done(), task.exception() if task.done() else None
+    finally:
+        await service.stop()
+        await asyncio.wait({task}, timeout=10)
 
 
 async def test_a_400_kb_non_json_message_is_dead_lettered_bounded_and_ingest_goes_on(bootstrap: str,
@@ -34,35 +58,11 @@ async def test_a_400_kb_non_json_message_is_dead_lettered_bounded_and_ingest_goe
     good = [orjson.dumps({"schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()),
                           "ts": datetime.now(UTC).isoformat(), "tenant_id": tenant, "provider": "openai",
                           "model": "gpt-4o-mini", "input_tokens": 10, "output_tokens": 5}) for _ in range(3)]
-    producer = await start_producer(bootstrap, linger_ms=5)
-    try:
-        await producer.send(EVENTS, key=tenant.encode(), value=good[0])
-        await producer.send(EVENTS, key=tenant.encode(), value=huge)
-        for raw in good[1:]:
-            await producer.send(EVENTS, key=tenant.encode(), value=raw)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await produce(bootstrap, tenant, [good[0], huge, *good[1:]])
 
-    store = ClickHouseStore(f"chdb://{tmp_path / 'ch'}")
-    store.migrate()
     book = load_prices(None)
-    service = IngestService(bootstrap=bootstrap, store=store, group_id=f"hostile-{uuid.uuid4().hex[:8]}",
-                            pipeline=Pipeline(lambda: book), checkpoint_interval_s=None)
-    await service.start()
-    task = asyncio.create_task(service.run())
-
-    async def stored() -> bool:
-        rows = await store.run(store.query, "SELECT count() FROM events WHERE tenant_id = {t:String}", {"t": tenant})
-        return int(rows[0][0]) == len(good)
-
-    try:
-        await eventually(stored, timeout=90)
-        assert not task.done(), task.exception() if task.done() else None
-    finally:
-        await service.stop()
-        await asyncio.wait({task}, timeout=10)
-        store.close()
+    with migrated_store(tmp_path / "ch") as store:
+        await ingest_until(bootstrap, store, Pipeline(lambda: book), lambda: stored(store, tenant, len(good)))
 
     digest = hashlib.sha256(huge).hexdigest()
     consumer = AIOKafkaConsumer(DLQ, bootstrap_servers=bootstrap, group_id=f"dlq-{uuid.uuid4().hex[:8]}",
@@ -94,42 +94,23 @@ async def test_a_feature_and_a_model_per_event_are_all_stored_while_the_worker_s
     tenant = f"cardinality-{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap)
     n = 300
-    producer = await start_producer(bootstrap, linger_ms=5)
-    try:
-        for i in range(n):
-            await producer.send(EVENTS, key=tenant.encode(), value=orjson.dumps({
-                "schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()),
-                "ts": datetime.now(UTC).isoformat(), "tenant_id": tenant, "feature": f"req-{i}",
-                "provider": "openai", "model": f"deploy-{i}", "input_tokens": 10, "output_tokens": 5,
-                "latency_ms": 200.0}))
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await produce(bootstrap, tenant, [orjson.dumps({
+        "schema_version": 1, "event_type": "llm_call", "event_id": str(uuid.uuid4()),
+        "ts": datetime.now(UTC).isoformat(), "tenant_id": tenant, "feature": f"req-{i}", "provider": "openai",
+        "model": f"deploy-{i}", "input_tokens": 10, "output_tokens": 5, "latency_ms": 200.0}) for i in range(n)])
 
-    store = ClickHouseStore(f"chdb://{tmp_path / 'ch'}")
-    store.migrate()
     book = load_prices(None)
     detectors = Detectors(max_scopes=50)
     releases = ReleaseComparator(ReleaseParams(max_groups=50))
-    service = IngestService(bootstrap=bootstrap, store=store, group_id=f"cardinality-{uuid.uuid4().hex[:8]}",
-                            pipeline=Pipeline(lambda: book, detectors=detectors, releases=releases),
-                            checkpoint_interval_s=None)
-    service.versions_interval_s = 0.2
-    await service.start()
-    task = asyncio.create_task(service.run())
 
-    async def done() -> bool:
-        rows = await store.run(store.query, "SELECT count() FROM events WHERE tenant_id = {t:String}", {"t": tenant})
+    async def done(store: ClickHouseStore) -> bool:
         # the worker has taken the bounds it reached (it logs each once; they are not offered again)
-        return int(rows[0][0]) == n and ("cost_feature", "") in detectors._reported and releases._ungrouped_reported
+        return await stored(store, tenant, n) and ("cost_feature", "") in detectors._reported and \
+            releases._ungrouped_reported
 
-    try:
-        await eventually(done, timeout=90)
-        assert not task.done(), task.exception() if task.done() else None
-    finally:
-        await service.stop()
-        await asyncio.wait({task}, timeout=10)
-        store.close()
+    with migrated_store(tmp_path / "ch") as store:
+        await ingest_until(bootstrap, store, Pipeline(lambda: book, detectors=detectors, releases=releases),
+                           lambda: done(store), versions_interval_s=0.2)
     assert len(detectors.cost_feature.state) == 50 and len(detectors.errors.state) == 50
     # at least every call of ours past the bound (the events topic is shared with the other tests,
     # whose features count too)
