@@ -83,9 +83,12 @@ PlausibleTime = Annotated[datetime, AfterValidator(plausible)]
 
 _UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
-OptName = Annotated[str, Field(max_length=MAX_NAME)]
-ShortName = Annotated[str, Field(max_length=64)]
+# names (tenants, features, models, tools, ...) end up in Kafka keys, CSV exports, metric labels
+# and the console: a control character in one is a bug or an attack, never a name
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # no Unicode Cc (C0, DEL, C1)
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME, pattern=_PRINTABLE)]
+OptName = Annotated[str, Field(max_length=MAX_NAME, pattern=_PRINTABLE)]
+ShortName = Annotated[str, Field(max_length=64, pattern=_PRINTABLE)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
 Count = Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
 Millis = Annotated[float, Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
@@ -343,7 +346,9 @@ def describe(exc: ValidationError) -> str:
         if loc_parts and loc_parts[0] in _KIND_NAMES:
             loc_parts = loc_parts[1:]
         msg = err["msg"]
-        if err["type"] == "union_tag_not_found":
+        if err["type"] == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == _PRINTABLE:
+            msg = "contains a control character (U+0000-U+001F, U+007F-U+009F), which a name may not"
+        elif err["type"] == "union_tag_not_found":
             loc_parts, msg = ["event_type"], "missing (one of: " + ", ".join(EventType) + ")"
         elif err["type"] == "union_tag_invalid":
             tag = err["input"].get("event_type") if isinstance(err["input"], dict) else None

@@ -67,6 +67,9 @@ _OptEventId = Annotated[str, Meta(pattern=rf"^(?:{_UUID})?\Z")]
 _TraceId = Annotated[str, Meta(pattern=r"^(?:[0-9a-f]{32})?\Z")]
 _SpanId = Annotated[str, Meta(pattern=r"^(?:[0-9a-f]{16})?\Z")]
 _Ts = Annotated[datetime, Meta(tz=True)]
+# a control character (U+0000-U+001F, U+007F-U+009F) as a JSON escape, a raw DEL or a raw C1 in
+# UTF-8 (C2 80-9F); a false match (an escaped backslash before "n") only sends the event to the models
+_CONTROL = re.compile(rb"\\(?:[btnfr]|u00[0189][0-9a-fA-F]|u007[fF])|\x7f|\xc2[\x80-\x9f]")
 
 
 class _Envelope(Struct, kw_only=True, forbid_unknown_fields=True, tag_field="event_type", gc=False):
@@ -179,6 +182,11 @@ def _fast(raw: bytes, now: datetime | None) -> Any:
     except (msgspec.MsgspecError, ValueError):  # ValueError: invalid UTF-8 inside a string
         return None
     if not _keys_unique(raw, keys):
+        return None
+    # a control character in a name is refused by the models; JSON carries one escaped, or raw
+    # as DEL or C2 80-9F, so three byte scans (``find``: a third of the cost of ``in`` on bytes)
+    # leave almost every event on the fast path
+    if (raw.find(b"\\") >= 0 or raw.find(b"\x7f") >= 0 or raw.find(b"\xc2") >= 0) and _CONTROL.search(raw):
         return None
     if event.event_id == NIL_UUID:
         return None

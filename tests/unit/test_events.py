@@ -123,6 +123,21 @@ def test_invalid_field_is_rejected_with_a_reason_naming_it(overrides: dict[str, 
     assert reason_of(llm_call(**overrides)).startswith(f"{field}:")
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("tenant_id", "acme\x00"), ("model", "gpt-4o\n"), ("feature", "chat\x7f"), ("provider", "open\x85ai"),
+    ("service", "\x1b[31mred"),
+])
+def test_a_control_character_in_a_name_is_rejected_naming_the_field(field: str, value: str) -> None:
+    for raw in (llm_call(**{field: value}), orjson.dumps(llm_call(**{field: value}))):
+        assert reason_of(raw) == (f"{field}: contains a control character (U+0000-U+001F, U+007F-U+009F), "
+                                  "which a name may not")
+
+
+def test_names_with_any_other_character_and_attributes_with_control_characters_are_accepted() -> None:
+    event = parse_event(llm_call(tenant_id="café ©", feature="チャット", attributes={"note": "line 1\nline 2\x00"}))
+    assert (event.tenant_id, event.feature, event.attributes["note"]) == ("café ©", "チャット", "line 1\nline 2\x00")
+
+
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity"])
 def test_non_finite_latency_in_json_text_is_rejected(literal: bytes) -> None:
     raw = orjson.dumps(llm_call(latency_ms=0)).replace(b'"latency_ms":0', b'"latency_ms":' + literal)
@@ -208,7 +223,9 @@ def test_any_value_in_any_field_is_parsed_or_rejected_never_raised(name: str, va
 
 
 OFFSETS = st.integers(-23 * 60, 23 * 60).map(lambda m: timezone(timedelta(minutes=m)))
-NAMES = st.text(min_size=1, max_size=40)
+# a name is any text without a control character (Unicode Cc), which the models refuse
+NAME_TEXT = st.characters(blacklist_categories=("Cc", "Cs"))
+NAMES = st.text(NAME_TEXT, min_size=1, max_size=40)
 ATTRIBUTE_VALUES = (st.text(max_size=50) | st.integers(-(2**63), 2**63 - 1) | st.booleans()
                     | st.floats(allow_nan=False, allow_infinity=False))
 
@@ -222,7 +239,7 @@ def valid_llm_calls(draw: st.DrawFn) -> dict[str, Any]:
     ts = draw(st.datetimes(min_value=datetime(2000, 1, 2), max_value=datetime(2100, 1, 1), timezones=OFFSETS))
     return {
         "schema_version": 1, "event_type": "llm_call", "event_id": str(draw(st.uuids())),
-        "ts": ts.isoformat(), "tenant_id": draw(NAMES), "feature": draw(st.text(max_size=40)),
+        "ts": ts.isoformat(), "tenant_id": draw(NAMES), "feature": draw(st.text(NAME_TEXT, max_size=40)),
         "provider": draw(NAMES), "model": draw(NAMES),
         "input_tokens": input_tokens, "output_tokens": output_tokens,
         "cache_read_tokens": cache_read, "cache_write_tokens": cache_write,
@@ -376,7 +393,7 @@ def valid_events_of_any_kind(draw: st.DrawFn) -> dict[str, Any]:
     raw = dict(VALID_EVENTS[kind][1])
     raw.update(
         event_id=str(draw(st.uuids())),
-        tenant_id=draw(NAMES), feature=draw(st.text(max_size=40)), service=draw(st.text(max_size=40)),
+        tenant_id=draw(NAMES), feature=draw(st.text(NAME_TEXT, max_size=40)), service=draw(st.text(NAME_TEXT, max_size=40)),
         trace_id=draw(st.just("") | st.text(HEX, min_size=32, max_size=32)),
         span_id=draw(st.just("") | st.text(HEX, min_size=16, max_size=16)),
         parent_span_id=draw(st.just("") | st.text(HEX, min_size=16, max_size=16)),
