@@ -113,17 +113,22 @@ def cmd_topics_ensure(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import load_policies, replay
+    from flyball.stream_processors.catalog import skipped_note
+
     from .runtime import load_prices, load_sensitivity
     from .slo import load_slos
 
+    skipped: list[str] = []
     try:
-        book = load_prices(args.prices)
+        book = load_prices(args.prices, skipped)
         policies = load_policies(args.policies.read_text()) if args.policies else None
         slos = load_slos(args.slos.read_text()) if args.slos else None
         sensitivity = load_sensitivity(args.detection or Settings().detection_file)
     except (OSError, ValueError) as exc:
         print(f"flyball replay: {exc}", file=sys.stderr)
         return 2
+    if skipped:
+        print(f"flyball replay: --prices {args.prices}: {skipped_note(skipped)}", file=sys.stderr)
     kwargs: dict[str, Any] = {"policies": policies} if policies is not None else {}
     if slos is not None:
         kwargs["slos"] = slos

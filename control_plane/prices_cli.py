@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-from flyball.stream_processors.catalog import DEFAULT_PROVIDERS, build_catalog, catalog_entries
+from flyball.stream_processors.catalog import DEFAULT_PROVIDERS, build_catalog, catalog_entries, skipped_note
 from flyball.stream_processors.pricing import CatalogError, entry_to_dict
 
 
@@ -30,11 +30,12 @@ def cmd_prices_update(args: argparse.Namespace) -> int:
         print(f"flyball prices update: --from {source_path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     as_of = args.as_of or datetime.fromtimestamp(source_path.stat().st_mtime, UTC).date().isoformat()
+    skipped: list[str] = []
     try:
         corrections = None if args.no_corrections else (
             args.corrections.read_bytes() if args.corrections else _corrections())
         catalog = build_catalog(text, corrections, source=args.source or f"litellm {source_path.name}", as_of=as_of,
-                                providers=None if args.all_providers else DEFAULT_PROVIDERS)
+                                providers=None if args.all_providers else DEFAULT_PROVIDERS, skipped=skipped)
     except (CatalogError, OSError) as exc:
         print(f"flyball prices update: {exc}", file=sys.stderr)
         return 2
@@ -56,6 +57,8 @@ def cmd_prices_update(args: argparse.Namespace) -> int:
         print(f"  + {provider}/{model}")
     for provider, model in removed[:20]:
         print(f"  - {provider}/{model}")
+    if skipped:
+        print(f"flyball prices update: {skipped_note(skipped, 20)}", file=sys.stderr)
     return 0
 
 

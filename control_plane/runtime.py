@@ -31,7 +31,7 @@ from flyball.stream_processors.memory import MemoryHygiene, TrimSchedule, glibc_
 from flyball.stream_processors.pipeline import Pipeline
 from flyball.stream_processors.releases import ReleaseComparator, ReleaseParams
 from flyball.stream_processors.budgets import BudgetTracker
-from flyball.stream_processors.catalog import load_catalog
+from flyball.stream_processors.catalog import load_catalog, skipped_note
 from flyball.stream_processors.pricing import PriceBook
 from flyball.stream_processors.sinks.clickhouse import ClickHouseStore
 from flyball.stream_processors.topics import ensure_topics
@@ -74,9 +74,15 @@ def configure_logging(level: str = "info", *, stream: Any = sys.stderr) -> None:
     )
 
 
-def load_prices(path: Path | None) -> PriceBook:
+def load_prices(path: Path | None, skipped: list[str] | None = None) -> PriceBook:
+    """The catalog at ``path`` (either format) or the built-in one. LiteLLM rows that cannot be
+    read are left out: into ``skipped`` if given, else logged (``price_rows_skipped``)."""
     if path is not None:
-        return load_catalog(path.read_bytes(), source=str(path))
+        report: list[str] = [] if skipped is None else skipped
+        book = load_catalog(path.read_bytes(), source=str(path), skipped=report)
+        if report and skipped is None:
+            log.warning("price_rows_skipped", file=str(path), count=len(report), note=skipped_note(report))
+        return book
     text = resources.files("flyball.stream_processors").joinpath("data/prices.json").read_bytes()
     return load_catalog(text, source="flyball built-in catalog")
 

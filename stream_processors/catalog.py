@@ -46,15 +46,27 @@ from .pricing import (
 )
 
 FORMAT: Final = "flyball.prices/1"
+# Sanity limits on what a catalog may say. The dearest rate LiteLLM lists is 0.0026 USD per token;
+# a rate of a dollar or more per token is a price per million tokens typed into a per-token field
+# (or an attack), and it keeps a call of MAX_TOKENS tokens far inside the money columns'
+# Decimal(38, 12). A service tier multiplies by at most MAX_MULTIPLIER.
+MAX_TOKEN_RATE: Final = Decimal(1)
+MAX_REQUEST_FEE: Final = Decimal(1000)
+MAX_MULTIPLIER: Final = Decimal(1000)
 
 
-def load_catalog(text: str | bytes, *, source: str = "") -> PriceBook:
+def load_catalog(text: str | bytes, *, source: str = "", skipped: list[str] | None = None) -> PriceBook:
     """Parse flyball's catalog format or LiteLLM's, told apart by content."""
-    return PriceBook.of(catalog_entries(text, source=source))
+    return PriceBook.of(catalog_entries(text, source=source, skipped=skipped))
 
 
-def catalog_entries(text: str | bytes, *, source: str = "", as_of: str = "") -> list[PriceEntry]:
-    """The entries of a catalog in either format (``as_of`` dates LiteLLM's undated rows)."""
+def catalog_entries(text: str | bytes, *, source: str = "", as_of: str = "",
+                    skipped: list[str] | None = None) -> list[PriceEntry]:
+    """The entries of a catalog in either format (``as_of`` dates LiteLLM's undated rows).
+
+    A flyball catalog is refused whole on its first bad entry (it is ours: a bad entry is a bug);
+    a LiteLLM row that cannot be read is left out, and ``skipped`` (if given) gets
+    ``"<key>: <reason>"`` for each, so that the caller can say so."""
     try:
         data = json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as exc:
@@ -62,7 +74,7 @@ def catalog_entries(text: str | bytes, *, source: str = "", as_of: str = "") -> 
     if is_flyball(data):
         return list(_flyball_entries(data, source))
     if is_litellm(data):
-        return list(_litellm_entries(data, source or "litellm", as_of))
+        return list(_litellm_entries(data, source or "litellm", as_of, skipped))
     raise CatalogError("price catalog: neither flyball format (format: flyball.prices/1) nor LiteLLM's model map")
 
 
@@ -83,6 +95,38 @@ def _dec(value: Any, where: str) -> Decimal:
     if not result.is_finite() or result < 0:
         raise CatalogError(f"{where}: must be a finite, non-negative number")
     return result
+
+
+def skipped_note(skipped: list[str], shown: int = 5) -> str:
+    """One line saying which LiteLLM rows were left out (for a CLI or a log)."""
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    rows = "price row could not be read and was" if len(skipped) == 1 else "price rows could not be read and were"
+    return f"{len(skipped)} {rows} left out: {'; '.join(skipped[:shown])}{more}"
+
+
+def _bounded(entry: PriceEntry, where: str) -> PriceEntry:
+    """``entry`` if every rate, fee and multiplier is within the sanity limits, else CatalogError
+    naming the first that is not."""
+    def rates(r: Rates | None, at: str) -> None:
+        if r is None:
+            return
+        for name in RATE_FIELDS:
+            value = getattr(r, name)
+            limit = MAX_REQUEST_FEE if name == "per_request" else MAX_TOKEN_RATE
+            if value is not None and value >= limit:
+                unit = "per request" if name == "per_request" else "per token"
+                hint = "" if name == "per_request" else " (a price per million tokens in a per-token field?)"
+                raise CatalogError(f"{at}.{name}: {value:g} USD {unit} is not below the limit of {limit} USD {unit}{hint}")
+
+    rates(entry.rates, where)
+    rates(entry.above, f"{where}.above_threshold")
+    for tier, mod in entry.service_tiers.items():
+        at = f"{where}.service_tiers.{tier}"
+        if mod.multiplier is not None and mod.multiplier > MAX_MULTIPLIER:
+            raise CatalogError(f"{at}.multiplier: {mod.multiplier} is above the limit of {MAX_MULTIPLIER}")
+        rates(mod.rates, at)
+        rates(mod.above, f"{at}.above_threshold")
+    return entry
 
 
 def _opt(value: Any, where: str) -> Decimal | None:
@@ -168,11 +212,11 @@ def entry_from_dict(raw: Any, where: str = "entry", *, source: str = "") -> Pric
     revision = raw.get("revision", 1)
     if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
         raise CatalogError(f"{where}.revision: expected an integer >= 1")
-    return PriceEntry(
+    return _bounded(PriceEntry(
         provider=str(raw["provider"]), model=str(raw["model"]), effective_from=eff, rates=rates,
         tier_threshold_tokens=threshold, above=above, source=str(raw.get("source") or source),
         service_tiers=tiers, revision=revision, as_of=str(raw.get("as_of") or ""),
-    )
+    ), where)
 
 
 def _rates_dict(rates: Rates) -> dict[str, str | None]:
@@ -304,19 +348,27 @@ def _litellm_entry(key: str, raw: Mapping[str, Any], source: str, as_of: str) ->
         prefix, rest = key.split("/", 1)
         if canonical_provider(prefix) == provider or prefix == raw.get("litellm_provider"):
             model = rest
-    return PriceEntry(provider=provider, model=model, effective_from=EPOCH, rates=rates,
-                      tier_threshold_tokens=threshold, above=above, source=source, service_tiers=tiers,
-                      as_of=as_of)
+    return _bounded(PriceEntry(provider=provider, model=model, effective_from=EPOCH, rates=rates,
+                               tier_threshold_tokens=threshold, above=above, source=source, service_tiers=tiers,
+                               as_of=as_of), key)
 
 
-def _litellm_entries(data: Mapping[str, Any], source: str, as_of: str = "") -> Iterable[PriceEntry]:
+def _litellm_entries(data: Mapping[str, Any], source: str, as_of: str = "",
+                     skipped: list[str] | None = None) -> Iterable[PriceEntry]:
     for key, raw in data.items():
-        if key == "sample_spec" or not isinstance(raw, dict):
+        if key == "sample_spec":
+            continue
+        if not isinstance(raw, dict):
+            if skipped is not None:
+                skipped.append(f"{key[:100]}: expected an object, not {type(raw).__name__}")
             continue
         try:
             entry = _litellm_entry(key, raw, source, as_of)
-        except CatalogError:
-            continue  # LiteLLM has a few malformed rows; skip them rather than refuse the whole file
+        except CatalogError as exc:
+            # LiteLLM has a few malformed rows; skip them rather than refuse the whole file
+            if skipped is not None:
+                skipped.append(str(exc)[:300])
+            continue
         if entry is not None:
             yield entry
 
@@ -329,13 +381,14 @@ DEFAULT_PROVIDERS: Final = ("openai", "anthropic", "gcp.gemini", "gcp.vertex_ai"
 
 
 def build_catalog(source_text: str | bytes, corrections_text: str | bytes | None, *, source: str,
-                  as_of: str, providers: Iterable[str] | None = DEFAULT_PROVIDERS) -> dict[str, Any]:
+                  as_of: str, providers: Iterable[str] | None = DEFAULT_PROVIDERS,
+                  skipped: list[str] | None = None) -> dict[str, Any]:
     """A flyball-format catalog: the entries of ``source_text`` (either format; LiteLLM's
     limited to ``providers``, each recording ``source`` and ``as_of``) with flyball's
     corrections laid over them (a correction replaces the entry with its provider and model)."""
     wanted = None if providers is None else {canonical_provider(p) for p in providers}
     entries = {}
-    for entry in catalog_entries(source_text, source=source, as_of=as_of):
+    for entry in catalog_entries(source_text, source=source, as_of=as_of, skipped=skipped):
         provider = canonical_provider(entry.provider)
         if wanted is not None and provider not in wanted:
             continue

@@ -105,6 +105,9 @@ def test_only_a_global_admin_may_change_prices_and_bad_entries_name_the_field(en
     assert env.call("POST", "/v1/prices", "admin-acme", json=NEW_VERSION).status_code == 403
     bad = env.call("POST", "/v1/prices", json={**NEW_VERSION, "output": "-1"})
     assert bad.status_code == 422 and "prices[0].output" in bad.json()["detail"]
+    per_million = env.call("POST", "/v1/prices", json={**NEW_VERSION, "output": "0.6", "input": "1.5"})
+    assert per_million.status_code == 422 and per_million.json()["detail"].startswith(
+        "prices[0].input: 1.5 USD per token is not below the limit of 1 USD per token")
 
 
 def test_price_change_mid_stream_prices_each_event_with_the_version_in_force(env: Env) -> None:

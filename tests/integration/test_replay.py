@@ -73,3 +73,18 @@ def test_replay_refuses_an_unreadable_price_file_with_a_clear_error(tmp_path: Pa
                            "--out", str(tmp_path / "o"), "--prices", str(tmp_path / "prices.json")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "prices[0].input" in done.stderr
+
+
+def test_replay_says_which_litellm_price_rows_it_left_out_and_prices_with_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "e.jsonl").write_bytes(_call("acme", "gpt-4o", 1000, 100, T0) + b"\n")
+    (tmp_path / "prices.json").write_text(json.dumps({
+        "gpt-4o": {"litellm_provider": "openai", "input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05},
+        "gpt-4o-mini": {"litellm_provider": "openai", "input_cost_per_token": 0.15, "output_cost_per_token": 0.6e6},
+    }))
+    done = subprocess.run([sys.executable, "-m", "flyball.control_plane.cli", "replay", "--events", str(tmp_path / "e.jsonl"),
+                           "--out", str(tmp_path / "o"), "--prices", str(tmp_path / "prices.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "1 price row could not be read and was left out: gpt-4o-mini.output: 600000.0 USD per token" in done.stderr
+    rows = list(csv.DictReader((tmp_path / "o" / "spend.csv").read_text().splitlines()))
+    assert [(r["model"], Decimal(r["cost_usd"])) for r in rows] == [("gpt-4o", Decimal("0.0035"))]

@@ -9,7 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from flyball.stream_processors.catalog import build_catalog, catalog_entries
+from flyball.stream_processors.catalog import build_catalog, catalog_entries, skipped_note
 from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
 from flyball.stream_processors.pricing import PriceBook, Usage, load_catalog, price
 from hypothesis import given, settings
@@ -183,3 +183,26 @@ def test_a_multiplier_tier_is_exactly_the_standard_price_scaled_below_and_above_
     standard = price(usage("anthropic", "m", **tokens), book).cost
     batch = price(usage("anthropic", "m", service_tier="batch", **tokens), book).cost
     assert standard is not None and batch == standard * D(multiplier)
+
+
+
+def test_unreadable_litellm_rows_are_left_out_and_reported_and_the_rest_is_read() -> None:
+    data = json.loads(LITELLM.read_text())
+    skipped: list[str] = []
+    readable = catalog_entries(json.dumps(data), skipped=skipped)
+    assert readable and skipped == []  # LiteLLM's own rows all read
+    data["gpt-5"]["output_cost_per_token"] = "abc"
+    data["claude-opus-4-5"]["output_cost_per_token"] = 25  # its price per million, in the per-token field
+    data["odd-row"] = [1, 2]
+    entries = catalog_entries(json.dumps(data), skipped=skipped)
+    assert {(e.provider, e.model) for e in entries} == \
+        {(e.provider, e.model) for e in readable} - {("openai", "gpt-5"), ("anthropic", "claude-opus-4-5")}
+    assert skipped == ["gpt-5.output_cost_per_token: not a decimal number: 'abc'",
+                       "claude-opus-4-5.output: 25 USD per token is not below the limit of 1 USD per token "
+                       "(a price per million tokens in a per-token field?)",
+                       "odd-row: expected an object, not list"]
+
+
+def test_skipped_note_counts_every_row_and_shows_the_first() -> None:
+    assert skipped_note(["a: x", "b: y", "c: z"], shown=2) == \
+        "3 price rows could not be read and were left out: a: x; b: y; and 1 more"

@@ -217,6 +217,17 @@ def test_flyball_catalog_is_recognised_by_content_and_accepts_bytes() -> None:
                       "effective_from": "2026-01-01T00:00:00"}), "prices[0].effective_from"),
     ("{not json", "not valid JSON"),
     ('{"models": [1, 2, 3]}', "neither flyball format"),
+    # a price per million tokens typed into a per-token field
+    (flyball_catalog({"provider": "a", "model": "m", "input": "0.000001", "output": "15"}),
+     "prices[0].output: 15 USD per token is not below the limit of 1 USD per token (a price per million"),
+    (flyball_catalog({"provider": "a", "model": "m", "input": "0.000001", "output": "0.000002",
+                      "above_threshold": {"input": "2.5"}, "tier_threshold_tokens": 200000}),
+     "prices[0].above_threshold.input: 2.5 USD per token"),
+    (flyball_catalog({"provider": "a", "model": "m", "input": "0.000001", "output": "0.000002",
+                      "service_tiers": {"priority": {"multiplier": "1e300"}}}),
+     "prices[0].service_tiers.priority.multiplier: 1E+300 is above the limit of 1000"),
+    (flyball_catalog({"provider": "a", "model": "m", "input": "0.000001", "output": "0.000002",
+                      "per_request": "5000"}), "prices[0].per_request: 5000 USD per request is not below the limit"),
 ])
 def test_bad_catalog_error_names_the_entry_and_field(text: str, names: str) -> None:
     with pytest.raises(CatalogError, match=re.escape(names)):
