@@ -112,7 +112,8 @@ class Finance:
     def restore_prices(self, book: PriceBook) -> PriceBook:
         """The file catalog plus every change recorded through the API, in order."""
         rows = self._q("SELECT entry FROM price_changes ORDER BY at, change_id")
-        book, _ = book.with_entries(entry_from_dict(orjson.loads(text), "price_changes.entry") for (text,) in rows)
+        book, _ = book.with_entries(entry_from_dict(orjson.loads(text), "price_changes.entry", limits=False)
+                                    for (text,) in rows)
         return book
 
     def price_history(self, *, provider: str | None = None, model: str | None = None) -> list[dict[str, Any]]:

@@ -185,8 +185,10 @@ def _effective(raw: Mapping[str, Any], where: str) -> datetime:
         raise CatalogError(f"{where}.effective_from: not an ISO 8601 time in range") from None
 
 
-def entry_from_dict(raw: Any, where: str = "entry", *, source: str = "") -> PriceEntry:
-    """One entry in flyball's catalog format (also the body of ``POST /v1/prices``)."""
+def entry_from_dict(raw: Any, where: str = "entry", *, source: str = "", limits: bool = True) -> PriceEntry:
+    """One entry in flyball's catalog format (also the body of ``POST /v1/prices``); ``limits``
+    False only for entries already in force (the API's recorded changes: a price stored before
+    the sanity limits existed is history, and history is not refused at start-up)."""
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: expected an object")
     for name in ("provider", "model", "input", "output"):
@@ -212,11 +214,12 @@ def entry_from_dict(raw: Any, where: str = "entry", *, source: str = "") -> Pric
     revision = raw.get("revision", 1)
     if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
         raise CatalogError(f"{where}.revision: expected an integer >= 1")
-    return _bounded(PriceEntry(
+    entry = PriceEntry(
         provider=str(raw["provider"]), model=str(raw["model"]), effective_from=eff, rates=rates,
         tier_threshold_tokens=threshold, above=above, source=str(raw.get("source") or source),
         service_tiers=tiers, revision=revision, as_of=str(raw.get("as_of") or ""),
-    ), where)
+    )
+    return _bounded(entry, where) if limits else entry
 
 
 def _rates_dict(rates: Rates) -> dict[str, str | None]:

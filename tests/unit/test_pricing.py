@@ -18,6 +18,7 @@ from flyball.stream_processors.pricing import (
     Rates,
     Usage,
     cost_of,
+    entry_from_dict,
     load_catalog,
     price,
 )
@@ -417,3 +418,11 @@ def test_price_event_equals_price_of_usage_of_for_both_decoders(provider_model, 
     expected = price(usage, book)
     assert price_event(event, book) == (expected.cost, expected.price_version, usage.service_tier,
                                         usage.cache_write_1h_tokens)
+
+
+def test_a_price_already_in_force_is_restored_even_above_the_limits() -> None:
+    # recorded through the API before the limits existed: history, not an input to refuse
+    raw = {"provider": "a", "model": "m", "input": "2", "output": "3"}
+    with pytest.raises(CatalogError, match="not below the limit"):
+        entry_from_dict(raw, "prices[0]")
+    assert entry_from_dict(raw, "price_changes.entry", limits=False).rates.output == Decimal(3)
