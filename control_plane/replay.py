@@ -41,8 +41,10 @@ class ReplaySummary:
 
 def _lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as f:
-        for line in f:
+        for i, line in enumerate(f):
             line = line.rstrip(b"\r\n")
+            if i == 0 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte-order mark (editors on Windows write one): not the event's
             if line.strip():
                 yield line
 

@@ -88,3 +88,12 @@ def test_replay_says_which_litellm_price_rows_it_left_out_and_prices_with_the_re
     assert "1 price row could not be read and was left out: gpt-4o-mini.output: 600000.0 USD per token" in done.stderr
     rows = list(csv.DictReader((tmp_path / "o" / "spend.csv").read_text().splitlines()))
     assert [(r["model"], Decimal(r["cost_usd"])) for r in rows] == [("gpt-4o", Decimal("0.0035"))]
+
+
+def test_replay_reads_a_file_with_a_byte_order_mark_and_crlf_line_ends(tmp_path: Path) -> None:
+    lines = [_call("acme", "gpt-4o", 1000, 100, T0 + timedelta(seconds=i)) for i in range(3)]
+    (tmp_path / "e.jsonl").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+    done = subprocess.run([sys.executable, "-m", "flyball.control_plane.cli", "replay", "--events", str(tmp_path / "e.jsonl"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "3 stored, 0 duplicates, 0 dead-lettered" in done.stdout
