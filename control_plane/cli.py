@@ -132,7 +132,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     kwargs: dict[str, Any] = {"policies": policies} if policies is not None else {}
     if slos is not None:
         kwargs["slos"] = slos
-    summary = replay(args.events, args.out, book=book, sensitivity=sensitivity, **kwargs)
+    if not args.events.is_file():
+        print(f"flyball replay: --events {args.events}: "
+              f"{'is a directory' if args.events.is_dir() else 'no such file'}", file=sys.stderr)
+        return 2
+    if args.out.exists() and not args.out.is_dir():
+        print(f"flyball replay: --out {args.out}: is a file, not a directory", file=sys.stderr)
+        return 2
+    try:
+        summary = replay(args.events, args.out, book=book, sensitivity=sensitivity, **kwargs)
+    except OSError as exc:  # unreadable events, an --out that is a file or not writable, a full disk
+        print(f"flyball replay: {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"replayed {summary.events} events: {summary.stored} stored, {summary.duplicates} duplicates, "
           f"{summary.dead_lettered} dead-lettered, {summary.alerts} alerts, {summary.actions} actions -> {args.out}")
     return 0

@@ -97,3 +97,15 @@ def test_replay_reads_a_file_with_a_byte_order_mark_and_crlf_line_ends(tmp_path:
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "3 stored, 0 duplicates, 0 dead-lettered" in done.stdout
+
+
+def test_replay_refuses_a_missing_events_file_or_an_out_that_is_a_file_with_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "e.jsonl").write_bytes(_call("acme", "gpt-4o", 1000, 100, T0) + b"\n")
+    (tmp_path / "a-file").write_text("")
+    for events, out, said in ((tmp_path / "missing.jsonl", tmp_path / "o", "missing.jsonl: no such file"),
+                              (tmp_path, tmp_path / "o", ": is a directory"),
+                              (tmp_path / "e.jsonl", tmp_path / "a-file", "a-file: is a file, not a directory")):
+        done = subprocess.run([sys.executable, "-m", "flyball.control_plane.cli", "replay", "--events", str(events),
+                               "--out", str(out)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "o").exists()
