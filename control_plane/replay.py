@@ -5,8 +5,11 @@ live would have done."""
 from __future__ import annotations
 
 import csv
+import heapq
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ import orjson
 
 from flyball.schemas import Directive
 from flyball.stream_processors.detectors import Detectors, SensitivityTable
-from flyball.stream_processors.pipeline import EVENT_COLUMNS, Pipeline
+from flyball.stream_processors.pipeline import EVENT_COLUMNS, DeadLetter, Pipeline
 from flyball.stream_processors.pricing import PriceBook
 
 from .escaping import csv_text
@@ -47,6 +50,73 @@ def _lines(path: Path) -> Iterator[bytes]:
                 line = line[3:]  # a UTF-8 byte-order mark (editors on Windows write one): not the event's
             if line.strip():
                 yield line
+
+
+# Replay has no wall clock, so the live rule (an event more than 5 minutes ahead of the worker's
+# clock is refused) has no "now" to hold to, and the pipeline's event-time clock is the latest
+# timestamp it has seen: one event dated 2199 in a day of 2026 would move it 170 years on,
+# closing every open alert and leaving every later event too late for the detectors. So replay
+# judges each event against the events around it - its batch and the next one - and refuses one
+# more than ``FUTURE_SLACK_S`` after the latest twentieth of them (a handful of forged times cannot
+# move that; a real jump in the traffic, a night or a month without events, moves it with them).
+FUTURE_SLACK_S = 86_400.0
+_TS = re.compile(rb'"ts"\s*:\s*"([^"]{1,64})"')
+
+
+def _seconds(text: str) -> float | None:
+    """An RFC 3339 time with offset as POSIX seconds; None if it is not one (the models say why)."""
+    try:
+        ts = datetime.fromisoformat(text)
+        return ts.timestamp() if ts.tzinfo is not None else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def _event_time(raw: bytes) -> float | None:
+    """The event's ``ts``, read cheaply: the latest ``"ts"`` in the line, which may be an
+    attribute's (:func:`_top_level_ts` checks the few events that are refused)."""
+    found = [t for m in _TS.findall(raw) if (t := _seconds(m.decode("ascii", "replace"))) is not None]
+    return max(found) if found else None
+
+
+def _top_level_ts(raw: bytes) -> float | None:
+    try:
+        value = orjson.loads(raw).get("ts")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return _seconds(value) if isinstance(value, str) else None
+
+
+def screen_future(batch: list[bytes], times: list[float | None], around: list[float]) -> tuple[list[bytes], list[DeadLetter]]:
+    """``batch`` without the events dated more than ``FUTURE_SLACK_S`` after the latest twentieth
+    of ``around`` (the event times of the batch and of the next one), and those events as dead
+    letters. ``times[i]`` is ``_event_time(batch[i])``. Pure."""
+    if not around:
+        return batch, []
+    bound = heapq.nlargest(max(1, len(around) // 20), around)[-1] + FUTURE_SLACK_S
+    kept: list[bytes] = []
+    dead: list[DeadLetter] = []
+    for raw, t in zip(batch, times, strict=True):
+        if t is not None and t > bound and _top_level_ts(raw) == t:
+            when = datetime.fromtimestamp(t, UTC).isoformat()
+            dead.append(DeadLetter(raw=raw, reason=f"ts: {when} is more than a day after the events around it in "
+                                                   "the file (replay's bound on future timestamps)"))
+        else:
+            kept.append(raw)
+    return kept, dead
+
+
+def _screened(batches: Iterable[list[bytes]]) -> Iterator[tuple[list[bytes], list[bytes], list[DeadLetter]]]:
+    """(lines read, lines kept, lines refused by :func:`screen_future`) per batch, one batch ahead."""
+    held: tuple[list[bytes], list[float | None]] | None = None
+    for batch in batches:
+        times = [_event_time(raw) for raw in batch]
+        if held is not None:
+            around = [t for t in (*held[1], *times) if t is not None]
+            yield held[0], *screen_future(held[0], held[1], around)
+        held = (batch, times)
+    if held is not None:
+        yield held[0], *screen_future(held[0], held[1], [t for t in held[1] if t is not None])
 
 
 def _batches(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
@@ -88,14 +158,14 @@ def replay(events: Path, out: Path, *, book: PriceBook, policies: Policies = DEF
                 }) + b"\n")
                 summary.actions += 1
 
-        for batch in _batches(_lines(events), batch_size):
-            result = pipeline.process(batch, now=None)
+        for batch, kept, refused in _screened(_batches(_lines(events), batch_size)):
+            result = pipeline.process(kept, now=None)
             summary.events += len(batch)
             summary.stored += len(result.rows)
             summary.duplicates += result.duplicates
-            for dead in result.dead:
+            for dead in [*refused, *result.dead]:
                 dlq.write(orjson.dumps({"reason": dead.reason, "original": dead.raw.decode("utf-8", errors="replace")}) + b"\n")
-            summary.dead_lettered += len(result.dead)
+            summary.dead_lettered += len(refused) + len(result.dead)
             for row in result.rows:
                 if row[COL["event_type"]] != "llm_call":
                     continue

@@ -109,3 +109,23 @@ def test_replay_refuses_a_missing_events_file_or_an_out_that_is_a_file_with_a_cl
                                "--out", str(out)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_forged_far_future_event_is_dead_lettered_and_detection_goes_on_as_without_it(tmp_path: Path) -> None:
+    from flyball.control_plane.replay import replay
+    from flyball.control_plane.runtime import load_prices
+
+    lines = [_call(t, "gpt-4o-mini", 1000, 200, T0 + timedelta(seconds=s)) for s in range(0, 4800, 5)
+             for t in ("calm", "spiky")]
+    lines += [_call("spiky", "gpt-4o", 40_000, 3_000, T0 + timedelta(seconds=4800 + i)) for i in range(20)]
+    forged = _call("calm", "gpt-4o-mini", 1000, 200, datetime(2199, 1, 1, tzinfo=UTC))
+    outs = {}
+    for name, body in (("clean", lines), ("forged", lines[:500] + [forged] + lines[500:])):
+        (tmp_path / f"{name}.jsonl").write_bytes(b"\n".join(body) + b"\n")
+        summary = replay(tmp_path / f"{name}.jsonl", tmp_path / name, book=load_prices(None), batch_size=400)
+        outs[name] = [json.loads(x) for x in (tmp_path / name / "alerts.jsonl").read_text().splitlines()]
+        assert summary.dead_lettered == (name == "forged")
+    assert [(a["alert_id"], a["kind"], a["status"]) for a in outs["forged"]] == \
+        [(a["alert_id"], a["kind"], a["status"]) for a in outs["clean"]] != []
+    dlq = json.loads((tmp_path / "forged" / "dlq.jsonl").read_text())
+    assert dlq["original"] == forged.decode() and dlq["reason"].startswith("ts: 2199-01-01T00:00:00+00:00 is more than a day")

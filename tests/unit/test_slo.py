@@ -170,7 +170,7 @@ def _row(ts: datetime, status: str) -> tuple[object, ...]:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 5 * 24 * 60), st.booleans()), min_size=1, max_size=80),
-       st.lists(st.integers(1, 400), min_size=1, max_size=8))
+       st.lists(st.integers(1, 400) | st.integers(5_000, 50_000), min_size=1, max_size=8))  # and quiet gaps
 def test_event_time_window_sums_equal_sums_from_scratch(calls: list[tuple[int, bool]], steps: list[int]) -> None:
     """Replay's running sums (rows arriving in any order, time advancing minute by minute) equal
     the window sums computed from the per-minute counts at every evaluation."""
@@ -188,6 +188,18 @@ def test_event_time_window_sums_equal_sums_from_scratch(calls: list[tuple[int, b
             expected = window_counts(tracker.minutes[subject], tracker.at or at, (*WINDOWS, timedelta(days=2)))
             assert tracker.sums[subject] == expected
     assert COL["ttft_ms"] == EVENT_COLUMNS.index("ttft_ms")
+
+
+def test_a_century_of_quiet_event_time_is_crossed_at_once_and_counting_goes_on_after_it() -> None:
+    slos = load_slos("slos: [{slo_id: a, kind: availability, feature: chat, target: 0.99, window_days: 2}]")
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    tracker = EventTimeSLOs(slos)
+    tracker.add([_row(t0, "ok")])
+    assert tracker.advance(t0 + timedelta(days=36_500)) == []  # minute by minute, 52 million steps
+    later = t0 + timedelta(days=36_500)
+    tracker.add([_row(later + timedelta(seconds=s), "error") for s in range(0, 600, 5)])
+    alerts = tracker.advance(later + timedelta(minutes=11))
+    assert [(a.kind, a.status) for a in alerts][:1] == [("slo_burn", "open")]
 
 
 def test_rules_follow_the_workbook_table() -> None:
