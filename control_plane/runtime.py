@@ -134,9 +134,9 @@ class System:
         await ensure_topics(self.bootstrap, s.topic_specs())
         self.store = await asyncio.to_thread(ClickHouseStore, s.clickhouse(), s.ddl())
         await asyncio.to_thread(self.store.migrate, ALL_MIGRATIONS)
-        self.book = load_prices(s.prices_file)
+        base = load_prices(s.prices_file)  # read once: the reload below lays the API's changes over it too
         self.finance = Finance(self.store, get_book=lambda: self.book, set_book=lambda b: setattr(self, "book", b))
-        self.book = await asyncio.to_thread(self.finance.restore_prices, self.book)  # + changes made via the API
+        self.book = await asyncio.to_thread(self.finance.restore_prices, base)  # + changes made via the API
         await asyncio.to_thread(self.finance.load_budgets)
         sup = self.supervisor
         if self.broker is not None:
@@ -174,7 +174,7 @@ class System:
             if not self.api and s.metrics_port:
                 serve_metrics(self.stats(), host=s.api_host, port=s.metrics_port)
             if not self.api:  # price and budget changes arrive through another process's API
-                sup.spawn("finance-reload", self._reload_finance(load_prices(s.prices_file), s.finance_reload_s))
+                sup.spawn("finance-reload", self._reload_finance(base, s.finance_reload_s))
         if self.api:
             self.plane = await build_control_plane(s, bootstrap=self.bootstrap, store=self.store,
                                                    policies=self.policies, signing=self.signing)
