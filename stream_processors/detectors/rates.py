@@ -85,6 +85,10 @@ class _ScopedDetector:
     def evict(self, newest_window: int, idle_windows: int = 8640) -> None:
         for key in [k for k, s in self.state.items() if s.newest < newest_window - idle_windows]:
             del self.state[key]
+        self._recount()
+
+    def _recount(self) -> None:
+        """The bound's per-tenant counts from the scopes held (after an eviction or an adoption)."""
         self.bound.recount(k[0] for k in self.state)
 
 
@@ -578,7 +582,7 @@ class PoissonBurstDetector(_ScopedDetector):
                 self.state[key] = _CountState(newest, last, _windows_in(windows), count, exposure, history,
                                               _windows_in(calls), called)
                 taken += 1
-        self.bound.recount(k[0] for k in self.state)
+        self._recount()
         return taken
 
 
